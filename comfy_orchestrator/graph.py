@@ -1,0 +1,123 @@
+"""Graph and Node: a ComfyUI API-format prompt, checked for shape."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from comfy_orchestrator.errors import GraphInvalid
+
+Link = tuple[str, int]
+
+
+def is_link(value: Any) -> bool:
+    """Whether an input value is a link [node_id, output_index] rather than a literal."""
+    return (isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str)
+            and isinstance(value[1], int) and not isinstance(value[1], bool))
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node: its class and its inputs (literals, or links to other nodes' outputs)."""
+
+    id: str
+    class_type: str
+    inputs: Mapping[str, Any]
+    title: str | None = None
+
+    def links(self) -> Iterator[tuple[str, Link]]:
+        """Yield (input name, (source node id, output index)) for each linked input."""
+        for name, value in self.inputs.items():
+            if is_link(value):
+                yield name, (value[0], value[1])
+
+
+class Graph(Mapping[str, Node]):
+    """An API-format prompt: node id -> Node. Immutable."""
+
+    def __init__(self, nodes: Mapping[str, Node]) -> None:
+        self._nodes = MappingProxyType(dict(nodes))
+
+    @classmethod
+    def from_api(cls, data: Any) -> Graph:
+        """Read an API-format prompt ({id: {class_type, inputs}}), checking its shape and links."""
+        if not isinstance(data, Mapping) or not data:
+            raise GraphInvalid(["an API-format prompt is a non-empty JSON object of node id -> node"])
+        problems: list[str] = []
+        nodes: dict[str, Node] = {}
+        for node_id, entry in data.items():
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("class_type"), str):
+                problems.append(f"node {node_id}: needs a string 'class_type' (is this the editor format? "
+                                "use 'comfy-orch template import' or ComfyUI's Export (API))")
+                continue
+            inputs = entry.get("inputs", {})
+            if not isinstance(inputs, Mapping):
+                problems.append(f"node {node_id}: 'inputs' must be an object")
+                continue
+            meta = entry.get("_meta")
+            title = meta.get("title") if isinstance(meta, Mapping) else None
+            nodes[str(node_id)] = Node(str(node_id), entry["class_type"], MappingProxyType(dict(inputs)), title)
+        graph = cls(nodes)
+        problems += graph.link_problems()
+        if problems:
+            raise GraphInvalid(problems)
+        return graph
+
+    def link_problems(self) -> list[str]:
+        """Links whose shape is wrong or that point at nodes the graph lacks."""
+        problems = []
+        for node in self._nodes.values():
+            for name, value in node.inputs.items():
+                if isinstance(value, (list, tuple)) and not is_link(value):
+                    problems.append(f"node {node.id} input {name!r}: a link is [\"node_id\", output_index], "
+                                    f"got {json.dumps(value)}")
+                elif is_link(value) and value[0] not in self._nodes:
+                    problems.append(f"node {node.id} input {name!r} links to node {value[0]!r}, "
+                                    "which the graph lacks")
+        return problems
+
+    def __getitem__(self, node_id: str) -> Node:
+        return self._nodes[node_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._nodes)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def of_class(self, class_type: str) -> list[Node]:
+        """The nodes of one class, in graph order."""
+        return [node for node in self._nodes.values() if node.class_type == class_type]
+
+    def to_api(self) -> dict[str, Any]:
+        """The prompt as plain JSON values, ready for POST /prompt."""
+        return {node.id: {"class_type": node.class_type, "inputs": _plain(node.inputs)} for node in self._nodes.values()}
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_api(), indent=indent, ensure_ascii=False)
+
+    def digest(self) -> str:
+        """A stable hash of the graph's content, for manifests and de-duplication."""
+        text = json.dumps(self.to_api(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Graph) and self.to_api() == other.to_api()
+
+    def __hash__(self) -> int:
+        return hash(self.digest())
+
+    def __repr__(self) -> str:
+        return f"Graph({len(self)} nodes: {', '.join(n.class_type for n in self._nodes.values())})"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,72 @@
+"""Job, Output and JobResult: what is sent to a server and what comes back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from comfy_orchestrator.graph import Graph
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def content_name(path: Path) -> str:
+    """The name an input file gets on a server: its stem and a hash of its bytes.
+
+    Naming uploads by content means one image is uploaded once per server and a
+    changed file under the same name never reuses the stale copy.
+    """
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.stem)[:40] or "input"
+    return f"{stem}-{digest}{path.suffix.lower() or '.png'}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One prompt to run: the graph, where it came from, and the local files it needs."""
+
+    graph: Graph
+    template: str | None = None
+    params: Mapping[str, Any] = _EMPTY  # JSON values of the template's parameters
+    inputs: Mapping[str, Path] = _EMPTY  # server input file name -> local file to upload
+    parameter_map: Mapping[str, str] = _EMPTY  # "node_id.input" -> template parameter
+    label: str = ""  # a human name, such as a sweep cell's
+
+    @property
+    def id(self) -> str:
+        """A deterministic id: the same graph with the same inputs gives the same id."""
+        text = json.dumps([self.graph.digest(), sorted(self.inputs)], separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def parameter_for(self, node_id: str, input_name: str) -> str | None:
+        """The template parameter that sets a node's input, if any."""
+        return self.parameter_map.get(f"{node_id}.{input_name}")
+
+
+@dataclass(frozen=True)
+class Output:
+    """One file a prompt produced, as the server's history lists it."""
+
+    node_id: str
+    filename: str
+    subfolder: str = ""
+    type: str = "output"  # "output", "temp" or "input"
+    kind: str = "images"  # the key under the node's outputs: images, gifs, audio, ...
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A finished job: where it ran, what it produced, and where the files were saved."""
+
+    job: Job
+    prompt_id: str
+    server: str
+    outputs: tuple[Output, ...] = ()
+    files: tuple[Path, ...] = ()  # local copies, when the outputs were downloaded
+    timings: Mapping[str, float] = field(default_factory=dict)  # epoch seconds: submitted, started, finished
+    cached_nodes: tuple[str, ...] = ()

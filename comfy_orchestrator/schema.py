@@ -1,0 +1,163 @@
+"""Schema: what a ComfyUI server's /object_info says about its node classes."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+RECORDED_VERSION = "0.8.0"
+CHECKPOINT_LOADERS = {"CheckpointLoaderSimple": "ckpt_name", "CheckpointLoader": "ckpt_name"}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One declared input of a node class: its type and its options."""
+
+    name: str
+    type: str  # "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", or a link type such as "LATENT"
+    options: Mapping[str, Any]
+    choices: tuple[Any, ...] | None
+    required: bool
+    raw: Any  # the input's config exactly as object_info gives it
+
+    @property
+    def is_widget(self) -> bool:
+        """Whether the value is typed in (a widget) rather than linked from another node."""
+        return self.type in {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+    @property
+    def minimum(self) -> float | None:
+        value = self.options.get("min")
+        return None if value is None else float(value)
+
+    @property
+    def maximum(self) -> float | None:
+        value = self.options.get("max")
+        return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class NodeSchema:
+    """One node class of the server."""
+
+    class_type: str
+    inputs: Mapping[str, InputSpec]
+    input_order: tuple[str, ...]
+    outputs: tuple[str, ...]
+    output_names: tuple[str, ...]
+    output_node: bool
+    has_hidden: bool
+    raw: Mapping[str, Any]
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(name for name in self.input_order if self.inputs[name].required)
+
+
+def _input_spec(name: str, config: Any, *, required: bool) -> InputSpec:
+    kind = config[0] if isinstance(config, (list, tuple)) and config else config
+    options = config[1] if isinstance(config, (list, tuple)) and len(config) > 1 else {}
+    if not isinstance(options, Mapping):
+        options = {}
+    if isinstance(kind, (list, tuple)):
+        return InputSpec(name, "COMBO", options, tuple(kind), required, config)
+    if kind == "COMBO":  # the newer spelling: ["COMBO", {"options": [...]}]
+        return InputSpec(name, "COMBO", options, tuple(options.get("options", ())), required, config)
+    return InputSpec(name, str(kind), options, None, required, config)
+
+
+def _node_schema(class_type: str, info: Mapping[str, Any]) -> NodeSchema:
+    declared = info.get("input", {})
+    inputs: dict[str, InputSpec] = {}
+    order: list[str] = []
+    given_order = info.get("input_order", {})
+    for section in ("required", "optional"):
+        configs = declared.get(section) or {}
+        for name in given_order.get(section, list(configs)):
+            if name in configs:
+                inputs[name] = _input_spec(name, configs[name], required=section == "required")
+                order.append(name)
+    return NodeSchema(
+        class_type=class_type,
+        inputs=inputs,
+        input_order=tuple(order),
+        outputs=tuple(info.get("output", ())),
+        output_names=tuple(info.get("output_name", ())),
+        output_node=bool(info.get("output_node", False)),
+        has_hidden=bool(declared.get("hidden")),
+        raw=info,
+    )
+
+
+class Schema(Mapping[str, NodeSchema]):
+    """A server's node classes, read from its /object_info answer."""
+
+    def __init__(self, object_info: Mapping[str, Any], *, source: str = "object_info") -> None:
+        self._raw = dict(object_info)
+        self._nodes: dict[str, NodeSchema] = {}
+        self.source = source
+
+    @classmethod
+    def recorded(cls) -> Schema:
+        """The schema recorded from a real ComfyUI 0.8.0 server, shipped with the package."""
+        return _recorded_schema()
+
+    @property
+    def raw(self) -> Mapping[str, Any]:
+        return self._raw
+
+    def __getitem__(self, class_type: str) -> NodeSchema:
+        node = self._nodes.get(class_type)
+        if node is None:
+            node = self._nodes[class_type] = _node_schema(class_type, self._raw[class_type])
+        return node
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __contains__(self, class_type: object) -> bool:
+        return class_type in self._raw
+
+    def choices(self, class_type: str, input_name: str) -> tuple[Any, ...]:
+        """The allowed values of a choice input, such as KSampler's sampler_name."""
+        return self[class_type].inputs[input_name].choices or ()
+
+    @property
+    def checkpoints(self) -> tuple[str, ...]:
+        return tuple(str(c) for c in self.choices("CheckpointLoaderSimple", "ckpt_name"))
+
+    def with_choices(self, class_types: Iterable[str], input_name: str, values: Iterable[str]) -> Schema:
+        """A copy whose `input_name` of each class lists `values` (a server's own files)."""
+        raw = dict(self._raw)
+        listed = list(values)
+        for class_type in class_types:
+            if class_type not in raw:
+                continue
+            info = json.loads(json.dumps(raw[class_type]))
+            for section in ("required", "optional"):
+                configs = info["input"].get(section) or {}
+                if input_name in configs:
+                    config = configs[input_name]
+                    if isinstance(config[0], list):
+                        config[0] = listed
+                    else:
+                        config[1]["options"] = listed
+            raw[class_type] = info
+        return Schema(raw, source=self.source)
+
+    def with_checkpoints(self, names: Iterable[str]) -> Schema:
+        """A copy that lists `names` as the server's checkpoints."""
+        return self.with_choices(CHECKPOINT_LOADERS, "ckpt_name", names)
+
+
+@functools.cache
+def _recorded_schema() -> Schema:
+    text = resources.files("comfy_orchestrator").joinpath("data/object_info.json").read_text("utf-8")
+    return Schema(json.loads(text), source=f"recorded ComfyUI {RECORDED_VERSION}")
