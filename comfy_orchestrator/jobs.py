@@ -7,13 +7,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from comfy_orchestrator.graph import Graph
-
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
-
 
 def content_name(path: Path) -> str:
     """The name an input file gets on a server: its stem and a hash of its bytes.
@@ -32,9 +28,9 @@ class Job:
 
     graph: Graph
     template: str | None = None
-    params: Mapping[str, Any] = _EMPTY  # JSON values of the template's parameters
-    inputs: Mapping[str, Path] = _EMPTY  # server input file name -> local file to upload
-    parameter_map: Mapping[str, str] = _EMPTY  # "node_id.input" -> template parameter
+    params: Mapping[str, Any] = field(default_factory=dict)  # JSON values of the template's parameters
+    inputs: Mapping[str, Path] = field(default_factory=dict)  # server input file name -> local file to upload
+    parameter_map: Mapping[str, str] = field(default_factory=dict)  # "node_id.input" -> template parameter
     label: str = ""  # a human name, such as a sweep cell's
 
     @property
