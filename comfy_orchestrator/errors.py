@@ -12,7 +12,8 @@
     ├── SweepError                  no   an axis or a sweep is malformed
     ├── ServerError                 yes  the server misbehaved (5xx, bad answer)
     │   ├── ConnectionFailed        yes  the server could not be reached
-    │   └── RequestTimedOut         yes  the server did not answer in time
+    │   ├── RequestTimedOut         yes  the server did not answer in time
+    │   └── MalformedMessage        yes  a websocket frame or answer is not what ComfyUI sends
     ├── AuthFailed                  no   401/403 from the server or its proxy
     ├── PromptRejected              no   the server refused the prompt (node_errors)
     │   └── MissingModel            yes  the server lacks a model the prompt names
@@ -107,6 +108,13 @@ class ConnectionFailed(ServerError):
 
 class RequestTimedOut(ServerError):
     """The server did not answer within the call's timeout."""
+
+
+class MalformedMessage(ServerError):
+    """A websocket frame or an HTTP answer is not in ComfyUI's format."""
+
+    def __init__(self, message: str, *, server: str = "") -> None:
+        super().__init__(message, server=server or "server")
 
 
 class AuthFailed(ComfyError):
