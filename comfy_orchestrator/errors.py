@@ -23,7 +23,8 @@
     ├── JobLost                     yes  the server no longer knows the prompt
     ├── JobTimedOut                 yes  the prompt did not finish by its deadline
     ├── UnsafeOutput                no   an output file name would escape its folder
-    └── NoServerAvailable           no   no server of a farm can take the job
+    ├── NoServerAvailable           no   no server of a farm can take the job
+    └── FarmFileInvalid             no   a farm file (or --server list) is malformed
 """
 
 from __future__ import annotations
@@ -236,3 +237,11 @@ class UnsafeOutput(ComfyError):
 
 class NoServerAvailable(ComfyError):
     """No server of the farm is up and able to run the job."""
+
+
+class FarmFileInvalid(ComfyError, ValueError):
+    """A farm file, or a list of --server URLs, is malformed; the message says where."""
+
+    def __init__(self, message: str, *, source: str) -> None:
+        super().__init__(f"{source}: {message}")
+        self.source = source
