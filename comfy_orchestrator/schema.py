@@ -20,7 +20,7 @@ class InputSpec:
     name: str
     type: str  # "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", or a link type such as "LATENT"
     options: Mapping[str, Any]
-    choices: tuple[Any, ...] | None
+    choices: tuple[Any, ...] | None  # None: any value (a list the schema leaves open)
     required: bool
     raw: Any  # the input's config exactly as object_info gives it
 
@@ -65,8 +65,9 @@ def _input_spec(name: str, config: Any, *, required: bool) -> InputSpec:
         options = {}
     if isinstance(kind, (list, tuple)):
         return InputSpec(name, "COMBO", options, tuple(kind), required, config)
-    if kind == "COMBO":  # the newer spelling: ["COMBO", {"options": [...]}]
-        return InputSpec(name, "COMBO", options, tuple(options.get("options", ())), required, config)
+    if kind == "COMBO":  # the newer spelling: ["COMBO", {"options": [...]}]; no options: any value
+        listed = options.get("options")
+        return InputSpec(name, "COMBO", options, None if listed is None else tuple(listed), required, config)
     return InputSpec(name, str(kind), options, None, required, config)
 
 

@@ -162,8 +162,8 @@ class _Validator:
         if maximum is not None and value > maximum:
             return _error("value_bigger_than_max", f"Value {_number(value)} bigger than max of {_number(maximum)}",
                           name, input_name=name, input_config=_config(spec), received_value=value)
-        if spec.type == "COMBO":
-            choices = list(spec.choices or ())
+        if spec.type == "COMBO" and spec.choices is not None:
+            choices = list(spec.choices)
             if value not in choices:
                 long_list = len(choices) > _LIST_LIMIT
                 listed = f"(list of length {len(choices)})" if long_list else str(choices)

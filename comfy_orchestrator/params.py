@@ -1,0 +1,423 @@
+"""Parameter models: one frozen pydantic model per documented workflow, each naming its template.
+
+A model holds the documented defaults, the ranges the server accepts, and the
+ranges the img2img guide recommends (shown to users, never enforced).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from comfy_orchestrator.errors import ParameterError
+from comfy_orchestrator.schema import Schema
+
+DEFAULT_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+SEED_MAX = 2**64 - 1
+
+
+class SizeRoundedWarning(UserWarning):
+    """A width or height was rounded down to a multiple of 8."""
+
+
+@dataclass(frozen=True)
+class DenoiseBand:
+    """One band of the denoise strength guide."""
+
+    name: str
+    low: float
+    high: float
+    effect: str
+
+    @property
+    def middle(self) -> float:
+        return round((self.low + self.high) / 2, 2)
+
+
+DENOISE_GUIDE: tuple[DenoiseBand, ...] = (
+    DenoiseBand("minimal", 0.1, 0.3, "minimal change: subtle touch-ups, colour and texture"),
+    DenoiseBand("moderate", 0.3, 0.5, "moderate change: keeps composition, restyles details"),
+    DenoiseBand("significant", 0.5, 0.7, "significant change: new style, same layout"),
+    DenoiseBand("major", 0.7, 0.9, "major change: loose reinterpretation of the input"),
+    DenoiseBand("new", 0.9, 1.0, "almost a new image: the input barely shows"),
+)
+
+
+def denoise_band(name: str) -> DenoiseBand:
+    """The guide's band for an effect name such as 'moderate'."""
+    for band in DENOISE_GUIDE:
+        if band.name == name.strip().lower():
+            return band
+    names = ", ".join(b.name for b in DENOISE_GUIDE)
+    raise ParameterError(f"denoise: no effect named {name!r}; the guide knows {names}", parameter="denoise")
+
+
+# -- samplers as users name them -------------------------------------------------------------
+
+@functools.cache
+def sampler_names() -> tuple[str, ...]:
+    return tuple(str(s) for s in Schema.recorded().choices("KSampler", "sampler_name"))
+
+
+@functools.cache
+def scheduler_names() -> tuple[str, ...]:
+    return tuple(str(s) for s in Schema.recorded().choices("KSampler", "scheduler"))
+
+
+_SAMPLER_ALIASES = {"euler a": "euler_ancestral", "dpm2": "dpm_2", "dpm2 a": "dpm_2_ancestral",
+                    "unipc": "uni_pc", "dpm fast": "dpm_fast", "dpm adaptive": "dpm_adaptive"}
+
+
+def resolve_sampler(name: str) -> tuple[str, str | None]:
+    """Map a sampler as users name it ("dpm++ 2m karras") to ComfyUI's (sampler_name, scheduler).
+
+    The scheduler is None when the name does not imply one.
+    """
+    text = " ".join(name.strip().lower().split())
+    if text in sampler_names():
+        return text, None
+    scheduler = None
+    for candidate in sorted(scheduler_names(), key=len, reverse=True):
+        if text.endswith(" " + candidate):
+            scheduler, text = candidate, text[: -len(candidate) - 1]
+            break
+    text = _SAMPLER_ALIASES.get(text, text)
+    key = text.replace("dpm++", "dpmpp").replace(" ", "_").replace("-", "_")
+    if key in sampler_names():
+        return key, scheduler
+    close = difflib.get_close_matches(key, sampler_names(), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; valid: {', '.join(sampler_names())}"
+    raise ValueError(f"unknown sampler {name!r}{hint}")
+
+
+# -- field types ----------------------------------------------------------------------------------
+
+def _existing_image(path: Path) -> Path:
+    if not path.exists():
+        raise ValueError(f"image file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} is not a file")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{str(path)!r} is not an image Pillow can read ({exc})") from exc
+    return path
+
+
+ImageFile = Annotated[Path, AfterValidator(_existing_image), Field(json_schema_extra={"kind": "image"})]
+UpscaleMethod = Literal["lanczos", "bicubic", "nearest-exact", "bilinear", "area"]
+
+
+def _recommended(low: float, high: float) -> dict[str, Any]:
+    return {"recommended": [low, high]}
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+class Params(BaseModel):
+    """Base of every workflow's parameters."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    workflow: ClassVar[str] = ""
+    template: ClassVar[str] = ""  # file name in a templates folder
+    description: ClassVar[str] = ""
+    # template variables a workflow does not expose, with the values it renders them at
+    stages: ClassVar[Mapping[str, Any]] = {}
+
+    @classmethod
+    def build(cls, values: Mapping[str, Any], *, strict_sizes: bool = False) -> Params:
+        """Validate `values` into this model, turning pydantic's errors into one ParameterError."""
+        unknown = [name for name in values if name not in cls.model_fields]
+        if unknown:
+            name = unknown[0]
+            close = difflib.get_close_matches(name, list(cls.model_fields), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ParameterError(f"{cls.workflow} has no parameter {name!r}{hint} "
+                                 f"(it takes: {', '.join(cls.model_fields)})", parameter=name)
+        try:
+            return cls.model_validate(dict(values), context={"strict_sizes": strict_sizes})
+        except ValidationError as exc:
+            raise _parameter_error(cls, exc) from None
+
+    @classmethod
+    def template_variables(cls) -> set[str]:
+        """Every name the template may use."""
+        return set(cls.model_fields) | set(cls.stages)
+
+    def template_values(self) -> dict[str, Any]:
+        """The values the template renders with: stage defaults, then the fields as JSON values."""
+        return {**self.stages, **self.model_dump(mode="json")}
+
+    def image_fields(self) -> dict[str, Path]:
+        """The fields that name local image files, which must be uploaded to the server."""
+        return {name: value for name, value in self if isinstance(value, Path)}
+
+
+def _parameter_error(model: type[Params], exc: ValidationError) -> ParameterError:
+    lines = []
+    first = None
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if not name:  # a check across several parameters: its message names them
+            lines.append(message)
+            continue
+        first = first or name
+        field = model.model_fields.get(name)
+        hint = _range_hint(field.json_schema_extra if field else None, field.metadata if field else [])
+        lines.append(f"{name}={error.get('input')!r}: {message}{hint}")
+    return ParameterError(f"{model.workflow}: " + "; ".join(lines), parameter=first)
+
+
+def _range_hint(extra: Any, metadata: list[Any]) -> str:
+    bounds = {}
+    for item in metadata:
+        for key in ("ge", "le", "gt", "lt"):
+            if getattr(item, key, None) is not None:
+                bounds[key] = getattr(item, key)
+    if "ge" in bounds and "le" in bounds:
+        text = f" (allowed {bounds['ge']} to {bounds['le']}"
+        if isinstance(extra, dict) and "recommended" in extra:
+            low, high = extra["recommended"]
+            text += f"; recommended {low} to {high}"
+        return text + ")"
+    return ""
+
+
+class Sampling(Params):
+    """Prompts, checkpoint and KSampler settings shared by every workflow."""
+
+    positive: str = Field("a detailed, high quality picture", description="what the picture should show")
+    negative: str = Field("blurry, low quality, watermark", description="what it should not show")
+    checkpoint: str = Field(DEFAULT_CHECKPOINT, min_length=1, description="checkpoint file on the server")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="noise seed; the same seed gives the same picture")
+    steps: int = Field(20, ge=1, le=10000, description="sampler steps", json_schema_extra=_recommended(20, 30))
+    cfg: float = Field(8.0, ge=0.0, le=100.0, description="how closely to follow the prompt",
+                       json_schema_extra=_recommended(7, 9))
+    sampler: str = Field("euler", description="sampler, as ComfyUI or as users name it ('dpm++ 2m karras')",
+                         json_schema_extra={"choices_from": "sampler_name"})
+    scheduler: str = Field("normal", description="noise schedule", json_schema_extra={"choices_from": "scheduler"})
+    denoise: float = Field(0.5, ge=0.0, le=1.0, description="how much to change: 0 keeps, 1 replaces; "
+                           "or an effect of the denoise guide (minimal, moderate, significant, major, new)",
+                           json_schema_extra=_recommended(0.3, 0.7))
+    filename_prefix: str = Field("comfy-orch", min_length=1, description="output file name prefix on the server")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _friendly_names(cls, data: Any) -> Any:
+        """Split 'dpm++ 2m karras' into sampler and scheduler; turn 'moderate' into a denoise."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        sampler = data.get("sampler")
+        if isinstance(sampler, str):
+            try:
+                name, implied = resolve_sampler(sampler)
+            except ValueError:
+                return data  # the field's own check names the problem
+            data["sampler"] = name
+            given = data.get("scheduler")
+            if implied is not None:
+                if given is not None and given != implied:
+                    raise ValueError(f"sampler {sampler!r} implies scheduler {implied!r}, "
+                                     f"but scheduler={given!r} was given")
+                data["scheduler"] = implied
+        denoise = data.get("denoise")
+        if isinstance(denoise, str) and denoise.strip().lower() in {b.name for b in DENOISE_GUIDE}:
+            data["denoise"] = denoise_band(denoise).middle
+        return data
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        return resolve_sampler(value)[0]
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        if value not in scheduler_names():
+            raise ValueError(f"unknown scheduler; valid: {', '.join(scheduler_names())}")
+        return value
+
+    @property
+    def denoise_effect(self) -> DenoiseBand:
+        """The guide's band this denoise falls in."""
+        for band in DENOISE_GUIDE:
+            if self.denoise <= band.high:
+                return band
+        return DENOISE_GUIDE[-1]
+
+
+def _multiple_of_8(value: int, info: ValidationInfo) -> int:
+    if value % 8 == 0:
+        return value
+    strict = bool(info.context and info.context.get("strict_sizes"))
+    if strict:
+        raise ValueError(f"must be a multiple of 8 (try {value - value % 8} or {value - value % 8 + 8})")
+    rounded = value - value % 8
+    warnings.warn(f"{info.field_name}={value} rounded down to {rounded}, a multiple of 8",
+                  SizeRoundedWarning, stacklevel=2)
+    return rounded
+
+
+class Img2Img(Sampling):
+    """Basic img2img: encode an image, sample it at a partial denoise, decode and save."""
+
+    workflow: ClassVar[str] = "img2img"
+    template: ClassVar[str] = "img2img.json.j2"
+    description: ClassVar[str] = "Basic img2img: change an existing picture by a chosen amount (denoise)."
+    stages: ClassVar[Mapping[str, Any]] = {"scale_by": 1.0, "batch_size": 1, "tiled": False,
+                                           "tile_size": 512, "tile_overlap": 64}
+
+    image: ImageFile = Field(description="the input picture (a local file; uploaded for you)")
+    width: int = Field(0, ge=0, le=16384, description="resize to this width first; 0 keeps the aspect ratio")
+    height: int = Field(0, ge=0, le=16384, description="resize to this height first; 0 keeps the aspect ratio")
+    upscale_method: UpscaleMethod = Field("lanczos", description="resampling filter for resizing")
+
+    check_sizes = field_validator("width", "height")(_multiple_of_8)
+
+
+class StyleTransfer(Img2Img):
+    """Img2img that restyles a picture while keeping its layout."""
+
+    workflow: ClassVar[str] = "style-transfer"
+    description: ClassVar[str] = "Style transfer: restyle a picture, keep its layout (denoise 0.5-0.7, cfg 8-10)."
+    denoise: float = Field(0.6, ge=0.0, le=1.0, description="how much to change",
+                           json_schema_extra=_recommended(0.5, 0.7))
+    cfg: float = Field(9.0, ge=0.0, le=100.0, description="how closely to follow the style prompt",
+                       json_schema_extra=_recommended(8, 10))
+
+
+class Upscale(Img2Img):
+    """Img2img after an image upscale, to add detail at the new size."""
+
+    workflow: ClassVar[str] = "upscale"
+    description: ClassVar[str] = "Upscale and enhance: enlarge (2x by default), then refine (denoise 0.3-0.5)."
+    scale_by: float = Field(2.0, ge=0.01, le=8.0, description="size factor applied before encoding")
+    denoise: float = Field(0.4, ge=0.0, le=1.0, description="how much detail to add",
+                           json_schema_extra=_recommended(0.3, 0.5))
+
+    @model_validator(mode="after")
+    def _one_resize(self) -> Upscale:
+        if self.scale_by != 1.0 and (self.width or self.height):
+            raise ValueError("give either scale_by or width/height, not both")
+        return self
+
+
+class SketchToImage(Img2Img):
+    """Img2img that turns a rough sketch into a finished picture."""
+
+    workflow: ClassVar[str] = "sketch-to-image"
+    description: ClassVar[str] = "Sketch to image: turn a drawing into a picture (denoise 0.7-0.9, cfg 9-12)."
+    denoise: float = Field(0.8, ge=0.0, le=1.0, description="how far to move from the sketch",
+                           json_schema_extra=_recommended(0.7, 0.9))
+    cfg: float = Field(10.5, ge=0.0, le=100.0, description="how closely to follow the prompt",
+                       json_schema_extra=_recommended(9, 12))
+
+
+class PhotoRestoration(Img2Img):
+    """Img2img that repairs an old or damaged photo gently."""
+
+    workflow: ClassVar[str] = "photo-restoration"
+    description: ClassVar[str] = "Photo restoration: repair gently (denoise 0.3-0.5, steps 30-40, ddim)."
+    denoise: float = Field(0.4, ge=0.0, le=1.0, description="how much to repair",
+                           json_schema_extra=_recommended(0.3, 0.5))
+    steps: int = Field(35, ge=1, le=10000, description="sampler steps", json_schema_extra=_recommended(30, 40))
+    sampler: str = Field("ddim", description="sampler, as ComfyUI or as users name it",
+                         json_schema_extra={"choices_from": "sampler_name"})
+
+
+class Variations(Img2Img):
+    """Img2img that makes several variations of one picture in one run."""
+
+    workflow: ClassVar[str] = "variations"
+    description: ClassVar[str] = "Variations: N versions of one picture in one batched run (denoise 0.4-0.6)."
+    batch_size: int = Field(4, ge=1, le=64, description="how many variations (RepeatLatentBatch amount)")
+    denoise: float = Field(0.5, ge=0.0, le=1.0, description="how different the variations are",
+                           json_schema_extra=_recommended(0.4, 0.6))
+
+
+class Tiled(Img2Img):
+    """Img2img for large pictures: encodes and decodes in tiles to save GPU memory."""
+
+    workflow: ClassVar[str] = "tiled"
+    description: ClassVar[str] = "Large images: VAE encode/decode in tiles, for pictures that exhaust GPU memory."
+    stages: ClassVar[Mapping[str, Any]] = {**Img2Img.stages, "tiled": True}
+    tile_size: int = Field(512, ge=64, le=4096, description="tile edge in pixels (a multiple of 64)")
+    tile_overlap: int = Field(64, ge=0, le=4096, description="overlap between tiles in pixels (a multiple of 32)")
+
+    @field_validator("tile_size")
+    @classmethod
+    def _tile_step(cls, value: int) -> int:
+        if value % 64:
+            raise ValueError("must be a multiple of 64")
+        return value
+
+
+class Resize(Img2Img):
+    """Img2img after a resize that keeps the aspect ratio."""
+
+    workflow: ClassVar[str] = "resize"
+    description: ClassVar[str] = "Resize first (0 for width or height keeps the aspect ratio), then img2img."
+    height: int = Field(512, ge=0, le=16384, description="target height; 0 keeps the aspect ratio")
+
+
+class Blend(Img2Img):
+    """Two pictures encoded, blended in latent space, then sampled."""
+
+    workflow: ClassVar[str] = "blend"
+    template: ClassVar[str] = "blend.json.j2"
+    description: ClassVar[str] = "Image blending: mix two pictures in latent space (0.5 = equal), then sample."
+    image2: ImageFile = Field(description="the second picture (a local file)")
+    blend_factor: float = Field(0.5, ge=0.0, le=1.0, description="share of the first picture: 0.5 mixes equally")
+
+
+class HiresFix(Sampling):
+    """Two-pass txt2img: sample small, upscale the latent, refine at the larger size."""
+
+    workflow: ClassVar[str] = "hires-fix"
+    template: ClassVar[str] = "hires_fix.json.j2"
+    description: ClassVar[str] = "Hires fix: txt2img at 512, upscale the latent (2x), refine (denoise 0.4-0.6)."
+    width: int = Field(512, ge=16, le=16384, description="first pass width")
+    height: int = Field(512, ge=16, le=16384, description="first pass height")
+    batch_size: int = Field(1, ge=1, le=4096, description="pictures per run")
+    upscale_by: float = Field(2.0, ge=1.0, le=8.0, description="latent upscale factor for the second pass")
+    denoise: float = Field(0.5, ge=0.0, le=1.0, description="second pass denoise (the first is always 1.0)",
+                           json_schema_extra=_recommended(0.4, 0.6))
+
+    check_sizes = field_validator("width", "height")(_multiple_of_8)
+
+    def template_values(self) -> dict[str, Any]:
+        values = super().template_values()
+        values["hires_width"] = int(self.width * self.upscale_by) // 8 * 8
+        values["hires_height"] = int(self.height * self.upscale_by) // 8 * 8
+        return values
+
+    @classmethod
+    def template_variables(cls) -> set[str]:
+        return super().template_variables() | {"hires_width", "hires_height"}
+
+
+WORKFLOWS: dict[str, type[Params]] = {model.workflow: model for model in (
+    Img2Img, StyleTransfer, Upscale, SketchToImage, PhotoRestoration, HiresFix, Variations, Blend, Tiled, Resize,
+)}

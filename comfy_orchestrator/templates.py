@@ -1,0 +1,353 @@
+"""Templates: Jinja2 workflow templates rendered safely into validated Graphs.
+
+Each `{{ expression }}` becomes a JSON literal, so no value can change a graph's
+structure; templates run in Jinja's sandbox and an undefined name is an error.
+A template folder holds `NAME.json.j2` files; a user's template also has
+`NAME.params.json`, which declares its parameters (built-in ones are declared by
+the models in params.py). User folders are searched before the built-in one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+import jinja2.meta
+from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import Markup
+from pydantic import Field, create_model
+
+from comfy_orchestrator.errors import GraphInvalid, ParameterError, TemplateBroken, TemplateNotFound
+from comfy_orchestrator.graph import Graph
+from comfy_orchestrator.jobs import Job, content_name
+from comfy_orchestrator.params import WORKFLOWS, ImageFile, Params
+from comfy_orchestrator.schema import Schema
+from comfy_orchestrator.validation import check_prompt
+
+TEMPLATE_SUFFIX = ".json.j2"
+DECLARATION_SUFFIX = ".params.json"
+USER_FOLDER_VARIABLE = "COMFY_ORCH_TEMPLATES"
+# Inputs whose choices list the recording server's own files: offline, any name is allowed.
+FILE_INPUTS = {
+    "CheckpointLoaderSimple": "ckpt_name", "CheckpointLoader": "ckpt_name", "LoadImage": "image",
+    "LoadImageMask": "image", "LoraLoader": "lora_name", "LoraLoaderModelOnly": "lora_name",
+    "ControlNetLoader": "control_net_name", "VAELoader": "vae_name", "UpscaleModelLoader": "model_name",
+}
+ParameterKind = Literal["int", "float", "str", "bool", "choice", "image"]
+
+
+def builtin_folder() -> Path:
+    """The built-in templates: templates/ in a checkout, or the copy inside an installed wheel."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package.parent / "templates", package / "templates"):
+        if (candidate / "_nodes.j2").is_file():
+            return candidate
+    raise TemplateBroken("the built-in template folder is missing from the installation", template="*")
+
+
+def _json_literal(value: object) -> Markup:
+    """Turn each {{ expression }} into a JSON literal; macro output passes through as it is."""
+    if isinstance(value, Markup):
+        return value
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # raises UndefinedError naming the variable
+    if isinstance(value, _Traced):
+        return Markup(json.dumps(f"{_TRACE}{value.parameter}{_TRACE}"))
+    return Markup(json.dumps(value, ensure_ascii=False))
+
+
+_TRACE = "\u0000trace\u0000"
+
+
+class _Traced:
+    """Mixin for values that render as a marker naming their parameter (see Template.parameter_map)."""
+
+    parameter: str
+
+
+def _traced(value: Any, parameter: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return value  # flags steer structure; they have no single input to point at
+    kind = type(f"Traced{type(value).__name__}", (_Traced, type(value)), {})
+    traced = kind(value)
+    traced.parameter = parameter
+    return traced
+
+
+@functools.cache
+def _offline_schema() -> Schema:
+    """The recorded schema with file lists opened: the recording machine's files are not ours."""
+    schema = Schema.recorded()
+    raw = json.loads(json.dumps(dict(schema.raw)))
+    for class_type, input_name in FILE_INPUTS.items():
+        if class_type in raw:
+            required = raw[class_type]["input"].get("required", {})
+            if input_name in required:
+                options = required[input_name][1] if len(required[input_name]) > 1 else {}
+                required[input_name] = ["COMBO", {k: v for k, v in options.items() if k != "options"}]
+    return Schema(raw, source=schema.source + " (file lists not checked)")
+
+
+@dataclass(frozen=True)
+class ParameterInfo:
+    """One parameter as `comfy-orch templates` lists it."""
+
+    name: str
+    type: ParameterKind
+    default: Any
+    description: str = ""
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[Any, ...] | None = None
+    recommended: tuple[float, float] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type, "default": self.default, "min": self.min, "max": self.max,
+                "choices": list(self.choices) if self.choices is not None else None,
+                "description": self.description,
+                "recommended": list(self.recommended) if self.recommended else None}
+
+
+def describe_parameters(model: type[Params]) -> list[ParameterInfo]:
+    """The parameters of a model, with types, defaults, ranges and choices."""
+    from comfy_orchestrator.params import sampler_names, scheduler_names
+
+    schema = model.model_json_schema()
+    infos = []
+    for name, field_info in model.model_fields.items():
+        prop = schema["properties"].get(name, {})
+        extra = field_info.json_schema_extra if isinstance(field_info.json_schema_extra, dict) else {}
+        choices: tuple[Any, ...] | None = tuple(prop["enum"]) if "enum" in prop else None
+        if extra.get("choices_from") == "sampler_name":
+            choices = sampler_names()
+        elif extra.get("choices_from") == "scheduler":
+            choices = scheduler_names()
+        kind: ParameterKind
+        if prop.get("kind") == "image" or prop.get("format") == "path":
+            kind = "image"
+        elif choices is not None:
+            kind = "choice"
+        else:
+            kind = {"integer": "int", "number": "float", "boolean": "bool"}.get(prop.get("type", ""), "str")  # type: ignore[assignment]
+        recommended = extra.get("recommended")
+        infos.append(ParameterInfo(
+            name=name, type=kind, default=None if field_info.is_required() else prop.get("default"),
+            description=field_info.description or "", min=prop.get("minimum"), max=prop.get("maximum"),
+            choices=choices, recommended=tuple(recommended) if recommended else None))  # type: ignore[arg-type]
+    return infos
+
+
+@dataclass(frozen=True)
+class Template:
+    """One workflow template: its parameter model and its Jinja2 source."""
+
+    name: str
+    model: type[Params]
+    source: Path
+    environment: jinja2.Environment = field(repr=False)
+    description: str = ""
+
+    @property
+    def builtin(self) -> bool:
+        return self.model in WORKFLOWS.values()
+
+    def parameters(self) -> list[ParameterInfo]:
+        return describe_parameters(self.model)
+
+    def params(self, values: Mapping[str, Any] | None = None, *, strict_sizes: bool = False) -> Params:
+        """Validate parameter values into this template's model (ParameterError if wrong)."""
+        return self.model.build(values or {}, strict_sizes=strict_sizes)
+
+    def _values(self, params: Params, image_names: Mapping[str, str] | None) -> dict[str, Any]:
+        values = params.template_values()
+        for name, path in params.image_fields().items():
+            values[name] = (image_names or {}).get(name) or content_name(path)
+        return values
+
+    def _render_text(self, values: Mapping[str, Any]) -> str:
+        try:
+            return self.environment.get_template(self.source.name).render(values)
+        except jinja2.UndefinedError as exc:
+            raise TemplateBroken(f"uses an undefined name: {exc.message}", template=self.name) from exc
+        except jinja2.TemplateError as exc:
+            raise TemplateBroken(f"does not render: {exc}", template=self.name) from exc
+
+    def render(self, params: Params, *, image_names: Mapping[str, str] | None = None,
+               schema: Schema | None = None) -> Graph:
+        """Render to a Graph and validate it (offline against the recorded schema by default)."""
+        text = self._render_text(self._values(params, image_names))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            line = text.splitlines()[exc.lineno - 1] if exc.lineno <= len(text.splitlines()) else ""
+            raise TemplateBroken(f"renders invalid JSON at line {exc.lineno}: {exc.msg}: {line.strip()[:120]}",
+                                 template=self.name) from exc
+        graph = Graph.from_api(data)
+        self.check(graph, params, schema=schema)
+        return graph
+
+    def check(self, graph: Graph, params: Params, *, schema: Schema | None = None) -> None:
+        """Validate a rendered graph; errors name the template parameter responsible."""
+        verdict = check_prompt(graph.to_api(), schema or _offline_schema())
+        if verdict.ok and not verdict.node_errors:
+            return
+        mapping = self.parameter_map(params)
+        issues = []
+        if verdict.error and not verdict.node_errors:
+            issues.append(f"{verdict.error['message']} {verdict.error['details']}".strip())
+        for node_id, entry in verdict.node_errors.items():
+            for error in entry["errors"]:
+                input_name = error.get("extra_info", {}).get("input_name", "")
+                parameter = mapping.get(f"{node_id}.{input_name}")
+                where = f"parameter {parameter!r}" if parameter else f"node {node_id} ({entry['class_type']}) {input_name}"
+                issues.append(f"{where}: {error['message']} ({error['details']})")
+        raise GraphInvalid(issues, template=self.name)
+
+    def parameter_map(self, params: Params) -> dict[str, str]:
+        """Which template parameter sets which node input: {"6.denoise": "denoise", ...}.
+
+        Found by rendering once more with each value marked, so it holds for any
+        template, including a user's, without declarations to keep in step.
+        """
+        values = self._values(params, None)
+        traced = {name: _traced(value, name) for name, value in values.items()}
+        data = json.loads(self._render_text(traced))
+        mapping = {}
+        for node_id, node in data.items():
+            for input_name, value in node.get("inputs", {}).items():
+                if isinstance(value, str) and value.startswith(_TRACE) and value.endswith(_TRACE):
+                    mapping[f"{node_id}.{input_name}"] = value[len(_TRACE):-len(_TRACE)]
+        return mapping
+
+    def job(self, params: Params, *, label: str = "", schema: Schema | None = None) -> Job:
+        """A Job for this template: the graph, the parameters, and the files to upload."""
+        image_names = {name: content_name(path) for name, path in params.image_fields().items()}
+        graph = self.render(params, image_names=image_names, schema=schema)
+        inputs = {image_names[name]: path for name, path in params.image_fields().items()}
+        return Job(graph=graph, template=self.name, params=params.model_dump(mode="json"),
+                   inputs=inputs, parameter_map=self.parameter_map(params), label=label)
+
+
+def _environment(folders: Sequence[Path]) -> jinja2.Environment:
+    return SandboxedEnvironment(
+        loader=jinja2.FileSystemLoader([str(f) for f in folders]),
+        undefined=jinja2.StrictUndefined,
+        autoescape=True,  # with _json_literal: values are JSON-encoded, macro output is kept
+        finalize=_json_literal,
+        keep_trailing_newline=True,
+        auto_reload=False,
+    )
+
+
+_DECLARED_TYPES: dict[str, Any] = {"int": int, "float": float, "str": str, "bool": bool, "image": ImageFile}
+
+
+def model_from_declaration(name: str, declaration: Mapping[str, Any]) -> type[Params]:
+    """Build a parameter model from a user template's NAME.params.json."""
+    fields: dict[str, Any] = {}
+    for entry in declaration.get("parameters", []):
+        kind = entry.get("type", "str")
+        if kind == "choice":
+            annotation: Any = Literal[tuple(entry["choices"])]
+        elif kind in _DECLARED_TYPES:
+            annotation = _DECLARED_TYPES[kind]
+        else:
+            raise TemplateBroken(f"parameter {entry.get('name')!r} has unknown type {kind!r}", template=name)
+        constraints = {k: entry[k] for k in ("min", "max") if entry.get(k) is not None}
+        field_info = Field(
+            entry["default"] if "default" in entry and entry["default"] is not None else ...,
+            ge=constraints.get("min"), le=constraints.get("max"), description=entry.get("description", ""))
+        fields[entry["name"]] = (annotation, field_info)
+    model = create_model(f"Params_{name.replace('-', '_')}", __base__=Params, **fields)
+    model.workflow = name
+    model.template = name + TEMPLATE_SUFFIX
+    model.description = declaration.get("description", "")
+    return model
+
+
+class Templates:
+    """The template library: user folders first, then the built-in templates."""
+
+    def __init__(self, folders: Sequence[Path | str]) -> None:
+        self.folders = tuple(Path(f).expanduser() for f in folders)
+        self._environment = _environment(self.folders)
+        self._loaded: dict[str, Template] = {}
+
+    @classmethod
+    def default(cls, user_folders: Sequence[Path | str] = ()) -> Templates:
+        """User folders (arguments, then $COMFY_ORCH_TEMPLATES), then the built-in folder."""
+        folders: list[Path | str] = list(user_folders)
+        env = os.environ.get(USER_FOLDER_VARIABLE, "")
+        folders += [p for p in env.split(os.pathsep) if p]
+        return cls([*folders, builtin_folder()])
+
+    @property
+    def user_folder(self) -> Path | None:
+        """The first user folder, where imported templates are written."""
+        builtin = builtin_folder()
+        return next((f for f in self.folders if f != builtin), None)
+
+    def names(self) -> list[str]:
+        found = set(WORKFLOWS)
+        for folder in self.folders:
+            if folder.is_dir():
+                found |= {p.name[: -len(DECLARATION_SUFFIX)] for p in folder.glob("*" + DECLARATION_SUFFIX)}
+        return sorted(found)
+
+    def __iter__(self) -> Iterator[Template]:
+        return (self.get(name) for name in self.names())
+
+    def get(self, name: str) -> Template:
+        if name not in self._loaded:
+            self._loaded[name] = self._load(name)
+        return self._loaded[name]
+
+    def _load(self, name: str) -> Template:
+        for folder in self.folders:
+            declaration = folder / (name + DECLARATION_SUFFIX)
+            if declaration.is_file():
+                try:
+                    model = model_from_declaration(name, json.loads(declaration.read_text("utf-8")))
+                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise TemplateBroken(f"{declaration.name} is not a valid declaration: {exc}",
+                                         template=name) from exc
+                return self._checked(name, model, folder / (name + TEMPLATE_SUFFIX))
+        if name in WORKFLOWS:
+            model = WORKFLOWS[name]
+            for folder in self.folders:
+                if (folder / model.template).is_file():
+                    return self._checked(name, model, folder / model.template)
+            raise TemplateBroken(f"its file {model.template} is in no template folder", template=name)
+        raise TemplateNotFound(name, available=self.names())
+
+    def _checked(self, name: str, model: type[Params], source: Path) -> Template:
+        """Load a template and check that every name it uses is one its model provides."""
+        if not source.is_file():
+            raise TemplateBroken(f"{source.name} is missing", template=name)
+        try:
+            parsed = self._environment.parse(source.read_text("utf-8"))
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateBroken(f"{source.name} line {exc.lineno}: {exc.message}", template=name) from exc
+        unknown = jinja2.meta.find_undeclared_variables(parsed) - model.template_variables()
+        if unknown:
+            raise TemplateBroken(f"uses {', '.join(sorted(unknown))}, which its parameters do not define",
+                                 template=name)
+        return Template(name=name, model=model, source=source, environment=self._environment,
+                        description=model.description)
+
+
+def parse_assignments(pairs: Sequence[str]) -> dict[str, str]:
+    """Turn ["denoise=0.6", "prompt=a cat"] into a dict; NAME=VALUE, split at the first '='."""
+    values = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ParameterError(f"--set expects NAME=VALUE, got {pair!r}", parameter=name or None)
+        values[name.strip()] = value
+    return values
