@@ -1,0 +1,319 @@
+"""The farm's pure policy: farm files, job needs, server choice, affinity, retries, duplicates."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from comfy_orchestrator.errors import (
+    ConnectionFailed,
+    ExecutionFailed,
+    FarmFileInvalid,
+    JobLost,
+    JobTimedOut,
+    MissingModel,
+    OutOfMemory,
+    PromptRejected,
+)
+from comfy_orchestrator.farm import (
+    Attempt,
+    Capability,
+    CompletionLedger,
+    JobNeeds,
+    JobTimes,
+    RetryPolicy,
+    RoundRobin,
+    ServerView,
+    SoonestFinish,
+    WaitingJob,
+    affinity,
+    decide_retry,
+    estimate_finish_s,
+    job_needs,
+    load_farm,
+    parse_farm,
+    servers_from_urls,
+)
+from comfy_orchestrator.graph import Graph
+from comfy_orchestrator.jobs import Job
+from comfy_orchestrator.schema import Schema
+
+CKPT = "random-sd15.safetensors"
+
+
+def img2img_job(*, ckpt: str = CKPT, image: str = "in.png", text: str = "a lighthouse", seed: int = 1,
+                sampler: str = "euler", upload: bool = True) -> Job:
+    graph = Graph.from_api({
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["4", 0], "vae": ["1", 2]}},
+        "6": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["5", 0],
+            "seed": seed, "steps": 20, "cfg": 8.0, "sampler_name": sampler, "scheduler": "normal",
+            "denoise": 0.6}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "farm"}},
+    })
+    return Job(graph=graph, inputs={image: Path(image)} if upload else {})
+
+
+# --- farm files -------------------------------------------------------------------------------
+
+FARM_TOML = """
+[[server]]
+url = "http://10.0.0.5:8188/"
+name = "gpu0-a"
+weight = 2.0
+tags = ["h200", "gpu0"]
+queue_ahead = 3
+token = "s3cret"
+
+[[server]]
+url = "https://farm.example:443"
+headers = { "X-Team" = "art" }
+"""
+
+
+def test_farm_file_gives_frozen_server_configs() -> None:
+    first, second = parse_farm(FARM_TOML)
+    assert (first.name, first.url, first.weight, first.tags, first.queue_ahead) == (
+        "gpu0-a", "http://10.0.0.5:8188", 2.0, ("h200", "gpu0"), 3)
+    assert first.request_headers() == {"Authorization": "Bearer s3cret"}
+    assert (second.name, second.queue_ahead, second.weight) == ("farm.example:443", 2, 1.0)
+    assert second.request_headers() == {"X-Team": "art"}
+    with pytest.raises(ValidationError):
+        first.weight = 3.0  # type: ignore[misc]
+
+
+def test_farm_file_is_read_from_disk(tmp_path: Path) -> None:
+    path = tmp_path / "farm.toml"
+    path.write_text(FARM_TOML)
+    assert [server.name for server in load_farm(path)] == ["gpu0-a", "farm.example:443"]
+
+
+@pytest.mark.parametrize(("text", "complaint"), [
+    ("[[server]]\nurl = 'http://a:1'\nweigth = 2", "weigth"),
+    ("[[server]]\nurl = 'ftp://a:1'", "http(s) URL"),
+    ("[[server]]\nurl = 'http://a:1'\nweight = 0", "greater than 0"),
+    ("[[server]]\nurl = 'http://a:1'\nqueue_ahead = -1", "queue_ahead"),
+    ("[[server]]\nurl = 'http://a:1'\n[[server]]\nurl = 'http://a:1'", "used twice"),
+    ("[servers]\nurl = 'http://a:1'", "unknown top-level key"),
+    ("", "no [[server]]"),
+    ("[[server]\nurl=", "not valid TOML"),
+])
+def test_bad_farm_files_are_refused_with_a_reason(text: str, complaint: str) -> None:
+    with pytest.raises(FarmFileInvalid) as caught:
+        parse_farm(text, source="farm.toml")
+    assert complaint in str(caught.value)
+    assert str(caught.value).startswith("farm.toml: ")
+
+
+def test_missing_farm_file_is_a_farm_error(tmp_path: Path) -> None:
+    with pytest.raises(FarmFileInvalid, match="cannot read"):
+        load_farm(tmp_path / "absent.toml")
+
+
+def test_server_urls_become_configs() -> None:
+    servers = servers_from_urls(["http://127.0.0.1:8188", "http://127.0.0.1:8189"], queue_ahead=1)
+    assert [(s.name, s.queue_ahead) for s in servers] == [("127.0.0.1:8188", 1), ("127.0.0.1:8189", 1)]
+    with pytest.raises(FarmFileInvalid, match="used twice"):
+        servers_from_urls(["http://a:1", "http://a:1/"])
+
+
+# --- what a job needs, what a server has -------------------------------------------------------
+
+def test_job_needs_name_checkpoint_image_and_texts() -> None:
+    needs = job_needs(img2img_job(image="cat.png", text="a cat"))
+    assert needs.checkpoint == CKPT
+    assert needs.images == {"cat.png"}
+    assert needs.texts == {"a cat", "blurry"}
+    assert needs.uploads == {"cat.png"}
+    assert "KSampler" in needs.class_types
+    assert ("KSampler", "sampler_name", "euler") in needs.literals
+
+
+@pytest.mark.parametrize(("job", "lacking"), [
+    (img2img_job(), []),
+    (img2img_job(ckpt="sdxl.safetensors"), ["CheckpointLoaderSimple.ckpt_name 'sdxl.safetensors'"]),
+    (img2img_job(sampler="no-such-sampler"), ["KSampler.sampler_name 'no-such-sampler'"]),
+    (img2img_job(upload=False, image="absent.png"), ["LoadImage.image 'absent.png'"]),
+])
+def test_capability_lists_what_a_server_lacks(job: Job, lacking: list[str]) -> None:
+    capability = Capability(Schema.recorded())
+    assert capability.lacks(job_needs(job)) == lacking
+    assert capability.can_run(job_needs(job)) is (not lacking)
+
+
+def test_capability_sees_missing_node_classes() -> None:
+    raw = {name: info for name, info in Schema.recorded().raw.items() if name != "VAEEncode"}
+    assert Capability(Schema(raw)).lacks(job_needs(img2img_job())) == ["node class VAEEncode"]
+
+
+# --- affinity and the estimate -----------------------------------------------------------------
+
+A = job_needs(img2img_job(ckpt="a.safetensors", image="x.png", text="red"))
+A_OTHER_IMAGE = job_needs(img2img_job(ckpt="a.safetensors", image="y.png", text="green"))
+A_SAME_TEXT = job_needs(img2img_job(ckpt="a.safetensors", image="y.png", text="red"))
+B = job_needs(img2img_job(ckpt="b.safetensors", image="y.png", text="green"))
+
+
+@pytest.mark.parametrize(("needs", "last", "score"), [
+    (A, None, 0),
+    (A, A, 7),
+    (A, A_OTHER_IMAGE, 5),  # same checkpoint; shared negative text "blurry"
+    (A_SAME_TEXT, A_OTHER_IMAGE, 7),
+    (B, A, 1),  # only the negative prompt in common
+    (B, A_OTHER_IMAGE, 3),
+])
+def test_affinity_scores_what_is_cached(needs: JobNeeds, last: JobNeeds | None, score: int) -> None:
+    assert affinity(needs, last) == score
+
+
+def view(name: str, *, order: int = 0, queued: int = 0, slots: int = 3, job_s: float = 1.0,
+         switch_s: float = 2.0, last: JobNeeds | None = A, up: bool = True) -> ServerView:
+    return ServerView(name=name, order=order, up=up, free_slots=slots - queued, queued=queued,
+                      job_s=job_s, switch_s=switch_s, last=last)
+
+
+@pytest.mark.parametrize(("server", "needs", "seconds"), [
+    (view("s", queued=0, job_s=1.5), A, 1.5),
+    (view("s", queued=2, job_s=1.5), A, 4.5),
+    (view("s", queued=2, job_s=1.5), B, 6.5),  # plus a checkpoint load
+    (view("s", queued=0, last=None), A, 3.0),  # nothing loaded yet
+])
+def test_estimate_counts_queue_and_checkpoint_load(server: ServerView, needs: JobNeeds, seconds: float) -> None:
+    assert estimate_finish_s(server, needs) == pytest.approx(seconds)
+
+
+# --- choosing a server ---------------------------------------------------------------------------
+
+def waiting(*needs: JobNeeds, eligible: tuple[str, ...] = ("fast", "slow", "other")) -> list[WaitingJob]:
+    return [WaitingJob(seq=i, needs=n, eligible=frozenset(eligible)) for i, n in enumerate(needs)]
+
+
+@pytest.mark.parametrize(("me", "others", "jobs", "picked"), [
+    # an idle server takes the oldest job it has cached
+    (view("fast"), [view("slow", job_s=2.0)], waiting(A, A), 0),
+    # a 2x slower server takes work while the fast one has 3 queued (2 < 4 s)
+    (view("slow", job_s=2.0), [view("fast", queued=3)], waiting(A), 0),
+    # a 5x slower server leaves it for the fast one, even full (5 > 4 s)
+    (view("slow", job_s=5.0), [view("fast", queued=3)], waiting(A), None),
+    # affinity: skips a job of another checkpoint for one of its own
+    (view("fast", last=A), [view("slow", last=B)], waiting(B, A), 1),
+    # ... but takes the other checkpoint when no server has it loaded sooner
+    (view("fast", last=A), [view("slow", last=A, queued=3)], waiting(B), 0),
+    # it leaves a job to the server that has its checkpoint loaded and room
+    (view("fast", last=A), [view("other", last=B, job_s=1.2)], waiting(B), None),
+    # a down server's estimate does not count
+    (view("fast", last=A), [view("other", last=B, up=False)], waiting(B), 0),
+    # same checkpoint: prefers the job whose image and text are cached too
+    (view("fast", last=A), [view("slow", queued=3)], waiting(A_OTHER_IMAGE, A), 1),
+    # jobs it may not run are skipped
+    (view("fast"), [view("slow")], waiting(A, eligible=("slow",)), None),
+])
+def test_soonest_finish_picks(me: ServerView, others: list[ServerView], jobs: list[WaitingJob],
+                              picked: int | None) -> None:
+    assert SoonestFinish().pick(me, jobs, [me, *others]) == picked
+
+
+def test_soonest_finish_looks_only_so_far_ahead() -> None:
+    me, other = view("fast", last=A), view("slow", last=B)
+    jobs = waiting(B, B, B, A)
+    assert SoonestFinish(lookahead=4).pick(me, jobs, [me, other]) == 3
+    assert SoonestFinish(lookahead=2).pick(me, jobs, [me, other]) is None
+
+
+@pytest.mark.parametrize(("me", "down", "picked"), [
+    (view("fast", order=0), False, 0),
+    (view("slow", order=1), False, 1),
+    (view("slow", order=1), True, 0),  # the turn of a down server passes to anyone
+])
+def test_round_robin_takes_its_turns(me: ServerView, down: bool, picked: int) -> None:
+    first = view("fast", order=0, up=not down) if me.name != "fast" else me
+    second = view("slow", order=1) if me.name != "slow" else me
+    assert RoundRobin().pick(me, waiting(A, A, A), [first, second]) == picked
+
+
+# --- job times -------------------------------------------------------------------------------------
+
+def test_job_times_learn_warm_and_switch_costs() -> None:
+    times = JobTimes(window=4)
+    assert (times.job_s(1.0), times.switch_s(0.5)) == (1.0, 0.5)
+    times.add(3.0, loaded_checkpoint=True)
+    assert (times.job_s(1.0), times.switch_s(0.5)) == (3.0, 0.5)
+    for seconds in (1.0, 1.2, 50.0, 1.1, 0.9):  # the outlier (a GC pause) is outvoted
+        times.add(seconds, loaded_checkpoint=False)
+    assert times.job_s(1.0) == pytest.approx(1.15)
+    assert times.switch_s(0.5) == pytest.approx(3.0 - 1.15)
+
+
+# --- retries -----------------------------------------------------------------------------------------
+
+POLICY = RetryPolicy(max_attempts=4, first_delay_s=2.0, max_delay_s=10.0)
+
+
+@pytest.mark.parametrize(("attempt", "seconds"), [(1, 2.0), (2, 4.0), (3, 8.0), (4, 10.0), (9, 10.0)])
+def test_retry_delay_doubles_up_to_the_cap(attempt: int, seconds: float) -> None:
+    assert POLICY.delay(attempt) == seconds
+    assert POLICY.delay(attempt, jitter=0.5) == seconds / 2
+
+
+def oom(server: str) -> OutOfMemory:
+    return OutOfMemory("p", node_id="6", node_type="KSampler", message="CUDA out of memory\nmore", server=server)
+
+
+def failed(server: str, message: str = "boom") -> ExecutionFailed:
+    return ExecutionFailed("p", node_id="6", node_type="KSampler", message=message, server=server)
+
+
+def rejected(server: str, kind: str = "value_not_in_list") -> PromptRejected:
+    return PromptRejected("bad", server=server, error={"type": "prompt_outputs_failed_validation"},
+                          node_errors={"6": {"errors": [{"type": kind}], "class_type": "KSampler"}})
+
+
+@pytest.mark.parametrize(("error", "earlier", "untried", "retry", "avoid_s", "down"), [
+    # retryable: again, after the server's rest; the server's own faults mark it down
+    (ConnectionFailed("refused", server="a"), [], {"b"}, True, 2.0, True),
+    (JobLost("p", server="a"), [], {"b"}, True, 2.0, False),
+    (JobTimedOut("p", timeout_s=9, server="a"), [Attempt("b", JobLost("p", server="b"))], set(), True, 4.0, True),
+    # retryable but out of attempts: reported
+    (JobLost("p", server="a"), [Attempt("b", JobLost("p", server="b"))] * 3, {"c"}, False, 0.0, False),
+    # a missing model: another server may have it, this one never will
+    (MissingModel("no ckpt", server="a"), [], {"b"}, True, math.inf, False),
+    (MissingModel("no ckpt", server="a"), [], set(), False, 0.0, False),
+    # deterministic: one more try elsewhere, never here again
+    (oom("a"), [], {"b"}, True, math.inf, False),
+    (rejected("a"), [], {"b"}, True, math.inf, False),
+    (failed("a"), [], set(), False, 0.0, False),
+    # the same deterministic failure on a second server: the job is at fault
+    (oom("b"), [Attempt("a", oom("a"))], {"c"}, False, 0.0, False),
+    (rejected("b"), [Attempt("a", rejected("a"))], {"c"}, False, 0.0, False),
+    (failed("b", "boom\ntrace"), [Attempt("a", failed("a", "boom\nother trace"))], {"c"}, False, 0.0, False),
+    # a different failure on the second server gets another try
+    (failed("b", "other"), [Attempt("a", failed("a"))], {"c"}, True, math.inf, False),
+    (rejected("b", "value_bigger_than_max"), [Attempt("a", rejected("a"))], {"c"}, True, math.inf, False),
+])
+def test_retry_decisions(error: Exception, earlier: list[Attempt], untried: set[str], retry: bool,
+                         avoid_s: float, down: bool) -> None:
+    assert isinstance(error, (ConnectionFailed, JobLost, JobTimedOut, MissingModel, ExecutionFailed,
+                              PromptRejected))
+    decision = decide_retry(error, earlier, server=getattr(error, "server"), untried=frozenset(untried),
+                            policy=POLICY)
+    assert (decision.retry, decision.server_down) == (retry, down)
+    if retry:
+        assert decision.avoid_s == avoid_s
+
+
+def test_ledger_keeps_the_first_completion_only() -> None:
+    ledger = CompletionLedger()
+    assert ledger.settle(7, "a") is True
+    assert ledger.settle(7, "b") is False
+    assert ledger.settle(8, "b") is True
+    assert ledger.winner(7) == "a"
+    ledger.forget(7)
+    assert ledger.winner(7) is None
