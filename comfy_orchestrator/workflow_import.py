@@ -1,0 +1,823 @@
+"""Saved ComfyUI workflows: editor format to API format, and naming their parameters.
+
+Everything here is pure: it takes parsed JSON (or JSON text) and a Schema and returns data.
+
+Public API
+----------
+``parse_workflow(text) -> dict``
+    JSON text to a mapping; WorkflowImportError when it is not JSON or not an object.
+``detect_format(data) -> "api" | "editor"``
+    Which form a saved workflow has (``data`` is a mapping or JSON text);
+    WorkflowImportError when it is neither.
+``to_api(workflow, schema) -> Converted``
+    The prompt ComfyUI's editor would queue for an editor-format workflow (the normal Save):
+    ``Converted.prompt`` (node id -> {"class_type", "inputs", "_meta": {"title"}}),
+    ``Converted.titles`` (node id -> title) and ``Converted.notes`` (one line for each thing
+    that could not be carried over, and why). Editor rules followed: widgets_values are
+    mapped onto the schema's widget inputs in order, skipping the control value after a seed
+    and the "upload" value of image loaders; links resolve to [node_id, output_index] through
+    Reroute chains, bypassed nodes (mode 4: an input of the same type passes through),
+    PrimitiveNode (its value goes into its targets) and subgraphs (inner nodes get ids
+    "host:inner"); muted nodes (mode 2) are left out, and so is every node that then lacks a
+    required input, since the server would refuse it; Note, MarkdownNote and groups are
+    editor-only.
+``titles_of(prompt, schema=None) -> dict[str, str]``
+    Node titles of an API-format prompt (its ``_meta.title``, else the class's display name).
+``resolve_target(prompt, titles, spec) -> Target``
+    ``NODE.INPUT`` (or ``NODE.inputs.INPUT``) to (node_id, input_name); NODE is a node id,
+    a title, or a class_type that exactly one node has.
+``propose_parameters(prompt, schema, titles=None) -> Proposal``
+    The usual parameters (seed, steps, cfg, sampler, scheduler, denoise, prompt,
+    negative_prompt, image, checkpoint): a mapping name -> Target whose ``account`` says
+    what was chosen and why.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+from comfy_orchestrator.errors import WorkflowImportError
+from comfy_orchestrator.schema import CHECKPOINT_LOADERS, NodeSchema, Schema
+
+WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+CONTROL_VALUES = frozenset({"fixed", "randomize", "increment", "decrement"})
+UPLOAD_OPTIONS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload")
+NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
+MODE_MUTED = 2
+MODE_BYPASSED = 4
+SUBGRAPH_INPUT_NODE = "-10"
+SUBGRAPH_OUTPUT_NODE = "-20"
+MAX_SUBGRAPH_DEPTH = 32
+
+Format = Literal["api", "editor"]
+
+
+class Target(NamedTuple):
+    """One input of one node: where a template parameter goes."""
+
+    node_id: str
+    input_name: str
+
+    def __str__(self) -> str:
+        return f"{self.node_id}.{self.input_name}"
+
+
+@dataclass(frozen=True)
+class Converted:
+    """An editor-format workflow in API format, with what could not be carried over."""
+
+    prompt: dict[str, dict[str, Any]]
+    titles: dict[str, str]
+    notes: tuple[str, ...]
+
+
+class Proposal(Mapping[str, Target]):
+    """Proposed parameters (name -> Target) and an account of how they were chosen."""
+
+    def __init__(self, targets: Mapping[str, Target], account: Sequence[str]) -> None:
+        self._targets = dict(targets)
+        self.account = tuple(account)
+
+    def __getitem__(self, name: str) -> Target:
+        return self._targets[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._targets)
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def __repr__(self) -> str:
+        return f"Proposal({self._targets!r})"
+
+
+# ---------------------------------------------------------------- reading and detecting
+
+
+def parse_workflow(text: str | bytes) -> dict[str, Any]:
+    """Parse a saved workflow's JSON text into a mapping."""
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WorkflowImportError(f"not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise WorkflowImportError(
+            f"not a ComfyUI workflow: the JSON is a {type(data).__name__}, not an object"
+        )
+    return data
+
+
+def detect_format(data: Mapping[str, Any] | str | bytes) -> Format:
+    """Say whether `data` is an API-format prompt or an editor-format workflow."""
+    workflow = parse_workflow(data) if isinstance(data, (str, bytes)) else data
+    if isinstance(workflow.get("nodes"), list) and isinstance(workflow.get("links"), (list, dict)):
+        return "editor"
+    if workflow and all(
+        isinstance(node, Mapping) and isinstance(node.get("class_type"), str)
+        and isinstance(node.get("inputs", {}), Mapping)
+        for node in workflow.values()
+    ):
+        return "api"
+    if isinstance(workflow.get("prompt"), Mapping) or isinstance(workflow.get("workflow"), Mapping):
+        hint = "; it wraps one: save the workflow itself (Save, or Export (API))"
+    else:
+        hint = ""
+    keys = ", ".join(sorted(map(str, workflow))[:8]) or "nothing"
+    raise WorkflowImportError(
+        "neither an editor-format workflow (an object with \"nodes\" and \"links\") nor an "
+        "API-format prompt (an object of node id -> {\"class_type\", \"inputs\"}); "
+        f"the file holds {keys}{hint}"
+    )
+
+
+def titles_of(prompt: Mapping[str, Mapping[str, Any]], schema: Schema | None = None) -> dict[str, str]:
+    """Node titles of an API-format prompt: its _meta titles, else the classes' display names."""
+    titles: dict[str, str] = {}
+    for node_id, node in prompt.items():
+        meta = node.get("_meta")
+        title = meta.get("title") if isinstance(meta, Mapping) else None
+        titles[node_id] = str(title) if title else _display_name(schema, str(node["class_type"]))
+    return titles
+
+
+# ---------------------------------------------------------------- editor -> API
+
+
+def to_api(workflow: Mapping[str, Any], schema: Schema) -> Converted:
+    """Convert an editor-format workflow to the API-format prompt the editor would queue."""
+    if detect_format(workflow) != "editor":
+        raise WorkflowImportError("this is an API-format prompt already, not an editor workflow")
+    return _Converter(workflow, schema).convert()
+
+
+@dataclass(frozen=True)
+class _Link:
+    link_id: int
+    origin_id: str
+    origin_slot: int
+    target_id: str
+    target_slot: int
+    type: str
+
+
+@dataclass(frozen=True)
+class _Graph:
+    """The root graph or one subgraph definition."""
+
+    nodes: Mapping[str, Mapping[str, Any]]
+    links: Mapping[int, _Link]
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """A node where it sits: in which graph, inside which subgraph instances."""
+
+    node: Mapping[str, Any]
+    graph: _Graph
+    path: tuple[str, ...]
+    host: _Placed | None
+
+    @property
+    def node_id(self) -> str:
+        return ":".join((*self.path, str(self.node.get("id"))))
+
+    @property
+    def class_type(self) -> str:
+        return str(self.node.get("type", ""))
+
+
+@dataclass(frozen=True)
+class _FromOutput:
+    node_id: str
+    slot: int
+
+
+@dataclass(frozen=True)
+class _FromValue:
+    value: Any
+
+
+_Resolved = _FromOutput | _FromValue | None
+
+
+class _Converter:
+    def __init__(self, workflow: Mapping[str, Any], schema: Schema) -> None:
+        self.schema = schema
+        definitions = (workflow.get("definitions") or {}).get("subgraphs") or []
+        self.definitions: dict[str, Mapping[str, Any]] = {
+            str(d["id"]): d for d in definitions if isinstance(d, Mapping) and "id" in d
+        }
+        self.subgraphs = {key: _read_graph(d) for key, d in self.definitions.items()}
+        self.placed: dict[str, _Placed] = {}
+        self.notes: list[str] = []
+        self._place(_read_graph(workflow), (), None)
+
+    def _place(self, graph: _Graph, path: tuple[str, ...], host: _Placed | None) -> None:
+        if len(path) > MAX_SUBGRAPH_DEPTH:
+            raise WorkflowImportError("subgraphs nest too deep (a subgraph contains itself?)",
+                                      node_id=":".join(path))
+        for node in graph.nodes.values():
+            placed = _Placed(node, graph, path, host)
+            self.placed[placed.node_id] = placed
+            if placed.class_type in self.subgraphs:
+                self._place(self.subgraphs[placed.class_type], (*path, str(node["id"])), placed)
+
+    def _mode(self, placed: _Placed) -> int:
+        """The node's mode; a muted or bypassed subgraph instance mutes everything inside."""
+        if placed.host is not None:
+            host_mode = self._mode(placed.host)
+            if host_mode in (MODE_MUTED, MODE_BYPASSED):
+                return host_mode
+        mode = placed.node.get("mode", 0)
+        return mode if isinstance(mode, int) else 0
+
+    def _title(self, placed: _Placed) -> str:
+        title = placed.node.get("title")
+        if title:
+            return str(title)
+        definition = self.definitions.get(placed.class_type)
+        if definition is not None:
+            return str(definition.get("name") or placed.class_type)
+        return _display_name(self.schema, placed.class_type)
+
+    def _describe(self, placed: _Placed) -> str:
+        title = self._title(placed)
+        if title in (placed.class_type, _display_name(self.schema, placed.class_type)):
+            return f"node {placed.node_id} ({placed.class_type})"
+        return f"node {placed.node_id} ({placed.class_type} {title!r})"
+
+    def convert(self) -> Converted:
+        prompt: dict[str, dict[str, Any]] = {}
+        titles: dict[str, str] = {}
+        left_out: dict[str, str] = {}
+        for node_id, placed in self.placed.items():
+            kind = placed.class_type
+            mode = self._mode(placed)
+            if kind in NOTE_TYPES:
+                self.notes.append(f"{self._describe(placed)} is an editor-only note: left out")
+                continue
+            if kind in ("Reroute", "PrimitiveNode"):
+                self._note_primitive_control(placed)
+                continue  # resolved through by the nodes they feed
+            if kind in self.subgraphs and mode not in (MODE_MUTED, MODE_BYPASSED):
+                continue  # its inner nodes stand in for it
+            if mode == MODE_MUTED:
+                left_out[node_id] = "muted"
+                if placed.host is None or self._mode(placed.host) != MODE_MUTED:
+                    self.notes.append(f"{self._describe(placed)} is muted: left out, as the editor does")
+                continue
+            if mode == MODE_BYPASSED:
+                if placed.host is None or self._mode(placed.host) != MODE_BYPASSED:
+                    self.notes.append(
+                        f"{self._describe(placed)} is bypassed: left out, and the nodes it fed "
+                        "take its input of the same type instead, as the editor does"
+                    )
+                continue
+            if kind not in self.schema:
+                raise WorkflowImportError(self._unknown_class(placed), node_id=node_id)
+            prompt[node_id] = {
+                "class_type": kind,
+                "inputs": self._inputs(placed, self.schema[kind]),
+                "_meta": {"title": self._title(placed)},
+            }
+            titles[node_id] = self._title(placed)
+        self._drop_dangling(prompt, titles, left_out)
+        ordered = sorted(prompt, key=_natural_key)
+        return Converted(
+            prompt={k: prompt[k] for k in ordered},
+            titles={k: titles[k] for k in ordered},
+            notes=tuple(self.notes),
+        )
+
+    def _unknown_class(self, placed: _Placed) -> str:
+        kind = placed.class_type
+        if kind.startswith(("workflow>", "workflow/")):
+            return (f"{kind!r} is a legacy group node; convert it to a subgraph in the editor "
+                    "(or ungroup it) and save again")
+        return (f"class {kind!r} is not in the server's schema ({self.schema.source}); "
+                "a custom node that is not installed there?")
+
+    def _inputs(self, placed: _Placed, spec: NodeSchema) -> dict[str, Any]:
+        inputs = {name: _wrap(value) for name, value in self._widget_values(placed, spec).items()}
+        for slot in placed.node.get("inputs") or []:
+            if not isinstance(slot, Mapping) or slot.get("link") is None:
+                continue
+            widget = slot.get("widget")
+            name = str(widget.get("name") if isinstance(widget, Mapping) else slot.get("name"))
+            resolved = self._resolve_input(placed, slot, set())
+            if isinstance(resolved, _FromOutput):
+                inputs[name] = [resolved.node_id, resolved.slot]
+            elif isinstance(resolved, _FromValue):
+                inputs[name] = _wrap(resolved.value)
+            elif name in inputs:
+                self.notes.append(f"{self._describe(placed)}: input {name!r} is linked to nothing "
+                                  "that gives a value; it keeps its widget value")
+            else:
+                self.notes.append(f"{self._describe(placed)}: input {name!r} is linked to nothing "
+                                  "that gives a value (a bypassed node without an input of that "
+                                  "type, or an empty reroute); left unset")
+        return inputs
+
+    # --- widgets
+
+    def _widget_values(self, placed: _Placed, spec: NodeSchema) -> dict[str, Any]:
+        values = placed.node.get("widgets_values")
+        layouts = _widget_layouts(spec)
+        widget_names = [name for name in layouts[0] if name is not None and name != _CONTROL]
+        if isinstance(values, Mapping):  # some nodes save their widgets by name
+            return {name: values[name] for name in widget_names if name in values}
+        if values is None:
+            values = []
+        if not isinstance(values, list):
+            raise WorkflowImportError(f"widgets_values of {placed.class_type} is neither a list "
+                                      "nor an object", node_id=placed.node_id)
+        for layout in layouts:
+            if len(layout) == len(values) and _fits(layout, values):
+                mapped: dict[str, Any] = {}
+                for index, (name, value) in enumerate(zip(layout, values)):
+                    if name == _CONTROL:
+                        self._note_control(placed, str(layout[index - 1]), value, values[index - 1])
+                    elif name is not None:
+                        mapped[name] = value
+                return mapped
+        expected = sorted({len(layout) for layout in layouts})
+        counts = " or ".join(str(n) for n in expected)
+        raise WorkflowImportError(
+            f"{placed.class_type} has {len(values)} widget values {list(values)!r}, but the "
+            f"schema ({self.schema.source}) gives it {counts} "
+            f"({', '.join(widget_names) or 'no widgets'}); saved with another version of the node?",
+            node_id=placed.node_id,
+        )
+
+    def _note_control(self, placed: _Placed, name: str, control: Any, value: Any) -> None:
+        if control != "fixed":
+            self.notes.append(
+                f"{self._describe(placed)}: {name} is set to {control!r} after each run in the "
+                f"editor; the API graph keeps the saved value {value!r} (make {name} a parameter "
+                "to vary it)"
+            )
+
+    def _note_primitive_control(self, placed: _Placed) -> None:
+        values = placed.node.get("widgets_values")
+        if placed.class_type == "PrimitiveNode" and isinstance(values, list) and len(values) > 1:
+            if values[1] in CONTROL_VALUES:
+                self._note_control(placed, "its value", values[1], values[0])
+
+    def _promoted_values(self, host: _Placed) -> dict[str, Any]:
+        """Values of a subgraph instance's own widgets (inputs promoted from inside)."""
+        definition = self.definitions[host.class_type]
+        values = host.node.get("widgets_values")
+        names = [str(i.get("name")) for i in definition.get("inputs") or []
+                 if isinstance(i, Mapping) and i.get("type") in WIDGET_TYPES]
+        if isinstance(values, Mapping):
+            return {name: values[name] for name in names if name in values}
+        if not isinstance(values, list) or not values:
+            return {}
+        if len(values) != len(names):
+            values = [v for v in values if v not in CONTROL_VALUES]
+        if len(values) != len(names):
+            self.notes.append(f"{self._describe(host)}: {len(values)} widget values for "
+                              f"{len(names)} widget inputs ({', '.join(names)}); the nodes inside "
+                              "keep their own values")
+            return {}
+        return dict(zip(names, values))
+
+    # --- links
+
+    def _resolve_input(self, placed: _Placed, slot: Mapping[str, Any], visited: set[str],
+                       wanted_type: str | None = None) -> _Resolved:
+        link_id = slot.get("link")
+        if link_id is None:
+            return None
+        name = slot.get("name")
+        link = placed.graph.links.get(_as_int(link_id, placed))
+        if link is None:
+            raise WorkflowImportError(
+                f"input {name!r} uses link {link_id}, which the workflow's links do not list",
+                node_id=placed.node_id,
+            )
+        wanted = wanted_type or str(slot.get("type") or link.type)
+        if link.origin_id == SUBGRAPH_INPUT_NODE:
+            if placed.host is None:
+                raise WorkflowImportError(f"input {name!r} is linked to a subgraph input outside "
+                                          "any subgraph", node_id=placed.node_id)
+            return self._resolve_subgraph_input(placed.host, link.origin_slot, visited)
+        if link.origin_id not in placed.graph.nodes:
+            raise WorkflowImportError(
+                f"input {name!r} is linked (link {link.link_id}) to node {link.origin_id}, "
+                "which does not exist", node_id=placed.node_id,
+            )
+        origin = self.placed[":".join((*placed.path, link.origin_id))]
+        return self._resolve_output(origin, link.origin_slot, wanted, visited)
+
+    def _resolve_output(self, placed: _Placed, slot: int, wanted: str, visited: set[str]) -> _Resolved:
+        key = f"{placed.node_id}[{slot}]"
+        if key in visited:
+            raise WorkflowImportError(f"links loop through output {slot} (through reroutes, "
+                                      "bypassed nodes or subgraphs)", node_id=placed.node_id)
+        visited.add(key)
+        kind = placed.class_type
+        mode = self._mode(placed)
+        if mode == MODE_BYPASSED and (placed.host is None or self._mode(placed.host) != MODE_BYPASSED):
+            index = _bypass_input(placed.node, slot, wanted)
+            if index is None:
+                return None
+            return self._resolve_input(placed, placed.node["inputs"][index], visited, wanted)
+        if kind in self.subgraphs and mode != MODE_MUTED:
+            return self._resolve_subgraph_output(placed, slot, wanted, visited)
+        if kind == "Reroute":
+            slots = placed.node.get("inputs") or []
+            return self._resolve_input(placed, slots[0], visited, wanted) if slots else None
+        if kind == "PrimitiveNode":
+            values = placed.node.get("widgets_values")
+            return _FromValue(values[0]) if isinstance(values, list) and values else None
+        if kind in NOTE_TYPES:
+            return None
+        return _FromOutput(placed.node_id, slot)  # a muted origin is removed with its links later
+
+    def _resolve_subgraph_input(self, host: _Placed, index: int, visited: set[str]) -> _Resolved:
+        declared = self.definitions[host.class_type].get("inputs") or []
+        if not 0 <= index < len(declared):
+            raise WorkflowImportError(f"a link inside its subgraph uses subgraph input {index}, "
+                                      f"but the subgraph has {len(declared)}", node_id=host.node_id)
+        name = declared[index].get("name")
+        for slot in host.node.get("inputs") or []:
+            if isinstance(slot, Mapping) and slot.get("name") == name and slot.get("link") is not None:
+                return self._resolve_input(host, slot, visited)
+        promoted = self._promoted_values(host)
+        return _FromValue(promoted[name]) if name in promoted else None
+
+    def _resolve_subgraph_output(self, host: _Placed, slot: int, wanted: str,
+                                 visited: set[str]) -> _Resolved:
+        inner = self.subgraphs[host.class_type]
+        for link in inner.links.values():
+            if link.target_id == SUBGRAPH_OUTPUT_NODE and link.target_slot == slot:
+                if link.origin_id == SUBGRAPH_INPUT_NODE:
+                    return self._resolve_subgraph_input(host, link.origin_slot, visited)
+                origin = self.placed.get(":".join((*host.path, str(host.node["id"]), link.origin_id)))
+                if origin is None:
+                    raise WorkflowImportError(
+                        f"subgraph output {slot} comes from node {link.origin_id}, which the "
+                        "subgraph does not have", node_id=host.node_id)
+                return self._resolve_output(origin, link.origin_slot, wanted, visited)
+        return None
+
+    # --- muted nodes and what depended on them
+
+    def _drop_dangling(self, prompt: dict[str, dict[str, Any]], titles: dict[str, str],
+                       left_out: dict[str, str]) -> None:
+        """Remove links to nodes that are not in the prompt, as the editor does.
+
+        A node that loses a required input this way would be refused by the server, which
+        then skips that branch; leave it out too and say so.
+        """
+        changed = True
+        while changed:
+            changed = False
+            for node_id in list(prompt):
+                node = prompt[node_id]
+                required = set(self.schema[node["class_type"]].required)
+                for name, value in list(node["inputs"].items()):
+                    if not _is_link(value) or value[0] in prompt:
+                        continue
+                    source = value[0]
+                    why = left_out.get(source, "left out")
+                    del node["inputs"][name]
+                    describe = self._describe(self.placed[node_id])
+                    if name in required:
+                        self.notes.append(
+                            f"{describe} is left out: its required input {name!r} came from "
+                            f"node {source}, which is {why}; the server would refuse it")
+                        del prompt[node_id]
+                        del titles[node_id]
+                        left_out[node_id] = f"left out because node {source} is {why}"
+                        changed = True
+                        break
+                    self.notes.append(f"{describe}: optional input {name!r} came from node "
+                                      f"{source}, which is {why}; left unset")
+
+
+_CONTROL = "\x00control"  # marks the value of a control_after_generate widget in a layout
+_UPLOAD = None  # the image loaders' "upload" button: a value in the file, no input
+
+
+def _widget_layouts(spec: NodeSchema) -> list[list[str | None]]:
+    """The orders in which the editor may have saved this class's widget values.
+
+    First the current editor's, then one without the upload button's value (files where it is
+    not written), then legacy files that also kept values for forceInput inputs.
+    """
+    layouts: list[list[str | None]] = []
+    for keep_forced in (False, True):
+        for with_upload in (True, False):
+            layout: list[str | None] = []
+            for name in spec.input_order:
+                config = spec.inputs[name]
+                if not config.is_widget:
+                    continue
+                forced = bool(config.options.get("forceInput"))
+                if forced and not keep_forced:
+                    continue
+                layout.append(name)
+                if _has_control(name, config.type, config.options):
+                    layout.append(_CONTROL)
+                if with_upload and any(config.options.get(flag) for flag in UPLOAD_OPTIONS):
+                    layout.append(_UPLOAD)
+            if layout not in layouts:
+                layouts.append(layout)
+    return layouts
+
+
+def _has_control(name: str, kind: str, options: Mapping[str, Any]) -> bool:
+    """Whether the editor adds a control_after_generate widget after this one."""
+    if "control_after_generate" in options:
+        return bool(options["control_after_generate"])
+    return kind == "INT" and name in ("seed", "noise_seed")  # the editor's legacy rule
+
+
+def _fits(layout: Sequence[str | None], values: Sequence[Any]) -> bool:
+    return all(value in CONTROL_VALUES for name, value in zip(layout, values) if name == _CONTROL)
+
+
+def _bypass_input(node: Mapping[str, Any], slot: int, wanted: str) -> int | None:
+    """The input a bypassed node passes to output `slot`: same index first, then by type."""
+    inputs = [s for s in node.get("inputs") or [] if isinstance(s, Mapping)]
+    outputs = node.get("outputs") or []
+    output_type = str(outputs[slot].get("type", "*")) if slot < len(outputs) else wanted
+    if wanted in ("*", ""):
+        return slot if slot < len(inputs) else (0 if inputs else None)
+    if slot < len(inputs):
+        same = str(inputs[slot].get("type", ""))
+        if _connectable(same, output_type) and _connectable(same, wanted):
+            return slot
+    for index, candidate in enumerate(inputs):
+        if candidate.get("type") == wanted:
+            return index
+    for index, candidate in enumerate(inputs):
+        kind = str(candidate.get("type", ""))
+        if _connectable(kind, output_type) and _connectable(kind, wanted):
+            return index
+    return None
+
+
+def _connectable(a: str, b: str) -> bool:
+    """Whether slot types match as the editor sees it: equal, "*", or sharing a listed type."""
+    if not a or not b or a == "*" or b == "*":
+        return True
+    left = {t.strip().upper() for t in a.split(",")}
+    right = {t.strip().upper() for t in b.split(",")}
+    return bool(left & right)
+
+
+def _read_graph(graph: Mapping[str, Any]) -> _Graph:
+    nodes: dict[str, Mapping[str, Any]] = {}
+    for node in graph.get("nodes") or []:
+        if not isinstance(node, Mapping) or "id" not in node:
+            raise WorkflowImportError(f"a node without an id: {json.dumps(node)[:120]}")
+        nodes[str(node["id"])] = node
+    raw_links = graph.get("links") or []
+    entries = raw_links.values() if isinstance(raw_links, Mapping) else raw_links
+    links: dict[int, _Link] = {}
+    for entry in entries:
+        link = _read_link(entry)
+        links[link.link_id] = link
+    return _Graph(nodes, links)
+
+
+def _read_link(entry: Any) -> _Link:
+    try:
+        if isinstance(entry, Mapping):  # the newer object form, used inside subgraphs
+            return _Link(int(entry["id"]), str(entry["origin_id"]), int(entry["origin_slot"]),
+                         str(entry["target_id"]), int(entry["target_slot"]), str(entry.get("type", "*")))
+        link_id, origin_id, origin_slot, target_id, target_slot, kind = entry[:6]
+        return _Link(int(link_id), str(origin_id), int(origin_slot), str(target_id),
+                     int(target_slot), str(kind))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WorkflowImportError(
+            f"malformed link {json.dumps(entry)[:120]}: expected [id, from_node, from_slot, "
+            "to_node, to_slot, type]") from exc
+
+
+def _as_int(value: Any, placed: _Placed) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise WorkflowImportError(f"link id {value!r} is not a number",
+                                  node_id=placed.node_id) from exc
+
+
+def _wrap(value: Any) -> Any:
+    """List values go as {"__value__": [...]} so the server does not take them for links."""
+    return {"__value__": value} if isinstance(value, list) else value
+
+
+def _is_link(value: Any) -> bool:
+    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+            and isinstance(value[1], int))
+
+
+def _natural_key(node_id: str) -> tuple[tuple[int, str], ...]:
+    return tuple((int(part), "") if part.isdigit() else (1 << 62, part) for part in node_id.split(":"))
+
+
+def _display_name(schema: Schema | None, class_type: str) -> str:
+    if schema is not None and class_type in schema:
+        return str(schema.raw[class_type].get("display_name") or class_type)
+    return class_type
+
+
+# ---------------------------------------------------------------- naming parameters
+
+
+def resolve_target(prompt: Mapping[str, Mapping[str, Any]], titles: Mapping[str, str],
+                   spec: str) -> Target:
+    """Find the input that `spec` (NODE.INPUT, or NODE.inputs.INPUT) names."""
+    node_ref, dot, input_name = spec.strip().rpartition(".")
+    if not dot or not node_ref or not input_name:
+        raise WorkflowImportError(
+            f"parameter target {spec!r} is not NODE.INPUT (NODE: a node id, a node title or a "
+            "class that one node has; e.g. 3.denoise, KSampler.denoise)")
+    node_id = _find_node(prompt, titles, node_ref)
+    if node_id is None and node_ref.endswith(".inputs"):
+        node_id = _find_node(prompt, titles, node_ref[: -len(".inputs")])
+    if node_id is None:
+        listing = "; ".join(f"{nid} {titles.get(nid, '')!r} ({node['class_type']})"
+                            for nid, node in prompt.items())
+        raise WorkflowImportError(f"parameter target {spec!r}: no node has the id, title or class "
+                                  f"{node_ref!r}; nodes: {listing}")
+    inputs = prompt[node_id].get("inputs") or {}
+    if input_name not in inputs:
+        values = ", ".join(name for name, value in inputs.items() if not _is_link(value))
+        raise WorkflowImportError(
+            f"parameter target {spec!r}: {prompt[node_id]['class_type']} has no input "
+            f"{input_name!r} set; its value inputs: {values or 'none'}", node_id=node_id)
+    if _is_link(inputs[input_name]):
+        source = inputs[input_name][0]
+        raise WorkflowImportError(
+            f"parameter target {spec!r}: input {input_name!r} is linked from node {source}, "
+            "so it holds no value to make a parameter of", node_id=node_id)
+    return Target(node_id, input_name)
+
+
+def _find_node(prompt: Mapping[str, Mapping[str, Any]], titles: Mapping[str, str],
+               ref: str) -> str | None:
+    if ref in prompt:
+        return ref
+    for matches, what in (
+        ([nid for nid in prompt if titles.get(nid) == ref], "title"),
+        ([nid for nid, node in prompt.items() if node.get("class_type") == ref], "class"),
+    ):
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            candidates = ", ".join(f"{nid} ({prompt[nid]['class_type']} {titles.get(nid, '')!r})"
+                                   for nid in sorted(matches, key=_natural_key))
+            raise WorkflowImportError(f"{len(matches)} nodes have the {what} {ref!r}: "
+                                      f"{candidates}; name one by its id or give it its own title")
+    return None
+
+
+_SAMPLER_INPUTS = (
+    ("seed", ("seed", "noise_seed")),
+    ("steps", ("steps",)),
+    ("cfg", ("cfg",)),
+    ("sampler", ("sampler_name",)),
+    ("scheduler", ("scheduler",)),
+    ("denoise", ("denoise",)),
+)
+
+
+def propose_parameters(prompt: Mapping[str, Mapping[str, Any]], schema: Schema,
+                       titles: Mapping[str, str] | None = None) -> Proposal:
+    """Propose the usual parameters of a workflow and say what was chosen."""
+    titles = titles if titles is not None else titles_of(prompt, schema)
+    targets: dict[str, Target] = {}
+    account: list[str] = []
+
+    def describe(node_id: str) -> str:
+        kind = str(prompt[node_id]["class_type"])
+        title = titles.get(node_id, kind)
+        same = title in (kind, _display_name(schema, kind))
+        return f"node {node_id} ({kind})" if same else f"node {node_id} ({kind} {title!r})"
+
+    def propose(name: str, target: Target, why: str) -> None:
+        targets[name] = target
+        value = prompt[target.node_id]["inputs"][target.input_name]
+        account.append(f"{name} = {target} ({why}; now {value!r})")
+
+    samplers = [nid for nid, node in prompt.items() if _is_sampler(node, schema)]
+    samplers.sort(key=_natural_key)
+    upstream = {nid: _ancestors(prompt, nid) for nid in samplers}
+    first = [nid for nid in samplers if not any(other in upstream[nid] for other in samplers)]
+    if not samplers:
+        account.append("no sampler (a node with positive and negative inputs and steps or a "
+                       "seed): no seed, steps, cfg, sampler, scheduler, denoise or prompts proposed")
+    else:
+        main = (first or samplers)[0]
+        others = [nid for nid in samplers if nid != main]
+        note = f" ({len(samplers)} samplers; the first in the flow)" if others else ""
+        inputs = prompt[main]["inputs"]
+        for name, candidates in _SAMPLER_INPUTS:
+            for input_name in candidates:
+                if input_name not in inputs:
+                    continue
+                if _is_link(inputs[input_name]):
+                    account.append(f"{name}: not proposed, {input_name} of {describe(main)} is "
+                                   f"linked from node {inputs[input_name][0]}")
+                else:
+                    propose(name, Target(main, input_name), f"{input_name} of {describe(main)}{note}")
+                break
+        if others:
+            account.append("the other samplers keep their values: " + ", ".join(
+                describe(nid) for nid in others) + "; add --param for their inputs if needed")
+        sources = {}
+        for side in ("positive", "negative"):
+            link = inputs.get(side)
+            source = _text_source(prompt, schema, link) if _is_link(link) else None
+            sources[side] = source
+            if source is None:
+                account.append(f"{side} prompt: no text input found upstream of {side} of "
+                               f"{describe(main)}")
+        if sources["positive"] is not None:
+            propose("prompt", sources["positive"],
+                    f"text of {describe(sources['positive'].node_id)}, which feeds positive of "
+                    f"{describe(main)}")
+        negative = sources["negative"]
+        if negative is not None and negative == sources["positive"]:
+            account.append("negative_prompt: not proposed, the same text feeds positive and negative")
+        elif negative is not None:
+            propose("negative_prompt", negative,
+                    f"text of {describe(negative.node_id)}, which feeds negative of {describe(main)}")
+    loaders = [(nid, name) for nid, node in prompt.items() for name in _upload_inputs(node, schema)]
+    for index, (node_id, input_name) in enumerate(sorted(loaders, key=lambda t: _natural_key(t[0]))):
+        name = "image" if index == 0 else f"image_{index + 1}"
+        propose(name, Target(node_id, input_name), f"{input_name} of {describe(node_id)}")
+    checkpoints = sorted((nid for nid, node in prompt.items()
+                          if CHECKPOINT_LOADERS.get(str(node["class_type"])) in node.get("inputs", {})),
+                         key=_natural_key)
+    for index, node_id in enumerate(checkpoints):
+        input_name = CHECKPOINT_LOADERS[str(prompt[node_id]["class_type"])]
+        if _is_link(prompt[node_id]["inputs"][input_name]):
+            continue
+        name = "checkpoint" if index == 0 else f"checkpoint_{index + 1}"
+        propose(name, Target(node_id, input_name), f"{input_name} of {describe(node_id)}")
+    return Proposal(targets, account)
+
+
+def _is_sampler(node: Mapping[str, Any], schema: Schema) -> bool:
+    kind = str(node.get("class_type"))
+    if kind not in schema:
+        return False
+    declared = schema[kind].inputs
+    conditioning = all(declared.get(side) is not None and declared[side].type == "CONDITIONING"
+                       for side in ("positive", "negative"))
+    return conditioning and any(name in declared for name in ("steps", "seed", "noise_seed"))
+
+
+def _ancestors(prompt: Mapping[str, Mapping[str, Any]], node_id: str) -> set[str]:
+    seen: set[str] = set()
+    stack = [node_id]
+    while stack:
+        for value in (prompt.get(stack.pop(), {}).get("inputs") or {}).values():
+            if _is_link(value) and value[0] not in seen:
+                seen.add(value[0])
+                stack.append(value[0])
+    return seen
+
+
+def _text_source(prompt: Mapping[str, Mapping[str, Any]], schema: Schema,
+                 link: list[Any]) -> Target | None:
+    """The text input that makes a conditioning: follow CONDITIONING links upstream."""
+    queue = [str(link[0])]
+    seen: set[str] = set()
+    while queue:
+        node_id = queue.pop(0)
+        if node_id in seen or node_id not in prompt:
+            continue
+        seen.add(node_id)
+        node = prompt[node_id]
+        inputs = node.get("inputs") or {}
+        kind = str(node.get("class_type"))
+        declared = schema[kind].inputs if kind in schema else {}
+        texts = [name for name, value in inputs.items() if isinstance(value, str)
+                 and name in declared and declared[name].type == "STRING"
+                 and (name == "text" or declared[name].options.get("multiline"))]
+        if texts:
+            return Target(node_id, "text" if "text" in texts else texts[0])
+        for name, value in inputs.items():
+            if _is_link(value) and name in declared and declared[name].type == "CONDITIONING":
+                queue.append(value[0])
+    return None
+
+
+def _upload_inputs(node: Mapping[str, Any], schema: Schema) -> list[str]:
+    kind = str(node.get("class_type"))
+    if kind not in schema:
+        return []
+    inputs = node.get("inputs") or {}
+    return [name for name, config in schema[kind].inputs.items()
+            if config.options.get("image_upload") and name in inputs and not _is_link(inputs[name])]
+
