@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -168,6 +169,31 @@ def denoise_guide(effect: str | None) -> None:
     stdout.print(table)
     if effect:
         stdout.print(f"use --set denoise={bands[0].name} (= {bands[0].middle:g}) or any value in the range")
+
+
+@main.command("sim")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=8188, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port")
+@click.option("--profile", "profile_name", default="instant", show_default=True,
+              type=click.Choice(["instant", "realistic"]), help="instant: no delays; realistic: GPU timings")
+@click.option("--checkpoint", "checkpoints", multiple=True, metavar="NAME",
+              help="a checkpoint name the server offers (repeatable; default random-sd15.safetensors)")
+@click.option("--root", type=click.Path(file_okay=False), help="folder for input/, output/ and temp/")
+def sim(host: str, port: int, profile_name: str, checkpoints: Sequence[str], root: str | None) -> None:
+    """Run a simulated ComfyUI server (no GPU) until interrupted."""
+    try:
+        from comfy_orchestrator.sim import SimServer
+    except ImportError as exc:
+        fail(f"the simulated server needs the [sim] extra: pip install 'comfy-orchestrator[sim]' ({exc})")
+    server = SimServer(host=host, port=port, profile_name=profile_name,
+                       checkpoints=checkpoints or ("random-sd15.safetensors",),
+                       root=Path(root) if root else None)
+    with server:
+        stdout.print(f"simulated ComfyUI at {server.url} ({profile_name}); files in {server.root}; Ctrl-C stops")
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            stdout.print("stopping")
 
 
 if __name__ == "__main__":  # pragma: no cover
