@@ -1,0 +1,113 @@
+"""Parameter models: documented defaults, server ranges, friendly names, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from comfy_orchestrator.errors import ParameterError
+from comfy_orchestrator.params import (
+    DENOISE_GUIDE,
+    WORKFLOWS,
+    HiresFix,
+    Img2Img,
+    PhotoRestoration,
+    SizeRoundedWarning,
+    denoise_band,
+    resolve_sampler,
+)
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("euler", ("euler", None)), ("Euler a", ("euler_ancestral", None)), ("euler_ancestral", ("euler_ancestral", None)),
+    ("ddim", ("ddim", None)), ("DDIM", ("ddim", None)), ("dpm++ 2m karras", ("dpmpp_2m", "karras")),
+    ("dpm++ sde karras", ("dpmpp_sde", "karras")), ("DPM++ 2M SDE Karras", ("dpmpp_2m_sde", "karras")),
+    ("dpm++ 2m", ("dpmpp_2m", None)), ("uni_pc", ("uni_pc", None)), ("UniPC", ("uni_pc", None)),
+    ("lms exponential", ("lms", "exponential")), ("euler sgm_uniform", ("euler", "sgm_uniform")),
+])
+def test_samplers_as_users_name_them(name, expected) -> None:
+    assert resolve_sampler(name) == expected
+
+
+def test_unknown_sampler_suggests_close_names() -> None:
+    with pytest.raises(ValueError, match="did you mean euler"):
+        resolve_sampler("eulr")
+
+
+def test_documented_defaults() -> None:
+    fields = Img2Img.model_fields
+    assert (fields["denoise"].default, fields["steps"].default, fields["cfg"].default) == (0.5, 20, 8.0)
+    assert (fields["sampler"].default, fields["scheduler"].default) == ("euler", "normal")
+    assert PhotoRestoration.model_fields["sampler"].default == "ddim"
+    assert WORKFLOWS["upscale"].model_fields["scale_by"].default == 2.0
+    assert WORKFLOWS["variations"].model_fields["batch_size"].default == 4
+    assert HiresFix.model_fields["upscale_by"].default == 2.0
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"denoise": 1.5}, r"denoise=1.5: .*less than or equal to 1 \(allowed 0.0 to 1.0"),
+    ({"denoise": -0.1}, "denoise=-0.1"),
+    ({"steps": 0}, "steps=0: .*greater than or equal to 1"),
+    ({"sampler": "dpm++ 9m"}, "sampler='dpm\\+\\+ 9m': unknown sampler"),
+    ({"scheduler": "fast"}, "scheduler='fast': unknown scheduler; valid: simple"),
+    ({"sampler": "dpm++ 2m karras", "scheduler": "normal"}, "implies scheduler 'karras'"),
+    ({"upscale_method": "magic"}, "upscale_method='magic'"),
+    ({"denoize": 0.3}, "no parameter 'denoize'; did you mean 'denoise'"),
+    ({"seed": -1}, "seed=-1"),
+    ({"denoise": "strong"}, "denoise='strong'"),
+    ({"image": "missing.png"}, "image file 'missing.png' does not exist"),
+])
+def test_bad_values_name_the_parameter(values, message, sample_image) -> None:
+    with pytest.raises(ParameterError, match=message):
+        Img2Img.build({"image": str(sample_image), **values})
+
+
+def test_image_that_is_not_a_picture(tmp_path) -> None:
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    with pytest.raises(ParameterError, match="not an image"):
+        Img2Img.build({"image": str(text)})
+
+
+def test_image_is_required() -> None:
+    with pytest.raises(ParameterError, match="image"):
+        Img2Img.build({})
+
+
+def test_strings_from_the_command_line_are_converted(sample_image) -> None:
+    params = Img2Img.build({"image": str(sample_image), "denoise": "0.6", "steps": "25", "cfg": "7"})
+    assert (params.denoise, params.steps, params.cfg) == (0.6, 25, 7.0)
+
+
+def test_sizes_round_down_with_a_warning_or_fail_in_strict_mode(sample_image) -> None:
+    with pytest.warns(SizeRoundedWarning, match="width=513 rounded down to 512"):
+        assert Img2Img.build({"image": str(sample_image), "width": 513}).width == 512
+    with pytest.raises(ParameterError, match="multiple of 8"):
+        Img2Img.build({"image": str(sample_image), "width": 513}, strict_sizes=True)
+    with pytest.raises(ParameterError, match="height=100"):
+        HiresFix.build({"height": 100}, strict_sizes=True)
+
+
+def test_models_are_frozen(sample_image) -> None:
+    params = Img2Img.build({"image": str(sample_image)})
+    with pytest.raises(Exception, match="frozen"):
+        params.denoise = 0.9  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("band", DENOISE_GUIDE)
+def test_denoise_guide_effects_give_their_range(band, sample_image) -> None:
+    params = Img2Img.build({"image": str(sample_image), "denoise": band.name})
+    assert band.low <= params.denoise <= band.high
+    assert params.denoise_effect == band
+
+
+def test_denoise_guide_covers_zero_to_one_without_gaps() -> None:
+    assert DENOISE_GUIDE[0].low == 0.1 and DENOISE_GUIDE[-1].high == 1.0
+    for before, after in zip(DENOISE_GUIDE, DENOISE_GUIDE[1:]):
+        assert before.high == after.low
+    with pytest.raises(ParameterError, match="moderate"):
+        denoise_band("huge")
+
+
+def test_hires_second_pass_size_is_a_multiple_of_8() -> None:
+    values = HiresFix.build({"width": 512, "height": 768, "upscale_by": 1.5}).template_values()
+    assert (values["hires_width"], values["hires_height"]) == (768, 1152)
