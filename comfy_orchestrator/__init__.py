@@ -23,27 +23,46 @@ from comfy_orchestrator.errors import (
     UnsafeOutput,
     WorkflowImportError,
 )
+from comfy_orchestrator.graph import Graph, Node
+from comfy_orchestrator.jobs import Job, JobResult, Output
+from comfy_orchestrator.params import DENOISE_GUIDE, WORKFLOWS, Params
+from comfy_orchestrator.schema import Schema
+from comfy_orchestrator.templates import Template, Templates
+from comfy_orchestrator.validation import PromptCheck, check_prompt
 
 __all__ = [
     "AuthFailed",
     "ComfyError",
     "ConnectionFailed",
+    "DENOISE_GUIDE",
     "ExecutionFailed",
+    "Graph",
     "GraphInvalid",
     "Interrupted",
+    "Job",
     "JobLost",
+    "JobResult",
     "JobTimedOut",
     "MissingModel",
     "NoServerAvailable",
+    "Node",
     "OutOfMemory",
+    "Output",
     "ParameterError",
+    "Params",
+    "PromptCheck",
     "PromptRejected",
     "RequestTimedOut",
+    "Schema",
     "ServerError",
     "SweepError",
+    "Template",
     "TemplateBroken",
     "TemplateError",
     "TemplateNotFound",
+    "Templates",
     "UnsafeOutput",
+    "WORKFLOWS",
     "WorkflowImportError",
+    "check_prompt",
 ]
