@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 from comfy_orchestrator.errors import WorkflowImportError
+from comfy_orchestrator.graph import is_link
 from comfy_orchestrator.schema import CHECKPOINT_LOADERS, NodeSchema, Schema
 
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
@@ -213,6 +214,7 @@ class _Converter:
         self.subgraphs = {key: _read_graph(d) for key, d in self.definitions.items()}
         self.placed: dict[str, _Placed] = {}
         self.notes: list[str] = []
+        self.unrunnable: dict[str, str] = {}  # node id -> why the server would refuse it
         self._place(_read_graph(workflow), (), None)
 
     def _place(self, graph: _Graph, path: tuple[str, ...], host: _Placed | None) -> None:
@@ -284,6 +286,11 @@ class _Converter:
                 "_meta": {"title": self._title(placed)},
             }
             titles[node_id] = self._title(placed)
+        for node_id, why in self.unrunnable.items():
+            self.notes.append(f"{self._describe(self.placed[node_id])} is left out: {why}; "
+                              "the server would refuse it")
+            del prompt[node_id], titles[node_id]
+            left_out[node_id] = "left out"
         self._drop_dangling(prompt, titles, left_out)
         ordered = sorted(prompt, key=_natural_key)
         return Converted(
@@ -315,10 +322,13 @@ class _Converter:
             elif name in inputs:
                 self.notes.append(f"{self._describe(placed)}: input {name!r} is linked to nothing "
                                   "that gives a value; it keeps its widget value")
+            elif name in spec.required:
+                self.unrunnable[placed.node_id] = (
+                    f"its required input {name!r} is linked to nothing that gives a value (a "
+                    "bypassed node without an input of that type, or an empty reroute)")
             else:
-                self.notes.append(f"{self._describe(placed)}: input {name!r} is linked to nothing "
-                                  "that gives a value (a bypassed node without an input of that "
-                                  "type, or an empty reroute); left unset")
+                self.notes.append(f"{self._describe(placed)}: optional input {name!r} is linked "
+                                  "to nothing that gives a value; left unset")
         return inputs
 
     # --- widgets
@@ -326,7 +336,7 @@ class _Converter:
     def _widget_values(self, placed: _Placed, spec: NodeSchema) -> dict[str, Any]:
         values = placed.node.get("widgets_values")
         layouts = _widget_layouts(spec)
-        widget_names = [name for name in layouts[0] if name is not None and name != _CONTROL]
+        widget_names = [name for name in layouts[0] if name not in (None, _CONTROL, _FORCED)]
         if isinstance(values, Mapping):  # some nodes save their widgets by name
             return {name: values[name] for name in widget_names if name in values}
         if values is None:
@@ -340,15 +350,13 @@ class _Converter:
                 for index, (name, value) in enumerate(zip(layout, values)):
                     if name == _CONTROL:
                         self._note_control(placed, str(layout[index - 1]), value, values[index - 1])
-                    elif name is not None:
+                    elif name is not None and name != _FORCED:
                         mapped[name] = value
                 return mapped
-        expected = sorted({len(layout) for layout in layouts})
-        counts = " or ".join(str(n) for n in expected)
         raise WorkflowImportError(
             f"{placed.class_type} has {len(values)} widget values {list(values)!r}, but the "
-            f"schema ({self.schema.source}) gives it {counts} "
-            f"({', '.join(widget_names) or 'no widgets'}); saved with another version of the node?",
+            f"schema ({self.schema.source}) expects {len(layouts[0])} "
+            f"({_layout_text(layouts[0])}); saved with another version of the node?",
             node_id=placed.node_id,
         )
 
@@ -481,7 +489,7 @@ class _Converter:
                 node = prompt[node_id]
                 required = set(self.schema[node["class_type"]].required)
                 for name, value in list(node["inputs"].items()):
-                    if not _is_link(value) or value[0] in prompt:
+                    if not is_link(value) or value[0] in prompt:
                         continue
                     source = value[0]
                     why = left_out.get(source, "left out")
@@ -491,9 +499,8 @@ class _Converter:
                         self.notes.append(
                             f"{describe} is left out: its required input {name!r} came from "
                             f"node {source}, which is {why}; the server would refuse it")
-                        del prompt[node_id]
-                        del titles[node_id]
-                        left_out[node_id] = f"left out because node {source} is {why}"
+                        del prompt[node_id], titles[node_id]
+                        left_out[node_id] = "left out"
                         changed = True
                         break
                     self.notes.append(f"{describe}: optional input {name!r} came from node "
@@ -502,6 +509,7 @@ class _Converter:
 
 _CONTROL = "\x00control"  # marks the value of a control_after_generate widget in a layout
 _UPLOAD = None  # the image loaders' "upload" button: a value in the file, no input
+_FORCED = "\x00forced"  # a forceInput input's value, which older editors saved and now drop
 
 
 def _widget_layouts(spec: NodeSchema) -> list[list[str | None]]:
@@ -521,7 +529,7 @@ def _widget_layouts(spec: NodeSchema) -> list[list[str | None]]:
                 forced = bool(config.options.get("forceInput"))
                 if forced and not keep_forced:
                     continue
-                layout.append(name)
+                layout.append(_FORCED if forced else name)
                 if _has_control(name, config.type, config.options):
                     layout.append(_CONTROL)
                 if with_upload and any(config.options.get(flag) for flag in UPLOAD_OPTIONS):
@@ -529,6 +537,18 @@ def _widget_layouts(spec: NodeSchema) -> list[list[str | None]]:
             if layout not in layouts:
                 layouts.append(layout)
     return layouts
+
+
+def _layout_text(layout: Sequence[str | None]) -> str:
+    names = []
+    for index, name in enumerate(layout):
+        if name == _CONTROL:
+            names.append(f"{layout[index - 1]}'s control value")
+        elif name == _FORCED:
+            names.append("a forceInput value")
+        else:
+            names.append("the upload button's value" if name is None else name)
+    return ", ".join(names) or "no widgets"
 
 
 def _has_control(name: str, kind: str, options: Mapping[str, Any]) -> bool:
@@ -614,11 +634,6 @@ def _wrap(value: Any) -> Any:
     return {"__value__": value} if isinstance(value, list) else value
 
 
-def _is_link(value: Any) -> bool:
-    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
-            and isinstance(value[1], int))
-
-
 def _natural_key(node_id: str) -> tuple[tuple[int, str], ...]:
     return tuple((int(part), "") if part.isdigit() else (1 << 62, part) for part in node_id.split(":"))
 
@@ -650,11 +665,11 @@ def resolve_target(prompt: Mapping[str, Mapping[str, Any]], titles: Mapping[str,
                                   f"{node_ref!r}; nodes: {listing}")
     inputs = prompt[node_id].get("inputs") or {}
     if input_name not in inputs:
-        values = ", ".join(name for name, value in inputs.items() if not _is_link(value))
+        values = ", ".join(name for name, value in inputs.items() if not is_link(value))
         raise WorkflowImportError(
             f"parameter target {spec!r}: {prompt[node_id]['class_type']} has no input "
             f"{input_name!r} set; its value inputs: {values or 'none'}", node_id=node_id)
-    if _is_link(inputs[input_name]):
+    if is_link(inputs[input_name]):
         source = inputs[input_name][0]
         raise WorkflowImportError(
             f"parameter target {spec!r}: input {input_name!r} is linked from node {source}, "
@@ -724,7 +739,7 @@ def propose_parameters(prompt: Mapping[str, Mapping[str, Any]], schema: Schema,
             for input_name in candidates:
                 if input_name not in inputs:
                     continue
-                if _is_link(inputs[input_name]):
+                if is_link(inputs[input_name]):
                     account.append(f"{name}: not proposed, {input_name} of {describe(main)} is "
                                    f"linked from node {inputs[input_name][0]}")
                 else:
@@ -736,7 +751,7 @@ def propose_parameters(prompt: Mapping[str, Mapping[str, Any]], schema: Schema,
         sources = {}
         for side in ("positive", "negative"):
             link = inputs.get(side)
-            source = _text_source(prompt, schema, link) if _is_link(link) else None
+            source = _text_source(prompt, schema, link) if is_link(link) else None
             sources[side] = source
             if source is None:
                 account.append(f"{side} prompt: no text input found upstream of {side} of "
@@ -760,7 +775,7 @@ def propose_parameters(prompt: Mapping[str, Mapping[str, Any]], schema: Schema,
                          key=_natural_key)
     for index, node_id in enumerate(checkpoints):
         input_name = CHECKPOINT_LOADERS[str(prompt[node_id]["class_type"])]
-        if _is_link(prompt[node_id]["inputs"][input_name]):
+        if is_link(prompt[node_id]["inputs"][input_name]):
             continue
         name = "checkpoint" if index == 0 else f"checkpoint_{index + 1}"
         propose(name, Target(node_id, input_name), f"{input_name} of {describe(node_id)}")
@@ -782,7 +797,7 @@ def _ancestors(prompt: Mapping[str, Mapping[str, Any]], node_id: str) -> set[str
     stack = [node_id]
     while stack:
         for value in (prompt.get(stack.pop(), {}).get("inputs") or {}).values():
-            if _is_link(value) and value[0] not in seen:
+            if is_link(value) and value[0] not in seen:
                 seen.add(value[0])
                 stack.append(value[0])
     return seen
@@ -808,7 +823,7 @@ def _text_source(prompt: Mapping[str, Mapping[str, Any]], schema: Schema,
         if texts:
             return Target(node_id, "text" if "text" in texts else texts[0])
         for name, value in inputs.items():
-            if _is_link(value) and name in declared and declared[name].type == "CONDITIONING":
+            if is_link(value) and name in declared and declared[name].type == "CONDITIONING":
                 queue.append(value[0])
     return None
 
@@ -819,5 +834,5 @@ def _upload_inputs(node: Mapping[str, Any], schema: Schema) -> list[str]:
         return []
     inputs = node.get("inputs") or {}
     return [name for name, config in schema[kind].inputs.items()
-            if config.options.get("image_upload") and name in inputs and not _is_link(inputs[name])]
+            if config.options.get("image_upload") and name in inputs and not is_link(inputs[name])]
 
