@@ -410,13 +410,13 @@ class ProgressTracker:
                 if self._current is not None and self._current != node:
                     self._finish(self._current)
                 self._current = node
-            case NodeProgress(node=node, value=value, max=maximum):
-                node = node or self._current
-                if node is not None:
-                    if node not in self._steps and node in self._nodes:
-                        self._steps[node] = maximum
-                    self._step_done[node] = max(self._step_done.get(node, 0), value)
-                    return self._set(node=node, node_value=value, node_max=maximum)
+            case NodeProgress(node=reported, value=value, max=maximum):
+                stepping = reported or self._current
+                if stepping is not None:
+                    if stepping not in self._steps and stepping in self._nodes:
+                        self._steps[stepping] = maximum
+                    self._step_done[stepping] = max(self._step_done.get(stepping, 0), value)
+                    return self._set(node=stepping, node_value=value, node_max=maximum)
             case NodeExecuted(node=node):
                 self._finish(node)
             case _:
