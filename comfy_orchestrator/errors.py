@@ -10,6 +10,8 @@
     ├── GraphInvalid                no   a graph fails validation against a schema
     ├── WorkflowImportError         no   a saved workflow cannot become a template
     ├── SweepError                  no   an axis or a sweep is malformed
+    ├── JournalFailed               no   a sweep's journal cannot be read or written
+    ├── GridFailed                  no   a grid image or the results page cannot be made
     ├── ServerError                 yes  the server misbehaved (5xx, bad answer)
     │   ├── ConnectionFailed        yes  the server could not be reached
     │   ├── RequestTimedOut         yes  the server did not answer in time
@@ -90,6 +92,18 @@ class WorkflowImportError(ComfyError):
 
 class SweepError(ComfyError, ValueError):
     """An axis or a sweep definition is malformed."""
+
+
+class JournalFailed(ComfyError):
+    """A sweep's SQLite journal cannot be opened, read or written."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+class GridFailed(ComfyError):
+    """A grid image or the results page cannot be made (an image is unreadable, the folder unwritable)."""
 
 
 class ServerError(ComfyError):

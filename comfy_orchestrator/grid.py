@@ -1,0 +1,213 @@
+"""X/Y grid images of a sweep's results, and the static results page."""
+
+from __future__ import annotations
+
+import html
+import itertools
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from comfy_orchestrator.errors import GridFailed
+from comfy_orchestrator.sweep import Value, format_value
+
+MAX_GRID_SIDE_PX = 8192  # a grid wider or taller than this gets smaller thumbnails
+MIN_THUMBNAIL_PX = 64
+RESULTS_PAGE = "index.html"
+_DATA_MARK = "/*__SWEEP_DATA__*/null"
+_BACKGROUND = (250, 250, 250)
+_INK = (30, 30, 30)
+_MISSING = (225, 225, 225)
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    """An axis as a grid shows it: its name and its values in order."""
+
+    name: str
+    values: tuple[Value, ...]
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One cell as a grid shows it: its axis values, its image (if any), and its details."""
+
+    index: int
+    values: Mapping[str, Value]
+    image: Path | None  # relative to the output folder
+    status: str = "done"
+    details: Mapping[str, Any] = field(default_factory=dict)  # parameters, prompt id, error ...
+
+
+def grid_images(
+    folder: Path,
+    axes: Sequence[GridAxis],
+    cells: Iterable[GridCell],
+    *,
+    thumbnail_px: int = 256,
+    name: str = "grid",
+) -> list[Path]:
+    """Draw X/Y grids (X: the first axis, Y: the second) into `folder`, one per value of the others.
+
+    Images are opened one at a time and shrunk to thumbnails, so memory holds one grid.
+    """
+    if not axes:
+        raise GridFailed("a grid needs at least one axis")
+    x_axis, y_axis, pages = axes[0], (axes[1] if len(axes) > 1 else None), axes[2:]
+    by_values: dict[tuple[Any, ...], GridCell] = {}
+    for cell in cells:
+        by_values[_key(cell.values, axes)] = cell
+    # past this many values an axis is split over several images, so none grows beyond MAX_GRID_SIDE_PX
+    per_image = MAX_GRID_SIDE_PX // MIN_THUMBNAIL_PX
+    x_parts = _chunks(x_axis, per_image)
+    y_parts = _chunks(y_axis, per_image) if y_axis else [None]
+    columns = max(len(part.values) for part in x_parts)
+    rows = max(len(part.values) for part in y_parts if part is not None) if y_axis else 1
+    side = max(MIN_THUMBNAIL_PX, min(thumbnail_px, MAX_GRID_SIDE_PX // max(columns, rows)))
+    written = []
+    for page_values in itertools.product(*(axis.values for axis in pages)):
+        page = dict(zip((axis.name for axis in pages), page_values))
+        title = ", ".join(f"{n} = {format_value(v)}" for n, v in page.items())
+        suffix = "_".join(f"{_safe(n)}-{_safe(format_value(v))}" for n, v in page.items())
+        for part, (x_part, y_part) in enumerate(itertools.product(x_parts, y_parts), start=1):
+            split = f"part-{part}" if len(x_parts) * len(y_parts) > 1 else ""
+            stem = "_".join(s for s in (name, suffix, split) if s)
+            path = folder / f"{stem}.png"
+            canvas = _draw_grid(folder, x_part, y_part, page, by_values, axes, side, title)
+            try:
+                canvas.save(path, optimize=True)
+            except OSError as exc:
+                raise GridFailed(f"cannot write {path}: {exc}") from exc
+            finally:
+                canvas.close()
+            written.append(path)
+    return written
+
+
+def write_results_page(
+    folder: Path,
+    axes: Sequence[GridAxis],
+    cells: Iterable[GridCell],
+    *,
+    title: str,
+    grids: Sequence[Path] = (),
+) -> Path:
+    """Write the self-contained results page (index.html) into `folder`; images are linked relatively."""
+    data = {
+        "title": title,
+        "axes": [{"name": a.name, "values": list(a.values), "labels": [format_value(v) for v in a.values]}
+                 for a in axes],
+        "cells": [{"index": c.index, "values": dict(c.values), "status": c.status,
+                   "image": c.image.as_posix() if c.image else None, "details": dict(c.details)}
+                  for c in cells],
+        "grids": [g.relative_to(folder).as_posix() if g.is_absolute() else g.as_posix() for g in grids],
+    }
+    page = resources.files("comfy_orchestrator").joinpath("data/results.html").read_text(encoding="utf-8")
+    if _DATA_MARK not in page:
+        raise GridFailed("the results page template lacks its data mark")
+    # '<\/' keeps a value such as '</script>' from closing the script element early
+    embedded = json.dumps(data, default=str).replace("</", "<\\/")
+    page = page.replace("__SWEEP_TITLE__", html.escape(title)).replace(_DATA_MARK, embedded)
+    path = folder / RESULTS_PAGE
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _draw_grid(
+    folder: Path,
+    x_axis: GridAxis,
+    y_axis: GridAxis | None,
+    page: Mapping[str, Value],
+    by_values: Mapping[tuple[Any, ...], GridCell],
+    axes: Sequence[GridAxis],
+    side: int,
+    title: str,
+) -> Image.Image:
+    font = ImageFont.load_default(size=max(11, side // 12))
+    heading = ImageFont.load_default(size=max(13, side // 9))
+    y_values: Sequence[Value | None] = y_axis.values if y_axis else [None]
+    row_labels = [f"{y_axis.name} = {format_value(v)}" for v in y_axis.values] if y_axis else [""]
+    column_labels = [f"{x_axis.name} = {format_value(v)}" for v in x_axis.values]
+    gap = max(2, side // 64)
+    label_h = _text_size(font, "Ag")[1] + 2 * gap
+    title_h = _text_size(heading, "Ag")[1] + 3 * gap if title else 0
+    label_w = max((_text_size(font, t)[0] for t in row_labels), default=0) + 3 * gap if y_axis else 0
+    width = label_w + len(x_axis.values) * (side + gap) + gap
+    height = title_h + label_h + len(y_values) * (side + gap) + gap
+    canvas = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((gap * 2, gap), title, font=heading, fill=_INK)
+    for column, text in enumerate(column_labels):
+        left = label_w + gap + column * (side + gap)
+        draw.text((left + side / 2, title_h + label_h / 2), _fit(font, text, side), font=font, fill=_INK,
+                  anchor="mm")
+    for row, y_value in enumerate(y_values):
+        top = title_h + label_h + row * (side + gap)
+        if y_axis:
+            draw.text((gap, top + side / 2), row_labels[row], font=font, fill=_INK, anchor="lm")
+        for column, x_value in enumerate(x_axis.values):
+            values: dict[str, Value] = dict(page)
+            values[x_axis.name] = x_value
+            if y_axis and y_value is not None:
+                values[y_axis.name] = y_value
+            cell = by_values.get(_key(values, axes))
+            left = label_w + gap + column * (side + gap)
+            _paste(canvas, draw, folder, cell, (left, top), side, font)
+    return canvas
+
+
+def _paste(canvas: Image.Image, draw: ImageDraw.ImageDraw, folder: Path, cell: GridCell | None,
+           corner: tuple[int, int], side: int, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> None:
+    left, top = corner
+    if cell is None or cell.image is None:
+        draw.rectangle((left, top, left + side - 1, top + side - 1), fill=_MISSING)
+        text = "missing" if cell is None else cell.status
+        draw.text((left + side / 2, top + side / 2), text, font=font, fill=_INK, anchor="mm")
+        return
+    try:
+        with Image.open(folder / cell.image) as image:
+            image.draft("RGB", (side, side))  # JPEG decodes straight to a smaller size
+            image.thumbnail((side, side))
+            thumb = image.convert("RGB")
+    except OSError as exc:
+        raise GridFailed(f"cannot read cell {cell.index}'s image {cell.image}: {exc}") from exc
+    canvas.paste(thumb, (left + (side - thumb.width) // 2, top + (side - thumb.height) // 2))
+    thumb.close()
+
+
+def _chunks(axis: GridAxis, size: int) -> list[GridAxis]:
+    return [GridAxis(axis.name, axis.values[i:i + size]) for i in range(0, len(axis.values), size)]
+
+
+def _fit(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str, width: int) -> str:
+    """The text, shortened with an ellipsis to fit `width` pixels."""
+    if _text_size(font, text)[0] <= width:
+        return text
+    while len(text) > 1 and _text_size(font, text + "…")[0] > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _text_size(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str) -> tuple[int, int]:
+    left, top, right, bottom = font.getbbox(text)
+    return int(right - left), int(bottom - top)
+
+
+def _key(values: Mapping[str, Value], axes: Sequence[GridAxis]) -> tuple[Any, ...]:
+    return tuple(_comparable(values.get(axis.name)) for axis in axes)
+
+
+def _comparable(value: Value | None) -> Any:
+    # JSON round trips turn 6.0 into 6 and back; compare numbers by value, text by text
+    return ("n", float(value)) if isinstance(value, (int, float)) else ("s", value)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"

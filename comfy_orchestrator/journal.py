@@ -1,0 +1,325 @@
+"""Journal: the SQLite record of a sweep's cells in its output folder, and its manifests.
+
+Every change is committed as it happens (WAL, synchronous=FULL), so a sweep cut off by
+Ctrl-C, a crash or a power loss resumes from what the journal says: cells done stay done.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from comfy_orchestrator.errors import JournalFailed, SweepError
+
+JOURNAL_NAME = "journal.sqlite"
+MANIFEST_JSONL = "manifest.jsonl"
+MANIFEST_CSV = "manifest.csv"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sweep (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    schema_version INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cell (
+    idx INTEGER PRIMARY KEY,
+    label TEXT NOT NULL,
+    template TEXT NOT NULL,
+    axis_values TEXT NOT NULL,
+    params TEXT NOT NULL,
+    graph_hash TEXT NOT NULL,
+    batch_index INTEGER,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    server TEXT,
+    prompt_id TEXT,
+    started_at REAL,
+    finished_at REAL,
+    timings TEXT NOT NULL DEFAULT '{}',
+    files TEXT NOT NULL DEFAULT '[]'
+);
+"""
+
+
+class CellStatus(str, Enum):
+    """Where a cell stands."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """What the journal learns about a cell before it runs."""
+
+    index: int
+    label: str
+    template: str
+    values: Mapping[str, Any]
+    params: Mapping[str, Any]
+    graph_hash: str
+    batch_index: int | None = None
+
+
+@dataclass(frozen=True)
+class CellRecord:
+    """One cell as the journal holds it."""
+
+    index: int
+    label: str
+    template: str
+    values: Mapping[str, Any]
+    params: Mapping[str, Any]
+    graph_hash: str
+    batch_index: int | None
+    status: CellStatus
+    attempts: int
+    error: str | None
+    server: str | None
+    prompt_id: str | None
+    started_at: float | None
+    finished_at: float | None
+    timings: Mapping[str, float] = field(default_factory=dict)
+    files: tuple[str, ...] = ()  # relative to the output folder, with forward slashes
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """The cell as one manifest.jsonl line."""
+        seconds = (self.finished_at - self.started_at
+                   if self.finished_at is not None and self.started_at is not None else None)
+        return {
+            "index": self.index, "label": self.label, "status": self.status.value,
+            "attempts": self.attempts, "template": self.template, "values": dict(self.values),
+            "params": dict(self.params), "graph_hash": self.graph_hash, "batch_index": self.batch_index,
+            "prompt_id": self.prompt_id, "server": self.server, "started_at": self.started_at,
+            "finished_at": self.finished_at, "seconds": seconds, "timings": dict(self.timings),
+            "files": list(self.files), "error": self.error,
+        }
+
+
+class Journal:
+    """The journal of one sweep in one output folder; safe to call from several threads."""
+
+    def __init__(self, connection: sqlite3.Connection, folder: Path, definition: Mapping[str, Any]) -> None:
+        self._db = connection
+        self._lock = threading.Lock()
+        self.folder = folder
+        self.definition = definition
+
+    @classmethod
+    def open(cls, folder: Path, *, digest: str, definition: Mapping[str, Any]) -> Journal:
+        """Open or create the journal in `folder`; refuse if it records a different sweep.
+
+        An existing journal keeps its stored definition (with any drawn seeds), which the
+        caller should rebuild the sweep from.
+        """
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / JOURNAL_NAME
+        try:
+            db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # a commit survives a power loss
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT schema_version, digest, definition FROM sweep").fetchone()
+            if row is None:
+                db.execute("INSERT INTO sweep VALUES (1, ?, ?, ?, ?)",
+                           (SCHEMA_VERSION, digest, json.dumps(definition, default=str), time.time()))
+                stored: Mapping[str, Any] = definition
+            else:
+                version, stored_digest, stored_text = row
+                if version != SCHEMA_VERSION:
+                    db.close()
+                    raise JournalFailed(f"written by another version of the journal ({version})", path=str(path))
+                if stored_digest != digest:
+                    db.close()
+                    raise SweepError(
+                        f"{folder} holds a different sweep ({_describe(json.loads(stored_text))}); "
+                        "use another --out folder, or delete that one to start over")
+                stored = json.loads(stored_text)
+        except sqlite3.Error as exc:
+            raise JournalFailed(f"cannot use the journal: {exc}", path=str(path)) from exc
+        return cls(db, folder, stored)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def add(self, plans: Iterable[CellPlan]) -> None:
+        """Record cells not yet known (those already recorded keep their state)."""
+        rows = [(p.index, p.label, p.template, _dumps(p.values), _dumps(p.params), p.graph_hash, p.batch_index)
+                for p in plans]
+        with self._write() as db:
+            db.executemany("INSERT OR IGNORE INTO cell (idx, label, template, axis_values, params, graph_hash, "
+                           "batch_index) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def to_run(self, *, max_attempts: int) -> list[int]:
+        """Cells to run now: pending, cut off while running, or failed with attempts left."""
+        rows = self._read("SELECT idx FROM cell WHERE status IN ('pending', 'running') "
+                          "OR (status = 'failed' AND attempts < ?) ORDER BY idx", (max_attempts,))
+        return [row[0] for row in rows]
+
+    def mark_running(self, indices: Sequence[int], *, server: str | None = None,
+                     prompt_id: str | None = None) -> None:
+        """Cells were submitted: count an attempt."""
+        now = time.time()
+        with self._write() as db:
+            db.executemany("UPDATE cell SET status = 'running', attempts = attempts + 1, error = NULL, "
+                           "server = ?, prompt_id = ?, started_at = ?, finished_at = NULL WHERE idx = ?",
+                           [(server, prompt_id, now, i) for i in indices])
+
+    def mark_done(self, index: int, *, files: Sequence[str], server: str, prompt_id: str,
+                  timings: Mapping[str, float]) -> None:
+        """A cell finished and its files are on disk."""
+        with self._write() as db:
+            db.execute("UPDATE cell SET status = 'done', error = NULL, server = ?, prompt_id = ?, "
+                       "finished_at = ?, timings = ?, files = ? WHERE idx = ?",
+                       (server, prompt_id, time.time(), _dumps(dict(timings)), _dumps(list(files)), index))
+
+    def mark_failed(self, indices: Sequence[int], *, error: str, server: str | None = None,
+                    prompt_id: str | None = None) -> None:
+        """Cells failed; they run again on a later resume while attempts are left."""
+        now = time.time()
+        with self._write() as db:
+            db.executemany("UPDATE cell SET status = 'failed', error = ?, server = COALESCE(?, server), "
+                           "prompt_id = COALESCE(?, prompt_id), finished_at = ? WHERE idx = ?",
+                           [(error, server, prompt_id, now, i) for i in indices])
+
+    def counts(self) -> dict[CellStatus, int]:
+        """How many cells are in each status."""
+        rows = self._read("SELECT status, COUNT(*) FROM cell GROUP BY status")
+        found = {CellStatus(status): count for status, count in rows}
+        return {status: found.get(status, 0) for status in CellStatus}
+
+    def records(self) -> Iterator[CellRecord]:
+        """Every cell, in index order (read in pages, so large sweeps stay small in memory)."""
+        last = -1
+        while True:
+            rows = self._read("SELECT * FROM cell WHERE idx > ? ORDER BY idx LIMIT 500", (last,))
+            if not rows:
+                return
+            for row in rows:
+                yield _record(row)
+            last = rows[-1][0]
+
+    def record(self, index: int) -> CellRecord:
+        """One cell."""
+        rows = self._read("SELECT * FROM cell WHERE idx = ?", (index,))
+        if not rows:
+            raise SweepError(f"the journal has no cell {index}")
+        return _record(rows[0])
+
+    def write_manifests(self) -> tuple[Path, Path]:
+        """Write manifest.jsonl and manifest.csv from the journal; return their paths."""
+        jsonl, table = self.folder / MANIFEST_JSONL, self.folder / MANIFEST_CSV
+        axes = [axis["name"] for axis in self.definition.get("axes", [])]
+        if self.definition.get("batch_seeds"):
+            axes = ["batch_index" if name == "seed" else name for name in axes]
+        columns = ["index", "status", "attempts", *axes, "template", "graph_hash", "batch_index", "prompt_id",
+                   "server", "seconds", "files", "error", "params"]
+        with _replacing(jsonl) as lines, _replacing(table) as sheet:
+            writer = csv.writer(sheet)
+            writer.writerow(columns)
+            for record in self.records():
+                entry = record.manifest_entry()
+                lines.write(json.dumps(entry, sort_keys=False, default=str) + "\n")
+                row = dict(entry, **{name: record.values.get(name, "") for name in axes})
+                row["files"] = ";".join(record.files)
+                row["params"] = _dumps(record.params)
+                writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+        return jsonl, table
+
+    def _write(self) -> _Transaction:
+        return _Transaction(self._db, self._lock, self.folder / JOURNAL_NAME)
+
+    def _read(self, sql: str, arguments: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, arguments).fetchall()
+            except sqlite3.Error as exc:
+                raise JournalFailed(f"cannot read: {exc}", path=str(self.folder / JOURNAL_NAME)) from exc
+
+
+class _Transaction:
+    """One committed write under the journal's lock; SQLite's errors become JournalFailed."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock, path: Path) -> None:
+        self._db, self._lock, self._path = db, lock, path
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._lock.acquire()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._lock.release()
+            raise JournalFailed(f"cannot write: {exc}", path=str(self._path)) from exc
+        return self._db
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        try:
+            if exc is None:
+                self._db.execute("COMMIT")
+            else:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error as failure:
+            raise JournalFailed(f"cannot write: {failure}", path=str(self._path)) from failure
+        finally:
+            self._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise JournalFailed(f"cannot write: {exc}", path=str(self._path)) from exc
+
+
+class _replacing:
+    """A text file written beside its target and moved into place when complete."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._temporary = path.with_name(path.name + ".part")
+
+    def __enter__(self) -> Any:
+        self._file = self._temporary.open("w", encoding="utf-8", newline="")
+        return self._file
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._file.close()
+        if exc_type is None:
+            os.replace(self._temporary, self._path)
+        else:
+            self._temporary.unlink(missing_ok=True)
+
+
+def _record(row: Sequence[Any]) -> CellRecord:
+    (index, label, template, values, params, graph_hash, batch_index, status, attempts, error, server,
+     prompt_id, started_at, finished_at, timings, files) = row
+    return CellRecord(index, label, template, json.loads(values), json.loads(params), graph_hash, batch_index,
+                      CellStatus(status), attempts, error, server, prompt_id, started_at, finished_at,
+                      json.loads(timings), tuple(json.loads(files)))
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _describe(definition: Mapping[str, Any]) -> str:
+    axes = " ".join(f"{a['name']}={a['spec']}" for a in definition.get("axes", []))
+    return f"template {definition.get('template')!r}, axes {axes}"

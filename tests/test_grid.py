@@ -1,0 +1,104 @@
+"""Grid images: layout, labels, pages per third-axis value, thumbnails for large sweeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from comfy_orchestrator.errors import GridFailed
+from comfy_orchestrator.grid import MAX_GRID_SIDE_PX, GridAxis, GridCell, grid_images
+
+COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 200, 30), (200, 40, 200), (30, 200, 200)]
+
+
+def _cells(folder: Path, x: GridAxis, y: GridAxis, size: int = 64) -> list[GridCell]:
+    cells = []
+    for row, y_value in enumerate(y.values):
+        for column, x_value in enumerate(x.values):
+            name = Path(f"cell_{row}_{column}.png")
+            Image.new("RGB", (size, size), COLOURS[(row * len(x.values) + column) % len(COLOURS)]).save(
+                folder / name)
+            cells.append(GridCell(len(cells), {x.name: x_value, y.name: y_value}, name))
+    return cells
+
+
+def _ink_columns(image: Image.Image, box: tuple[int, int, int, int]) -> int:
+    """How many dark pixels a box holds: text is there when it is non-zero."""
+    region = image.crop(box).convert("L")
+    return sum(region.histogram()[:128])
+
+
+def test_cells_land_in_their_row_and_column(tmp_path: Path) -> None:
+    x, y = GridAxis("cfg", (6, 8, 10)), GridAxis("denoise", (0.3, 0.6))
+    cells = _cells(tmp_path, x, y)
+    [path] = grid_images(tmp_path, [x, y], cells, thumbnail_px=64)
+    assert path == tmp_path / "grid.png"
+    with Image.open(path) as grid:
+        grid = grid.convert("RGB")
+        # find each cell's colour in the grid and check the order of their centres
+        centres = {}
+        for index, colour in enumerate(COLOURS):
+            spots = [(px, py) for px in range(0, grid.width, 4) for py in range(0, grid.height, 4)
+                     if grid.getpixel((px, py)) == colour]
+            assert spots, f"cell {index} is missing"
+            centres[index] = (sum(p[0] for p in spots) / len(spots), sum(p[1] for p in spots) / len(spots))
+    assert centres[0][0] < centres[1][0] < centres[2][0]  # columns follow the x values
+    assert abs(centres[0][1] - centres[2][1]) < 2 and centres[3][1] > centres[0][1] + 32  # rows follow y
+    assert abs(centres[0][0] - centres[3][0]) < 2
+
+
+def test_rows_and_columns_carry_labels(tmp_path: Path) -> None:
+    x, y = GridAxis("cfg", (6, 8)), GridAxis("denoise", (0.3, 0.6))
+    [path] = grid_images(tmp_path, [x, y], _cells(tmp_path, x, y), thumbnail_px=128)
+    with Image.open(path) as grid:
+        label_width = grid.width - 2 * 128
+        assert label_width > 60  # room for "denoise = 0.3"
+        assert _ink_columns(grid, (0, 40, label_width - 4, grid.height)) > 50  # row labels
+        assert _ink_columns(grid, (label_width, 0, grid.width, 30)) > 50  # column labels
+
+
+def test_a_third_axis_makes_one_grid_per_value(tmp_path: Path) -> None:
+    x, y, z = GridAxis("cfg", (6, 8)), GridAxis("denoise", (0.3,)), GridAxis("sampler", ("euler", "dpm++ 2m"))
+    cells = []
+    for sampler in z.values:
+        for cell in _cells(tmp_path, x, y):
+            cells.append(GridCell(len(cells), dict(cell.values, sampler=sampler), cell.image))
+    paths = grid_images(tmp_path, [x, y, z], cells, thumbnail_px=64)
+    assert [p.name for p in paths] == ["grid_sampler-euler.png", "grid_sampler-dpm++-2m.png"]
+
+
+def test_missing_and_failed_cells_leave_a_marked_gap(tmp_path: Path) -> None:
+    x, y = GridAxis("cfg", (6, 8)), GridAxis("denoise", (0.3,))
+    cells = [GridCell(0, {"cfg": 6, "denoise": 0.3}, None, status="failed")]
+    [path] = grid_images(tmp_path, [x, y], cells, thumbnail_px=64)
+    with Image.open(path) as grid:
+        assert grid.convert("RGB").getpixel((grid.width - 10, grid.height - 10)) == (225, 225, 225)
+
+
+def test_large_sweeps_get_smaller_thumbnails(tmp_path: Path) -> None:
+    x, y = GridAxis("seed", tuple(range(300))), GridAxis("cfg", (7,))
+    source = tmp_path / "one.png"
+    Image.new("RGB", (512, 512), (10, 120, 200)).save(source)
+    cells = [GridCell(i, {"seed": i, "cfg": 7}, Path("one.png")) for i in range(300)]
+    paths = grid_images(tmp_path, [x, y], cells, thumbnail_px=256)
+    assert [p.name for p in paths] == ["grid_part-1.png", "grid_part-2.png", "grid_part-3.png"]  # 128 + 128 + 44
+    for path in paths:
+        with Image.open(path) as grid:
+            assert grid.width <= MAX_GRID_SIDE_PX + 400 and grid.height < 200
+
+
+def test_one_axis_makes_one_row(tmp_path: Path) -> None:
+    Image.new("RGB", (32, 32), (0, 0, 0)).save(tmp_path / "a.png")
+    cells = [GridCell(i, {"cfg": v}, Path("a.png")) for i, v in enumerate((6, 8, 10))]
+    [path] = grid_images(tmp_path, [GridAxis("cfg", (6, 8, 10))], cells, thumbnail_px=64)
+    with Image.open(path) as grid:
+        assert grid.width > 3 * 64 and grid.height < 2 * 64
+
+
+def test_an_unreadable_image_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    cells = [GridCell(0, {"cfg": 6}, Path("bad.png"))]
+    with pytest.raises(GridFailed, match="cell 0's image bad.png"):
+        grid_images(tmp_path, [GridAxis("cfg", (6,))], cells)

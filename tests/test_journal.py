@@ -1,0 +1,125 @@
+"""Journal: a real SQLite file in a real folder; resume, retries, refusals, manifests."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from comfy_orchestrator.errors import JournalFailed, SweepError
+from comfy_orchestrator.journal import JOURNAL_NAME, CellPlan, CellStatus, Journal
+
+DEFINITION: dict[str, Any] = {"template": "img2img", "fixed": {}, "zip": False, "batch_seeds": False,
+                              "axes": [{"name": "cfg", "spec": "6,8,10", "values": [6, 8, 10], "replaces": None}]}
+
+
+def _plans(count: int = 3) -> list[CellPlan]:
+    return [CellPlan(i, f"cfg={6 + 2 * i}", "img2img", {"cfg": 6 + 2 * i}, {"cfg": 6.0 + 2 * i, "seed": 0},
+                     f"hash{i}") for i in range(count)]
+
+
+def _open(folder: Path, digest: str = "d1", definition: dict[str, Any] | None = None) -> Journal:
+    return Journal.open(folder, digest=digest, definition=definition or DEFINITION)
+
+
+def test_a_new_journal_runs_every_cell(tmp_path: Path) -> None:
+    with _open(tmp_path) as journal:
+        journal.add(_plans())
+        assert journal.to_run(max_attempts=3) == [0, 1, 2]
+        assert journal.counts()[CellStatus.PENDING] == 3
+
+
+def test_done_cells_stay_done_after_reopening(tmp_path: Path) -> None:
+    with _open(tmp_path) as journal:
+        journal.add(_plans())
+        journal.mark_running([0, 1], server="http://a", prompt_id="p0")
+        journal.mark_done(0, files=["00000.png"], server="http://a", prompt_id="p0", timings={"finished": 2.0})
+    # reopened as a new process would: cell 1 was cut off while running and runs again
+    with _open(tmp_path) as journal:
+        journal.add(_plans())  # adding again keeps the recorded state
+        assert journal.to_run(max_attempts=3) == [1, 2]
+        done = journal.record(0)
+        assert (done.status, done.files, done.server, done.prompt_id) == (CellStatus.DONE, ("00000.png",),
+                                                                          "http://a", "p0")
+        assert done.timings == {"finished": 2.0}
+
+
+def test_a_finished_sweep_has_nothing_to_run(tmp_path: Path) -> None:
+    with _open(tmp_path) as journal:
+        journal.add(_plans())
+        for i in range(3):
+            journal.mark_running([i])
+            journal.mark_done(i, files=[f"{i}.png"], server="s", prompt_id=f"p{i}", timings={})
+    with _open(tmp_path) as journal:
+        assert journal.to_run(max_attempts=3) == []
+
+
+def test_a_failed_cell_is_retried_until_its_attempts_run_out(tmp_path: Path) -> None:
+    with _open(tmp_path) as journal:
+        journal.add(_plans(1))
+        for attempt in range(1, 4):
+            assert journal.to_run(max_attempts=3) == [0]
+            journal.mark_running([0], server="s")
+            journal.mark_failed([0], error=f"boom {attempt}")
+        record = journal.record(0)
+        assert (record.status, record.attempts, record.error) == (CellStatus.FAILED, 3, "boom 3")
+        assert journal.to_run(max_attempts=3) == []
+        assert journal.to_run(max_attempts=4) == [0]
+
+
+def test_a_different_sweep_in_the_same_folder_is_refused(tmp_path: Path) -> None:
+    _open(tmp_path).close()
+    with pytest.raises(SweepError, match=r"holds a different sweep \(template 'img2img', axes cfg=6,8,10\)"):
+        _open(tmp_path, digest="d2")
+
+
+def test_the_stored_definition_wins_on_reopening(tmp_path: Path) -> None:
+    _open(tmp_path).close()
+    changed = dict(DEFINITION, axes=[dict(DEFINITION["axes"][0], values=[1, 2, 3])])
+    with _open(tmp_path, definition=changed) as journal:
+        assert journal.definition == DEFINITION
+
+
+def test_each_event_is_committed_as_it_happens(tmp_path: Path) -> None:
+    with _open(tmp_path) as journal:
+        journal.add(_plans())
+        journal.mark_running([2], server="http://b", prompt_id="p2")
+        # a second connection, as another process would see the file right now
+        other = sqlite3.connect(tmp_path / JOURNAL_NAME)
+        try:
+            assert other.execute("SELECT status, server FROM cell WHERE idx = 2").fetchone() == ("running",
+                                                                                                  "http://b")
+            assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        finally:
+            other.close()
+
+
+def test_a_corrupt_journal_is_reported(tmp_path: Path) -> None:
+    (tmp_path / JOURNAL_NAME).write_bytes(b"this is not a database" * 100)
+    with pytest.raises(JournalFailed, match="cannot use the journal"):
+        _open(tmp_path)
+
+
+def test_manifests_have_one_row_a_cell(tmp_path: Path) -> None:
+    with _open(tmp_path) as journal:
+        journal.add(_plans())
+        journal.mark_running([0, 1], server="http://a", prompt_id="p")
+        journal.mark_done(0, files=["img/a.png", "img/b.png"], server="http://a", prompt_id="p",
+                          timings={"submitted": 1.0})
+        journal.mark_failed([1], error="node 6 (KSampler): out of memory")
+        jsonl, table = journal.write_manifests()
+    lines = [json.loads(line) for line in jsonl.read_text("utf-8").splitlines()]
+    assert [line["status"] for line in lines] == ["done", "failed", "pending"]
+    assert lines[0]["files"] == ["img/a.png", "img/b.png"] and lines[0]["values"] == {"cfg": 6}
+    assert lines[0]["graph_hash"] == "hash0" and lines[0]["prompt_id"] == "p"
+    assert lines[1]["error"] == "node 6 (KSampler): out of memory"
+    with table.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["cfg"] for row in rows] == ["6", "8", "10"]
+    assert rows[0]["files"] == "img/a.png;img/b.png" and rows[1]["error"].endswith("out of memory")
+    assert json.loads(rows[2]["params"]) == {"cfg": 10.0, "seed": 0}
+    assert not list(tmp_path.glob("*.part"))
