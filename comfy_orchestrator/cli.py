@@ -29,7 +29,8 @@ from comfy_orchestrator.errors import (
 )
 from comfy_orchestrator.params import DENOISE_GUIDE, denoise_band
 from comfy_orchestrator.settings import Settings
-from comfy_orchestrator.templates import Template, Templates, parse_assignments
+from comfy_orchestrator.schema import Schema
+from comfy_orchestrator.templates import Template, Templates, default_user_folder, import_workflow, parse_assignments
 
 BAD_INPUT = (ParameterError, TemplateError, GraphInvalid, SweepError, WorkflowImportError)
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
@@ -154,6 +155,40 @@ def render(ctx: click.Context, template_name: str, sets: Sequence[str], output: 
         stderr.print(f"wrote {output}")
     else:
         click.echo(text)
+
+
+@main.group("template")
+def template_group() -> None:
+    """Manage your own templates."""
+
+
+@template_group.command("import")
+@click.argument("workflow_file", metavar="FILE", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", required=True, help="the new template's name")
+@click.option("--param", "params", multiple=True, metavar="NAME=NODE.INPUT",
+              help="a parameter: NODE is a node id, a node title or a class one node has "
+                   "(3.denoise, 'My Sampler'.denoise, KSampler.denoise); repeat for more. "
+                   "Without any, the usual ones are proposed.")
+@click.option("--object-info", type=click.Path(exists=True, dir_okay=False),
+              help="a server's saved /object_info answer to convert against (default: the recorded ComfyUI 0.8)")
+@click.option("--description", default="", help="one line shown by 'comfy-orch templates'")
+@click.pass_context
+def template_import(ctx: click.Context, workflow_file: str, name: str, params: Sequence[str],
+                    object_info: str | None, description: str) -> None:
+    """Turn a saved workflow (API export or the editor's format) into a template."""
+    schema = Schema(json.loads(Path(object_info).read_text("utf-8"))) if object_info else Schema.recorded()
+    folder = library(ctx).user_folder or default_user_folder()
+    imported = import_workflow(Path(workflow_file).read_bytes(), name=name, folder=folder, schema=schema,
+                               parameters=parse_assignments(params), description=description)
+    stdout.print(f"imported {imported.format}-format workflow as [bold cyan]{name}[/] in {folder}")
+    for line in imported.account:
+        stdout.print(f"  proposed {line}", highlight=False)
+    for param, target in imported.parameters.items():
+        if not imported.account:
+            stdout.print(f"  {param} = {target}", highlight=False)
+    for note in imported.notes:
+        stderr.print(f"[yellow]not carried over:[/] {note}", highlight=False)
+    stdout.print(f"render it with: comfy-orch render {name} --set NAME=VALUE")
 
 
 @main.command("denoise-guide")
