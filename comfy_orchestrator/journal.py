@@ -179,6 +179,11 @@ class Journal:
                           "OR (status = 'failed' AND attempts < ?) ORDER BY idx", (max_attempts,))
         return [row[0] for row in rows]
 
+    def exhausted(self, *, max_attempts: int) -> int:
+        """How many cells failed with no attempts left."""
+        rows = self._read("SELECT COUNT(*) FROM cell WHERE status = 'failed' AND attempts >= ?", (max_attempts,))
+        return int(rows[0][0])
+
     def mark_running(self, indices: Sequence[int], *, server: str | None = None,
                      prompt_id: str | None = None) -> None:
         """Cells were submitted: count an attempt."""

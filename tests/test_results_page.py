@@ -1,0 +1,154 @@
+"""The results page in a real headless Chromium: grid, axis labels, swapping axes, third axis, viewer."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from comfy_orchestrator.grid import GridAxis, GridCell, write_results_page
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+pytestmark = pytest.mark.browser
+
+X = GridAxis("cfg", (6, 8, 10))
+Y = GridAxis("denoise", (0.3, 0.6))
+Z = GridAxis("sampler", ("euler", "dpm++ 2m karras"))
+COLOURS = {"euler": [(230, 40, 40), (40, 200, 60), (40, 60, 230)], "dpm++ 2m karras": [(240, 200, 20)] * 3}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page_path(tmp_path: Path) -> Path:
+    """A results page over a 3 x 2 x 2 sweep whose images are flat colours: the column picks the colour."""
+    (tmp_path / "images").mkdir()
+    cells = []
+    for sampler in Z.values:
+        for denoise in Y.values:
+            for column, cfg in enumerate(X.values):
+                index = len(cells)
+                image = Path("images") / f"{index:05d}.png"
+                if not (sampler == "dpm++ 2m karras" and denoise == 0.6 and cfg == 10):
+                    Image.new("RGB", (64, 64), COLOURS[str(sampler)][column]).save(tmp_path / image)
+                    cells.append(GridCell(index, {"cfg": cfg, "denoise": denoise, "sampler": sampler}, image,
+                                          details={"params": {"cfg": float(cfg), "seed": 7}, "prompt_id": f"p{index}"}))
+                else:
+                    cells.append(GridCell(index, {"cfg": cfg, "denoise": denoise, "sampler": sampler}, None,
+                                          status="failed", details={"error": "node 6 ran out of memory"}))
+    return write_results_page(tmp_path, [X, Y, Z], cells, title="img2img: cfg × denoise × sampler </script>")
+
+
+def _open(browser: Any, path: Path) -> Any:
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(path.as_uri())
+    page.wait_for_selector("#grid td.cell img")
+    page.wait_for_function("Array.from(document.images).every((i) => i.complete)")
+    page.errors = errors
+    return page
+
+
+def _labels(page: Any, selector: str) -> list[str]:
+    return [text.strip() for text in page.locator(selector).all_inner_texts()]
+
+
+def _colour_at(screenshot: bytes, box: dict[str, float]) -> tuple[int, ...]:
+    with Image.open(io.BytesIO(screenshot)) as image:
+        return tuple(image.convert("RGB").getpixel((int(box["x"] + box["width"] / 2),
+                                                    int(box["y"] + box["height"] / 2))))
+
+
+def test_the_page_embeds_its_data_and_links_images_relatively(page_path: Path) -> None:
+    text = page_path.read_text("utf-8")
+    assert "<\\/script>" in text and text.count("</script>") == 1  # the title cannot close the script early
+    data = json.loads(re.search(r"const DATA = (.*);\n", text)[1].replace("<\\/", "</"))  # type: ignore[index]
+    assert [a["name"] for a in data["axes"]] == ["cfg", "denoise", "sampler"]
+    assert data["cells"][0]["image"] == "images/00000.png"
+    assert "http" not in text.replace("http-equiv", "")  # nothing fetched from elsewhere
+
+
+def test_the_grid_shows_labelled_axes_and_the_images(browser: Any, page_path: Path) -> None:
+    page = _open(browser, page_path)
+    assert _labels(page, "#grid thead th.x-label") == ["cfg = 6", "cfg = 8", "cfg = 10"]
+    assert _labels(page, "#grid tbody th.y-label") == ["denoise = 0.3", "denoise = 0.6"]
+    assert page.locator("#grid td.cell img").count() == 6
+    shot = page.screenshot(full_page=True)
+    cells = page.locator("#grid tbody tr").first.locator("td.cell")
+    seen = [_colour_at(shot, cells.nth(i).bounding_box()) for i in range(3)]
+    assert seen == COLOURS["euler"]  # the screenshot shows each image in its column
+    assert page.errors == []
+    page.close()
+
+
+def test_swapping_axes_changes_the_layout(browser: Any, page_path: Path) -> None:
+    page = _open(browser, page_path)
+    before = page.locator("#grid").bounding_box()
+    page.click("#swap")
+    page.wait_for_function("Array.from(document.images).every((i) => i.complete)")
+    assert _labels(page, "#grid thead th.x-label") == ["denoise = 0.3", "denoise = 0.6"]
+    assert _labels(page, "#grid tbody th.y-label") == ["cfg = 6", "cfg = 8", "cfg = 10"]
+    after = page.locator("#grid").bounding_box()
+    assert after["height"] > before["height"] and after["width"] < before["width"]  # 3 rows x 2 now
+    shot = page.screenshot(full_page=True)
+    rows = page.locator("#grid tbody tr")
+    column = [_colour_at(shot, rows.nth(i).locator("td.cell").first.bounding_box()) for i in range(3)]
+    assert column == COLOURS["euler"]  # the cfg colours now run down the first column
+    page.close()
+
+
+def test_picking_the_third_axis_value_shows_its_cells(browser: Any, page_path: Path) -> None:
+    page = _open(browser, page_path)
+    picker = page.locator("select.page-axis[data-axis=sampler]")
+    assert picker.locator("option").all_inner_texts() == ["euler", "dpm++ 2m karras"]
+    picker.select_option(label="dpm++ 2m karras")
+    page.wait_for_function("Array.from(document.images).every((i) => i.complete)")
+    shot = page.screenshot(full_page=True)
+    first = page.locator("#grid td.cell").first
+    assert _colour_at(shot, first.bounding_box()) == (240, 200, 20)
+    failed = page.locator("#grid td.cell.failed")
+    assert failed.count() == 1 and failed.inner_text() == "failed"
+    page.close()
+
+
+def test_choosing_an_axis_as_x_moves_the_old_x_to_y(browser: Any, page_path: Path) -> None:
+    page = _open(browser, page_path)
+    page.select_option("#x-axis", "sampler")
+    assert _labels(page, "#grid thead th.x-label") == ["sampler = euler", "sampler = dpm++ 2m karras"]
+    assert page.locator("select.page-axis").evaluate_all("els => els.map(e => e.dataset.axis)") == ["cfg"]
+    page.close()
+
+
+def test_clicking_a_cell_opens_it_with_its_parameters(browser: Any, page_path: Path) -> None:
+    page = _open(browser, page_path)
+    page.locator("#grid td.cell").nth(1).click()
+    viewer = page.locator("#viewer")
+    viewer.wait_for(state="visible")
+    assert page.locator("#viewer-image").get_attribute("src") == "images/00001.png"
+    details = dict(zip(page.locator("#viewer-details td:first-child").all_inner_texts(),
+                       page.locator("#viewer-details td:last-child").all_inner_texts()))
+    assert details["cfg"] == "8" and details["denoise"] == "0.3" and details["prompt_id"] == "p1"
+    assert details["seed"] == "7" and "params" not in details  # each parameter on its own row
+    page.keyboard.press("Escape")
+    viewer.wait_for(state="hidden")
+    page.close()
