@@ -164,9 +164,12 @@ class Params(BaseModel):
         """Every name the template may use."""
         return set(cls.model_fields) | set(cls.stages)
 
-    def template_values(self) -> dict[str, Any]:
-        """The values the template renders with: stage defaults, then the fields as JSON values."""
-        return {**self.stages, **self.model_dump(mode="json")}
+    def template_values(self, image_names: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The values the template renders with: stage defaults, the fields as JSON values, and
+        each local image replaced by its name on the server (`image_names`, by field)."""
+        values = {**self.stages, **self.model_dump(mode="json")}
+        values.update({k: v for k, v in (image_names or {}).items() if k in values})
+        return values
 
     def image_fields(self) -> dict[str, Path]:
         """The fields that name local image files, which must be uploaded to the server."""
@@ -204,6 +207,34 @@ def _range_hint(extra: Any, metadata: list[Any]) -> str:
     return ""
 
 
+LORA_FIRST_ID = 20
+CONTROL_FIRST_ID = 30
+
+
+class LoraSpec(BaseModel):
+    """One stacked LoRA: its file, its strength on the model and on CLIP."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    strength: float = Field(1.0, ge=-100.0, le=100.0)
+    clip_strength: float | None = Field(None, ge=-100.0, le=100.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, data: Any) -> Any:
+        """Accept 'name:strength[:clip_strength]' as users write it on the command line."""
+        if not isinstance(data, str):
+            return data
+        name, *numbers = data.rsplit(":", 2) if data.count(":") >= 1 else (data,)
+        try:
+            values = [float(n) for n in numbers]
+        except ValueError:
+            return {"name": data}
+        return {"name": name, "strength": values[0] if values else 1.0,
+                "clip_strength": values[1] if len(values) > 1 else None}
+
+
 class Sampling(Params):
     """Prompts, checkpoint and KSampler settings shared by every workflow."""
 
@@ -221,6 +252,40 @@ class Sampling(Params):
                            "or an effect of the denoise guide (minimal, moderate, significant, major, new)",
                            json_schema_extra=_recommended(0.3, 0.7))
     filename_prefix: str = Field("comfy-orch", min_length=1, description="output file name prefix on the server")
+    lora: str = Field("", description="a LoRA file on the server to apply ('' for none)")
+    lora_strength: float = Field(1.0, ge=-100.0, le=100.0, description="LoRA strength on the model",
+                                 json_schema_extra=_recommended(0.5, 1.0))
+    lora_clip_strength: float | None = Field(None, ge=-100.0, le=100.0,
+                                             description="LoRA strength on CLIP (default: lora_strength)")
+    more_loras: tuple[LoraSpec, ...] = Field((), description="further LoRAs stacked after the first, "
+                                             "as name:strength[:clip_strength] or objects")
+
+    def lora_chain(self) -> list[LoraSpec]:
+        """Every LoRA to apply, in order."""
+        if not self.lora:
+            return list(self.more_loras)
+        first = LoraSpec(name=self.lora, strength=self.lora_strength, clip_strength=self.lora_clip_strength)
+        return [first, *self.more_loras]
+
+    def template_values(self, image_names: Mapping[str, str] | None = None) -> dict[str, Any]:
+        values = super().template_values(image_names)
+        model, clip = ["1", 0], ["1", 1]
+        chain = []
+        for index, spec in enumerate(self.lora_chain()):
+            node_id = str(LORA_FIRST_ID + index)
+            if index == 0 and self.lora:  # the first LoRA's own fields, so errors can name them
+                spec = spec.model_construct(name=self.lora, strength=self.lora_strength,
+                                            clip_strength=self.lora_clip_strength)
+            chain.append({"id": node_id, "name": spec.name, "strength": spec.strength,
+                          "clip_strength": spec.strength if spec.clip_strength is None else spec.clip_strength,
+                          "model": model, "clip": clip})
+            model, clip = [node_id, 0], [node_id, 1]
+        values.update(loras=chain, model_link=model, clip_link=clip)
+        return values
+
+    @classmethod
+    def template_variables(cls) -> set[str]:
+        return super().template_variables() | {"loras", "model_link", "clip_link"}
 
     @model_validator(mode="before")
     @classmethod
@@ -252,6 +317,11 @@ class Sampling(Params):
     def _known_sampler(cls, value: str) -> str:
         return resolve_sampler(value)[0]
 
+    @field_validator("more_loras", mode="before")
+    @classmethod
+    def _lora_list(cls, value: Any) -> Any:
+        return _list_from_text(value)
+
     @field_validator("scheduler")
     @classmethod
     def _known_scheduler(cls, value: str) -> str:
@@ -266,6 +336,25 @@ class Sampling(Params):
             if self.denoise <= band.high:
                 return band
         return DENOISE_GUIDE[-1]
+
+
+def _list_from_text(value: Any) -> Any:
+    """A list given as text on the command line: JSON, or items separated by commas."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        import json
+
+        return json.loads(text)
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _has_alpha(path: Path) -> bool:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return "A" in img.getbands() or "transparency" in img.info
 
 
 def _multiple_of_8(value: int, info: ValidationInfo) -> int:
@@ -407,8 +496,8 @@ class HiresFix(Sampling):
 
     check_sizes = field_validator("width", "height")(_multiple_of_8)
 
-    def template_values(self) -> dict[str, Any]:
-        values = super().template_values()
+    def template_values(self, image_names: Mapping[str, str] | None = None) -> dict[str, Any]:
+        values = super().template_values(image_names)
         values["hires_width"] = int(self.width * self.upscale_by) // 8 * 8
         values["hires_height"] = int(self.height * self.upscale_by) // 8 * 8
         return values
@@ -418,6 +507,154 @@ class HiresFix(Sampling):
         return super().template_variables() | {"hires_width", "hires_height"}
 
 
+class Inpaint(Img2Img):
+    """Repaint the masked region of a picture from scratch (VAEEncodeForInpaint, denoise 1.0)."""
+
+    workflow: ClassVar[str] = "inpaint"
+    template: ClassVar[str] = "inpaint.json.j2"
+    description: ClassVar[str] = ("Inpainting: repaint where the mask is white (or the image is transparent); "
+                                  "VAEEncodeForInpaint at denoise 1.0.")
+    stages: ClassVar[Mapping[str, Any]] = {**Img2Img.stages, "partial": False}
+    mask: ImageFile | None = Field(None, description="a mask picture (white = repaint); none: use the "
+                                   "image's transparency")
+    mask_channel: Literal["red", "green", "blue", "alpha"] = Field(
+        "red", description="which channel of the mask file to read (alpha: transparent = repaint)")
+    grow_mask_by: int = Field(6, ge=0, le=64, description="widen the mask by this many pixels to blend edges")
+    denoise: float = Field(1.0, ge=0.0, le=1.0, description="keep at 1.0: the masked area is encoded empty")
+
+    @model_validator(mode="after")
+    def _mask_source(self) -> Inpaint:
+        if self.mask is None and not _has_alpha(self.image):
+            raise ValueError(f"image {self.image.name!r} has no transparency to use as the mask; "
+                             "give mask=FILE, or save the image with an alpha channel")
+        if self.mask is not None:
+            _check_mask(self.image, self.mask, self.mask_channel)
+        return self
+
+
+def _check_mask(image: Path, mask: Path, channel: str) -> None:
+    """Refuse masks that would silently do nothing; note size differences (ComfyUI rescales them)."""
+    from PIL import Image
+
+    with Image.open(mask) as picture:
+        bands = picture.getbands()
+        if channel == "alpha" and "A" not in bands:
+            raise ValueError(f"mask {mask.name!r} has no alpha channel; use mask_channel=red for a black "
+                             "and white mask")
+        band = picture.convert("RGBA").getchannel(channel[0].upper())
+        low, high = band.getextrema()
+        empty = high == 0 if channel != "alpha" else low == 255
+        if empty:
+            raise ValueError(f"mask {mask.name!r} marks nothing to repaint (its {channel} channel is all "
+                             f"{'black' if channel != 'alpha' else 'opaque'})")
+        with Image.open(image) as base:
+            if picture.size != base.size:
+                warnings.warn(f"mask {mask.name!r} is {picture.size[0]}x{picture.size[1]} but the image is "
+                              f"{base.size[0]}x{base.size[1]}; ComfyUI stretches the mask to fit",
+                              MaskResizedWarning, stacklevel=2)
+
+
+class MaskResizedWarning(UserWarning):
+    """A mask's size differs from its image's; ComfyUI stretches it."""
+
+
+class InpaintPartial(Inpaint):
+    """Change the masked region partly, keeping its content as a start (SetLatentNoiseMask)."""
+
+    workflow: ClassVar[str] = "inpaint-partial"
+    description: ClassVar[str] = ("Inpainting at partial denoise: VAEEncode + SetLatentNoiseMask keeps the "
+                                  "masked area's content as the start (denoise 0.4-0.8).")
+    stages: ClassVar[Mapping[str, Any]] = {**Img2Img.stages, "partial": True, "grow_mask_by": 0}
+    denoise: float = Field(0.6, ge=0.0, le=1.0, description="how much the masked area changes",
+                           json_schema_extra=_recommended(0.4, 0.8))
+    grow_mask_by: int = Field(0, ge=0, le=0, description="not used by SetLatentNoiseMask")
+
+
+class ControlSpec(BaseModel):
+    """One ControlNet: its model file, its control image and how strongly and when it steers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    control_net: str = Field(min_length=1)
+    image: ImageFile
+    strength: float = Field(1.0, ge=0.0, le=10.0)
+    start_percent: float = Field(0.0, ge=0.0, le=1.0)
+    end_percent: float = Field(1.0, ge=0.0, le=1.0)
+    preprocess: Literal["canny", "none"] = "canny"
+
+
+class ControlNet(Sampling):
+    """Sampling steered by ControlNets (edges of a control image), on img2img or txt2img."""
+
+    workflow: ClassVar[str] = "controlnet"
+    template: ClassVar[str] = "controlnet.json.j2"
+    description: ClassVar[str] = ("ControlNet: steer the structure by a control image's edges (Canny) or a "
+                                  "ready-made control image; img2img when image is given, else txt2img.")
+    control_net: str = Field("control_v11p_sd15_canny.safetensors", min_length=1,
+                             description="ControlNet model file on the server")
+    control_image: ImageFile = Field(description="the picture whose structure to follow (a local file)")
+    control_strength: float = Field(1.0, ge=0.0, le=10.0, description="how strongly the ControlNet steers",
+                                    json_schema_extra=_recommended(0.5, 1.2))
+    start_percent: float = Field(0.0, ge=0.0, le=1.0, description="when the ControlNet starts steering")
+    end_percent: float = Field(1.0, ge=0.0, le=1.0, description="when it stops")
+    preprocess: Literal["canny", "none"] = Field("canny", description="canny: detect edges with ComfyUI's "
+                                                 "Canny node; none: the control image is ready-made")
+    low_threshold: float = Field(0.4, ge=0.01, le=0.99, description="Canny low threshold")
+    high_threshold: float = Field(0.8, ge=0.01, le=0.99, description="Canny high threshold")
+    more_controls: tuple[ControlSpec, ...] = Field((), description="further ControlNets stacked after the "
+                                                   "first (JSON objects)")
+    image: ImageFile | None = Field(None, description="an input picture for img2img; none: txt2img")
+    width: int = Field(512, ge=16, le=16384, description="txt2img width (ignored for img2img)")
+    height: int = Field(512, ge=16, le=16384, description="txt2img height (ignored for img2img)")
+    denoise: float = Field(1.0, ge=0.0, le=1.0, description="1.0 for txt2img; lower keeps more of the image",
+                           json_schema_extra=_recommended(0.5, 1.0))
+
+    check_sizes = field_validator("width", "height")(_multiple_of_8)
+
+    @field_validator("more_controls", mode="before")
+    @classmethod
+    def _control_list(cls, value: Any) -> Any:
+        return _list_from_text(value)
+
+    @model_validator(mode="after")
+    def _window(self) -> ControlNet:
+        for spec in [self, *self.more_controls]:
+            if spec.start_percent > spec.end_percent:
+                raise ValueError(f"start_percent {spec.start_percent} is after end_percent {spec.end_percent}")
+        return self
+
+    def image_fields(self) -> dict[str, Path]:
+        fields = super().image_fields()
+        for index, spec in enumerate(self.more_controls):
+            fields[f"more_controls.{index}.image"] = spec.image
+        return fields
+
+    def template_values(self, image_names: Mapping[str, str] | None = None) -> dict[str, Any]:
+        values = super().template_values(image_names)
+        names = image_names or {}
+        first = {"control_net": self.control_net, "strength": self.control_strength,
+                 "start_percent": self.start_percent, "end_percent": self.end_percent,
+                 "preprocess": self.preprocess, "image": values["control_image"]}
+        specs = [first, *[{**spec.model_dump(mode="json"),
+                           "image": names.get(f"more_controls.{index}.image", str(spec.image))}
+                          for index, spec in enumerate(self.more_controls)]]
+        positive, negative = ["2", 0], ["3", 0]
+        controls = []
+        for index, spec in enumerate(specs):
+            base = CONTROL_FIRST_ID + 4 * index
+            ids = {"loader": str(base), "load": str(base + 1), "canny": str(base + 2), "apply": str(base + 3)}
+            controls.append({**spec, "ids": ids, "positive": positive, "negative": negative,
+                             "pixels": [ids["canny"] if spec["preprocess"] == "canny" else ids["load"], 0]})
+            positive, negative = [ids["apply"], 0], [ids["apply"], 1]
+        values.update(controls=controls, positive_link=positive, negative_link=negative)
+        return values
+
+    @classmethod
+    def template_variables(cls) -> set[str]:
+        return super().template_variables() | {"controls", "positive_link", "negative_link"}
+
+
 WORKFLOWS: dict[str, type[Params]] = {model.workflow: model for model in (
     Img2Img, StyleTransfer, Upscale, SketchToImage, PhotoRestoration, HiresFix, Variations, Blend, Tiled, Resize,
+    Inpaint, InpaintPartial, ControlNet,
 )}

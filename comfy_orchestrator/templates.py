@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,10 +182,9 @@ class Template:
         return self.model.build(values or {}, strict_sizes=strict_sizes)
 
     def _values(self, params: Params, image_names: Mapping[str, str] | None) -> dict[str, Any]:
-        values = params.template_values()
-        for name, path in params.image_fields().items():
-            values[name] = (image_names or {}).get(name) or content_name(path)
-        return values
+        names = {name: (image_names or {}).get(name) or content_name(path)
+                 for name, path in params.image_fields().items()}
+        return params.template_values(names)
 
     def _render_text(self, values: Mapping[str, Any]) -> str:
         try:
@@ -231,9 +231,14 @@ class Template:
         Found by rendering once more with each value marked, so it holds for any
         template, including a user's, without declarations to keep in step.
         """
-        values = self._values(params, None)
-        traced = {name: _traced(value, name) for name, value in values.items()}
-        data = json.loads(self._render_text(traced))
+        fields = {name: _traced(value, name) for name, value in params}
+        marked = type(params).model_construct(**fields)  # no validation: keep the marked values
+        names = {name: _traced(content_name(path), name) for name, path in params.image_fields().items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the serializer notices the marked subclasses
+            values = marked.template_values(names)
+        values.update({name: value for name, value in fields.items() if isinstance(value, _Traced)})
+        data = json.loads(self._render_text(values))
         mapping = {}
         for node_id, node in data.items():
             for input_name, value in node.get("inputs", {}).items():

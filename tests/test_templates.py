@@ -20,11 +20,18 @@ from comfy_orchestrator.validation import check_prompt
 
 
 def values_for(template: Template, image: Path, second: Path, **extra: Any) -> dict[str, Any]:
+    """The required files of a template: pictures, and a mask that marks something."""
     values: dict[str, Any] = {}
-    for name, path in (("image", image), ("image2", second)):
+    for name, path in (("image", image), ("image2", second), ("control_image", second), ("mask", second)):
         if name in template.model.model_fields:
             values[name] = str(path)
     return {**values, **extra}
+
+
+def server_schema(checkpoint: str) -> Schema:
+    """The recorded schema as a server that has our checkpoint and ControlNet would list it."""
+    return Schema.recorded().with_checkpoints([checkpoint]).with_choices(
+        ["ControlNetLoader"], "control_net_name", ["control_v11p_sd15_canny.safetensors"])
 
 
 def signatures(graph: Graph) -> Counter[str]:
@@ -45,7 +52,7 @@ def signatures(graph: Graph) -> Counter[str]:
 def test_every_workflow_renders_with_defaults_and_validates(name, library, sample_image, second_image) -> None:
     template = library.get(name)
     job = template.job(template.params(values_for(template, sample_image, second_image)))
-    verdict = check_prompt(job.graph.to_api(), Schema.recorded().with_checkpoints(["v1-5-pruned-emaonly.safetensors"]))
+    verdict = check_prompt(job.graph.to_api(), server_schema("v1-5-pruned-emaonly.safetensors"))
     assert verdict.ok, verdict.node_errors
     assert verdict.outputs == ("8",)
     assert job.template == name
@@ -63,7 +70,7 @@ def _edges(model: type[Params]) -> list[tuple[str, Any]]:
                 low, high = 64, 4096
             cases += [(info.name, int(low) if info.type == "int" else low),
                       (info.name, int(high) if info.type == "int" else high)]
-        if info.choices:
+        if info.choices and info.name != "mask_channel":  # alpha needs a mask with alpha: tested apart
             cases += [(info.name, info.choices[0]), (info.name, info.choices[-1])]
     return cases
 
@@ -74,13 +81,18 @@ def _edges(model: type[Params]) -> list[tuple[str, Any]]:
 def test_edge_values_render_and_validate(name, parameter, value, library, sample_image, second_image) -> None:
     template = library.get(name)
     extra = {parameter: value}
+    if parameter.startswith("lora_"):
+        extra["lora"] = "detail.safetensors"  # strengths act only on a LoRA
     if name == "upscale" and parameter in ("width", "height"):
         extra["scale_by"] = 1.0  # upscale takes a factor or a size, not both
     params = template.params(values_for(template, sample_image, second_image, **extra))
     graph = template.render(params)  # validates against the recorded schema
     assert parameter in template.parameter_map(params).values() or parameter in {
-        "width", "height", "upscale_method", "scale_by", "batch_size", "upscale_by", "tile_size", "tile_overlap"}
-    assert check_prompt(graph.to_api(), Schema.recorded().with_checkpoints([params.checkpoint])).ok  # type: ignore[attr-defined]
+        "width", "height", "upscale_method", "scale_by", "batch_size", "upscale_by", "tile_size", "tile_overlap",
+        "preprocess", "grow_mask_by"}  # these choose stages or feed derived values
+    schema = server_schema(params.checkpoint).with_choices(  # type: ignore[attr-defined]
+        ["LoraLoader"], "lora_name", ["detail.safetensors"])
+    assert check_prompt(graph.to_api(), schema).ok
 
 
 @pytest.mark.parametrize(("name", "recorded_name"), [
