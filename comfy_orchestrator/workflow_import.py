@@ -26,6 +26,8 @@ Public API
 ``resolve_target(prompt, titles, spec) -> Target``
     ``NODE.INPUT`` (or ``NODE.inputs.INPUT``) to (node_id, input_name); NODE is a node id,
     a title, or a class_type that exactly one node has.
+``Target``
+    A NamedTuple (node_id, input_name); ``str(target)`` is "node_id.input_name".
 ``propose_parameters(prompt, schema, titles=None) -> Proposal``
     The usual parameters (seed, steps, cfg, sampler, scheduler, denoise, prompt,
     negative_prompt, image, checkpoint): a mapping name -> Target whose ``account`` says
@@ -733,7 +735,11 @@ def propose_parameters(prompt: Mapping[str, Mapping[str, Any]], schema: Schema,
     else:
         main = (first or samplers)[0]
         others = [nid for nid in samplers if nid != main]
-        note = f" ({len(samplers)} samplers; the first in the flow)" if others else ""
+        if others:
+            account.append(
+                f"{len(samplers)} samplers: the sampler parameters are those of {describe(main)}, "
+                "the first in the flow; " + ", ".join(describe(nid) for nid in others)
+                + " keep their values (add --param for their inputs if needed)")
         inputs = prompt[main]["inputs"]
         for name, candidates in _SAMPLER_INPUTS:
             for input_name in candidates:
@@ -743,11 +749,8 @@ def propose_parameters(prompt: Mapping[str, Mapping[str, Any]], schema: Schema,
                     account.append(f"{name}: not proposed, {input_name} of {describe(main)} is "
                                    f"linked from node {inputs[input_name][0]}")
                 else:
-                    propose(name, Target(main, input_name), f"{input_name} of {describe(main)}{note}")
+                    propose(name, Target(main, input_name), f"{input_name} of {describe(main)}")
                 break
-        if others:
-            account.append("the other samplers keep their values: " + ", ".join(
-                describe(nid) for nid in others) + "; add --param for their inputs if needed")
         sources = {}
         for side in ("positive", "negative"):
             link = inputs.get(side)

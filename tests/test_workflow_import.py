@@ -349,6 +349,32 @@ def test_muted_subgraph_mutes_its_inside_and_what_needs_it() -> None:
     assert any("node 9 (SaveImage) is left out" in note for note in converted.notes)
 
 
+def test_nested_subgraphs_get_one_id_segment_per_level() -> None:
+    data = subgraph_workflow(0)
+    inner = data["definitions"]["subgraphs"][0]
+    outer = {
+        "id": "sub-outer", "name": "Wrapped", "version": 1,
+        "inputNode": {"id": -10, "bounding": [0, 0, 100, 60]}, "outputNode": {"id": -20, "bounding": [0, 0, 100, 60]},
+        "inputs": [{"id": "d", "name": "image", "type": "IMAGE", "linkIds": [21]}],
+        "outputs": [{"id": "e", "name": "IMAGE", "type": "IMAGE", "linkIds": [22]}],
+        "widgets": [], "groups": [],
+        "nodes": [editor_node(3, "sub-1", ["x-axis: vertically"], inputs=[slot("image", "IMAGE", 21)],
+                              outputs=[("IMAGE", "IMAGE")])],
+        "links": [
+            {"id": 21, "origin_id": -10, "origin_slot": 0, "target_id": 3, "target_slot": 0, "type": "IMAGE"},
+            {"id": 22, "origin_id": 3, "origin_slot": 0, "target_id": -20, "target_slot": 0, "type": "IMAGE"},
+        ],
+    }
+    data["definitions"]["subgraphs"] = [outer, inner]
+    data["nodes"][1]["type"] = "sub-outer"
+    data["nodes"][1]["widgets_values"] = []
+    prompt = to_api(data, SCHEMA).prompt
+    assert prompt["5:3:7"]["inputs"] == {"image": ["1", 0]}
+    assert prompt["5:3:8"]["inputs"] == {"image": ["5:3:7", 0], "flip_method": "x-axis: vertically"}
+    assert prompt["9"]["inputs"]["images"] == ["5:3:8", 0]
+    assert check_prompt(prompt, SCHEMA, input_exists=lambda name: True).ok
+
+
 def test_unknown_class_names_the_node_and_class() -> None:
     data = image_to_save(editor_node(2, "FancyUpscaler", [2], inputs=[slot("image", "IMAGE", 2)],
                                      outputs=[("IMAGE", "IMAGE")]),
