@@ -231,5 +231,166 @@ def sim(host: str, port: int, profile_name: str, checkpoints: Sequence[str], roo
             stdout.print("stopping")
 
 
+def server_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The --server URL option: default $COMFY_URL, then http://127.0.0.1:8188."""
+    return click.option("--server", "server", metavar="URL", default=None,
+                        help="the ComfyUI server (default: $COMFY_URL, then http://127.0.0.1:8188); "
+                             "token from $COMFY_TOKEN")(function)
+
+
+def _client(server: str | None) -> Any:
+    from comfy_orchestrator.client import Client
+
+    config = settings()
+    token = config.comfy_token.get_secret_value() if config.comfy_token is not None else None
+    return Client(server or config.comfy_url, token=token)
+
+
+@main.command("run")
+@click.argument("template_name", metavar="TEMPLATE", required=False)
+@server_option
+@set_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="outputs", show_default=True,
+              help="folder for the outputs")
+@click.option("--from", "from_image", type=click.Path(dir_okay=False, exists=True),
+              help="run the job recorded in an image we saved again (--set overrides its parameters)")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=3600.0, show_default=True,
+              help="seconds the job may take")
+@click.pass_context
+def run_command(ctx: click.Context, template_name: str | None, server: str | None, sets: Sequence[str],
+                out_dir: str, from_image: str | None, timeout_s: float) -> None:
+    """Run TEMPLATE once on a server with a progress bar; print where the outputs are."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    from comfy_orchestrator.graph import Graph
+    from comfy_orchestrator.jobs import Job
+    from comfy_orchestrator.protocol import NodeProgress
+    from comfy_orchestrator.provenance import read_provenance
+
+    values: dict[str, Any] = {}
+    graph: Graph | None = None
+    if from_image is not None:
+        record = read_provenance(Path(from_image).read_bytes())
+        if record is None:
+            fail(f"{from_image} carries no comfy-orch provenance (was it saved by comfy-orch run?)", EXIT_BAD_INPUT)
+        template_name = template_name or record.get("template")
+        values = dict(record.get("parameters") or {})
+        if not template_name:
+            graph = Graph.from_api(record["graph"])
+    if template_name is None and graph is None:
+        fail("name a TEMPLATE (see 'comfy-orch templates') or give --from IMAGE", EXIT_BAD_INPUT)
+    values.update(template_values(sets))
+    if graph is not None:
+        job = Job(graph=graph)
+    else:
+        assert template_name is not None
+        template = library(ctx).get(template_name)
+        job = template.job(template.params(values))
+    with _client(server) as client:
+        handle = client.submit(job)
+        with Progress(TextColumn("{task.description:>8}"), BarColumn(), TaskProgressColumn(),
+                      TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=stderr,
+                      transient=False) as bar:
+            overall = bar.add_task("overall", total=1.0, detail=f"queued on {client.url}")
+            sampler = bar.add_task("sampler", total=1, detail="", visible=False)
+            for event in handle.events(timeout_s=timeout_s):
+                progress = handle.progress
+                bar.update(overall, completed=progress.fraction,
+                           detail=f"node {progress.node}" if progress.node else "")
+                if isinstance(event, NodeProgress):
+                    bar.update(sampler, visible=True, total=event.max, completed=event.value,
+                               detail=f"node {event.node} step {event.value}/{event.max}")
+            bar.update(overall, completed=1.0, detail="done")
+            result = client.save_outputs(handle.wait(), Path(out_dir))
+    for path in result.files:
+        stdout.print(str(path), highlight=False)
+    if not result.files:
+        stderr.print("the job finished without output files")
+
+
+@main.command("queue")
+@server_option
+def queue_command(server: str | None) -> None:
+    """Show the server's running and waiting prompts."""
+    with _client(server) as client:
+        listing = client.queue()
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("state", "number", "prompt id", "nodes"):
+        table.add_column(column)
+    for state, key in (("running", "queue_running"), ("waiting", "queue_pending")):
+        for item in sorted(listing.get(key) or (), key=lambda entry: entry[0]):
+            table.add_row(state, _number(item[0]), str(item[1]), str(len(item[2])))
+    if table.row_count:
+        stdout.print(table)
+    else:
+        stdout.print("the queue is empty")
+
+
+@main.command("interrupt")
+@click.argument("prompt_id", required=False)
+@click.option("--clear", is_flag=True, help="also empty the waiting list")
+@server_option
+def interrupt_command(prompt_id: str | None, clear: bool, server: str | None) -> None:
+    """Interrupt the running prompt (only PROMPT_ID, if given)."""
+    with _client(server) as client:
+        if clear:
+            client.clear_queue()
+        client.interrupt(prompt_id)
+    stdout.print("interrupt sent" + (" and queue cleared" if clear else ""))
+
+
+@main.command("history")
+@click.option("--max", "max_items", type=click.IntRange(min=1), default=20, show_default=True)
+@server_option
+def history_command(max_items: int, server: str | None) -> None:
+    """List the server's finished prompts, newest last, with their status and outputs."""
+    from comfy_orchestrator.protocol import outputs_from_history
+
+    with _client(server) as client:
+        entries = client.history(max_items=max_items)
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("prompt id", "status", "outputs"):
+        table.add_column(column)
+    for prompt_id, entry in entries.items():
+        status = (entry.get("status") or {}).get("status_str") or "?"
+        files = ", ".join(o.filename for o in outputs_from_history(entry))
+        table.add_row(prompt_id, status, files)
+    if table.row_count:
+        stdout.print(table)
+    else:
+        stdout.print("no history")
+
+
+@main.command("inspect")
+@click.argument("image", type=click.Path(dir_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="print our whole record as JSON")
+def inspect_command(image: str, as_json: bool) -> None:
+    """Show how an image was made: template, parameters, seeds, server, ComfyUI version."""
+    from comfy_orchestrator.provenance import PROVENANCE_KEY, png_text, read_provenance
+
+    data = Path(image).read_bytes()
+    record = read_provenance(data)
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    chunks = png_text(data)
+    if record is None:
+        server_chunks = ", ".join(sorted(chunks)) or "none"
+        fail(f"{image} carries no {PROVENANCE_KEY} record (its text chunks: {server_chunks})", EXIT_BAD_INPUT)
+    table = Table(box=None, pad_edge=False, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key in ("template", "label", "server", "comfyui_version", "prompt_id", "job_id"):
+        if record.get(key):
+            table.add_row(key, str(record[key]))
+    table.add_row("seeds", json.dumps(record.get("seeds") or {}))
+    for name, value in (record.get("parameters") or {}).items():
+        table.add_row(f"  {name}", json.dumps(value, ensure_ascii=False))
+    table.add_row("graph", f"{len(record.get('graph') or {})} nodes")
+    table.add_row("server chunks", ", ".join(sorted(k for k in chunks if k != PROVENANCE_KEY)) or "none")
+    stdout.print(table)
+    stdout.print(f"run it again: comfy-orch run --from {image}", highlight=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
