@@ -23,6 +23,7 @@ from comfy_orchestrator.errors import (
     UnsafeOutput,
     WorkflowImportError,
 )
+from comfy_orchestrator.client import Client, JobHandle
 from comfy_orchestrator.graph import Graph, Node
 from comfy_orchestrator.jobs import Job, JobResult, Output
 from comfy_orchestrator.params import DENOISE_GUIDE, WORKFLOWS, Params
@@ -32,6 +33,7 @@ from comfy_orchestrator.validation import PromptCheck, check_prompt
 
 __all__ = [
     "AuthFailed",
+    "Client",
     "ComfyError",
     "ConnectionFailed",
     "DENOISE_GUIDE",
@@ -40,6 +42,7 @@ __all__ = [
     "GraphInvalid",
     "Interrupted",
     "Job",
+    "JobHandle",
     "JobLost",
     "JobResult",
     "JobTimedOut",
