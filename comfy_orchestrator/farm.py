@@ -36,17 +36,22 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
+import random
 import statistics
 import sys
+import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from comfy_orchestrator.client import Client, RetryPolicy
 from comfy_orchestrator.errors import (
     AuthFailed,
     ComfyError,
@@ -54,17 +59,27 @@ from comfy_orchestrator.errors import (
     FarmFileInvalid,
     JobTimedOut,
     MissingModel,
+    NoServerAvailable,
     PromptRejected,
     ServerError,
 )
 from comfy_orchestrator.graph import is_link
-from comfy_orchestrator.jobs import Job
+from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.schema import CHECKPOINT_LOADERS, Schema
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10
     import tomli as tomllib
+
+__all__ = [
+    "Attempt", "Capability", "ClientLink", "CompletionLedger", "Device", "Dispatch", "DuplicateDiscarded", "Farm",
+    "FarmEvent", "JobDone", "JobFailed", "JobNeeds", "JobOutcome", "JobRetrying", "JobSubmitted", "JobTimes",
+    "RetryDecision", "RetryPolicy", "RoundRobin", "RunningJob", "ServerConfig", "ServerDown", "ServerLink",
+    "ServerStatus", "ServerUp", "ServerView", "SoonestFinish", "WaitingJob", "affinity", "decide_retry",
+    "estimate_finish_s", "failure_reason", "is_server_fault", "job_needs", "load_farm", "parse_farm",
+    "servers_from_urls",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -374,19 +389,6 @@ class JobTimes:
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """How often a job is tried and how long a failing server rests."""
-
-    max_attempts: int = 3
-    first_delay_s: float = 2.0
-    max_delay_s: float = 60.0
-
-    def delay(self, attempt: int, jitter: float = 1.0) -> float:
-        """Seconds a failing server rests after `attempt`."""
-        return float(min(self.first_delay_s * 2 ** (attempt - 1), self.max_delay_s) * jitter)
-
-
-@dataclass(frozen=True)
 class Attempt:
     """One failed try of a job: where, and why."""
 
@@ -470,3 +472,722 @@ class CompletionLedger:
     def forget(self, seq: int) -> None:
         """Drop a settled job once no other server can still report it."""
         self._done.pop(seq, None)
+
+
+# ---------------------------------------------------------------------------
+# What the farm reports
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    """A job the farm gave up on: the last error, how often it was tried, and where."""
+
+    job: Job
+    error: ComfyError
+    attempts: int
+    servers: tuple[str, ...]
+
+
+JobOutcome = JobResult | JobFailed
+
+
+@dataclass(frozen=True)
+class ServerUp:
+    """A server answered its health probe and takes jobs (again)."""
+
+    server: str
+
+
+@dataclass(frozen=True)
+class ServerDown:
+    """A server failed; its jobs went back to the waiting list and it is probed with backoff."""
+
+    server: str
+    error: ComfyError
+    retry_in_s: float
+    moved: int = 0  # jobs it held that went back to the waiting list
+
+
+@dataclass(frozen=True)
+class JobSubmitted:
+    """A job was queued on a server (`attempt` counts from 1)."""
+
+    job: Job
+    server: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class JobRetrying:
+    """A job failed on a server and waits for another try."""
+
+    job: Job
+    server: str
+    error: ComfyError
+    attempt: int
+
+
+@dataclass(frozen=True)
+class JobDone:
+    """A job finished on a server; its outcome is next from `Farm.run`."""
+
+    job: Job
+    server: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DuplicateDiscarded:
+    """A job that had been moved finished a second time; this copy was dropped."""
+
+    job: Job
+    server: str
+
+
+FarmEvent = ServerUp | ServerDown | JobSubmitted | JobRetrying | JobDone | DuplicateDiscarded
+
+
+@dataclass(frozen=True)
+class Device:
+    """One GPU (or CPU) of a server, from /system_stats."""
+
+    name: str
+    vram_total: int
+    vram_free: int
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """What `comfy-orch farm status` shows of one server."""
+
+    name: str
+    url: str
+    up: bool
+    error: str = ""
+    queue_running: int = 0
+    queue_pending: int = 0
+    devices: tuple[Device, ...] = ()
+    checkpoints: tuple[str, ...] = ()
+    comfyui_version: str = ""
+    tags: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------------------
+# The network side, as the farm uses it
+
+
+class RunningJob(Protocol):
+    """A job queued on one server (the client's JobHandle)."""
+
+    def wait(self, timeout_s: float) -> JobResult:
+        """Block until the job ends; return its result or raise the ComfyError that ended it."""
+
+    def cancel(self) -> None:
+        """Take the job off the server's queue, or interrupt it if it runs."""
+
+
+class ServerLink(Protocol):
+    """One server as the farm drives it: `ClientLink` over the real client, or anything alike."""
+
+    def probe(self) -> Schema:
+        """Check health (/system_stats) and read object_info afresh; raise ComfyError if unwell."""
+
+    def check(self) -> None:
+        """Ask /system_stats whether the server still answers; raise ComfyError if not."""
+
+    def submit(self, job: Job) -> RunningJob:
+        """Upload the job's inputs, check it against the server's object_info, and queue it."""
+
+    def save(self, result: JobResult, out_dir: Path) -> JobResult:
+        """Download a finished job's outputs under `out_dir`."""
+
+    def status(self) -> ServerStatus:
+        """Health, queue, devices and checkpoints, for `farm status`."""
+
+    def close(self) -> None:
+        """Release connections and threads."""
+
+
+class ClientLink:
+    """A ServerLink over `Client`, tuned to fail over fast rather than retry one server long."""
+
+    def __init__(self, config: ServerConfig, *, timeout_s: float = 10.0, silence_s: float = 3.0,
+                 job_timeout_s: float = 600.0) -> None:
+        self.config = config
+        self.client = Client(config.url, headers=config.headers, token=config.token, timeout_s=timeout_s,
+                             silence_s=silence_s, job_timeout_s=job_timeout_s,
+                             retry=RetryPolicy(max_attempts=2, first_delay_s=0.5, max_delay_s=2.0))
+
+    def probe(self) -> Schema:
+        self.client.system_stats()
+        return self.client.schema(refresh=True)
+
+    def check(self) -> None:
+        self.client.system_stats()
+
+    def submit(self, job: Job) -> RunningJob:
+        return self.client.submit(job)
+
+    def save(self, result: JobResult, out_dir: Path) -> JobResult:
+        return self.client.save_outputs(result, out_dir)
+
+    def status(self) -> ServerStatus:
+        config = self.config
+        stats = self.client.system_stats()
+        listing = self.client.queue()
+        schema = self.client.schema(refresh=True)
+        devices = tuple(Device(name=str(d.get("name", "?")), vram_total=int(d.get("vram_total") or 0),
+                               vram_free=int(d.get("vram_free") or 0))
+                        for d in stats.get("devices") or () if isinstance(d, Mapping))
+        checkpoints = schema.checkpoints if "CheckpointLoaderSimple" in schema else ()
+        return ServerStatus(name=config.name, url=config.url, up=True,
+                            queue_running=len(listing.get("queue_running") or ()),
+                            queue_pending=len(listing.get("queue_pending") or ()), devices=devices,
+                            checkpoints=checkpoints,
+                            comfyui_version=str((stats.get("system") or {}).get("comfyui_version") or ""),
+                            tags=config.tags)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# ---------------------------------------------------------------------------
+# The farm
+
+
+@dataclass(eq=False)
+class _Ticket:
+    """One job of a run, while the farm holds it."""
+
+    seq: int
+    job: Job
+    needs: JobNeeds
+    attempts: list[Attempt] = field(default_factory=list)
+    tried: list[str] = field(default_factory=list)  # servers it was queued on, in order
+    avoid_until: dict[str, float] = field(default_factory=dict)  # server -> monotonic time
+    able: dict[tuple[str, int], bool] = field(default_factory=dict)  # (server, capability version) -> can run
+    copies: int = 0  # servers holding a live copy
+    settled: bool = False
+
+
+@dataclass(eq=False)
+class _Flight:
+    """A ticket queued on one server."""
+
+    ticket: _Ticket
+    queued_at: float
+    handle: RunningJob | None = None
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class _Server:
+    """One server's state during a run; guarded by the run's lock."""
+
+    config: ServerConfig
+    order: int
+    link: ServerLink
+    up: bool = False
+    capability: Capability | None = None
+    capability_version: int = 0
+    flights: list[_Flight] = field(default_factory=list)
+    times: JobTimes = field(default_factory=JobTimes)
+    last: JobNeeds | None = None  # the last job queued: what is loaded when the next one starts
+    last_finished: JobNeeds | None = None
+    last_finish_at: float | None = None
+    failures: int = 0
+    next_probe_at: float = 0.0
+    last_error: ComfyError | None = None
+    done: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def slots(self) -> int:
+        return 1 + self.config.queue_ahead
+
+
+class _End:
+    """Marks the end of a run's outcomes."""
+
+
+def _ignore(event: FarmEvent) -> None:
+    """The default event callback: nothing."""
+
+
+class Farm:
+    """Runs jobs over several ComfyUI servers, one thread each; see the module docstring."""
+
+    def __init__(
+        self,
+        servers: Sequence[ServerConfig | str],
+        *,
+        policy: RetryPolicy = RetryPolicy(),
+        dispatch: Dispatch = SoonestFinish(),
+        connect: Callable[[ServerConfig], ServerLink] | None = None,
+        job_timeout_s: float = 600.0,
+        health_interval_s: float = 1.0,
+        no_server_timeout_s: float = 120.0,
+        window: int = 64,
+    ) -> None:
+        configs = [s if isinstance(s, ServerConfig) else ServerConfig(url=s) for s in servers]
+        self.servers = _checked_servers([c.model_dump() for c in configs], source="farm")
+        self.policy = policy
+        self.dispatch = dispatch
+        self.job_timeout_s = job_timeout_s
+        self.health_interval_s = health_interval_s
+        self.no_server_timeout_s = no_server_timeout_s
+        self.window = window
+        self._connect = connect or (lambda config: ClientLink(config, job_timeout_s=job_timeout_s))
+
+    def run(
+        self,
+        jobs: Iterable[Job],
+        *,
+        out_dir: Path | None = None,
+        on_event: Callable[[FarmEvent], None] = _ignore,
+    ) -> Iterator[JobOutcome]:
+        """Run every job once over the farm; yield each one's JobResult or JobFailed as it settles."""
+        return _Run(self, iter(jobs), out_dir=out_dir, on_event=on_event).outcomes()
+
+    def status(self, *, timeout_s: float = 10.0) -> list[ServerStatus]:
+        """Each server's health, queue, devices and checkpoints, read in parallel."""
+        answers: dict[str, ServerStatus] = {}
+
+        def read(config: ServerConfig) -> None:
+            link = self._connect(config)
+            try:
+                answers[config.name] = link.status()
+            except ComfyError as exc:
+                answers[config.name] = ServerStatus(name=config.name, url=config.url, up=False, error=str(exc),
+                                                    tags=config.tags)
+            finally:
+                link.close()
+
+        threads = [threading.Thread(target=read, args=(config,), name=f"farm-status-{config.name}", daemon=True)
+                   for config in self.servers]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + timeout_s
+        for thread in threads:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+        return [answers.get(config.name) or ServerStatus(
+            name=config.name, url=config.url, up=False, error=f"no answer within {timeout_s:g} s", tags=config.tags)
+            for config in self.servers]
+
+
+class _Run:
+    """One `Farm.run`: the waiting list, one thread per server, and the outcomes."""
+
+    def __init__(self, farm: Farm, source: Iterator[Job], *, out_dir: Path | None,
+                 on_event: Callable[[FarmEvent], None]) -> None:
+        self.farm = farm
+        self.policy = farm.policy
+        self.source: Iterator[Job] | None = source
+        self.source_error: Exception | None = None
+        self.thread_error: BaseException | None = None
+        self.out_dir = out_dir
+        self.on_event = on_event
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.stop = threading.Event()
+        self.waiting: list[_Ticket] = []  # in the order read, retries back in their place
+        self.open_tickets = 0  # read and not yet settled
+        self.next_seq = 0
+        self.ledger = CompletionLedger()
+        self.results: queue.Queue[JobOutcome | _End] = queue.Queue()
+        self.unread = 0  # outcomes put and not yet taken by the caller
+        self.no_server_since: float | None = None
+        self.servers = [_Server(config=config, order=order, link=farm._connect(config))
+                        for order, config in enumerate(farm.servers)]
+
+    # -- the caller's side
+    def outcomes(self) -> Iterator[JobOutcome]:
+        threads = [threading.Thread(target=self.work, args=(server,), name=f"farm-{server.name}", daemon=True)
+                   for server in self.servers]
+        threads.append(threading.Thread(target=self.watch, name="farm-health", daemon=True))
+        try:
+            with self.lock:
+                self.refill()
+                self.finish_if_done()
+            for thread in threads:
+                thread.start()
+            while True:
+                try:
+                    item = self.results.get(timeout=0.5)
+                except queue.Empty:
+                    self.check_no_server()
+                    continue
+                if isinstance(item, _End):
+                    break
+                with self.lock:
+                    self.unread -= 1
+                    self.refill()
+                yield item
+            if self.thread_error is not None:
+                raise self.thread_error
+            if self.source_error is not None:
+                raise self.source_error
+        finally:
+            self.shut_down(threads)
+
+    def shut_down(self, threads: Sequence[threading.Thread]) -> None:
+        """Stop the servers' threads; cancel what they still hold (copies, or all if the caller stopped)."""
+        self.stop.set()
+        with self.lock:
+            self.changed.notify_all()
+            leftover = [(server, flight) for server in self.servers for flight in server.flights
+                        if flight.handle is not None and not flight.cancelled]
+            for _, flight in leftover:
+                flight.cancelled = True
+        for server, flight in leftover:
+            self.cancel(server, flight)
+        for thread in threads:
+            if thread.is_alive():
+                thread.join(10.0)
+        for server in self.servers:
+            server.link.close()
+
+    def emit(self, event: FarmEvent) -> None:
+        """Tell the caller. Its callback's errors are logged: a display must not stop the farm."""
+        try:
+            self.on_event(event)
+        except Exception:
+            logger.exception("the farm's on_event callback raised on %r", event)
+
+    # -- the waiting list (with the lock held)
+    def refill(self) -> None:
+        """Read jobs until the window ahead of the servers is full (and the caller keeps up)."""
+        limit = max(self.farm.window, 2 * sum(server.slots for server in self.servers))
+        while self.source is not None and len(self.waiting) < limit and self.unread < limit:
+            try:
+                job = next(self.source)
+            except StopIteration:
+                self.source = None
+                break
+            except Exception as exc:  # raised to the caller once the jobs already read are settled
+                self.source_error = exc
+                self.source = None
+                break
+            self.waiting.append(_Ticket(seq=self.next_seq, job=job, needs=job_needs(job)))
+            self.next_seq += 1
+            self.open_tickets += 1
+        self.changed.notify_all()
+
+    def requeue(self, ticket: _Ticket) -> None:
+        if ticket.settled or ticket.copies or ticket in self.waiting:
+            return
+        index = next((i for i, other in enumerate(self.waiting) if other.seq > ticket.seq), len(self.waiting))
+        self.waiting.insert(index, ticket)
+        self.changed.notify_all()
+
+    def settle(self, ticket: _Ticket, outcome: JobOutcome, server: str) -> bool:
+        """Hand the ticket's outcome to the caller unless it has one; False for a duplicate."""
+        if ticket.settled or not self.ledger.settle(ticket.seq, server):
+            return False
+        ticket.settled = True
+        if ticket in self.waiting:
+            self.waiting.remove(ticket)
+        self.open_tickets -= 1
+        self.unread += 1
+        self.results.put(outcome)
+        self.changed.notify_all()
+        self.finish_if_done()
+        return True
+
+    def give_up(self, ticket: _Ticket, error: ComfyError) -> None:
+        self.settle(ticket, JobFailed(ticket.job, error, len(ticket.attempts), tuple(ticket.tried)), "")
+
+    def finish_if_done(self) -> None:
+        if self.source is None and self.open_tickets == 0 and not self.stop.is_set():
+            self.results.put(_End())
+            self.stop.set()
+            self.changed.notify_all()
+
+    def able(self, ticket: _Ticket, server: _Server) -> bool:
+        if server.capability is None:
+            return False
+        key = (server.name, server.capability_version)
+        if key not in ticket.able:
+            ticket.able[key] = server.capability.can_run(ticket.needs)
+        return ticket.able[key]
+
+    def view(self, server: _Server) -> ServerView:
+        job_s = server.times.job_s(self.typical_job_s() / server.config.weight)
+        return ServerView(name=server.name, order=server.order, up=server.up,
+                          free_slots=server.slots - len(server.flights), queued=len(server.flights),
+                          job_s=job_s, switch_s=server.times.switch_s(job_s), last=server.last)
+
+    def typical_job_s(self) -> float:
+        """The median job time of the servers that timed one, at weight 1."""
+        seen = [s.times.job_s(0.0) * s.config.weight for s in self.servers if s.times.warm_s or s.times.cold_s]
+        return statistics.median(seen) if seen else DEFAULT_JOB_S
+
+    def take(self, server: _Server) -> _Ticket | None:
+        """The waiting ticket `server` should queue next, if any; fails tickets no server can run."""
+        now = time.monotonic()
+        candidates: list[WaitingJob] = []
+        tickets: list[_Ticket] = []
+        for ticket in list(self.waiting[: self.farm.window]):
+            if self.unable_anywhere(ticket):
+                continue
+            eligible = frozenset(other.name for other in self.servers
+                                 if other.up and self.able(ticket, other)
+                                 and ticket.avoid_until.get(other.name, 0.0) <= now)
+            candidates.append(WaitingJob(seq=ticket.seq, needs=ticket.needs, eligible=eligible))
+            tickets.append(ticket)
+        if not candidates:
+            return None
+        views = [self.view(other) for other in self.servers]
+        index = self.farm.dispatch.pick(views[server.order], candidates, views)
+        if index is None:
+            return None
+        ticket = tickets[index]
+        self.waiting.remove(ticket)
+        ticket.copies += 1
+        ticket.tried.append(server.name)
+        server.last = ticket.needs
+        return ticket
+
+    def unable_anywhere(self, ticket: _Ticket) -> bool:
+        """Fail a ticket that no server will ever run: all were reached, none can or may."""
+        if any(server.capability is None for server in self.servers):
+            return False
+        if any(self.able(ticket, server) and ticket.avoid_until.get(server.name, 0.0) != math.inf
+               for server in self.servers):
+            return False
+        if ticket.attempts:
+            self.give_up(ticket, ticket.attempts[-1].error)
+            return True
+        lacks = "; ".join(f"{server.name} lacks {', '.join(server.capability.lacks(ticket.needs)[:3])}"
+                          for server in self.servers if server.capability is not None)
+        self.give_up(ticket, NoServerAvailable(f"no server of the farm can run this job: {lacks}"))
+        return True
+
+    def check_no_server(self) -> None:
+        """Fail what is left once no server has been up for `no_server_timeout_s`."""
+        with self.lock:
+            if any(server.up for server in self.servers):
+                self.no_server_since = None
+                return
+            now = time.monotonic()
+            if self.no_server_since is None:
+                self.no_server_since = now
+            if now - self.no_server_since < self.farm.no_server_timeout_s:
+                return
+            reasons = "; ".join(f"{s.name}: {s.last_error}" for s in self.servers if s.last_error is not None)
+            error = NoServerAvailable(f"no server of the farm answered for {self.farm.no_server_timeout_s:g} s"
+                                      + (f" ({reasons})" if reasons else ""))
+            for server in self.servers:
+                for flight in server.flights:
+                    self.give_up(flight.ticket, error)
+            self.give_up_waiting(error)
+
+    def give_up_waiting(self, error: ComfyError) -> None:
+        """Report every waiting job, and every job still to be read, as failed with `error`."""
+        while True:
+            for ticket in list(self.waiting):
+                self.give_up(ticket, error)
+            if self.source is None or self.unread >= self.farm.window:
+                return
+            self.refill()
+
+    # -- a server's thread
+    def work(self, server: _Server) -> None:
+        try:
+            self.serve(server)
+        except BaseException as exc:  # a bug must reach the caller, not hang the run
+            logger.exception("the farm's thread for %s failed", server.name)
+            self.thread_error = exc
+            self.results.put(_End())
+            self.stop.set()
+
+    def serve(self, server: _Server) -> None:
+        while not self.stop.is_set():
+            if not server.up:
+                self.probe(server)
+                continue
+            self.fill(server)
+            with self.lock:
+                head = server.flights[0] if server.flights else None
+                if head is None and server.up and not self.stop.is_set():
+                    self.changed.wait(0.25)
+            if head is not None:
+                self.await_job(server, head)
+
+    def watch(self) -> None:
+        """Every health_interval_s, ask each busy server whether it still answers; mark the silent down.
+
+        A server's own thread is blocked waiting for its oldest job, and the client notices a dead
+        server only when the socket has been silent a while; this notices it within a second or two.
+        """
+        try:
+            while not self.stop.wait(self.farm.health_interval_s):
+                with self.lock:
+                    busy = [server for server in self.servers if server.up and server.flights]
+                for server in busy:
+                    try:
+                        server.link.check()
+                    except ComfyError as exc:
+                        with self.lock:
+                            events = self.mark_down(server, exc)
+                        for event in events:
+                            self.emit(event)
+        except BaseException as exc:  # a bug must reach the caller, not hang the run
+            logger.exception("the farm's health watch failed")
+            self.thread_error = exc
+            self.results.put(_End())
+            self.stop.set()
+
+    def probe(self, server: _Server) -> None:
+        """While down: rest (policy backoff), then ask /system_stats and object_info."""
+        wait_s = server.next_probe_at - time.monotonic()
+        if wait_s > 0:
+            self.stop.wait(min(wait_s, 1.0))
+            return
+        try:
+            schema = server.link.probe()
+        except ComfyError as exc:
+            with self.lock:
+                server.failures += 1
+                server.last_error = exc
+                server.next_probe_at = time.monotonic() + self.policy.delay(server.failures, _jitter())
+            logger.info("%s did not answer its probe: %s", server.name, exc)
+            return
+        with self.lock:
+            server.up = True
+            server.failures = 0
+            server.capability = Capability(schema)
+            server.capability_version += 1
+            self.changed.notify_all()
+        logger.info("%s is up", server.name)
+        self.emit(ServerUp(server.name))
+
+    def fill(self, server: _Server) -> None:
+        """Queue jobs on the server until it holds 1 + queue_ahead."""
+        while not self.stop.is_set():
+            with self.lock:
+                if not server.up or len(server.flights) >= server.slots:
+                    return
+                self.refill()
+                ticket = self.take(server)
+                if ticket is None:
+                    return
+                flight = _Flight(ticket=ticket, queued_at=time.monotonic())
+                server.flights.append(flight)
+                attempt = len(ticket.attempts) + 1
+            self.emit(JobSubmitted(ticket.job, server.name, attempt))
+            try:
+                flight.handle = server.link.submit(ticket.job)
+            except ComfyError as exc:
+                self.failed(server, flight, exc)
+
+    def await_job(self, server: _Server, flight: _Flight) -> None:
+        """Wait for the server's oldest job (ComfyUI runs its queue in order) and settle it."""
+        assert flight.handle is not None
+        try:
+            result = flight.handle.wait(self.farm.job_timeout_s)
+            with self.lock:
+                duplicate = flight.ticket.settled
+            if self.out_dir is not None and not duplicate:
+                result = server.link.save(result, self.out_dir)
+        except ComfyError as exc:
+            self.failed(server, flight, exc)
+            return
+        self.completed(server, flight, replace(result, server=server.name))
+
+    def completed(self, server: _Server, flight: _Flight, result: JobResult) -> None:
+        ticket = flight.ticket
+        with self.lock:
+            self.drop(server, flight)
+            now = time.monotonic()
+            seconds = now - max(flight.queued_at, server.last_finish_at or flight.queued_at)
+            started, finished = result.timings.get("started"), result.timings.get("finished")
+            if started is not None and finished is not None and finished >= started:
+                seconds = finished - started
+            loaded = server.last_finished is None or server.last_finished.checkpoint != ticket.needs.checkpoint
+            server.times.add(seconds, loaded_checkpoint=loaded)
+            server.last_finished = ticket.needs
+            server.last_finish_at = now
+            server.done += 1
+            kept = self.settle(ticket, result, server.name)
+            redundant = [(other, f) for other in self.servers for f in other.flights
+                         if f.ticket is ticket and f.handle is not None and not f.cancelled]
+            for _, other_flight in redundant:
+                other_flight.cancelled = True
+        for other, other_flight in redundant:
+            self.cancel(other, other_flight)
+        if kept:
+            self.emit(JobDone(ticket.job, server.name, seconds))
+            return
+        for path in result.files:  # downloaded in a race with the winner: theirs are kept
+            path.unlink(missing_ok=True)
+        logger.info("%s finished job %s a second time; that copy was discarded", server.name, ticket.seq)
+        self.emit(DuplicateDiscarded(ticket.job, server.name))
+
+    def failed(self, server: _Server, flight: _Flight, error: ComfyError) -> None:
+        ticket = flight.ticket
+        events: list[FarmEvent] = []
+        with self.lock:
+            live = self.drop(server, flight)
+            if ticket.settled or flight.cancelled or not live:
+                logger.info("%s: a moved, cancelled or finished copy of job %s ended with: %s", server.name,
+                            ticket.seq, error)
+                return
+            untried = frozenset(other.name for other in self.servers if other is not server
+                                and self.able(ticket, other) and other.name not in ticket.tried)
+            decision = decide_retry(error, ticket.attempts, server=server.name, untried=untried, policy=self.policy)
+            ticket.attempts.append(Attempt(server.name, error))
+            if decision.server_down:
+                events += self.mark_down(server, error)
+            if decision.retry:
+                ticket.avoid_until[server.name] = time.monotonic() + decision.avoid_s
+                self.requeue(ticket)
+                events.append(JobRetrying(ticket.job, server.name, error, len(ticket.attempts)))
+            elif not ticket.copies:
+                self.give_up(ticket, error)
+        for event in events:
+            self.emit(event)
+
+    def mark_down(self, server: _Server, error: ComfyError) -> list[FarmEvent]:
+        """Take the server out (lock held); the jobs it held go back to the waiting list."""
+        if not server.up:
+            return []
+        server.up = False
+        server.failures += 1
+        server.last_error = error
+        rest_s = self.policy.delay(server.failures, _jitter())
+        server.next_probe_at = time.monotonic() + rest_s
+        displaced = list(server.flights)
+        server.flights.clear()
+        for flight in displaced:
+            flight.ticket.copies -= 1
+            self.requeue(flight.ticket)
+        server.last = server.last_finished = None
+        logger.warning("%s is down (%s); %d job(s) moved; probing again in %.1f s", server.name, error,
+                       len(displaced), rest_s)
+        return [ServerDown(server.name, error, rest_s, moved=len(displaced))]
+
+    def drop(self, server: _Server, flight: _Flight) -> bool:
+        """Forget a flight that ended; False if it had already been moved off a down server."""
+        self.changed.notify_all()
+        if flight not in server.flights:
+            return False
+        server.flights.remove(flight)
+        flight.ticket.copies -= 1
+        return True
+
+    def cancel(self, server: _Server, flight: _Flight) -> None:
+        """Take a copy that is no longer wanted off its server (its own thread reaps the handle)."""
+        assert flight.handle is not None
+        try:
+            flight.handle.cancel()
+        except ComfyError as exc:
+            logger.info("%s: could not cancel an unwanted copy of job %s: %s", server.name, flight.ticket.seq, exc)
+
+
+def _jitter() -> float:
+    """A random factor, so that servers that failed together are not probed in lockstep."""
+    return random.uniform(0.8, 1.2)

@@ -87,7 +87,7 @@ def test_farm_file_gives_frozen_server_configs() -> None:
     assert (second.name, second.queue_ahead, second.weight) == ("farm.example:443", 2, 1.0)
     assert second.request_headers() == {"X-Team": "art"}
     with pytest.raises(ValidationError):
-        first.weight = 3.0  # type: ignore[misc]
+        first.weight = 3.0
 
 
 def test_farm_file_is_read_from_disk(tmp_path: Path) -> None:
