@@ -67,7 +67,7 @@ def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__
 
 
 def settings() -> Settings:
-    return Settings()
+    return Settings()  # type: ignore[call-arg]  # pydantic-settings fills the fields from the environment
 
 
 def library(ctx: click.Context) -> Templates:
@@ -229,6 +229,169 @@ def sim(host: str, port: int, profile_name: str, checkpoints: Sequence[str], roo
             threading.Event().wait()
         except KeyboardInterrupt:
             stdout.print("stopping")
+
+
+def _sweep_of(template: Template, axes: Sequence[str], sets: Sequence[str], *, zipped: bool, batch_seeds: bool,
+              seed_source: int | None) -> Any:
+    """Build a Sweep from --axis and --set; image paths are made absolute so a resume finds them."""
+    import random
+
+    from comfy_orchestrator.sweep import Sweep, parse_axis
+
+    rng = random.Random(seed_source)
+    fixed: dict[str, Any] = dict(template_values(sets))
+    for parameter in template.parameters():
+        if parameter.type == "image" and parameter.name in fixed:
+            fixed[parameter.name] = str(Path(fixed[parameter.name]).expanduser().resolve())
+    parsed = tuple(parse_axis(text, rng=rng, read_text=lambda name: Path(name).read_text("utf-8"))
+                   for text in axes)
+    return Sweep(template, parsed, fixed, zip=zipped, batch_seeds=batch_seeds)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def _run_sweep_with_progress(sweep: Any, out_dir: Path, servers: Sequence[Any], *, max_attempts: int,
+                             thumbnail_px: int) -> Any:
+    """Run a sweep over a farm with a progress bar; Ctrl-C stops it, resumable."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from comfy_orchestrator.farm import Farm
+    from comfy_orchestrator.sweep_run import SweepProgress, run_sweep
+
+    farm = Farm(servers)
+    columns = (TextColumn("[bold]cells"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"))
+    with Progress(*columns, console=stderr, transient=False) as bar:
+        task = bar.add_task("", total=None)
+
+        def show(progress: SweepProgress) -> None:
+            running = list(progress.running.items())
+            current = "; ".join(label for label, _ in running[:2]) + (" ..." if len(running) > 2 else "")
+            text = (f"[green]{progress.done} done[/] [red]{progress.failed} failed[/] "
+                    f"{len(progress.running)} running  ETA {_duration(progress.eta_s)}  [dim]{current}[/]")
+            bar.update(task, total=progress.total, completed=progress.done + progress.failed, description=text)
+
+        try:
+            return run_sweep(sweep, out_dir, farm, max_attempts=max_attempts, on_progress=show,
+                             thumbnail_px=thumbnail_px)
+        except KeyboardInterrupt:
+            bar.stop()
+            fail(f"interrupted; run the same command again to finish the sweep in {out_dir}", 130)
+
+
+def _print_report(report: Any) -> None:
+    stdout.print(f"{report.done} of {report.total} cells done, {report.failed} failed "
+                 f"({report.ran} prompts run, {report.skipped} cells already done) in {report.elapsed_s:.1f} s",
+                 highlight=False)
+    stdout.print(f"  images:   {report.folder / 'images'}", highlight=False)
+    stdout.print(f"  manifest: {report.manifest} (and {report.manifest_csv.name})", highlight=False)
+    for grid in report.grids:
+        stdout.print(f"  grid:     {grid}", highlight=False)
+    if report.page is not None:
+        stdout.print(f"  page:     {report.page}", highlight=False)
+    for index, error in list(report.failures.items())[:5]:
+        stderr.print(f"[red]cell {index} failed:[/] {error}", highlight=False)
+
+
+@main.command("sweep")
+@click.argument("template_name", metavar="TEMPLATE")
+@click.option("--server", "servers", multiple=True, metavar="URL",
+              help="a ComfyUI server; repeat for a farm (default $COMFY_URL or http://127.0.0.1:8188)")
+@click.option("--farm", "farm_file", type=click.Path(exists=True, dir_okay=False), help="a farm file (TOML)")
+@click.option("--axis", "axes", multiple=True, required=True, metavar="NAME=VALUES",
+              help="a swept parameter: cfg=6,8,10 | denoise=0.3:0.9:0.1 | 'denoise=0.3-0.9 [7]' | "
+                   "'steps=10-30 (+5)' | seed=random:4 | positive=@prompts.txt | positive=sr:cat,dog; repeat")
+@click.option("--zip", "zipped", is_flag=True, help="move the axes in step instead of making a grid")
+@set_option
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="output folder; running again into it resumes the sweep")
+@click.option("--dry-run", is_flag=True, help="print the cells, their count and a time estimate; submit nothing")
+@click.option("--batch-seeds", is_flag=True,
+              help="run a seed axis as one batched prompt (templates with batch_size, e.g. variations)")
+@click.option("--max-attempts", default=3, show_default=True, type=click.IntRange(1, 100),
+              help="tries a failing cell gets, over this run and later resumes")
+@click.option("--seed-source", type=int, help="draw seed=random:N from this generator seed, for repeatable draws")
+@click.option("--thumbnail", "thumbnail_px", default=256, show_default=True, type=click.IntRange(32, 2048),
+              help="grid thumbnail size in pixels")
+@click.pass_context
+def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str], farm_file: str | None,
+                  axes: Sequence[str], zipped: bool, sets: Sequence[str], out_dir: str, dry_run: bool,
+                  batch_seeds: bool, max_attempts: int, seed_source: int | None, thumbnail_px: int) -> None:
+    """Run TEMPLATE over a grid of parameter values; results, manifest, grid and page go to --out."""
+    template = library(ctx).get(template_name)
+    sweep = _sweep_of(template, axes, sets, zipped=zipped, batch_seeds=batch_seeds, seed_source=seed_source)
+    from comfy_orchestrator.farm import load_farm
+
+    farm_servers: list[Any] = list(load_farm(farm_file)) if farm_file else []
+    farm_servers += list(servers) or ([] if farm_file else [settings().comfy_url])
+    if dry_run:
+        from comfy_orchestrator.sweep_run import plan_sweep
+
+        plan = plan_sweep(sweep, servers=len(farm_servers))
+        for cell in plan.cells[:50]:
+            stdout.print(f"{cell.index:5d}  {cell.label}", highlight=False)
+        if len(plan.cells) > 50:
+            stdout.print(f"  ... {len(plan.cells) - 50} more", highlight=False)
+        stdout.print(f"{len(plan.cells)} cells in {len(plan.jobs)} prompts on {len(farm_servers)} server(s); "
+                     f"about {_duration(plan.estimate_s)} on a fast GPU (SD1.5, 512x512); nothing submitted",
+                     highlight=False)
+        return
+    report = _run_sweep_with_progress(sweep, Path(out_dir), farm_servers, max_attempts=max_attempts,
+                                      thumbnail_px=thumbnail_px)
+    _print_report(report)
+    if report.failed:
+        fail(f"{report.failed} of {report.total} cells failed; see {report.manifest}", EXIT_FAILED)
+
+
+@main.command("demo")
+@click.option("--out", "out_dir", default="comfy-orch-demo", show_default=True, type=click.Path(file_okay=False),
+              help="output folder")
+@click.option("--server", "servers", multiple=True, metavar="URL",
+              help="run on these ComfyUI servers instead of a built-in simulated one")
+@click.option("--checkpoint", default=None, help="checkpoint name on a real server")
+def demo(out_dir: str, servers: Sequence[str], checkpoint: str | None) -> None:
+    """A denoise x CFG sweep of img2img over a sample picture, on a simulated server started for it."""
+    import shutil
+    from contextlib import ExitStack
+    from importlib import resources
+
+    from comfy_orchestrator.params import DEFAULT_CHECKPOINT
+
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    sample = folder / "sample.png"
+    with resources.as_file(resources.files("comfy_orchestrator").joinpath("data/sample.png")) as shipped:
+        shutil.copyfile(shipped, sample)
+    template = Templates.default().get("img2img")
+    sets = [f"image={sample}", "positive=a watercolor painting of a mountain lake at sunset, pine trees",
+            f"checkpoint={checkpoint or DEFAULT_CHECKPOINT}", "seed=42"]
+    sweep = _sweep_of(template, ["denoise=0.3:0.9:0.3", "cfg=4,7,10"], sets, zipped=False, batch_seeds=False,
+                      seed_source=None)
+    with ExitStack() as stack:
+        urls = list(servers)
+        if not urls:
+            try:
+                from comfy_orchestrator.sim.costs import profile
+                from comfy_orchestrator.sim import SimServer
+            except ImportError as exc:
+                fail(f"the demo's simulated server needs the [sim] extra: "
+                     f"pip install 'comfy-orchestrator[sim]' ({exc})")
+            # a tenth of the recorded GPU timings: real-looking progress without a long wait
+            server = stack.enter_context(SimServer(costs=profile("realistic").scaled(10.0),
+                                                   checkpoints=(checkpoint or DEFAULT_CHECKPOINT,)))
+            stdout.print(f"started a simulated ComfyUI at {server.url} (no GPU needed)", highlight=False)
+            urls = [server.url]
+        report = _run_sweep_with_progress(sweep, folder, urls, max_attempts=3, thumbnail_px=256)
+    _print_report(report)
+    if report.failed:
+        fail(f"{report.failed} of {report.total} cells failed; see {report.manifest}", EXIT_FAILED)
+    if report.page is not None:
+        stdout.print(f"open {report.page} in a browser to compare the results", highlight=False)
 
 
 def server_option(function: Callable[..., Any]) -> Callable[..., Any]:

@@ -618,9 +618,11 @@ class ControlNet(Sampling):
 
     @model_validator(mode="after")
     def _window(self) -> ControlNet:
-        for spec in [self, *self.more_controls]:
-            if spec.start_percent > spec.end_percent:
-                raise ValueError(f"start_percent {spec.start_percent} is after end_percent {spec.end_percent}")
+        windows = [(self.start_percent, self.end_percent)] + [(c.start_percent, c.end_percent)
+                                                                for c in self.more_controls]
+        for start, end in windows:
+            if start > end:
+                raise ValueError(f"start_percent {start} is after end_percent {end}")
         return self
 
     def image_fields(self) -> dict[str, Path]:

@@ -52,7 +52,7 @@ def _types_match(received: Any, expected: Any) -> bool:
 
 def _config(spec: InputSpec) -> list[Any]:
     """The input's config as the server echoes it: [type or choices, options]."""
-    kind: Any = list(spec.choices) if spec.type == "COMBO" and isinstance(spec.raw[0], list) else spec.raw[0]
+    kind: Any = list(spec.choices or ()) if spec.type == "COMBO" and isinstance(spec.raw[0], list) else spec.raw[0]
     return [kind, dict(spec.options)]
 
 

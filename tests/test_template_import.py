@@ -95,3 +95,17 @@ def test_cli_refuses_a_file_of_neither_format(tmp_path) -> None:
     bad.write_text('{"x": 1}')
     done = CliRunner().invoke(main, ["--templates", str(tmp_path), "template", "import", str(bad), "--name", "x"])
     assert done.exit_code == 2 and "neither an editor-format workflow" in done.stderr
+
+
+def test_cli_imports_the_editor_format(tmp_path, sample_image, recorded) -> None:
+    """A normal Save from the editor becomes a template that renders the recorded API prompt."""
+    editor_file = Path(__file__).parent / "data" / "editor" / "img2img_a.json"
+    runner = CliRunner()
+    done = runner.invoke(main, ["--templates", str(tmp_path), "template", "import", str(editor_file),
+                                "--name", "from-editor", "--param", "denoise=KSampler.denoise"])
+    assert done.exit_code == 0, done.output
+    assert "imported editor-format workflow" in done.stdout
+    rendered = json.loads(runner.invoke(main, ["--templates", str(tmp_path), "render", "from-editor",
+                                               "--set", "denoise=0.6"]).stdout)
+    reference = recorded("post_prompt_valid_a")["request"]["body"]["prompt"]
+    assert {k: v["inputs"] for k, v in rendered.items()} == {k: v["inputs"] for k, v in reference.items()}
