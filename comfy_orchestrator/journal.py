@@ -167,7 +167,8 @@ class Journal:
 
     def add(self, plans: Iterable[CellPlan]) -> None:
         """Record cells not yet known (those already recorded keep their state)."""
-        rows = [(p.index, p.label, p.template, _dumps(p.values), _dumps(p.params), p.graph_hash, p.batch_index)
+        rows = [(p.index, p.label, p.template, json.dumps(dict(p.values), default=str),  # keeps the axis order
+                 _dumps(p.params), p.graph_hash, p.batch_index)
                 for p in plans]
         with self._write() as db:
             db.executemany("INSERT OR IGNORE INTO cell (idx, label, template, axis_values, params, graph_hash, "

@@ -1,0 +1,284 @@
+"""Running a sweep: its cells through a farm, recorded in the journal, with manifests, grids and the page.
+
+The output folder holds ``images/`` (one file a cell, named after it), ``journal.sqlite``,
+``manifest.jsonl`` and ``manifest.csv``, the grid images and ``index.html``. Running the
+same sweep into the same folder again runs only the cells the journal does not have done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from comfy_orchestrator.farm import Farm, FarmEvent, JobDone, JobFailed, JobRetrying, JobSubmitted, ServerDown
+from comfy_orchestrator.grid import GridAxis, GridCell, grid_images, write_results_page
+from comfy_orchestrator.jobs import Job, JobResult
+from comfy_orchestrator.journal import CellPlan, CellRecord, CellStatus, Journal
+from comfy_orchestrator.sweep import BATCH_AXIS, Batch, Cell, Sweep, cache_key, estimate_seconds, order_for_cache
+
+logger = logging.getLogger(__name__)
+
+IMAGES_FOLDER = "images"
+STAGING_FOLDER = ".incoming"  # downloads land here, then move to their cell's name
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class SweepProgress:
+    """Where a running sweep stands: counts over all its cells, and what runs now."""
+
+    total: int
+    done: int
+    failed: int
+    running: Mapping[str, str]  # cell label -> server
+    elapsed_s: float
+    eta_s: float | None
+    message: str = ""  # the latest notable event: a retry, a server down
+
+    @property
+    def pending(self) -> int:
+        return self.total - self.done - self.failed - len(self.running)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a sweep would run: its cells, the prompts they make, and a rough time."""
+
+    sweep: Sweep
+    cells: tuple[Cell, ...]
+    batches: tuple[Batch, ...]
+    jobs: tuple[Job, ...]  # one a batch, in the order they run
+    estimate_s: float
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """A finished run: the counts, and where its results are."""
+
+    folder: Path
+    total: int
+    done: int
+    failed: int
+    ran: int  # prompts run this time
+    skipped: int  # cells already done before this run
+    elapsed_s: float
+    manifest: Path
+    manifest_csv: Path
+    grids: tuple[Path, ...] = ()
+    page: Path | None = None
+    failures: Mapping[int, str] = field(default_factory=dict)  # cell index -> error
+
+
+ProgressCallback = Callable[[SweepProgress], None]
+
+
+def _ignore(progress: SweepProgress) -> None:
+    """The default progress callback: nothing."""
+
+
+def plan_sweep(sweep: Sweep, *, servers: int = 1) -> SweepPlan:
+    """Validate every cell and render each prompt, ordered so ComfyUI's cache is reused."""
+    cells = sweep.cells()
+    batches = sweep.batches(cells)
+    pairs = [(batch, sweep.template.job(batch.params, label=_label(batch))) for batch in batches]
+    ordered = order_for_cache(pairs, lambda pair: cache_key(pair[1].graph))
+    return SweepPlan(sweep, tuple(cells), tuple(b for b, _ in ordered), tuple(j for _, j in ordered),
+                     estimate_seconds(batches, servers=servers))
+
+
+def run_sweep(
+    sweep: Sweep,
+    folder: Path,
+    farm: Farm,
+    *,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    on_progress: ProgressCallback = _ignore,
+    thumbnail_px: int = 256,
+) -> SweepReport:
+    """Run the cells of `sweep` the journal in `folder` does not have done, then write the results.
+
+    A folder that holds another sweep is refused. `on_progress` is called from the farm's
+    threads as well as the caller's.
+    """
+    started = time.monotonic()
+    folder = Path(folder)
+    with Journal.open(folder, digest=sweep.digest(), definition=sweep.definition()) as journal:
+        # the stored definition wins: it holds the seeds drawn when the sweep began
+        sweep = Sweep.from_definition(sweep.template, journal.definition)
+        plan = plan_sweep(sweep, servers=len(farm.servers))
+        journal.add(_cell_plans(plan))
+        to_run = set(journal.to_run(max_attempts=max_attempts))
+        work = [(batch, job) for batch, job in zip(plan.batches, plan.jobs)
+                if any(cell.index in to_run for cell in batch.cells)]
+        staging = folder / STAGING_FOLDER
+        shutil.rmtree(staging, ignore_errors=True)  # pieces of downloads a crash cut off
+        staging.mkdir(parents=True)
+        (folder / IMAGES_FOLDER).mkdir(exist_ok=True)
+        counts = journal.counts()
+        skipped = counts[CellStatus.DONE]
+        tracker = _Tracker(len(plan.cells), skipped, journal.exhausted(max_attempts=max_attempts), on_progress)
+        try:
+            _run(journal, farm, work, to_run, folder, staging, tracker)
+        finally:
+            jsonl, table = journal.write_manifests()  # after Ctrl-C too: the manifest shows what is done
+            shutil.rmtree(staging, ignore_errors=True)
+        grids, page = _write_results(journal, sweep, folder, thumbnail_px)
+        counts = journal.counts()
+        failures = {r.index: r.error or "" for r in journal.records() if r.status is CellStatus.FAILED}
+    return SweepReport(folder=folder, total=len(plan.cells), done=counts[CellStatus.DONE],
+                       failed=counts[CellStatus.FAILED], ran=len(work), skipped=skipped,
+                       elapsed_s=time.monotonic() - started, manifest=jsonl, manifest_csv=table,
+                       grids=tuple(grids), page=page, failures=failures)
+
+
+def _run(journal: Journal, farm: Farm, work: Sequence[tuple[Batch, Job]], to_run: set[int], folder: Path,
+         staging: Path, tracker: _Tracker) -> None:
+    by_label = {job.label: batch for batch, job in work}
+
+    def on_event(event: FarmEvent) -> None:
+        match event:
+            case JobSubmitted(job=job, server=server):
+                cells = _open_cells(by_label[job.label], to_run)
+                journal.mark_running([c.index for c in cells], server=server)
+                tracker.running(cells, server)
+            case JobRetrying(job=job, server=server, error=error):
+                tracker.note(f"{job.label} failed on {server}, retrying: {error}")
+            case ServerDown(server=server, error=error):
+                tracker.note(f"{server} is down: {error}")
+            case JobDone():
+                pass
+
+    for outcome in farm.run((job for _, job in work), out_dir=staging, on_event=on_event):
+        batch = by_label[outcome.job.label]
+        cells = _open_cells(batch, to_run)
+        if isinstance(outcome, JobFailed):
+            server = outcome.servers[-1] if outcome.servers else None
+            journal.mark_failed([c.index for c in cells], error=str(outcome.error), server=server)
+            tracker.finished(cells, failed=True)
+            logger.warning("cells %s failed: %s", ", ".join(str(c.index) for c in cells), outcome.error)
+            continue
+        _record_result(journal, batch, cells, outcome, folder)
+        tracker.finished(cells, failed=False)
+
+
+def _record_result(journal: Journal, batch: Batch, cells: Sequence[Cell], result: JobResult, folder: Path) -> None:
+    """Move a prompt's files to their cells' names and mark the cells done."""
+    files = list(result.files)
+    if not files:
+        journal.mark_failed([c.index for c in cells], error=f"prompt {result.prompt_id} produced no files",
+                            server=result.server, prompt_id=result.prompt_id)
+        return
+    batched = len(batch.cells) > 1
+    if batched and len(files) != len(batch.cells):
+        journal.mark_failed([c.index for c in cells], server=result.server, prompt_id=result.prompt_id,
+                            error=f"a batch of {len(batch.cells)} gave {len(files)} files")
+        return
+    for cell in cells:
+        mine = [files[cell.batch_index or 0]] if batched else files
+        names = []
+        for number, source in enumerate(mine):
+            suffix = f"_{number + 1}" if len(mine) > 1 else ""
+            target = folder / IMAGES_FOLDER / f"{cell.slug}{suffix}{source.suffix or '.png'}"
+            if batched:
+                shutil.copyfile(source, target)  # every cell of a batch has its own file
+            else:
+                os.replace(source, target)
+            names.append(target.relative_to(folder).as_posix())
+        journal.mark_done(cell.index, files=names, server=result.server, prompt_id=result.prompt_id,
+                          timings=result.timings)
+    if batched:
+        for source in files:
+            source.unlink(missing_ok=True)
+
+
+def _open_cells(batch: Batch, to_run: set[int]) -> list[Cell]:
+    """The cells of a batch that this run is to settle (done ones stay as they are)."""
+    return [cell for cell in batch.cells if cell.index in to_run]
+
+
+def _label(batch: Batch) -> str:
+    first = batch.cells[0]
+    if len(batch.cells) == 1:
+        return f"cell {first.index}: {first.label}"
+    rest = ", ".join(f"{n}={v}" for n, v in first.values.items() if n != BATCH_AXIS)
+    return f"cells {first.index}-{batch.cells[-1].index} (batch of {len(batch.cells)}): {rest}"
+
+
+def _cell_plans(plan: SweepPlan) -> Iterator[CellPlan]:
+    for batch, job in zip(plan.batches, plan.jobs):
+        params = batch.params.model_dump(mode="json")
+        for cell in batch.cells:
+            yield CellPlan(cell.index, cell.label, plan.sweep.template.name, dict(cell.values), params,
+                           job.graph.digest(), cell.batch_index)
+
+
+def _write_results(journal: Journal, sweep: Sweep, folder: Path, thumbnail_px: int) -> tuple[list[Path], Path]:
+    axes = [GridAxis(axis.name, axis.values) for axis in sweep.run_axes]
+    cells = [_grid_cell(record) for record in journal.records()]
+    grids = grid_images(folder, axes, cells, thumbnail_px=thumbnail_px) if len(axes) <= 3 else []
+    title = f"{sweep.template.name}: " + " × ".join(f"{a.name} ({len(a.values)})" for a in axes)
+    page = write_results_page(folder, axes, cells, title=title, grids=grids)
+    return grids, page
+
+
+def _grid_cell(record: CellRecord) -> GridCell:
+    details: dict[str, Any] = {"params": dict(record.params), "server": record.server,
+                               "prompt_id": record.prompt_id, "graph_hash": record.graph_hash,
+                               "batch_index": record.batch_index, "files": list(record.files),
+                               "error": record.error}
+    if record.finished_at is not None and record.started_at is not None:
+        details["seconds"] = round(record.finished_at - record.started_at, 3)
+    image = Path(record.files[0]) if record.status is CellStatus.DONE and record.files else None
+    return GridCell(record.index, dict(record.values), image, record.status.value, details)
+
+
+class _Tracker:
+    """Counts for the progress callback, updated from the farm's threads and the caller's."""
+
+    def __init__(self, total: int, done: int, failed: int, on_progress: ProgressCallback) -> None:
+        self._lock = threading.Lock()
+        self._total, self._done, self._failed = total, done, failed
+        self._done_before = done
+        self._running: dict[str, str] = {}
+        self._message = ""
+        self._started = time.monotonic()
+        self._on_progress = on_progress
+        self._emit()
+
+    def running(self, cells: Sequence[Cell], server: str) -> None:
+        with self._lock:
+            for cell in cells:
+                self._running[cell.label] = server
+        self._emit()
+
+    def finished(self, cells: Sequence[Cell], *, failed: bool) -> None:
+        with self._lock:
+            for cell in cells:
+                self._running.pop(cell.label, None)
+            if failed:
+                self._failed += len(cells)
+            else:
+                self._done += len(cells)
+        self._emit()
+
+    def note(self, message: str) -> None:
+        with self._lock:
+            self._message = message
+        self._emit()
+
+    def _emit(self) -> None:
+        with self._lock:
+            elapsed_s = time.monotonic() - self._started
+            settled = self._done - self._done_before
+            left = self._total - self._done - self._failed
+            eta_s = elapsed_s / settled * left if settled else None
+            progress = SweepProgress(self._total, self._done, self._failed, dict(self._running), elapsed_s,
+                                     eta_s, self._message)
+        self._on_progress(progress)

@@ -1,0 +1,271 @@
+"""Running sweeps on the simulated server: files, manifests, grids, resume, retries, batching, memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from comfy_orchestrator.errors import SweepError
+from comfy_orchestrator.farm import Farm
+from comfy_orchestrator.journal import JOURNAL_NAME
+from comfy_orchestrator.params import DEFAULT_CHECKPOINT
+from comfy_orchestrator.sweep import Sweep, parse_axis
+from comfy_orchestrator.sweep_run import SweepProgress, plan_sweep, run_sweep
+from comfy_orchestrator.templates import Templates
+
+
+def _manifest(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / "manifest.jsonl").read_text("utf-8").splitlines()]
+
+
+def _grid_sweep(library: Templates, image: Path, *extra: str) -> Sweep:
+    axes = (parse_axis("denoise=0.3:0.9:0.3"), parse_axis("cfg=4,7,10"), *(parse_axis(t) for t in extra))
+    return Sweep(library.get("img2img"), axes, {"image": str(image), "seed": 42})
+
+
+def test_a_3x3_grid_gives_9_images_a_matching_manifest_and_a_labelled_grid(
+        comfy: Any, library: Templates, sample_image: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    seen: list[SweepProgress] = []
+    report = run_sweep(_grid_sweep(library, sample_image), out, Farm([comfy.url]), on_progress=seen.append)
+    assert (report.total, report.done, report.failed, report.ran) == (9, 9, 0, 9)
+    images = sorted((out / "images").iterdir())
+    assert len(images) == 9 and comfy.counters.prompts_finished == 9
+    rows = _manifest(out)
+    assert [row["index"] for row in rows] == list(range(9))
+    assert sorted(out / f for row in rows for f in row["files"]) == images  # rows match the files exactly
+    for row in rows:
+        assert row["status"] == "done" and row["prompt_id"] and row["server"] and row["graph_hash"]
+        assert row["params"]["denoise"] == row["values"]["denoise"] and row["params"]["cfg"] == row["values"]["cfg"]
+        assert row["files"] == [f"images/{row['index']:05d}_denoise-{row['values']['denoise']}"
+                                f"_cfg-{row['values']['cfg']}.png"]
+    assert [(r["values"]["denoise"], r["values"]["cfg"]) for r in rows][:4] == [(0.3, 4), (0.3, 7), (0.3, 10),
+                                                                                (0.6, 4)]
+    assert len((out / "manifest.csv").read_text("utf-8").splitlines()) == 10
+    # differing denoise gives differing pictures: the cells really ran with their own values
+    with Image.open(out / rows[0]["files"][0]) as low, Image.open(out / rows[6]["files"][0]) as high:
+        assert low.tobytes() != high.tobytes()
+    [grid] = report.grids
+    with Image.open(grid) as picture:
+        assert picture.width > 3 * 256 and picture.height > 3 * 256  # three thumbnails plus labels each way
+        labels = picture.convert("L").crop((0, 40, picture.width - 3 * 256 - 8, picture.height))
+        assert sum(labels.histogram()[:100]) > 100  # the row labels are drawn
+    assert report.page == out / "index.html" and '"denoise"' in report.page.read_text("utf-8")
+    assert seen[-1].done == 9 and seen[-1].running == {} and not (out / ".incoming").exists()
+
+
+def test_a_finished_sweep_run_again_does_nothing(comfy: Any, library: Templates, sample_image: Path,
+                                                 tmp_path: Path) -> None:
+    sweep = _grid_sweep(library, sample_image)
+    run_sweep(sweep, tmp_path, Farm([comfy.url]))
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "images").iterdir()}
+    report = run_sweep(sweep, tmp_path, Farm([comfy.url]))
+    assert (report.ran, report.skipped, report.done) == (0, 9, 9)
+    assert comfy.counters.prompts_started == 9
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "images").iterdir()} == stamps
+
+
+def test_a_changed_sweep_in_the_same_folder_is_refused(comfy: Any, library: Templates, sample_image: Path,
+                                                       tmp_path: Path) -> None:
+    run_sweep(_grid_sweep(library, sample_image), tmp_path, Farm([comfy.url]))
+    changed = Sweep(library.get("img2img"), (parse_axis("denoise=0.3:0.9:0.3"), parse_axis("cfg=4,8")),
+                    {"image": str(sample_image), "seed": 42})
+    with pytest.raises(SweepError, match="holds a different sweep .*cfg=4,7,10.*use another --out folder"):
+        run_sweep(changed, tmp_path, Farm([comfy.url]))
+
+
+def test_drawn_seeds_are_kept_when_the_same_command_resumes(comfy: Any, library: Templates, sample_image: Path,
+                                                            tmp_path: Path) -> None:
+    def sweep() -> Sweep:  # as the command line builds it: a fresh random draw each time
+        return Sweep(library.get("img2img"), (parse_axis("seed=random:3"),), {"image": str(sample_image)})
+
+    run_sweep(sweep(), tmp_path, Farm([comfy.url]))
+    first = [row["values"]["seed"] for row in _manifest(tmp_path)]
+    report = run_sweep(sweep(), tmp_path, Farm([comfy.url]))
+    assert report.ran == 0 and [row["values"]["seed"] for row in _manifest(tmp_path)] == first
+    assert [row["params"]["seed"] for row in _manifest(tmp_path)] == first
+
+
+def test_a_failed_cell_is_recorded_the_sweep_goes_on_and_a_resume_retries_it(
+        comfy: Any, library: Templates, sample_image: Path, tmp_path: Path) -> None:
+    comfy.fail_next(message="CUDA error: an illegal memory access was encountered", node_type="KSampler")
+    sweep = _grid_sweep(library, sample_image)
+    report = run_sweep(sweep, tmp_path, Farm([comfy.url]))
+    assert (report.done, report.failed) == (8, 1)
+    [failed] = [row for row in _manifest(tmp_path) if row["status"] == "failed"]
+    assert "illegal memory access" in failed["error"] and failed["files"] == []
+    assert report.failures == {failed["index"]: failed["error"]}
+    again = run_sweep(sweep, tmp_path, Farm([comfy.url]))
+    assert (again.ran, again.done, again.failed) == (1, 9, 0)
+    retried = _manifest(tmp_path)[failed["index"]]
+    assert retried["status"] == "done" and retried["attempts"] == failed["attempts"] + 1 and retried["error"] is None
+
+
+def test_a_cell_that_always_fails_stops_after_its_attempts(sim: Callable[..., list[Any]], library: Templates,
+                                                           sample_image: Path, tmp_path: Path) -> None:
+    (server,) = sim(checkpoints=(DEFAULT_CHECKPOINT,))
+    server.faults.oom_above(400 * 400)  # the 512-wide cells run out of memory every time
+    sweep = Sweep(library.get("img2img"), (parse_axis("width=256,512"),), {"image": str(sample_image)})
+    attempts = []
+    for _ in range(3):
+        report = run_sweep(sweep, tmp_path, Farm([server.url]), max_attempts=2)
+        attempts.append(_manifest(tmp_path)[1]["attempts"])
+        assert (report.done, report.failed) == (1, 1)
+    assert attempts[0] >= 1 and attempts[1] == 2 and attempts[2] == 2  # the third run leaves it alone
+    assert "out of memory" in _manifest(tmp_path)[1]["error"]
+
+
+def test_batched_seeds_run_as_one_prompt_per_cfg_and_record_each_image(
+        comfy: Any, library: Templates, sample_image: Path, tmp_path: Path) -> None:
+    sweep = Sweep(library.get("variations"), (parse_axis("cfg=6,9"), parse_axis("seed=100,200,300,400")),
+                  {"image": str(sample_image)}, batch_seeds=True)
+    report = run_sweep(sweep, tmp_path, Farm([comfy.url]))
+    assert (report.total, report.done, report.ran) == (8, 8, 2)
+    assert comfy.counters.prompts_finished == 2
+    rows = _manifest(tmp_path)
+    assert [(r["values"]["cfg"], r["batch_index"]) for r in rows] == [(6, 0), (6, 1), (6, 2), (6, 3),
+                                                                      (9, 0), (9, 1), (9, 2), (9, 3)]
+    assert {r["params"]["seed"] for r in rows} == {100} and {r["params"]["batch_size"] for r in rows} == {4}
+    assert len({r["prompt_id"] for r in rows}) == 2
+    files = [tmp_path / r["files"][0] for r in rows]
+    assert len(set(files)) == 8 and all(f.is_file() for f in files)
+    with Image.open(files[0]) as first, Image.open(files[1]) as second:
+        assert first.tobytes() != second.tobytes()  # each batch index is its own picture
+
+
+def test_cells_sharing_a_prompt_run_back_to_back(comfy: Any, library: Templates, sample_image: Path,
+                                                 tmp_path: Path) -> None:
+    sweep = Sweep(library.get("img2img"), (parse_axis("cfg=5,6,7"), parse_axis("positive=a lake,a forest")),
+                  {"image": str(sample_image)})
+    plan = plan_sweep(sweep)
+    prompts = [job.graph["2"].inputs["text"] for job in plan.jobs]
+    assert prompts == ["a lake"] * 3 + ["a forest"] * 3  # grouped, though the grid alternates them
+    run_sweep(sweep, tmp_path, Farm([comfy.url]))
+    # one server runs them in order, so each prompt is encoded once: the cache keeps it between cells
+    assert comfy.counters.node_executions["CLIPTextEncode"] == 2 + 1  # two positives, one shared negative
+
+
+@pytest.fixture
+def realistic_sim(sim: Callable[..., list[Any]]) -> Any:
+    """A simulated server with the recorded GPU costs, five times faster, so a sweep takes seconds."""
+    from comfy_orchestrator.sim.costs import profile
+
+    (server,) = sim(checkpoints=(DEFAULT_CHECKPOINT,), costs=profile("realistic").scaled(5.0))
+    return server
+
+
+def _sweep_command(url: str, out: Path, image: Path) -> list[str]:
+    return [sys.executable, "-m", "comfy_orchestrator.cli", "sweep", "img2img", "--server", url,
+            "--axis", "denoise=0.2:0.8:0.2", "--axis", "cfg=5,7,9", "--set", f"image={image}", "--out", str(out)]
+
+
+def _done_cells(out: Path) -> set[int]:
+    path = out / JOURNAL_NAME
+    if not path.exists():
+        return set()
+    db = sqlite3.connect(path, timeout=5.0)
+    try:
+        return {row[0] for row in db.execute("SELECT idx FROM cell WHERE status = 'done'")}
+    except sqlite3.OperationalError:  # the table is not made yet
+        return set()
+    finally:
+        db.close()
+
+
+def test_a_sweep_killed_midway_finishes_the_rest_when_run_again(realistic_sim: Any, sample_image: Path,
+                                                                tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = _sweep_command(realistic_sim.url, out, sample_image)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pause, deadline = threading.Event(), time.monotonic() + 60
+    while len(_done_cells(out)) < 4 and process.poll() is None and time.monotonic() < deadline:
+        pause.wait(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+    done_at_kill = _done_cells(out)
+    assert 4 <= len(done_at_kill) < 12, "the sweep should be cut off midway"
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir()}
+    assert realistic_sim.wait_idle(30.0)  # what the killed client had queued still runs on the server
+    started_before = realistic_sim.counters.prompts_started
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert f"12 of 12 cells done, 0 failed ({12 - len(done_at_kill)} prompts run, {len(done_at_kill)} cells " \
+           "already done)" in again.stdout
+    assert realistic_sim.counters.prompts_started - started_before == 12 - len(done_at_kill)
+    rows = _manifest(out)
+    assert len(rows) == 12 and all(row["status"] == "done" for row in rows)
+    for row in rows:
+        if row["index"] in done_at_kill:  # finished cells were not run again, their files untouched
+            name = Path(row["files"][0]).name
+            assert stamps[name] == (out / row["files"][0]).stat().st_mtime_ns
+    assert len(list((out / "images").iterdir())) == 12
+
+
+def _start_sim_process(tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen([sys.executable, "-m", "comfy_orchestrator.cli", "sim", "--port", "0",
+                                "--checkpoint", DEFAULT_CHECKPOINT, "--root", str(tmp_path / "sim")],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    found = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+    assert found, line
+    return process, found[1]
+
+
+@pytest.fixture
+def sim_process(tmp_path: Path) -> Iterator[str]:
+    """A simulated server in its own process, so a sweep's own memory can be measured alone."""
+    process, url = _start_sim_process(tmp_path)
+    yield url
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+    finally:
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def _peak_rss_kib(command: list[str]) -> int:
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own peak, which Popen.wait does not give
+        process.returncode = os.waitstatus_to_exitcode(status)
+    assert process.returncode == 0, command
+    return int(usage.ru_maxrss)
+
+
+def test_memory_stays_flat_as_a_sweep_grows(sim_process: str, tmp_path: Path) -> None:
+    image = tmp_path / "large.png"
+    Image.effect_noise((1024, 1024), 64).convert("RGB").save(image)  # noise: large PNGs, 2-3 MB each
+
+    def peak(count: int) -> tuple[int, int]:
+        out = tmp_path / f"out{count}"
+        command = [sys.executable, "-m", "comfy_orchestrator.cli", "sweep", "img2img", "--server", sim_process,
+                   "--axis", f"seed=1:{count}", "--set", f"image={image}", "--out", str(out), "--thumbnail", "32"]
+        kib = _peak_rss_kib(command)
+        written = sum(p.stat().st_size for p in (out / "images").iterdir())
+        assert len(list((out / "images").iterdir())) == count
+        return kib, written
+
+    small_kib, small_bytes = peak(4)
+    large_kib, large_bytes = peak(40)
+    grown_kib = large_kib - small_kib
+    # holding the images would grow memory by at least their size (about 100 MB more); streaming keeps it flat
+    print(f"peak RSS {small_kib} KiB for 4 cells, {large_kib} KiB for 40; images {small_bytes} / {large_bytes} B")
+    assert grown_kib * 1024 < (large_bytes - small_bytes) / 4, (small_kib, large_kib, large_bytes)
