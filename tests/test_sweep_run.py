@@ -269,3 +269,50 @@ def test_memory_stays_flat_as_a_sweep_grows(sim_process: str, tmp_path: Path) ->
     # holding the images would grow memory by at least their size (about 100 MB more); streaming keeps it flat
     print(f"peak RSS {small_kib} KiB for 4 cells, {large_kib} KiB for 40; images {small_bytes} / {large_bytes} B")
     assert grown_kib * 1024 < (large_bytes - small_bytes) / 4, (small_kib, large_kib, large_bytes)
+
+
+def test_demo_runs_a_denoise_by_cfg_sweep_on_its_own_simulated_server(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from comfy_orchestrator.cli import main
+
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "started a simulated ComfyUI" in result.output and "9 of 9 cells done, 0 failed" in result.output
+    assert f"grid:     {out / 'grid.png'}" in result.output and f"page:     {out / 'index.html'}" in result.output
+    rows = _manifest(out)
+    assert sorted({r["values"]["denoise"] for r in rows}) == [0.3, 0.6, 0.9]
+    assert sorted({r["values"]["cfg"] for r in rows}) == [4, 7, 10]
+    assert len(list((out / "images").glob("*.png"))) == 9 and (out / "grid.png").is_file()
+
+
+def test_dry_run_lists_the_cells_and_submits_nothing(comfy: Any, sample_image: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from comfy_orchestrator.cli import main
+
+    result = CliRunner().invoke(main, ["sweep", "img2img", "--server", comfy.url, "--axis", "denoise=0.3-0.9 [4]",
+                                       "--axis", 'sampler="dpm++ 2m karras",euler', "--set",
+                                       f"image={sample_image}", "--out", str(tmp_path / "out"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "    7  denoise=0.9, sampler=euler" in result.output
+    assert "8 cells in 8 prompts on 1 server(s); about" in result.output and "nothing submitted" in result.output
+    assert comfy.counters.prompts_started == 0 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("axis", "message"), [
+    ("denoise=0.3:1.5:0.4", "error: axis denoise=1.1: img2img: denoise=1.1: Input should be less than or equal to 1"),
+    ("denoise=0.3:0.9:0", "error: axis 'denoise': the step is 0"),
+    ("cfgg=1,2", "error: axis cfgg=1: img2img has no parameter 'cfgg'; did you mean 'cfg'?"),
+])
+def test_a_bad_axis_is_one_line_and_exit_code_2(sample_image: Path, tmp_path: Path, axis: str, message: str) -> None:
+    from click.testing import CliRunner
+
+    from comfy_orchestrator.cli import main
+
+    result = CliRunner().invoke(main, ["sweep", "img2img", "--axis", axis, "--set", f"image={sample_image}",
+                                       "--out", str(tmp_path), "--dry-run"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.output
