@@ -21,6 +21,7 @@ from rich.table import Table
 
 from comfy_orchestrator.errors import (
     ComfyError,
+    FarmFileInvalid,
     GraphInvalid,
     ParameterError,
     SweepError,
@@ -32,7 +33,7 @@ from comfy_orchestrator.settings import Settings
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.templates import Template, Templates, default_user_folder, import_workflow, parse_assignments
 
-BAD_INPUT = (ParameterError, TemplateError, GraphInvalid, SweepError, WorkflowImportError)
+BAD_INPUT = (ParameterError, TemplateError, GraphInvalid, SweepError, WorkflowImportError, FarmFileInvalid)
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
 stdout = Console(soft_wrap=True)
@@ -553,6 +554,54 @@ def inspect_command(image: str, as_json: bool) -> None:
     table.add_row("server chunks", ", ".join(sorted(k for k in chunks if k != PROVENANCE_KEY)) or "none")
     stdout.print(table)
     stdout.print(f"run it again: comfy-orch run --from {image}", highlight=False)
+
+
+@main.group("farm")
+def farm_group() -> None:
+    """Look at a farm of ComfyUI servers."""
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.1f}"
+
+
+@farm_group.command("status")
+@click.option("--server", "servers", multiple=True, metavar="URL",
+              help="a ComfyUI server; repeat for a farm (default $COMFY_URL or http://127.0.0.1:8188)")
+@click.option("--farm", "farm_file", type=click.Path(exists=True, dir_okay=False), help="a farm file (TOML)")
+@click.option("--timeout", "timeout_s", default=10.0, show_default=True, type=click.FloatRange(0.1, 600),
+              help="seconds to wait for each server")
+@click.option("--json", "as_json", is_flag=True, help="print the status as JSON")
+def farm_status(servers: Sequence[str], farm_file: str | None, timeout_s: float, as_json: bool) -> None:
+    """Show each server: up or down, queue, GPU and VRAM, checkpoints. Exits 1 if any is down."""
+    import dataclasses
+
+    from comfy_orchestrator.farm import Farm, load_farm, servers_from_urls
+
+    configs = list(load_farm(farm_file)) if farm_file else []
+    configs += servers_from_urls(list(servers) or ([] if farm_file else [settings().comfy_url]))
+    statuses = Farm(configs).status(timeout_s=timeout_s)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(status) for status in statuses], indent=2))
+    else:
+        table = Table(title="farm", title_justify="left")
+        for column in ("server", "state", "run/wait", "GPU", "VRAM GiB free/total", "checkpoints", "tags"):
+            table.add_column(column, overflow="fold")
+        for status in statuses:
+            gpus = "\n".join(d.name.split(" : ")[0] for d in status.devices)  # without the allocator's name
+            vram = "\n".join(f"{_gib(d.vram_free)}/{_gib(d.vram_total)}" for d in status.devices)
+            models = ", ".join(status.checkpoints[:3]) + (f" (+{len(status.checkpoints) - 3})"
+                                                          if len(status.checkpoints) > 3 else "")
+            table.add_row(status.name, "[green]up[/]" if status.up else "[red]down[/]",
+                          f"{status.queue_running}/{status.queue_pending}" if status.up else "",
+                          gpus, vram, models, ", ".join(status.tags))
+        stdout.print(table)
+        for status in statuses:
+            if not status.up:
+                stderr.print(f"[red]{status.name} is down:[/] {status.error}", highlight=False)
+    down = [status.name for status in statuses if not status.up]
+    if down:
+        fail(f"{len(down)} of {len(statuses)} server(s) down: {', '.join(down)}", EXIT_FAILED)
 
 
 if __name__ == "__main__":  # pragma: no cover

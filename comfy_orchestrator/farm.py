@@ -128,8 +128,10 @@ class ServerConfig(BaseModel):
         return headers
 
 
-def servers_from_urls(urls: Iterable[str], *, queue_ahead: int = DEFAULT_QUEUE_AHEAD) -> tuple[ServerConfig, ...]:
-    """Server configs for plain URLs, as --server gives them."""
+def servers_from_urls(urls: Sequence[str], *, queue_ahead: int = DEFAULT_QUEUE_AHEAD) -> tuple[ServerConfig, ...]:
+    """Server configs for plain URLs, as --server gives them (none for none)."""
+    if not urls:
+        return ()
     return _checked_servers([{"url": url, "queue_ahead": queue_ahead} for url in urls], source="--server")
 
 

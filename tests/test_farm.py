@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -9,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from comfy_orchestrator.cli import main
 from comfy_orchestrator.errors import NoServerAvailable, OutOfMemory
 from comfy_orchestrator.farm import (
     Farm,
@@ -233,3 +236,33 @@ def test_farm_status_reads_each_server(sim: Any) -> None:
     assert (second.name, second.up) == ("down", False)
     assert "cannot connect" in second.error
 
+
+
+def test_cli_farm_status_shows_each_server(sim: Any, tmp_path: Path) -> None:
+    up = sim(1, checkpoints=CHECKPOINTS)[0]
+    down = sim(1)[0]
+    down.crash()
+    farm_file = tmp_path / "farm.toml"
+    farm_file.write_text(f'[[server]]\nurl = "{up.url}"\nname = "gpu0-a"\ntags = ["gpu0"]\n')
+
+    result = CliRunner().invoke(main, ["farm", "status", "--farm", str(farm_file), "--server", down.url])
+
+    assert result.exit_code == 1
+    assert "gpu0-a" in result.stdout and "up" in result.stdout and "down" in result.stdout
+    assert "cannot connect" in result.stderr and "1 of 2 server(s) down" in result.stderr
+    assert "Traceback" not in result.output
+
+    result = CliRunner().invoke(main, ["farm", "status", "--farm", str(farm_file), "--json"])
+    assert result.exit_code == 0
+    (status,) = json.loads(result.stdout)
+    assert (status["name"], status["up"], status["checkpoints"]) == ("gpu0-a", True, list(CHECKPOINTS))
+
+
+def test_cli_farm_status_refuses_a_bad_farm_file(tmp_path: Path) -> None:
+    farm_file = tmp_path / "farm.toml"
+    farm_file.write_text('[[server]]\nurl = "http://127.0.0.1:1"\nwieght = 2\n')
+
+    result = CliRunner().invoke(main, ["farm", "status", "--farm", str(farm_file)])
+
+    assert result.exit_code == 2
+    assert "wieght" in result.stderr and "Traceback" not in result.output
