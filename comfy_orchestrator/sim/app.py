@@ -231,8 +231,8 @@ def build_app(config: SimConfig, state: Callable[[], SimState],
 
     @routes.get("/")
     async def get_root(request: web.Request) -> web.Response:
-        return web.Response(text=ROOT_PAGE, content_type="text/html",
-                            headers={"Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "0"})
+        return web.Response(body=ROOT_PAGE.encode("utf-8"), headers={
+            "Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "0", "Content-Type": "text/html"})
 
     @routes.get("/embeddings")
     async def get_embeddings(request: web.Request) -> web.Response:
@@ -440,7 +440,16 @@ def build_app(config: SimConfig, state: Callable[[], SimState],
             api_routes.route(route.method, "/api" + route.path)(route.handler, **route.kwargs)
     app.add_routes(api_routes)
     app.add_routes(routes)
+    app.router.add_get("/{tail:.*}", _static_not_found)  # where ComfyUI's static web root answers
     return app
+
+
+async def _static_not_found(request: web.Request) -> web.StreamResponse:
+    """The empty chunked 404 of ComfyUI's static file route."""
+    response = web.StreamResponse(status=404, headers={"Content-Type": "application/octet-stream"})
+    await response.prepare(request)
+    await response.write_eof()
+    return response
 
 
 def _queue_info(state: SimState) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import re
 import string
@@ -202,32 +203,52 @@ def vae_encode(ctx: NodeContext, *, pixels: FloatArray, vae: SimModel) -> NodeRe
     return _encode(ctx, pixels)
 
 
+def tiled_steps(width: int, height: int, tile: int, overlap: int, batch: int) -> int:
+    """How many tiles ComfyUI's tiled VAE reports progress for: three passes of differently shaped tiles."""
+    def passes(tile_x: int, tile_y: int) -> int:
+        rows = 1 if height <= tile_y else math.ceil((height - overlap) / (tile_y - overlap))
+        cols = 1 if width <= tile_x else math.ceil((width - overlap) / (tile_x - overlap))
+        return rows * cols
+    return batch * (passes(tile, tile) + passes(tile // 2, tile * 2) + passes(tile * 2, tile // 2))
+
+
+def _tiles(ctx: NodeContext, total: int, cost_s: float) -> None:
+    for index in range(1, total + 1):
+        ctx.spend(cost_s / total)
+        ctx.step(index, total, None)
+
+
 @_node("VAEEncodeTiled")
 def vae_encode_tiled(ctx: NodeContext, *, pixels: FloatArray, vae: SimModel, tile_size: int, overlap: int,
                      temporal_size: int = 64, temporal_overlap: int = 8) -> NodeResult:
     cropped = images.crop_to_multiple(pixels)
-    ctx.spend(ctx.costs.vae_cost_s(cropped.shape[1] * cropped.shape[2], cropped.shape[0]))
+    batch, height, width = cropped.shape[0], cropped.shape[1], cropped.shape[2]
+    _tiles(ctx, tiled_steps(width, height, tile_size, overlap, batch), ctx.costs.vae_cost_s(width * height, batch))
     return NodeResult(({"samples": images.encode_samples(cropped), "pixels": cropped},))
 
 
-def _decode(ctx: NodeContext, samples: Mapping[str, Any], *, tiled: bool) -> NodeResult:
+def _decode(ctx: NodeContext, samples: Mapping[str, Any], *, tiled: tuple[int, int] | None) -> NodeResult:
     pixels: FloatArray = samples["pixels"]
     batch, height, width = pixels.shape[0], pixels.shape[1], pixels.shape[2]
-    if not tiled:
+    if tiled:
+        tile, overlap = tiled
+        total = tiled_steps(width // 8, height // 8, tile // 8, overlap // 8, batch)
+        _tiles(ctx, total, ctx.costs.vae_cost_s(width * height, batch))
+    else:
         _check_memory(ctx, width * height, batch, width * height * batch * 1024)
-    ctx.spend(ctx.costs.vae_cost_s(width * height, batch))
+        ctx.spend(ctx.costs.vae_cost_s(width * height, batch))
     return NodeResult((np.clip(pixels, 0.0, 1.0).astype(np.float32),))
 
 
 @_node("VAEDecode")
 def vae_decode(ctx: NodeContext, *, samples: Mapping[str, Any], vae: SimModel) -> NodeResult:
-    return _decode(ctx, samples, tiled=False)
+    return _decode(ctx, samples, tiled=None)
 
 
 @_node("VAEDecodeTiled")
 def vae_decode_tiled(ctx: NodeContext, *, samples: Mapping[str, Any], vae: SimModel, tile_size: int = 512,
                      overlap: int = 64, temporal_size: int = 64, temporal_overlap: int = 8) -> NodeResult:
-    return _decode(ctx, samples, tiled=True)
+    return _decode(ctx, samples, tiled=(tile_size, overlap))
 
 
 @_node("EmptyLatentImage")
