@@ -180,16 +180,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512, help="input image size in pixels")
     parser.add_argument("--checkpoint", default=CHECKPOINT)
     parser.add_argument("--timeout-s", type=float, default=600.0, help="deadline for each server, start included")
+    parser.add_argument("--parallel", action="store_true", help="drive all servers at once (a thread each)")
     args = parser.parse_args(argv)
-    failed = False
-    for url in args.url:
+    failures: list[str] = []
+
+    def test_one(url: str) -> None:
         server = Server(url, token=args.token, timeout_s=60.0)
         try:
             print(json.dumps({"summary": smoke_test(server, args)}), flush=True)
         except (OSError, RuntimeError, KeyError) as exc:
             print(json.dumps({"server": url, "error": str(exc)}), flush=True)
-            failed = True
-    return 1 if failed else 0
+            failures.append(url)
+
+    started = time.monotonic()
+    if args.parallel:
+        threads = [threading.Thread(target=test_one, args=(url,)) for url in args.url]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    else:
+        for url in args.url:
+            test_one(url)
+    print(json.dumps({"servers": len(args.url), "failed": len(failures), "parallel": args.parallel,
+                      "wall_s": round(time.monotonic() - started, 2)}), flush=True)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
