@@ -259,7 +259,7 @@ class _Listener:
                 if isinstance(event, QueueStatus) and event.sid is not None:
                     break
             socket.settimeout(None)
-        except (websocket.WebSocketException, OSError) as exc:
+        except (websocket.WebSocketException, OSError, UnicodeDecodeError) as exc:
             socket.abort()
             raise ConnectionFailed(f"websocket closed during the greeting ({type(exc).__name__})",
                                    server=client.url) from exc
@@ -284,6 +284,14 @@ class _Listener:
         return event
 
     def _run(self, socket: WebSocketLike) -> None:
+        try:
+            self._serve(socket)
+        except Exception:
+            # Jobs fall back to their watchdog; the next submit starts a new reader.
+            log.exception("%s: websocket reader stopped on an unexpected error", self._client.url)
+            self._broadcast(_Disconnected(None))
+
+    def _serve(self, socket: WebSocketLike) -> None:
         attempt = 0
         while not self._stop.is_set():
             self._read(socket)

@@ -258,7 +258,7 @@ def parse_event(frame: str | bytes) -> Event:
         data = {}
     try:
         return _text_event(message["type"], data)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MalformedMessage(f"{message['type']} message is malformed: {exc!r}") from exc
 
 

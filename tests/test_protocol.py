@@ -107,7 +107,8 @@ def test_text_frames_become_typed_events(frame: str, expected: Event) -> None:
 
 
 @pytest.mark.parametrize("frame", [
-    "not json", "[1, 2]", '{"data": {}}', '{"type": "progress", "data": {"value": "x", "max": 2}}',
+    "not json", "[1, 2]", '{"data": {}}', '{"type": "status", "data": {"status": "busy"}}',
+    '{"type": "progress", "data": {"value": "x", "max": 2}}',
     b"\x00\x00", b"\x00\x00\x00\x04\x00\x00\x10\x00{}", b"\x00\x00\x00\x04\x00\x00\x00\x02[]",
     b"\x00\x00\x00\x01",
 ])
