@@ -81,7 +81,7 @@ def grid_images(
             path = folder / f"{stem}.png"
             canvas = _draw_grid(folder, x_part, y_part, page, by_values, axes, side, title)
             try:
-                canvas.save(path, optimize=True)
+                canvas.save(path, compress_level=6)
             except OSError as exc:
                 raise GridFailed(f"cannot write {path}: {exc}") from exc
             finally:
