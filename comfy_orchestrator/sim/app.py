@@ -547,7 +547,8 @@ async def _view(config: SimConfig, request: web.Request) -> web.StreamResponse:
         preview = query["preview"].split(";")
         image_format = preview[0] if preview[0] in ("webp", "jpeg") and "a" not in query.get("channel", "") else "webp"
         quality = int(preview[-1]) if preview[-1].isdigit() else 90
-        with Image.open(path) as picture:
+        with Image.open(path) as opened:
+            picture: Image.Image = opened
             if image_format == "jpeg" or query.get("channel", "") == "rgb":
                 picture = picture.convert("RGB")
             buffer = BytesIO()

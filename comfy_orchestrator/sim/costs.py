@@ -66,4 +66,5 @@ def profile(name: str) -> Costs:
     try:
         return PROFILES[name]
     except KeyError:
-        X
+        raise ParameterError(f"unknown sim profile {name!r}; choose one of {', '.join(PROFILES)}",
+                             parameter="profile") from None

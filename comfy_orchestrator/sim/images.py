@@ -122,7 +122,8 @@ def sampled_pattern(seed: int, shape: tuple[int, int, int], cfg: float, tint: Fl
 
 def to_uint8(picture: FloatArray) -> NDArray[np.uint8]:
     """One float image (h, w, c) in 0..1 as bytes."""
-    return np.clip(picture * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    out: NDArray[np.uint8] = np.clip(picture * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 def png_bytes(picture: FloatArray, text_chunks: Mapping[str, str], compress_level: int) -> bytes:

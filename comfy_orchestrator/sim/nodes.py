@@ -97,6 +97,10 @@ class NodeResult:
 
 NodeFunction = Callable[..., NodeResult]
 NODES: dict[str, NodeFunction] = {}
+# (model, positive, latent, pattern, region) -> (pattern, region): what a sampler paints and where (0..1)
+SampleGuide = Callable[[SimModel, Any, Mapping[str, Any], FloatArray, "FloatArray | float"],
+                       "tuple[FloatArray, FloatArray | float]"]
+SAMPLE_GUIDES: list[SampleGuide] = []  # sim.guidance adds LoRA, ControlNet and noise-mask effects
 
 
 def _node(class_type: str) -> Callable[[NodeFunction], NodeFunction]:
@@ -268,11 +272,14 @@ def _sample(ctx: NodeContext, model: SimModel, latent: Mapping[str, Any], *, see
     tint = np.asarray(positive[0][0], dtype=np.float32) if positive else np.zeros(3, dtype=np.float32)
     noise_seed = seed if add_noise else seed ^ 0x5EED
     pattern = images.sampled_pattern(noise_seed, (batch, height, width), cfg, tint)
+    region: FloatArray | float = 1.0
+    for guide in SAMPLE_GUIDES:
+        pattern, region = guide(model, positive, latent, pattern, region)
     step_cost = ctx.costs.step_cost_s(width * height, batch)
     current = pixels
     for index in range(1, steps + 1):
         ctx.spend(step_cost)
-        weight = strength * index / steps
+        weight = strength * index / steps * region
         current = ((1.0 - weight) * pixels + weight * pattern).astype(np.float32)
         ctx.counters.sampler_steps += 1
         ctx.step(index, steps, current)
@@ -419,3 +426,6 @@ def preview_image(ctx: NodeContext, *, images: FloatArray) -> NodeResult:
 def reference_fail_on_image(ctx: NodeContext, *, image: FloatArray, message: str = "") -> NodeResult:
     """The recording's deliberately failing custom node."""
     raise NodeFailure(f"{message} (image shape {tuple(image.shape)})")
+
+
+from comfy_orchestrator.sim import guidance  # noqa: E402,F401  registers the LoRA, ControlNet and inpaint nodes

@@ -22,6 +22,8 @@ from comfy_orchestrator.sim.nodes import Counters
 from comfy_orchestrator.sim.worker import Executor, PromptQueue, Worker
 
 DEFAULT_CHECKPOINTS = ("random-sd15.safetensors",)
+DEFAULT_LORAS = ("detail.safetensors", "style.safetensors")
+DEFAULT_CONTROLNETS = ("control_v11p_sd15_canny.safetensors",)
 T = TypeVar("T")
 
 
@@ -36,6 +38,8 @@ class SimServer:
         profile_name: str = "instant",
         costs: Costs | None = None,
         checkpoints: Iterable[str] = DEFAULT_CHECKPOINTS,
+        loras: Iterable[str] = DEFAULT_LORAS,
+        controlnets: Iterable[str] = DEFAULT_CONTROLNETS,
         root: Path | None = None,
         preview_method: str = "latent2rgb",
         timeout_s: float = 10.0,
@@ -44,6 +48,8 @@ class SimServer:
         self.port = port
         self.costs = costs if costs is not None else profile(profile_name)
         self.checkpoints = tuple(checkpoints)
+        self.loras = tuple(loras)
+        self.controlnets = tuple(controlnets)
         if not self.checkpoints:
             raise ParameterError("a simulated server needs at least one checkpoint name", parameter="checkpoints")
         self.preview_method = preview_method
@@ -58,7 +64,10 @@ class SimServer:
         self.faults = Faults()
         self.counters = Counters()
         self.crashed = threading.Event()
-        self.schema = Schema.recorded().with_checkpoints(self.checkpoints)
+        self.schema = (Schema.recorded().with_checkpoints(self.checkpoints)
+                       .with_choices(("LoraLoader", "LoraLoaderModelOnly"), "lora_name", self.loras)
+                       .with_choices(("ControlNetLoader", "DiffControlNetLoader"), "control_net_name",
+                                     self.controlnets))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._state: SimState | None = None
@@ -139,10 +148,7 @@ class SimServer:
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no prompt runs or waits; False if that did not happen within `timeout_s`."""
-        worker = self._worker
-        if worker is None:
-            return True
-        return worker.idle.wait(timeout_s) and self.queue_remaining == 0
+        return self._live_state().queue.idle.wait(timeout_s)
 
     def add_input(self, name: str, data: bytes) -> Path:
         """Put a file into the input folder, as an upload would."""
@@ -210,7 +216,7 @@ class SimServer:
         if self.port == 0:
             server = self._site._server
             assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
     async def _close(self, *, crash: bool) -> None:
         state, worker, runner = self._state, self._worker, self._runner

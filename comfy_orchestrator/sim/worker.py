@@ -70,11 +70,20 @@ class PromptQueue:
         self.history: dict[str, dict[str, Any]] = {}
         self.flags: dict[str, bool] = {}
         self.stopped = False
+        self.idle = threading.Event()  # nothing pending and nothing running
+        self.idle.set()
+
+    def _changed(self) -> None:
+        if self.queue or self.running:
+            self.idle.clear()
+        else:
+            self.idle.set()
+        self.on_change()
 
     def put(self, item: QueueItem) -> None:
         with self.mutex:
             heapq.heappush(self.queue, item)
-            self.on_change()
+            self._changed()
             self.not_empty.notify()
 
     def get(self) -> tuple[QueueItem, int] | None:
@@ -90,7 +99,7 @@ class PromptQueue:
             number = self.task_counter
             self.running[number] = copy.deepcopy(item)
             self.task_counter += 1
-            self.on_change()
+            self._changed()
             return item, number
 
     def task_done(self, number: int, result: Mapping[str, Any], status: dict[str, Any]) -> None:
@@ -99,7 +108,7 @@ class PromptQueue:
             if len(self.history) > MAXIMUM_HISTORY_SIZE:
                 self.history.pop(next(iter(self.history)))
             self.history[item[1]] = {"prompt": list(item), "outputs": {}, "status": status, **result}
-            self.on_change()
+            self._changed()
 
     def remaining(self) -> int:
         with self.mutex:
@@ -112,7 +121,7 @@ class PromptQueue:
     def wipe(self) -> None:
         with self.mutex:
             self.queue = []
-            self.on_change()
+            self._changed()
 
     def delete(self, prompt_id: str) -> bool:
         with self.mutex:
@@ -123,7 +132,7 @@ class PromptQueue:
                     else:
                         self.queue.pop(index)
                         heapq.heapify(self.queue)
-                    self.on_change()
+                    self._changed()
                     return True
         return False
 
@@ -337,8 +346,8 @@ class Executor:
             self.gpu_checkpoint = checkpoint
 
     def _previews_on(self) -> bool:
-        method = self.extra_data.get("preview_method", "default")
-        if method in (None, "default"):
+        method = str(self.extra_data.get("preview_method") or "default")
+        if method == "default":
             method = self.preview_method
         return method != "none"
 
@@ -587,8 +596,6 @@ class Worker:
         self.executor = executor
         self.outbox = outbox
         self.thread = threading.Thread(target=self._run, name="comfy-sim-worker", daemon=True)
-        self.idle = threading.Event()
-        self.idle.set()
 
     def start(self) -> None:
         self.thread.start()
@@ -597,7 +604,6 @@ class Worker:
         while not self.queue.stopped and not self.executor.crashed:
             taken = self.queue.get()
             if taken is not None:
-                self.idle.clear()
                 item, number = taken
                 try:
                     self.executor.execute(item)
@@ -611,9 +617,6 @@ class Worker:
             flags = self.queue.take_flags()
             free_memory = flags.get("free_memory", False)
             self.executor.free(unload_models=flags.get("unload_models", free_memory), free_memory=free_memory)
-            with self.queue.mutex:
-                if not self.queue.queue:
-                    self.idle.set()
 
     def stop(self, timeout_s: float) -> None:
         self.queue.stop()
