@@ -42,7 +42,7 @@ import statistics
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -293,10 +293,14 @@ def affinity(needs: JobNeeds, last: JobNeeds | None) -> int:
     return score
 
 
-def estimate_finish_s(server: ServerView, needs: JobNeeds) -> float:
-    """Seconds from now until `server` would finish a job with `needs`, queued behind its current jobs."""
-    loaded = server.last is not None and needs.checkpoint == server.last.checkpoint
-    return (server.queued + 1) * server.job_s + (0.0 if loaded else server.switch_s)
+def has_loaded(server: ServerView, needs: JobNeeds) -> bool:
+    """Whether the job's checkpoint is what `server` will have loaded when its queue runs out."""
+    return server.last is not None and needs.checkpoint == server.last.checkpoint
+
+
+def estimate_finish_s(server: ServerView, needs: JobNeeds, *, backlog: int = 0) -> float:
+    """Seconds until `server` would finish a job with `needs`, behind its queue and `backlog` more jobs."""
+    return (server.queued + 1 + backlog) * server.job_s + (0.0 if has_loaded(server, needs) else server.switch_s)
 
 
 class Dispatch(Protocol):
@@ -311,27 +315,36 @@ class SoonestFinish:
     """Give each job to the server that will finish it soonest; among those, prefer cached work.
 
     A server takes a job only if no other server would finish it more than `tolerance`
-    sooner (so a fast server that is full still gets the job once it frees a slot).
+    sooner. The other servers are judged with the waiting jobs of the same checkpoint
+    that they would run first: the servers that have it loaded share that backlog
+    (so a fast server that is full still gets the job once it frees a slot, and an idle
+    server loads a second checkpoint once the backlog of it outlasts the load).
     Among the first `lookahead` waiting jobs it may take, it takes the one sharing most
-    with its last job (see `affinity`), then the oldest.
+    with its last job (see `affinity`), then the one it finishes most ahead of the
+    others, then the oldest.
     """
 
     lookahead: int = 32
     tolerance: float = 0.05
 
     def pick(self, server: ServerView, waiting: Sequence[WaitingJob], servers: Sequence[ServerView]) -> int | None:
-        best: tuple[int, int] | None = None
+        window = waiting[: self.lookahead]
+        same_checkpoint = Counter(job.needs.checkpoint for job in window)
+        best: tuple[int, float, int] | None = None
         chosen = None
-        for index, job in enumerate(waiting[: self.lookahead]):
+        for index, job in enumerate(window):
             if server.name not in job.eligible:
                 continue
             mine = estimate_finish_s(server, job.needs)
-            others = min((estimate_finish_s(other, job.needs) for other in servers
-                          if other.up and other.name != server.name and other.name in job.eligible),
-                         default=math.inf)
+            rivals = [other for other in servers
+                      if other.up and other.name != server.name and other.name in job.eligible]
+            sharers = sum(has_loaded(other, job.needs) for other in rivals)
+            backlog = -(-same_checkpoint[job.needs.checkpoint] // max(sharers, 1)) - 1
+            others = min((estimate_finish_s(other, job.needs, backlog=backlog if has_loaded(other, job.needs)
+                                            else 0) for other in rivals), default=math.inf)
             if mine > others * (1.0 + self.tolerance):
                 continue
-            score = (affinity(job.needs, server.last), -index)
+            score = (affinity(job.needs, server.last), round(min(others - mine, 1e9), 6), -index)
             if best is None or score > best:
                 best, chosen = score, index
         return chosen
@@ -372,15 +385,11 @@ class JobTimes:
             samples.popleft()
 
     def job_s(self, fallback_s: float) -> float:
-        """The median warm job time (the cold ones, or `fallback_s`, until a warm one is seen)."""
-        if self.warm_s:
-            return statistics.median(self.warm_s)
-        if self.cold_s:
-            return statistics.median(self.cold_s)
-        return fallback_s
+        """The median warm job time; `fallback_s` until a warm job was seen."""
+        return statistics.median(self.warm_s) if self.warm_s else fallback_s
 
     def switch_s(self, fallback_s: float) -> float:
-        """Extra seconds a checkpoint load costs here (`fallback_s` until both kinds were seen)."""
+        """Extra seconds a checkpoint load costs here; `fallback_s` until both kinds were seen."""
         if self.warm_s and self.cold_s:
             return max(statistics.median(self.cold_s) - statistics.median(self.warm_s), 0.0)
         return fallback_s
@@ -917,15 +926,24 @@ class _Run:
         return ticket.able[key]
 
     def view(self, server: _Server) -> ServerView:
-        job_s = server.times.job_s(self.typical_job_s() / server.config.weight)
+        typical_job_s, typical_switch_s = self.typical_s()
+        job_s = server.times.job_s(typical_job_s / server.config.weight)
+        switch_s = server.times.switch_s(job_s if typical_switch_s is None else typical_switch_s / server.config.weight)
         return ServerView(name=server.name, order=server.order, up=server.up,
                           free_slots=server.slots - len(server.flights), queued=len(server.flights),
-                          job_s=job_s, switch_s=server.times.switch_s(job_s), last=server.last)
+                          job_s=job_s, switch_s=switch_s, last=server.last)
 
-    def typical_job_s(self) -> float:
-        """The median job time of the servers that timed one, at weight 1."""
-        seen = [s.times.job_s(0.0) * s.config.weight for s in self.servers if s.times.warm_s or s.times.cold_s]
-        return statistics.median(seen) if seen else DEFAULT_JOB_S
+    def typical_s(self) -> tuple[float, float | None]:
+        """Job and checkpoint-load seconds at weight 1, as the servers that timed them saw them.
+
+        A server's first job includes loading the checkpoint; until some server has timed
+        a warm job, that cold time stands for a job.
+        """
+        warm = [statistics.median(s.times.warm_s) * s.config.weight for s in self.servers if s.times.warm_s]
+        cold = [statistics.median(s.times.cold_s) * s.config.weight for s in self.servers if s.times.cold_s]
+        switch = [s.times.switch_s(0.0) * s.config.weight for s in self.servers if s.times.warm_s and s.times.cold_s]
+        job_s = statistics.median(warm) if warm else statistics.median(cold) if cold else DEFAULT_JOB_S
+        return job_s, statistics.median(switch) if switch else None
 
     def take(self, server: _Server) -> _Ticket | None:
         """The waiting ticket `server` should queue next, if any; fails tickets no server can run."""

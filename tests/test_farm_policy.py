@@ -213,6 +213,14 @@ def waiting(*needs: JobNeeds, eligible: tuple[str, ...] = ("fast", "slow", "othe
     (view("fast", last=A), [view("other", last=B, up=False)], waiting(B), 0),
     # same checkpoint: prefers the job whose image and text are cached too
     (view("fast", last=A), [view("slow", queued=3)], waiting(A_OTHER_IMAGE, A), 1),
+    # a checkpoint load pays only when the loaded server's backlog of that checkpoint outlasts it
+    (view("fast", last=A, switch_s=6.0), [view("slow", last=B, queued=3)], waiting(B), None),
+    (view("fast", last=A, switch_s=6.0), [view("slow", last=B, queued=3)], waiting(B, B, B, B, B), 0),
+    # a backlog shared by two servers that have it loaded is shorter
+    (view("fast", last=A, switch_s=6.0), [view("slow", last=B, queued=3), view("other", last=B, queued=3)],
+     waiting(B, B, B, B, B), None),
+    # an idle server with nothing loaded takes the checkpoint no other server has
+    (view("fast", last=None), [view("slow", last=A, queued=1)], waiting(A, B), 1),
     # jobs it may not run are skipped
     (view("fast"), [view("slow")], waiting(A, eligible=("slow",)), None),
 ])
@@ -244,8 +252,8 @@ def test_round_robin_takes_its_turns(me: ServerView, down: bool, picked: int) ->
 def test_job_times_learn_warm_and_switch_costs() -> None:
     times = JobTimes(window=4)
     assert (times.job_s(1.0), times.switch_s(0.5)) == (1.0, 0.5)
-    times.add(3.0, loaded_checkpoint=True)
-    assert (times.job_s(1.0), times.switch_s(0.5)) == (3.0, 0.5)
+    times.add(3.0, loaded_checkpoint=True)  # a cold job says little about a warm one
+    assert (times.job_s(1.0), times.switch_s(0.5)) == (1.0, 0.5)
     for seconds in (1.0, 1.2, 50.0, 1.1, 0.9):  # the outlier (a GC pause) is outvoted
         times.add(seconds, loaded_checkpoint=False)
     assert times.job_s(1.0) == pytest.approx(1.15)
