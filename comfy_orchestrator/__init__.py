@@ -5,6 +5,7 @@ from comfy_orchestrator.errors import (
     ComfyError,
     ConnectionFailed,
     ExecutionFailed,
+    FarmFileInvalid,
     GraphInvalid,
     Interrupted,
     JobLost,
@@ -24,6 +25,7 @@ from comfy_orchestrator.errors import (
     WorkflowImportError,
 )
 from comfy_orchestrator.client import Client, JobHandle
+from comfy_orchestrator.farm import Farm, JobFailed, RetryPolicy, ServerConfig, load_farm
 from comfy_orchestrator.graph import Graph, Node
 from comfy_orchestrator.jobs import Job, JobResult, Output
 from comfy_orchestrator.params import DENOISE_GUIDE, WORKFLOWS, Params
@@ -38,10 +40,13 @@ __all__ = [
     "ConnectionFailed",
     "DENOISE_GUIDE",
     "ExecutionFailed",
+    "Farm",
+    "FarmFileInvalid",
     "Graph",
     "GraphInvalid",
     "Interrupted",
     "Job",
+    "JobFailed",
     "JobHandle",
     "JobLost",
     "JobResult",
@@ -56,7 +61,9 @@ __all__ = [
     "PromptCheck",
     "PromptRejected",
     "RequestTimedOut",
+    "RetryPolicy",
     "Schema",
+    "ServerConfig",
     "ServerError",
     "SweepError",
     "Template",
@@ -68,4 +75,5 @@ __all__ = [
     "WORKFLOWS",
     "WorkflowImportError",
     "check_prompt",
+    "load_farm",
 ]
