@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 
 from comfy_orchestrator.sim.images import FloatArray
@@ -137,13 +138,14 @@ def detect_edges(picture: FloatArray, low_threshold: float, high_threshold: floa
     direction = ((angle + 22.5) // 45).astype(int) % 4
     thin = np.zeros_like(magnitude)
     for index, (dy, dx) in enumerate(((0, 1), (1, 1), (1, 0), (1, -1))):
-        peak = (magnitude >= _shift(magnitude, dy, dx)) & (magnitude >= _shift(magnitude, -dy, -dx))
+        # strict on one side: of two equal neighbours across a step, only one stays
+        peak = (magnitude > _shift(magnitude, dy, dx)) & (magnitude >= _shift(magnitude, -dy, -dx))
         thin = np.where((direction == index) & peak, magnitude, thin)
     strong = thin > high_threshold
     weak = thin > low_threshold
-    edges = strong
+    edges: NDArray[np.bool_] = strong
     while True:  # hysteresis: weak pixels join when they touch an edge; ends as edges only grow
-        grown = weak & np.logical_or.reduce([_shift(edges.astype(np.float32), dy, dx) > 0
+        grown: NDArray[np.bool_] = weak & np.logical_or.reduce([_shift(edges.astype(np.float32), dy, dx) > 0
                                              for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
         if np.array_equal(grown, edges):
             return edges.astype(np.float32)
@@ -167,7 +169,8 @@ def _fit_masks(mask: FloatArray, batch: int, width: int, height: int) -> FloatAr
     """A MASK (n, h, w) or (h, w) stretched to (batch, height, width), as ComfyUI interpolates masks."""
     masks = mask.reshape((-1, mask.shape[-2], mask.shape[-1]))
     fitted = np.stack([_resize_grey(m, width, height) for m in masks])
-    return fitted[np.arange(batch) % fitted.shape[0]]
+    stretched: FloatArray = fitted[np.arange(batch) % fitted.shape[0]]
+    return stretched
 
 
 def _dilate(mask: FloatArray, size: int) -> FloatArray:

@@ -48,7 +48,7 @@ def load_mask(path: Path, channel: str) -> FloatArray:
     with Image.open(path) as opened:
         picture = ImageOps.exif_transpose(opened)
         band = {"alpha": "A", "red": "R", "green": "G", "blue": "B"}[channel]
-        if picture.mode == "P":
+        if picture.getbands() != ("R", "G", "B", "A"):  # as LoadImageMask: a grey mask's red is its grey
             picture = picture.convert("RGBA")
         if band not in picture.getbands():
             return np.zeros((1, 64, 64), dtype=np.float32)
