@@ -214,15 +214,23 @@ def denoise_guide(effect: str | None) -> None:
               type=click.Choice(["instant", "realistic"]), help="instant: no delays; realistic: GPU timings")
 @click.option("--checkpoint", "checkpoints", multiple=True, metavar="NAME",
               help="a checkpoint name the server offers (repeatable; default random-sd15.safetensors)")
+@click.option("--lora", "loras", multiple=True, metavar="NAME",
+              help="a LoRA file the server offers (repeatable; default detail.safetensors, style.safetensors)")
+@click.option("--controlnet", "controlnets", multiple=True, metavar="NAME",
+              help="a ControlNet file the server offers (repeatable; default control_v11p_sd15_canny.safetensors)")
 @click.option("--root", type=click.Path(file_okay=False), help="folder for input/, output/ and temp/")
-def sim(host: str, port: int, profile_name: str, checkpoints: Sequence[str], root: str | None) -> None:
+def sim(host: str, port: int, profile_name: str, checkpoints: Sequence[str], loras: Sequence[str],
+        controlnets: Sequence[str], root: str | None) -> None:
     """Run a simulated ComfyUI server (no GPU) until interrupted."""
     try:
         from comfy_orchestrator.sim import SimServer
     except ImportError as exc:
         fail(f"the simulated server needs the [sim] extra: pip install 'comfy-orchestrator[sim]' ({exc})")
+    from comfy_orchestrator.sim.testing import DEFAULT_CONTROLNETS, DEFAULT_LORAS
+
     server = SimServer(host=host, port=port, profile_name=profile_name,
                        checkpoints=checkpoints or ("random-sd15.safetensors",),
+                       loras=loras or DEFAULT_LORAS, controlnets=controlnets or DEFAULT_CONTROLNETS,
                        root=Path(root) if root else None)
     with server:
         stdout.print(f"simulated ComfyUI at {server.url} ({profile_name}); files in {server.root}; Ctrl-C stops")

@@ -251,7 +251,10 @@ def build_app(config: SimConfig, state: Callable[[], SimState],
         folder = request.match_info["folder"]
         if folder not in MODEL_FOLDERS:
             return web.Response(status=404)
-        return _json(sorted(config.checkpoints) if folder == "checkpoints" else [])
+        listed = {"checkpoints": config.checkpoints,
+                  "loras": config.schema.choices("LoraLoader", "lora_name"),
+                  "controlnet": config.schema.choices("ControlNetLoader", "control_net_name")}
+        return _json(sorted(listed.get(folder, ())))
 
     @routes.get("/view_metadata/{folder}")
     async def view_metadata(request: web.Request) -> web.Response:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +240,27 @@ def test_object_info_lists_the_servers_lora_and_controlnet_files(sim: Any) -> No
     assert info["LoraLoader"]["input"]["required"]["lora_name"][0] == ["mine.safetensors"]
     assert info["LoraLoaderModelOnly"]["input"]["required"]["lora_name"][0] == ["mine.safetensors"]
     assert info["ControlNetLoader"]["input"]["required"]["control_net_name"][0] == ["depth.pth"]
+    assert requests.get(f"{custom.url}/models/loras", timeout=5).json() == ["mine.safetensors"]
+    assert requests.get(f"{default.url}/api/models/controlnet", timeout=5).json() == [
+        "control_v11p_sd15_canny.safetensors"]
+
+
+def test_the_sim_command_offers_the_given_lora_and_controlnet_files(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "comfy_orchestrator.cli", "sim", "--port", "0", "--root", str(tmp_path),
+               "--lora", "a.safetensors", "--lora", "b.safetensors", "--controlnet", "edges.pth"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        url = re.search(r"http://[\d.]+:\d+", process.stdout.readline())
+        assert url is not None
+        info = requests.get(f"{url.group(0)}/object_info", timeout=5).json()
+        assert info["LoraLoader"]["input"]["required"]["lora_name"][0] == ["a.safetensors", "b.safetensors"]
+        assert info["ControlNetLoader"]["input"]["required"]["control_net_name"][0] == ["edges.pth"]
+    finally:
+        process.terminate()
+        process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def test_an_unknown_lora_is_rejected_as_the_real_server_does(client: Any, library: Templates,
