@@ -1185,6 +1185,14 @@ class _Run:
         for flight in displaced:
             flight.ticket.copies -= 1
             self.requeue(flight.ticket)
+        # The oldest may be running and may still finish first; the ones queued behind it would
+        # only run twice, so take them off the server if it still listens (off this thread: it may not).
+        queued_behind = [flight for flight in displaced[1:] if flight.handle is not None]
+        for flight in queued_behind:
+            flight.cancelled = True
+        if queued_behind:
+            threading.Thread(target=self.cancel_all, args=(server, queued_behind), daemon=True,
+                             name=f"farm-cancel-{server.name}").start()
         server.last = server.last_finished = None
         logger.warning("%s is down (%s); %d job(s) moved; probing again in %.1f s", server.name, error,
                        len(displaced), rest_s)
@@ -1198,6 +1206,10 @@ class _Run:
         server.flights.remove(flight)
         flight.ticket.copies -= 1
         return True
+
+    def cancel_all(self, server: _Server, flights: Sequence[_Flight]) -> None:
+        for flight in flights:
+            self.cancel(server, flight)
 
     def cancel(self, server: _Server, flight: _Flight) -> None:
         """Take a copy that is no longer wanted off its server (its own thread reaps the handle)."""

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from comfy_orchestrator.cli import main
 from comfy_orchestrator.errors import NoServerAvailable, OutOfMemory
 from comfy_orchestrator.farm import (
+    DuplicateDiscarded,
     Farm,
     FarmEvent,
     JobFailed,
@@ -266,3 +267,31 @@ def test_cli_farm_status_refuses_a_bad_farm_file(tmp_path: Path) -> None:
 
     assert result.exit_code == 2
     assert "wieght" in result.stderr and "Traceback" not in result.output
+
+
+def test_a_job_that_finishes_twice_gives_one_result(sim: Any, cells: Any, tmp_path: Path) -> None:
+    slow = sim(1, costs=COSTS.scaled(0.05), checkpoints=CHECKPOINTS, preview_method="none")[0]  # 1.2 s a job
+    fast = sim(1, costs=COSTS, checkpoints=CHECKPOINTS, preview_method="none")[0]
+    farm = Farm([slow.url, fast.url], policy=FAST_RETRIES, health_interval_s=0.2)
+    events: list[FarmEvent] = []
+    outcomes: list[JobOutcome] = []
+
+    def heal_after_a_duplicate(event: FarmEvent) -> None:
+        events.append(event)
+        if isinstance(event, DuplicateDiscarded):
+            slow.faults.clear()
+
+    for outcome in farm.run(cells(20), out_dir=tmp_path / "out", on_event=heal_after_a_duplicate):
+        outcomes.append(outcome)
+        if len(outcomes) == 1:
+            # Its health check fails while it keeps working: its jobs move to the fast server,
+            # and the one it was running finishes there and here.
+            slow.faults.fail_route("/system_stats", status=500)
+
+    assert sorted(o.job.label for o in outcomes) == [f"cell-{i:03d}" for i in range(20)]
+    assert all(isinstance(o, JobResult) for o in outcomes)
+    assert sorted(tmp_path.joinpath("out").iterdir()) == sorted(p for o in outcomes if isinstance(o, JobResult)
+                                                                for p in o.files)
+    discarded = [e for e in events if isinstance(e, DuplicateDiscarded)]
+    assert [e.server for e in discarded] == [farm.servers[0].name]
+    assert slow.counters.prompts_finished + fast.counters.prompts_finished == 21  # one ran twice; the rest were cancelled
