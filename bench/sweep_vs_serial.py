@@ -7,9 +7,10 @@ Both sides run the same cells on a fresh simulated server with the recorded GPU 
 * sweep:  `run_sweep` through the farm: jobs queued ahead, cells ordered for ComfyUI's cache,
           files named after their cells, journal, manifests, grid image and results page.
 
-Two sweeps are measured: denoise x cfg (4 x 5, one checkpoint; the gain is the queue kept
-full), and cfg x checkpoint (10 x 2; in grid order the serial client switches checkpoints
-on every cell, the sweep loads each checkpoint once).
+Three sweeps are measured: denoise x cfg (4 x 5, one checkpoint: only the queue kept full
+can help), cfg x checkpoint (10 x 2: in grid order the serial client switches checkpoints on
+every cell, the sweep loads each checkpoint once), and cfg x seed with --batch-seeds (5 x 4:
+the serial client makes one image a prompt, the sweep one prompt of 4 per cfg).
 
     python bench/sweep_vs_serial.py              # about 3 minutes
     python bench/sweep_vs_serial.py --speed 4    # costs 4x smaller: quicker, same shape
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from comfy_orchestrator.client import Client
 from comfy_orchestrator.farm import Farm
+from comfy_orchestrator.jobs import Job
 from comfy_orchestrator.params import DEFAULT_CHECKPOINT
 from comfy_orchestrator.sim.costs import profile
 from comfy_orchestrator.sim.testing import SimServer
@@ -39,6 +41,11 @@ SECOND_CHECKPOINT = "dreamshaper-8.safetensors"
 def serial_s(sweep: Sweep, url: str, out: Path) -> float:
     """Wall time of running each cell alone, in grid order: submit, wait, download, next."""
     jobs = [sweep.template.job(cell.params) for cell in sweep.cells()]
+    return serial_jobs_s(jobs, url, out)
+
+
+def serial_jobs_s(jobs: Sequence[Job], url: str, out: Path) -> float:
+    """Wall time of running `jobs` one at a time."""
     started = time.perf_counter()
     with Client(url) as client:
         for job in jobs:
@@ -56,19 +63,19 @@ def sweep_s(sweep: Sweep, url: str, out: Path) -> float:
     return elapsed
 
 
-def measure(name: str, sweep: Sweep, speed: float, work: Path) -> tuple[float, float]:
-    """Both ways, each on its own fresh (cold) server."""
+def measure(name: str, sweep: Sweep, speed: float, work: Path, serial_jobs: Sequence[Job] = ()) -> None:
+    """Both ways, each on its own fresh (cold) server; `serial_jobs` replace the sweep's cells on the serial side."""
     costs = profile("realistic").scaled(speed)
     checkpoints = (DEFAULT_CHECKPOINT, SECOND_CHECKPOINT)
     with SimServer(costs=costs, checkpoints=checkpoints) as server:
-        serial = serial_s(sweep, server.url, work / f"{name}-serial")
+        serial = (serial_jobs_s(serial_jobs, server.url, work / f"{name}-serial") if serial_jobs
+                  else serial_s(sweep, server.url, work / f"{name}-serial"))
         serial_loads = server.counters.checkpoint_loads
     with SimServer(costs=costs, checkpoints=checkpoints) as server:
         swept = sweep_s(sweep, server.url, work / f"{name}-sweep")
         sweep_loads = server.counters.checkpoint_loads
     print(f"{name:22s} {len(sweep):3d} cells  serial {serial:7.2f} s ({serial_loads:2d} loads)  "
           f"sweep {swept:7.2f} s ({sweep_loads:2d} loads)  speed-up x{serial / swept:.2f}")
-    return serial, swept
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -87,6 +94,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"simulated server, realistic costs / {args.speed:g}; one server; wall time per side")
         measure("denoise x cfg", grid, args.speed, work)
         measure("cfg x checkpoint", models, args.speed, work)
+        # 20 variations: the serial client runs one image a prompt; the sweep batches the seeds
+        variations = library.get("variations")
+        image = {"image": str(sample)}
+        seeds = Sweep(variations, (parse_axis("cfg=5:9"), parse_axis("seed=1:4")), image, batch_seeds=True)
+        one_each = [variations.job(variations.params(image | {"cfg": cfg, "seed": seed, "batch_size": 1}))
+                    for cfg in range(5, 10) for seed in range(1, 5)]
+        measure("cfg x seed, batched", seeds, args.speed, work, one_each)
 
 
 if __name__ == "__main__":
