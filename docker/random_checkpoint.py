@@ -10,12 +10,13 @@ The images it makes are noise; it exists to test a farm end to end.
     python3 docker/random_checkpoint.py --comfyui-dir ComfyUI \
         --out ComfyUI/models/checkpoints/random-sd15.safetensors
 
-The module is built from parts so that other writers can reuse it: a model is
-a mapping from a key prefix of the file to a module (`Parts`), `initialise`
-fills one module, `state_dict_of` flattens parts into file keys. A LoRA writer
-can take `build_sd15()`'s modules to name the layers it adapts, and a
-ControlNet writer can build ComfyUI's ControlNet class with SD15_UNET_CONFIG
-under the prefix "control_model.".
+Other random models plug in as entries of WRITERS (a `make` function and the
+models/ folder ComfyUI reads them from), chosen with --kind. The pieces are
+shared: a model is a mapping from a key prefix of the file to a module
+(`Parts`), `initialise` fills one module, `state_dict_of` flattens parts into
+file keys. A LoRA writer can take `build_sd15()`'s modules to name the layers
+it adapts; a ControlNet writer can build ComfyUI's ControlNet class with
+SD15_UNET_CONFIG under the prefix "control_model.".
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -78,7 +80,7 @@ CLIP_PREFIX = "cond_stage_model.transformer."
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def import_comfy(comfyui_dir: Path, *, cpu: bool) -> ModuleType:
+def import_comfy(comfyui_dir: Path, *, cpu: bool) -> Any:
     """Import ComfyUI's `comfy` package, with the submodules used here, from `comfyui_dir`."""
     if not (comfyui_dir / "comfy" / "model_detection.py").is_file():
         raise SystemExit(f"not a ComfyUI folder (no comfy/model_detection.py): {comfyui_dir}")
@@ -110,25 +112,25 @@ def build_sd15(comfy: Any, device: torch.device) -> Parts:
     return {UNET_PREFIX: unet, VAE_PREFIX: vae.to(device), CLIP_PREFIX: clip}
 
 
-@torch.no_grad()
 def initialise(module: torch.nn.Module, generator: torch.Generator) -> None:
     """Give every parameter and float buffer of `module` a defined value.
 
     Matrices and kernels get N(0, 1/fan_in), so activations keep their scale
     through the network; 1-D weights (norm scales) get 1, biases 0.
     """
-    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-        if not tensor.is_floating_point():
-            continue
-        if tensor.dim() >= 2:
-            fan_in = tensor[0].numel()
-            tensor.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
-        elif name.endswith("bias"):
-            tensor.zero_()
-        elif name.endswith("weight"):
-            tensor.fill_(1.0)
-        else:
-            raise ValueError(f"no initialisation rule for {name} {tuple(tensor.shape)}")
+    with torch.no_grad():
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            if not tensor.is_floating_point():
+                continue
+            if tensor.dim() >= 2:
+                fan_in = tensor[0].numel()
+                tensor.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
+            elif name.endswith("bias"):
+                tensor.zero_()
+            elif name.endswith("weight"):
+                tensor.fill_(1.0)
+            else:
+                raise ValueError(f"no initialisation rule for {name} {tuple(tensor.shape)}")
 
 
 def state_dict_of(parts: Parts, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -153,46 +155,67 @@ def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def write_sd15(comfyui_dir: Path, out: Path, *, dtype: str, device: str, seed: int) -> dict[str, Any]:
-    """Write the checkpoint to `out`; return a report of what was written."""
-    from safetensors.torch import save_file
-
-    started = time.monotonic()
-    torch_device = torch.device(device)
-    comfy = import_comfy(comfyui_dir, cpu=torch_device.type == "cpu")
-    parts = build_sd15(comfy, torch_device)
-    generator = torch.Generator(device=torch_device).manual_seed(seed)
+def make_sd15(comfy: Any, device: torch.device, generator: torch.Generator,
+              dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A random SD1.5 checkpoint's tensors, checked with ComfyUI's detector, and facts about it."""
+    parts = build_sd15(comfy, device)
     for module in parts.values():
         initialise(module, generator)
-    state_dict = state_dict_of(parts, DTYPES[dtype])
-    bad = [key for key, tensor in state_dict.items() if tensor.is_floating_point() and not bool(tensor.isfinite().all())]
-    if bad:
-        raise SystemExit(f"non-finite values in {len(bad)} tensors, first {bad[0]}")
+    state_dict = state_dict_of(parts, dtype)
     detected = detected_model(comfy, state_dict)
     if detected != "SD15":
         raise SystemExit(f"ComfyUI detects this checkpoint as {detected}, not SD15")
+    params = {name: count_params(parts[prefix])
+              for name, prefix in (("unet", UNET_PREFIX), ("vae", VAE_PREFIX), ("clip", CLIP_PREFIX))}
+    return state_dict, {"detected_as": detected, "params": params}
+
+
+@dataclass(frozen=True)
+class Writer:
+    """One kind of model file this script writes, and where ComfyUI looks for it."""
+
+    folder: str  # under COMFYUI_DIR/models
+    filename: str
+    make: Callable[[Any, torch.device, torch.Generator, torch.dtype],
+                   tuple[dict[str, torch.Tensor], dict[str, Any]]]
+
+
+# Issue 9 adds a LoRA (folder "loras") and a ControlNet (folder "controlnet") here.
+WRITERS: dict[str, Writer] = {
+    "sd15": Writer("checkpoints", "random-sd15.safetensors", make_sd15),
+}
+
+
+def write_model(kind: str, comfyui_dir: Path, out: Path | None, *, dtype: str, device: str,
+                seed: int) -> dict[str, Any]:
+    """Write a random model of `kind` (default path: where ComfyUI looks); return a report."""
+    from safetensors.torch import save_file
+
+    started = time.monotonic()
+    writer = WRITERS[kind]
+    out = out or comfyui_dir / "models" / writer.folder / writer.filename
+    torch_device = torch.device(device)
+    comfy = import_comfy(comfyui_dir, cpu=torch_device.type == "cpu")
+    generator = torch.Generator(device=torch_device).manual_seed(seed)
+    state_dict, facts = writer.make(comfy, torch_device, generator, DTYPES[dtype])
+    bad = [key for key, tensor in state_dict.items() if tensor.is_floating_point() and not bool(tensor.isfinite().all())]
+    if bad:
+        raise SystemExit(f"non-finite values in {len(bad)} tensors, first {bad[0]}")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     save_file(state_dict, str(partial), metadata={"format": "pt", "note": "random weights, not a trained model"})
     partial.replace(out)
-    return {
-        "out": str(out),
-        "tensors": len(state_dict),
-        "params": {name: count_params(parts[prefix]) for name, prefix in
-                   (("unet", UNET_PREFIX), ("vae", VAE_PREFIX), ("clip", CLIP_PREFIX))},
-        "bytes": out.stat().st_size,
-        "detected_as": detected,
-        "dtype": dtype,
-        "device": device,
-        "seconds": round(time.monotonic() - started, 1),
-    }
+    return {"kind": kind, "out": str(out), "tensors": len(state_dict), **facts, "bytes": out.stat().st_size,
+            "dtype": dtype, "device": device, "seconds": round(time.monotonic() - started, 1)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Read the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--comfyui-dir", type=Path, required=True, help="ComfyUI source folder (holds comfy/)")
-    parser.add_argument("--out", type=Path, help="file to write (default: COMFYUI_DIR/models/checkpoints/random-sd15.safetensors)")
+    parser.add_argument("--kind", choices=sorted(WRITERS), default="sd15", help="what to write (default sd15)")
+    parser.add_argument("--out", type=Path,
+                        help="file to write (default: where ComfyUI looks, e.g. models/checkpoints/random-sd15.safetensors)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where to initialise (cuda is much faster)")
@@ -201,10 +224,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Write the checkpoint and print a one-line JSON report."""
+    """Write the model and print a one-line JSON report."""
     args = parse_args(argv)
-    out = args.out or args.comfyui_dir / "models" / "checkpoints" / "random-sd15.safetensors"
-    report = write_sd15(args.comfyui_dir, out, dtype=args.dtype, device=args.device, seed=args.seed)
+    report = write_model(args.kind, args.comfyui_dir, args.out, dtype=args.dtype, device=args.device, seed=args.seed)
     print(json.dumps(report))
 
 
