@@ -132,7 +132,9 @@ def _draw_grid(
     font = ImageFont.load_default(size=max(11, side // 12))
     heading = ImageFont.load_default(size=max(13, side // 9))
     y_values: Sequence[Value | None] = y_axis.values if y_axis else [None]
-    row_labels = [f"{y_axis.name} = {format_value(v)}" for v in y_axis.values] if y_axis else [""]
+    longest_px = max(160, 2 * side)  # long prompts as row labels are cut, not allowed to widen the grid
+    row_labels = ([_fit(font, f"{y_axis.name} = {format_value(v)}", longest_px) for v in y_axis.values]
+                  if y_axis else [""])
     column_labels = [f"{x_axis.name} = {format_value(v)}" for v in x_axis.values]
     gap = max(2, side // 64)
     label_h = _text_size(font, "Ag")[1] + 2 * gap

@@ -21,7 +21,16 @@ from comfy_orchestrator.farm import Farm, FarmEvent, JobDone, JobFailed, JobRetr
 from comfy_orchestrator.grid import GridAxis, GridCell, grid_images, write_results_page
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.journal import CellPlan, CellRecord, CellStatus, Journal
-from comfy_orchestrator.sweep import BATCH_AXIS, Batch, Cell, Sweep, cache_key, estimate_seconds, order_for_cache
+from comfy_orchestrator.sweep import (
+    BATCH_AXIS,
+    Batch,
+    Cell,
+    Sweep,
+    cache_key,
+    estimate_seconds,
+    format_value,
+    order_for_cache,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +216,7 @@ def _label(batch: Batch) -> str:
     first = batch.cells[0]
     if len(batch.cells) == 1:
         return f"cell {first.index}: {first.label}"
-    rest = ", ".join(f"{n}={v}" for n, v in first.values.items() if n != BATCH_AXIS)
+    rest = ", ".join(f"{n}={format_value(v)}" for n, v in first.values.items() if n != BATCH_AXIS)
     return f"cells {first.index}-{batch.cells[-1].index} (batch of {len(batch.cells)}): {rest}"
 
 

@@ -102,3 +102,13 @@ def test_an_unreadable_image_is_reported(tmp_path: Path) -> None:
     cells = [GridCell(0, {"cfg": 6}, Path("bad.png"))]
     with pytest.raises(GridFailed, match="cell 0's image bad.png"):
         grid_images(tmp_path, [GridAxis("cfg", (6,))], cells)
+
+
+def test_long_row_labels_are_cut_so_the_grid_stays_narrow(tmp_path: Path) -> None:
+    Image.new("RGB", (32, 32), (0, 0, 0)).save(tmp_path / "a.png")
+    prompts = ("a very long prompt " * 20, "short")
+    y = GridAxis("positive", prompts)
+    cells = [GridCell(i, {"cfg": 6, "positive": p}, Path("a.png")) for i, p in enumerate(prompts)]
+    [path] = grid_images(tmp_path, [GridAxis("cfg", (6,)), y], cells, thumbnail_px=64)
+    with Image.open(path) as grid:
+        assert grid.width < 64 + 160 + 40
