@@ -7,9 +7,11 @@ from comfy_orchestrator.errors import (
     ExecutionFailed,
     FarmFileInvalid,
     GraphInvalid,
+    GridFailed,
     Interrupted,
     JobLost,
     JobTimedOut,
+    JournalFailed,
     MissingModel,
     NoServerAvailable,
     OutOfMemory,
@@ -28,13 +30,18 @@ from comfy_orchestrator.client import Client, JobHandle
 from comfy_orchestrator.farm import Farm, JobFailed, RetryPolicy, ServerConfig, load_farm
 from comfy_orchestrator.graph import Graph, Node
 from comfy_orchestrator.jobs import Job, JobResult, Output
+from comfy_orchestrator.journal import Journal
 from comfy_orchestrator.params import DENOISE_GUIDE, WORKFLOWS, Params
 from comfy_orchestrator.schema import Schema
+from comfy_orchestrator.sweep import Axis, Cell, Sweep, parse_axis
+from comfy_orchestrator.sweep_run import SweepProgress, SweepReport, plan_sweep, run_sweep
 from comfy_orchestrator.templates import Template, Templates
 from comfy_orchestrator.validation import PromptCheck, check_prompt
 
 __all__ = [
     "AuthFailed",
+    "Axis",
+    "Cell",
     "Client",
     "ComfyError",
     "ConnectionFailed",
@@ -44,6 +51,7 @@ __all__ = [
     "FarmFileInvalid",
     "Graph",
     "GraphInvalid",
+    "GridFailed",
     "Interrupted",
     "Job",
     "JobFailed",
@@ -51,6 +59,8 @@ __all__ = [
     "JobLost",
     "JobResult",
     "JobTimedOut",
+    "Journal",
+    "JournalFailed",
     "MissingModel",
     "NoServerAvailable",
     "Node",
@@ -65,7 +75,10 @@ __all__ = [
     "Schema",
     "ServerConfig",
     "ServerError",
+    "Sweep",
     "SweepError",
+    "SweepProgress",
+    "SweepReport",
     "Template",
     "TemplateBroken",
     "TemplateError",
@@ -76,4 +89,7 @@ __all__ = [
     "WorkflowImportError",
     "check_prompt",
     "load_farm",
+    "parse_axis",
+    "plan_sweep",
+    "run_sweep",
 ]
