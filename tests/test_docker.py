@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import importlib.util
 import os
 import shutil
@@ -284,6 +285,51 @@ def test_entrypoint_stops_the_other_processes_when_one_ends(comfyui_dir: Path, t
     assert (first.name, second.name) == ("comfyui-8188.log", "comfyui-8189.log")
     assert "'--port', '8188'" in first.read_text()
     assert "'--port', '8189'" in second.read_text() and "terminated" in second.read_text()
+
+
+class SystemStats(http.server.BaseHTTPRequestHandler):
+    """Answers /system_stats like a live ComfyUI, everything else with 404."""
+
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/system_stats" else 404)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep the test output quiet."""
+
+
+def serve_system_stats_on_consecutive_ports(count: int) -> list[http.server.ThreadingHTTPServer]:
+    """`count` running stand-ins for ComfyUI processes on consecutive ports."""
+    for _ in range(50):
+        servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), SystemStats)]
+        try:
+            for offset in range(1, count):
+                servers.append(http.server.ThreadingHTTPServer(
+                    ("127.0.0.1", servers[0].server_address[1] + offset), SystemStats))
+        except OSError:
+            for server in servers:
+                server.server_close()
+            continue
+        for server in servers:
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+        return servers
+    raise AssertionError(f"found no {count} free consecutive ports")
+
+
+def test_entrypoint_check_passes_only_when_every_process_answers() -> None:
+    first, second = serve_system_stats_on_consecutive_ports(2)
+    port = str(first.server_address[1])
+    try:
+        both = run_entrypoint("--check", "--port", port, "--processes-per-gpu", "2", "--python", sys.executable)
+        assert both.returncode == 0, both.stderr
+        second.shutdown()
+        second.server_close()
+        one_down = run_entrypoint("--check", "--port", port, "--processes-per-gpu", "2", "--python", sys.executable)
+        assert one_down.returncode == 1
+    finally:
+        first.shutdown()
+        first.server_close()
 
 
 def test_entrypoint_check_fails_when_nothing_listens() -> None:
