@@ -85,11 +85,17 @@ for gpu in "${gpu_list[@]}"; do
 done
 
 if [[ $mode == check ]]; then
+    host=$listen
+    [[ $host == 0.0.0.0 || $host == :: ]] && host=127.0.0.1
     for p in "${process_ports[@]}"; do
-        "$python" - "$p" <<'EOF' || exit 1
+        "$python" - "$host" "$p" <<'EOF' || exit 1
 import sys, urllib.request
-with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/system_stats", timeout=5) as response:
-    sys.exit(0 if response.status == 200 else 1)
+url = f"http://{sys.argv[1]}:{sys.argv[2]}/system_stats"
+try:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        sys.exit(0 if response.status == 200 else 1)
+except OSError as exc:
+    sys.exit(f"{url}: {exc}")
 EOF
     done
     exit 0
