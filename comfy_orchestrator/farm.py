@@ -5,7 +5,7 @@ processes on one GPU) and keeps each one busy::
 
     from comfy_orchestrator.farm import Farm, JobFailed, load_farm
 
-    farm = Farm(load_farm("farm.toml"))            # or Farm.from_urls(["http://a:8188", ...])
+    farm = Farm(load_farm("farm.toml"))            # or Farm(["http://a:8188", "http://b:8188"])
     for outcome in farm.run(jobs, out_dir=Path("out"), on_event=print):
         if isinstance(outcome, JobFailed):
             print(outcome.job.label, "failed on", outcome.servers, outcome.error)
@@ -14,7 +14,8 @@ processes on one GPU) and keeps each one busy::
 
 `run` reads `jobs` lazily (a bounded window ahead of the servers) and yields one outcome
 per job, in completion order, never two: a `JobResult` (`.server` names the server that
-ran it) or a `JobFailed` with the error, the number of attempts and the servers tried.
+ran it: its `ServerConfig.name`, host:port unless the farm file names it) or a `JobFailed`
+with the error, the number of attempts and the servers tried.
 Progress arrives as `FarmEvent` values through `on_event`, called from the farm's
 threads. `Farm.status()` reads each server's health for `comfy-orch farm status`.
 
@@ -622,7 +623,7 @@ class ServerLink(Protocol):
 class ClientLink:
     """A ServerLink over `Client`, tuned to fail over fast rather than retry one server long."""
 
-    def __init__(self, config: ServerConfig, *, timeout_s: float = 10.0, silence_s: float = 3.0,
+    def __init__(self, config: ServerConfig, *, timeout_s: float = 10.0, silence_s: float = 5.0,
                  job_timeout_s: float = 600.0) -> None:
         self.config = config
         self.client = Client(config.url, headers=config.headers, token=config.token, timeout_s=timeout_s,
@@ -679,6 +680,7 @@ class _Ticket:
     able: dict[tuple[str, int], bool] = field(default_factory=dict)  # (server, capability version) -> can run
     copies: int = 0  # servers holding a live copy
     settled: bool = False
+    stranded_since: float | None = None  # since when no server that can run it is up
 
 
 @dataclass(eq=False)
@@ -709,7 +711,6 @@ class _Server:
     failures: int = 0
     next_probe_at: float = 0.0
     last_error: ComfyError | None = None
-    done: int = 0
 
     @property
     def name(self) -> str:
@@ -953,6 +954,8 @@ class _Run:
         for ticket in list(self.waiting[: self.farm.window]):
             if self.unable_anywhere(ticket):
                 continue
+            if self.stranded(ticket, now):
+                continue
             eligible = frozenset(other.name for other in self.servers
                                  if other.up and self.able(ticket, other)
                                  and ticket.avoid_until.get(other.name, 0.0) <= now)
@@ -970,6 +973,22 @@ class _Run:
         ticket.tried.append(server.name)
         server.last = ticket.needs
         return ticket
+
+    def stranded(self, ticket: _Ticket, now: float) -> bool:
+        """Fail a ticket that only down servers can run once they have been down `no_server_timeout_s`."""
+        if any(server.up and self.able(ticket, server) for server in self.servers):
+            ticket.stranded_since = None
+            return False
+        if ticket.stranded_since is None:
+            ticket.stranded_since = now
+        if now - ticket.stranded_since < self.farm.no_server_timeout_s:
+            return False
+        down = "; ".join(f"{server.name}: {server.last_error}" for server in self.servers
+                         if not server.up and (server.capability is None or self.able(ticket, server)))
+        self.give_up(ticket, NoServerAvailable(
+            f"no server that is up can run this job, and those that may have been down for "
+            f"{self.farm.no_server_timeout_s:g} s ({down})"))
+        return True
 
     def unable_anywhere(self, ticket: _Ticket) -> bool:
         """Fail a ticket that no server will ever run: all were reached, none can or may."""
@@ -1098,11 +1117,12 @@ class _Run:
                 flight = _Flight(ticket=ticket, queued_at=time.monotonic())
                 server.flights.append(flight)
                 attempt = len(ticket.attempts) + 1
-            self.emit(JobSubmitted(ticket.job, server.name, attempt))
             try:
                 flight.handle = server.link.submit(ticket.job)
             except ComfyError as exc:
                 self.failed(server, flight, exc)
+                continue
+            self.emit(JobSubmitted(ticket.job, server.name, attempt))
 
     def await_job(self, server: _Server, flight: _Flight) -> None:
         """Wait for the server's oldest job (ComfyUI runs its queue in order) and settle it."""
@@ -1131,7 +1151,6 @@ class _Run:
             server.times.add(seconds, loaded_checkpoint=loaded)
             server.last_finished = ticket.needs
             server.last_finish_at = now
-            server.done += 1
             kept = self.settle(ticket, result, server.name)
             redundant = [(other, f) for other in self.servers for f in other.flights
                          if f.ticket is ticket and f.handle is not None and not f.cancelled]

@@ -295,3 +295,19 @@ def test_a_job_that_finishes_twice_gives_one_result(sim: Any, cells: Any, tmp_pa
     discarded = [e for e in events if isinstance(e, DuplicateDiscarded)]
     assert [e.server for e in discarded] == [farm.servers[0].name]
     assert slow.counters.prompts_finished + fast.counters.prompts_finished == 21  # one ran twice; the rest were cancelled
+
+
+def test_jobs_only_a_down_server_can_run_are_reported_in_time(sim: Any, cells: Any, tmp_path: Path) -> None:
+    only_a = sim(1, costs=COSTS, checkpoints=["a.safetensors"], preview_method="none")[0]
+    both = sim(1, costs=COSTS, checkpoints=CHECKPOINTS, preview_method="none")[0]
+    both.crash()
+    farm = Farm([only_a.url, both.url], policy=FAST_RETRIES, no_server_timeout_s=1.0)
+
+    outcomes, _ = run_farm(farm, cells(8, checkpoints=CHECKPOINTS), tmp_path / "out")
+
+    assert len(outcomes) == 8
+    done = [o for o in outcomes if isinstance(o, JobResult)]
+    failed = [o for o in outcomes if isinstance(o, JobFailed)]
+    assert {o.job.params["checkpoint"] for o in done} == {"a.safetensors"} and len(done) == 4
+    assert all(isinstance(o.error, NoServerAvailable) and "down" in str(o.error) for o in failed)
+    assert {o.job.params["checkpoint"] for o in failed} == {"b.safetensors"}
