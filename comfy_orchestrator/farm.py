@@ -100,7 +100,7 @@ class ServerConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     url: str
-    name: str = ""  # defaults to host:port
+    name: str = ""  # defaults to host:port (and the path, if any)
     headers: dict[str, str] = Field(default_factory=dict)
     token: str | None = None  # sent as "Authorization: Bearer <token>"
     weight: float = Field(default=1.0, gt=0)  # relative speed before any job was timed
@@ -117,8 +117,9 @@ class ServerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _default_name(self) -> ServerConfig:
-        if not self.name:
-            object.__setattr__(self, "name", urlsplit(self.url).netloc)
+        if not self.name:  # a path tells apart the servers behind one proxy
+            parts = urlsplit(self.url)
+            object.__setattr__(self, "name", parts.netloc + parts.path)
         return self
 
     def request_headers(self) -> dict[str, str]:

@@ -113,6 +113,19 @@ def test_bad_farm_files_are_refused_with_a_reason(text: str, complaint: str) -> 
     assert str(caught.value).startswith("farm.toml: ")
 
 
+def test_the_shipped_farm_file_agrees() -> None:
+    servers = load_farm(Path(__file__).resolve().parents[1] / "docker" / "farm.toml")
+    assert len(servers) >= 1
+    assert all(s.url.startswith("http://") and s.queue_ahead == 2 for s in servers)
+
+
+def test_servers_behind_one_proxy_get_names_of_their_own() -> None:
+    behind = parse_farm('[[server]]\nurl = "http://box:8080/gpu0/8188"\ntoken = "t"\n'
+                        '[[server]]\nurl = "http://box:8080/gpu0/8189/"\ntoken = "t"\n')
+    assert [s.name for s in behind] == ["box:8080/gpu0/8188", "box:8080/gpu0/8189"]
+    assert behind[1].url == "http://box:8080/gpu0/8189"
+
+
 def test_missing_farm_file_is_a_farm_error(tmp_path: Path) -> None:
     with pytest.raises(FarmFileInvalid, match="cannot read"):
         load_farm(tmp_path / "absent.toml")
