@@ -86,6 +86,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_AHEAD = 2
 DEFAULT_JOB_S = 1.0  # a guess for a server that has not finished a job yet
+SCAN_AT_LEAST = 32  # waiting jobs a server looks over for its next one (SoonestFinish's lookahead)
 _TEXT_ENCODERS = frozenset({"CLIPTextEncode", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner"})
 _IMAGE_LOADERS = frozenset({"LoadImage", "LoadImageMask"})
 
@@ -950,16 +951,19 @@ class _Run:
     def take(self, server: _Server) -> _Ticket | None:
         """The waiting ticket `server` should queue next, if any; fails tickets no server can run."""
         now = time.monotonic()
+        up = [other for other in self.servers if other.up]
         candidates: list[WaitingJob] = []
         tickets: list[_Ticket] = []
+        mine = 0
         for ticket in list(self.waiting[: self.farm.window]):
-            if self.unable_anywhere(ticket):
+            if len(candidates) >= SCAN_AT_LEAST and mine:
+                break  # the dispatch looks this far ahead; further only to find work this server can do
+            able = [other for other in up if self.able(ticket, other)]
+            if not able and (self.unable_anywhere(ticket) or self.stranded(ticket, now)):
                 continue
-            if self.stranded(ticket, now):
-                continue
-            eligible = frozenset(other.name for other in self.servers
-                                 if other.up and self.able(ticket, other)
-                                 and ticket.avoid_until.get(other.name, 0.0) <= now)
+            ticket.stranded_since = None if able else ticket.stranded_since
+            eligible = frozenset(other.name for other in able if ticket.avoid_until.get(other.name, 0.0) <= now)
+            mine += server.name in eligible
             candidates.append(WaitingJob(seq=ticket.seq, needs=ticket.needs, eligible=eligible))
             tickets.append(ticket)
         if not candidates:
