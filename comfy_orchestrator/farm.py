@@ -77,7 +77,7 @@ __all__ = [
     "Attempt", "Capability", "ClientLink", "CompletionLedger", "Device", "Dispatch", "DuplicateDiscarded", "Farm",
     "FarmEvent", "JobDone", "JobFailed", "JobNeeds", "JobOutcome", "JobRetrying", "JobSubmitted", "JobTimes",
     "RetryDecision", "RetryPolicy", "RoundRobin", "RunningJob", "ServerConfig", "ServerDown", "ServerLink",
-    "ServerStatus", "ServerUp", "ServerView", "SoonestFinish", "WaitingJob", "affinity", "decide_retry",
+    "QueuedJob", "ServerStatus", "ServerUp", "ServerView", "SoonestFinish", "WaitingJob", "affinity", "decide_retry",
     "estimate_finish_s", "failure_reason", "is_server_fault", "job_needs", "load_farm", "parse_farm",
     "servers_from_urls",
 ]
@@ -306,11 +306,23 @@ def estimate_finish_s(server: ServerView, needs: JobNeeds, *, backlog: int = 0) 
     return (server.queued + 1 + backlog) * server.job_s + (0.0 if has_loaded(server, needs) else server.switch_s)
 
 
+@dataclass(frozen=True)
+class QueuedJob:
+    """A job queued on another server behind its running one, as a server with nothing to do sees it."""
+
+    server: str
+    position: int  # jobs ahead of it on that server, the running one included (1 or more)
+    needs: JobNeeds
+
+
 class Dispatch(Protocol):
     """A rule that picks which waiting job a server with a free slot takes next."""
 
     def pick(self, server: ServerView, waiting: Sequence[WaitingJob], servers: Sequence[ServerView]) -> int | None:
         """The index in `waiting` of the job `server` takes now, or None to take nothing yet."""
+
+    def steal(self, server: ServerView, queued: Sequence[QueuedJob], servers: Sequence[ServerView]) -> int | None:
+        """The index in `queued` of a job to move to `server`, which found nothing waiting; or None."""
 
 
 @dataclass(frozen=True)
@@ -352,6 +364,25 @@ class SoonestFinish:
                 best, chosen = score, index
         return chosen
 
+    def steal(self, server: ServerView, queued: Sequence[QueuedJob], servers: Sequence[ServerView]) -> int | None:
+        """Move the queued job this server would finish most ahead of the server holding it.
+
+        That server is assumed halfway through its running job; this evens out the end of a
+        sweep, when some servers still hold queued jobs and others have none.
+        """
+        by_name = {other.name: other for other in servers}
+        mine_s = [estimate_finish_s(server, job.needs) for job in queued]
+        best_gain_s, chosen = 0.0, None
+        for index, job in enumerate(queued):
+            holder = by_name.get(job.server)
+            if holder is None or job.position < 1:
+                continue
+            theirs_s = (job.position + 0.5) * holder.job_s
+            gain_s = theirs_s * (1.0 - self.tolerance) - mine_s[index]
+            if gain_s > best_gain_s:
+                best_gain_s, chosen = gain_s, index
+        return chosen
+
 
 @dataclass(frozen=True)
 class RoundRobin:
@@ -366,6 +397,9 @@ class RoundRobin:
             if turn is None or turn.name == server.name or not turn.up or turn.name not in job.eligible:
                 return index
         return None
+
+    def steal(self, server: ServerView, queued: Sequence[QueuedJob], servers: Sequence[ServerView]) -> int | None:
+        return None  # the baseline keeps each job where its turn put it
 
 
 # ---------------------------------------------------------------------------
@@ -966,14 +1000,42 @@ class _Run:
             mine += server.name in eligible
             candidates.append(WaitingJob(seq=ticket.seq, needs=ticket.needs, eligible=eligible))
             tickets.append(ticket)
-        if not candidates:
-            return None
         views = [self.view(other) for other in self.servers]
-        index = self.farm.dispatch.pick(views[server.order], candidates, views)
+        index = self.farm.dispatch.pick(views[server.order], candidates, views) if candidates else None
         if index is None:
-            return None
+            return self.steal(server, views) if not mine else None
         ticket = tickets[index]
         self.waiting.remove(ticket)
+        ticket.copies += 1
+        ticket.tried.append(server.name)
+        server.last = ticket.needs
+        return ticket
+
+    def steal(self, server: _Server, views: Sequence[ServerView]) -> _Ticket | None:
+        """Move a job queued behind another server's running one to this idle server, if that is sooner."""
+        now = time.monotonic()
+        queued: list[tuple[QueuedJob, _Server, _Flight]] = []
+        for other in self.servers:
+            if other is server or not other.up:
+                continue
+            for position, flight in enumerate(other.flights[1:], start=1):
+                ticket = flight.ticket
+                if flight.handle is not None and not flight.cancelled and not ticket.settled \
+                        and self.able(ticket, server) and ticket.avoid_until.get(server.name, 0.0) <= now:
+                    queued.append((QueuedJob(other.name, position, ticket.needs), other, flight))
+        if not queued:
+            return None
+        index = self.farm.dispatch.steal(views[server.order], [job for job, _, _ in queued], views)
+        if index is None:
+            return None
+        _, holder, flight = queued[index]
+        flight.cancelled = True
+        self.drop(holder, flight)
+        holder.last = holder.flights[-1].ticket.needs if holder.flights else holder.last_finished
+        threading.Thread(target=self.cancel_all, args=(holder, [flight]), daemon=True,
+                         name=f"farm-cancel-{holder.name}").start()
+        ticket = flight.ticket
+        logger.info("job %s moves from %s's queue to idle %s", ticket.seq, holder.name, server.name)
         ticket.copies += 1
         ticket.tried.append(server.name)
         server.last = ticket.needs

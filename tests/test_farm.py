@@ -311,3 +311,18 @@ def test_jobs_only_a_down_server_can_run_are_reported_in_time(sim: Any, cells: A
     assert {o.job.params["checkpoint"] for o in done} == {"a.safetensors"} and len(done) == 4
     assert all(isinstance(o.error, NoServerAvailable) and "down" in str(o.error) for o in failed)
     assert {o.job.params["checkpoint"] for o in failed} == {"b.safetensors"}
+
+
+def test_jobs_queued_on_a_slow_server_move_to_an_idle_one(sim: Any, cells: Any, tmp_path: Path) -> None:
+    slow = sim(1, costs=COSTS.scaled(0.1), checkpoints=CHECKPOINTS, preview_method="none")[0]  # 0.6 s a job
+    fast = sim(1, costs=COSTS, checkpoints=CHECKPOINTS, preview_method="none")[0]
+    farm = Farm([slow.url, fast.url])  # the slow one comes up first and fills its queue
+
+    outcomes, _ = run_farm(farm, cells(6), tmp_path / "out")
+
+    assert sorted(o.job.label for o in outcomes) == [f"cell-{i:03d}" for i in range(6)]
+    spread = ran_on(outcomes)
+    assert spread[farm.servers[0].name] == 1, spread  # only its running job of the 3 it had queued
+    assert slow.counters.prompts_finished == spread[farm.servers[0].name]  # what moved did not also run there
+    assert sorted(tmp_path.joinpath("out").iterdir()) == sorted(p for o in outcomes if isinstance(o, JobResult)
+                                                                for p in o.files)

@@ -24,6 +24,7 @@ from comfy_orchestrator.farm import (
     CompletionLedger,
     JobNeeds,
     JobTimes,
+    QueuedJob,
     RetryPolicy,
     RoundRobin,
     ServerView,
@@ -247,6 +248,24 @@ def test_soonest_finish_looks_only_so_far_ahead() -> None:
     jobs = waiting(B, B, B, A)
     assert SoonestFinish(lookahead=4).pick(me, jobs, [me, other]) == 3
     assert SoonestFinish(lookahead=2).pick(me, jobs, [me, other]) is None
+
+
+@pytest.mark.parametrize(("me", "holders", "queued", "stolen"), [
+    # idle, same speed: moves a job two places back (2.5 s there, 1 s here)
+    (view("fast", last=A), [view("slow", queued=3)], [QueuedJob("slow", 1, A), QueuedJob("slow", 2, A)], 1),
+    # one place back is worth it too (1.5 s there), unless a checkpoint load eats the gain
+    (view("fast", last=A), [view("slow", queued=2)], [QueuedJob("slow", 1, A)], 0),
+    (view("fast", last=B), [view("slow", queued=2)], [QueuedJob("slow", 1, A)], None),
+    # a busy thief only takes what it finishes sooner than the holder
+    (view("fast", last=A, queued=2), [view("slow", queued=3)], [QueuedJob("slow", 2, A)], None),
+    (view("fast", last=A, queued=1), [view("slow", queued=3, job_s=3.0)], [QueuedJob("slow", 1, A)], 0),
+    # the running job itself is never moved
+    (view("fast", last=A), [view("slow", queued=1)], [QueuedJob("slow", 0, A)], None),
+])
+def test_soonest_finish_steals_from_long_queues(me: ServerView, holders: list[ServerView], queued: list[QueuedJob],
+                                                stolen: int | None) -> None:
+    assert SoonestFinish().steal(me, queued, [me, *holders]) == stolen
+    assert RoundRobin().steal(me, queued, [me, *holders]) is None
 
 
 @pytest.mark.parametrize(("me", "down", "picked"), [
