@@ -16,8 +16,9 @@ processes on one GPU) and keeps each one busy::
 per job, in completion order, never two: a `JobResult` (`.server` names the server that
 ran it: its `ServerConfig.name`, host:port unless the farm file names it) or a `JobFailed`
 with the error, the number of attempts and the servers tried.
-Progress arrives as `FarmEvent` values through `on_event`, called from the farm's
-threads. `Farm.status()` reads each server's health for `comfy-orch farm status`.
+Progress arrives as `FarmEvent` values (ServerUp, ServerDown, JobSubmitted, JobRetrying,
+JobDone, DuplicateDiscarded) through `on_event`, called from the farm's threads; keep it
+quick. `Farm.status()` reads each server's health for `comfy-orch farm status`.
 
 How jobs move (the policy is pure and lives in the first half of this module):
 - Each server holds `1 + queue_ahead` jobs (default 2 ahead), so its GPU never waits.
@@ -26,11 +27,16 @@ How jobs move (the policy is pure and lives in the first half of this module):
   among those it prefers jobs sharing the checkpoint, input image and prompt text of
   its last job (affinity), and it only takes jobs whose checkpoint and node classes
   its object_info lists.
-- A server that fails (connection, 5xx, timeout) is marked down; its jobs go back to
-  the waiting list; it is probed with `RetryPolicy.delay()` backoff and rejoins when
-  /system_stats answers. A job that fails the same deterministic way on two servers,
-  or runs out of attempts, is reported as `JobFailed`. A second completion of a job
-  that was moved is discarded.
+- A server with nothing to take moves a job queued behind another server's running
+  one to itself when it would finish it sooner (the end of a sweep, a slow server).
+- A busy server is asked /system_stats every `health_interval_s`. One that fails that
+  or a job (connection, 5xx, timeout) is marked down; its jobs go back to the waiting
+  list (the ones queued behind its running job are taken off it); it is probed with
+  `RetryPolicy.delay()` backoff and rejoins when it answers. A job that fails the same
+  deterministic way on two servers (PromptRejected, ExecutionFailed, OutOfMemory), that
+  runs out of `RetryPolicy.max_attempts`, or that no server can run, is reported as
+  `JobFailed`. If a moved job finishes twice, the first result is kept and the second
+  discarded (`DuplicateDiscarded`).
 """
 
 from __future__ import annotations
@@ -794,11 +800,16 @@ class Farm:
         self,
         jobs: Iterable[Job],
         *,
-        out_dir: Path | None = None,
+        out_dir: Path | str | None = None,
         on_event: Callable[[FarmEvent], None] = _ignore,
     ) -> Iterator[JobOutcome]:
-        """Run every job once over the farm; yield each one's JobResult or JobFailed as it settles."""
-        return _Run(self, iter(jobs), out_dir=out_dir, on_event=on_event).outcomes()
+        """Run every job once over the farm; yield each one's JobResult or JobFailed as it settles.
+
+        Outputs are downloaded into `out_dir` when given. Stopping the iteration early
+        (break, close()) takes the jobs still queued off the servers.
+        """
+        folder = Path(out_dir) if out_dir is not None else None
+        return _Run(self, iter(jobs), out_dir=folder, on_event=on_event).outcomes()
 
     def status(self, *, timeout_s: float = 10.0) -> list[ServerStatus]:
         """Each server's health, queue, devices and checkpoints, read in parallel."""
