@@ -952,9 +952,15 @@ class _Run:
         self.open_tickets -= 1
         self.unread += 1
         self.results.put(outcome)
+        self.forget_if_gone(ticket)
         self.changed.notify_all()
         self.finish_if_done()
         return True
+
+    def forget_if_gone(self, ticket: _Ticket) -> None:
+        """Drop a settled job from the ledger once no server holds a copy (memory stays flat)."""
+        if ticket.settled and ticket.copies == 0:
+            self.ledger.forget(ticket.seq)
 
     def give_up(self, ticket: _Ticket, error: ComfyError) -> None:
         self.settle(ticket, JobFailed(ticket.job, error, len(ticket.attempts), tuple(ticket.tried)), "")
@@ -1302,6 +1308,7 @@ class _Run:
             return False
         server.flights.remove(flight)
         flight.ticket.copies -= 1
+        self.forget_if_gone(flight.ticket)
         return True
 
     def cancel_all(self, server: _Server, flights: Sequence[_Flight]) -> None:
