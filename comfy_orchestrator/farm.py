@@ -64,6 +64,7 @@ from comfy_orchestrator.errors import (
     ComfyError,
     ExecutionFailed,
     FarmFileInvalid,
+    JobLost,
     JobTimedOut,
     MissingModel,
     NoServerAvailable,
@@ -633,6 +634,8 @@ class ServerStatus:
 class RunningJob(Protocol):
     """A job queued on one server (the client's JobHandle)."""
 
+    prompt_id: str
+
     def wait(self, timeout_s: float) -> JobResult:
         """Block until the job ends; return its result or raise the ComfyError that ended it."""
 
@@ -654,6 +657,9 @@ class ServerLink(Protocol):
 
     def save(self, result: JobResult, out_dir: Path) -> JobResult:
         """Download a finished job's outputs under `out_dir`."""
+
+    def withdraw(self, job: RunningJob) -> bool:
+        """Take a queued job off the server; True if it had not started (it will not run there)."""
 
     def status(self) -> ServerStatus:
         """Health, queue, devices and checkpoints, for `farm status`."""
@@ -684,6 +690,11 @@ class ClientLink:
 
     def save(self, result: JobResult, out_dir: Path) -> JobResult:
         return self.client.save_outputs(result, out_dir)
+
+    def withdraw(self, job: RunningJob) -> bool:
+        self.client.delete([job.prompt_id])
+        state, _ = self.client.locate(job.prompt_id)
+        return state == "unknown"
 
     def status(self) -> ServerStatus:
         config = self.config
@@ -733,6 +744,7 @@ class _Flight:
     queued_at: float
     handle: RunningJob | None = None
     cancelled: bool = False
+    moving: bool = False  # being taken off this server for another
 
 
 @dataclass(eq=False)
@@ -859,6 +871,7 @@ class _Run:
         self.results: queue.Queue[JobOutcome | _End] = queue.Queue()
         self.unread = 0  # outcomes put and not yet taken by the caller
         self.no_server_since: float | None = None
+        self.idle_with_nothing = False  # the last take() found no waiting job the server may run
         self.servers = [_Server(config=config, order=order, link=farm._connect(config))
                         for order, config in enumerate(farm.servers)]
 
@@ -1017,19 +1030,26 @@ class _Run:
             mine += server.name in eligible
             candidates.append(WaitingJob(seq=ticket.seq, needs=ticket.needs, eligible=eligible))
             tickets.append(ticket)
+        self.idle_with_nothing = not mine
         views = [self.view(other) for other in self.servers]
         index = self.farm.dispatch.pick(views[server.order], candidates, views) if candidates else None
         if index is None:
-            return self.steal(server, views) if not mine else None
+            return None
         ticket = tickets[index]
         self.waiting.remove(ticket)
+        return ticket
+
+    def board(self, server: _Server, ticket: _Ticket) -> _Flight:
+        """Put a ticket in the server's queue (lock held); it is submitted next."""
         ticket.copies += 1
         ticket.tried.append(server.name)
         server.last = ticket.needs
-        return ticket
+        flight = _Flight(ticket=ticket, queued_at=time.monotonic())
+        server.flights.append(flight)
+        return flight
 
-    def steal(self, server: _Server, views: Sequence[ServerView]) -> _Ticket | None:
-        """Move a job queued behind another server's running one to this idle server, if that is sooner."""
+    def propose_move(self, server: _Server) -> tuple[_Server, _Flight] | None:
+        """A job queued behind another server's running one that this server would finish sooner (lock held)."""
         now = time.monotonic()
         queued: list[tuple[QueuedJob, _Server, _Flight]] = []
         for other in self.servers:
@@ -1037,26 +1057,44 @@ class _Run:
                 continue
             for position, flight in enumerate(other.flights[1:], start=1):
                 ticket = flight.ticket
-                if flight.handle is not None and not flight.cancelled and not ticket.settled \
-                        and self.able(ticket, server) and ticket.avoid_until.get(server.name, 0.0) <= now:
+                if flight.handle is not None and not flight.cancelled and not flight.moving \
+                        and not ticket.settled and self.able(ticket, server) \
+                        and ticket.avoid_until.get(server.name, 0.0) <= now:
                     queued.append((QueuedJob(other.name, position, ticket.needs), other, flight))
         if not queued:
             return None
+        views = [self.view(other) for other in self.servers]
         index = self.farm.dispatch.steal(views[server.order], [job for job, _, _ in queued], views)
         if index is None:
             return None
         _, holder, flight = queued[index]
-        flight.cancelled = True
-        self.drop(holder, flight)
-        holder.last = holder.flights[-1].ticket.needs if holder.flights else holder.last_finished
-        threading.Thread(target=self.cancel_all, args=(holder, [flight]), daemon=True,
-                         name=f"farm-cancel-{holder.name}").start()
-        ticket = flight.ticket
-        logger.info("job %s moves from %s's queue to idle %s", ticket.seq, holder.name, server.name)
-        ticket.copies += 1
-        ticket.tried.append(server.name)
-        server.last = ticket.needs
-        return ticket
+        flight.moving = True
+        return holder, flight
+
+    def move(self, server: _Server, holder: _Server, flight: _Flight) -> _Flight | None:
+        """Take a queued job off `holder` and queue it here, if it had not started there yet."""
+        assert flight.handle is not None
+        try:
+            withdrawn = holder.link.withdraw(flight.handle)
+        except ComfyError as exc:
+            logger.info("%s: could not take job %s off its queue: %s", holder.name, flight.ticket.seq, exc)
+            withdrawn = False
+        with self.lock:
+            flight.moving = False
+            ticket = flight.ticket
+            if withdrawn:
+                flight.cancelled = True
+                self.drop(holder, flight)
+                holder.last = holder.flights[-1].ticket.needs if holder.flights else holder.last_finished
+            elif flight in holder.flights or ticket.settled:
+                return None  # it started there: it stays
+            if ticket.settled or ticket.copies or ticket in self.waiting:
+                return None
+            if not server.up or len(server.flights) >= server.slots:
+                self.requeue(ticket)
+                return None
+            logger.info("job %s moves from %s's queue to %s", ticket.seq, holder.name, server.name)
+            return self.board(server, ticket)
 
     def stranded(self, ticket: _Ticket, now: float) -> bool:
         """Fail a ticket that only down servers can run once they have been down `no_server_timeout_s`."""
@@ -1189,18 +1227,23 @@ class _Run:
         self.emit(ServerUp(server.name))
 
     def fill(self, server: _Server) -> None:
-        """Queue jobs on the server until it holds 1 + queue_ahead."""
+        """Queue jobs on the server until it holds 1 + queue_ahead; with nothing waiting, move one here."""
         while not self.stop.is_set():
             with self.lock:
                 if not server.up or len(server.flights) >= server.slots:
                     return
                 self.refill()
                 ticket = self.take(server)
-                if ticket is None:
+                proposal = self.propose_move(server) if ticket is None and self.idle_with_nothing else None
+                if ticket is None and proposal is None:
                     return
-                flight = _Flight(ticket=ticket, queued_at=time.monotonic())
-                server.flights.append(flight)
-                attempt = len(ticket.attempts) + 1
+                flight: _Flight | None = self.board(server, ticket) if ticket is not None else None
+            if proposal is not None:
+                flight = self.move(server, *proposal)
+            if flight is None:
+                return
+            ticket = flight.ticket
+            attempt = len(ticket.attempts) + 1
             try:
                 flight.handle = server.link.submit(ticket.job)
             except ComfyError as exc:
@@ -1255,7 +1298,8 @@ class _Run:
         events: list[FarmEvent] = []
         with self.lock:
             live = self.drop(server, flight)
-            if ticket.settled or flight.cancelled or not live:
+            withdrawn = flight.moving and isinstance(error, JobLost)  # our own move took it off the queue
+            if ticket.settled or flight.cancelled or withdrawn or not live:
                 logger.info("%s: a moved, cancelled or finished copy of job %s ended with: %s", server.name,
                             ticket.seq, error)
                 return
