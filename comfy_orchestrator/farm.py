@@ -50,7 +50,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -814,7 +814,7 @@ class Farm:
         *,
         out_dir: Path | str | None = None,
         on_event: Callable[[FarmEvent], None] = _ignore,
-    ) -> Iterator[JobOutcome]:
+    ) -> Generator[JobOutcome, None, None]:
         """Run every job once over the farm; yield each one's JobResult or JobFailed as it settles.
 
         Outputs are downloaded into `out_dir` when given. Stopping the iteration early
@@ -876,7 +876,7 @@ class _Run:
                         for order, config in enumerate(farm.servers)]
 
     # -- the caller's side
-    def outcomes(self) -> Iterator[JobOutcome]:
+    def outcomes(self) -> Generator[JobOutcome, None, None]:
         threads = [threading.Thread(target=self.work, args=(server,), name=f"farm-{server.name}", daemon=True)
                    for server in self.servers]
         threads.append(threading.Thread(target=self.watch, name="farm-health", daemon=True))

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from comfy_orchestrator.cli import main
 from comfy_orchestrator.errors import NoServerAvailable, OutOfMemory
 from comfy_orchestrator.farm import (
+    Dispatch,
     DuplicateDiscarded,
     Farm,
     FarmEvent,
@@ -25,6 +26,7 @@ from comfy_orchestrator.farm import (
     ServerConfig,
     ServerDown,
     ServerUp,
+    SoonestFinish,
 )
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.sim import Costs, SimServer
@@ -140,9 +142,10 @@ def test_a_faster_server_does_more_of_the_work(sim: Any, cells: Any, tmp_path: P
 
 def test_affinity_loads_checkpoints_less_than_round_robin(sim: Any, cells: Any, tmp_path: Path) -> None:
     loads = {}
-    for name, dispatch in (("round-robin", RoundRobin()), ("farm", None)):
+    dispatches: tuple[tuple[str, Dispatch], ...] = (("round-robin", RoundRobin()), ("farm", SoonestFinish()))
+    for name, dispatch in dispatches:
         servers = sim(3, costs=COSTS, checkpoints=CHECKPOINTS, preview_method="none")
-        farm = Farm([s.url for s in servers], **({"dispatch": dispatch} if dispatch else {}))
+        farm = Farm([s.url for s in servers], dispatch=dispatch)
         outcomes, _ = run_farm(farm, cells(24, checkpoints=CHECKPOINTS), tmp_path / name)
         assert len(outcomes) == 24 and all(isinstance(o, JobResult) for o in outcomes)
         loads[name] = sum(s.counters.checkpoint_loads for s in servers)
@@ -159,7 +162,7 @@ def test_jobs_go_only_to_servers_that_have_their_checkpoint(sim: Any, cells: Any
 
     assert all(isinstance(o, JobResult) for o in outcomes)
     for outcome in outcomes:
-        if outcome.job.params["checkpoint"] == "b.safetensors":
+        if isinstance(outcome, JobResult) and outcome.job.params["checkpoint"] == "b.safetensors":
             assert outcome.server == farm.servers[1].name
 
 
