@@ -1,134 +1,206 @@
-"""Benchmark (not a test): how the farm scales, and what its dispatch saves, on simulated servers.
+"""Benchmark (not a test): how the farm scales, and what its dispatch saves.
 
-Every server is a SimServer with the "realistic" cost profile (recorded on an H200 with SD1.5
-at 512x512: checkpoint load 2 s, first sampling after a load 3.5 s more, 15.5 steps/s), each
-standing for one GPU of its own. The workload is img2img at 512x512, 20 steps, denoise 0.6,
-a new seed per cell so that the sampler always runs. Two comparisons, each in one run:
+Two comparisons, each measured in one run:
 
-1. scaling: the same sweep on 1 server and on 2 servers, as a throughput ratio;
-2. dispatch: a sweep over two checkpoints on 2 servers with the farm's dispatch
-   (soonest finish with checkpoint affinity) against round-robin with the same queue
-   depth, as a throughput ratio, with the checkpoint loads counted on the servers.
+1. scaling: the same number of one-image img2img prompts on 1 server and on all of them,
+   as a throughput ratio;
+2. dispatch: a sweep over two checkpoints on all servers with the farm's dispatch
+   (soonest finish, checkpoint affinity, moving queued jobs to idle servers) against
+   round-robin with the same queue depth, as a throughput ratio, with the checkpoint
+   loads counted (prompts whose checkpoint loader did not come from the cache).
 
-The sweep of (2) runs in grid order: denoise (outer) x checkpoint x seed (3, inner),
-so the checkpoint changes every third cell, as a grid with the checkpoint as a middle
-axis does.
+The sweep of (2) runs in grid order: denoise (outer) x checkpoint x seed (3, inner), so the
+checkpoint changes every third cell, as a grid with the checkpoint as a middle axis does.
+Every row also gives the orchestration efficiency (the servers' own execution time, from
+each prompt's history record, over servers x wall time) and the idle gap between
+consecutive prompts on a server.
 
-    python bench/farm_scaling.py                 # about 3 minutes
-    python bench/farm_scaling.py --speedup 4     # the same costs 4x faster: under a minute
-    python bench/farm_scaling.py --json results.json
+Without --server, each row starts fresh simulated servers with the "realistic" cost profile
+(recorded on an H200 with SD1.5 at 512x512: checkpoint load 2 s, first sampling after a load
+3.5 s more, 15.5 steps/s), each standing for one GPU of its own. With --server, it drives
+real ComfyUI servers that have both --checkpoint files; before each row every server runs
+one prompt of the first checkpoint, untimed, so that every row starts warm.
+
+    python bench/farm_scaling.py                        # simulated, about 3 minutes
+    python bench/farm_scaling.py --speedup 4            # the same costs 4x faster
+    python bench/farm_scaling.py --server http://127.0.0.1:8188 --server http://127.0.0.1:8189 \\
+        --checkpoint random-sd15.safetensors --checkpoint random-sd15-b.safetensors --json results.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from comfy_orchestrator.farm import Dispatch, Farm, JobFailed, RoundRobin, SoonestFinish
+from comfy_orchestrator.client import Client
+from comfy_orchestrator.farm import Dispatch, Farm, JobFailed, RoundRobin, SoonestFinish, servers_from_urls
 from comfy_orchestrator.jobs import Job, JobResult
+from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.sim import SimServer, profile
 from comfy_orchestrator.templates import Templates
 
-CHECKPOINTS = ("model-a.safetensors", "model-b.safetensors")
+SIM_CHECKPOINTS = ("model-a.safetensors", "model-b.safetensors")
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """One run of a sweep over a farm."""
+    """One timed run of prompts over a farm."""
 
     name: str
     servers: int
     cells: int
     wall_s: float
+    images_per_s: float
     checkpoint_loads: int
-    per_server: dict[str, int]
-    busy_fraction: float  # server-side execution time / (servers x wall time)
-
-    @property
-    def images_per_s(self) -> float:
-        return self.cells / self.wall_s
+    efficiency: float
+    idle_gap_median_ms: float | None
+    idle_gap_max_ms: float | None
+    per_server: list[int]
 
 
-def sweep(image: Path, cells: int, checkpoints: Sequence[str]) -> Iterator[Job]:
+def sweep(image: Path, cells: int, checkpoints: Sequence[str], *, steps: int, schema: Schema | None,
+          seed0: int) -> Iterator[Job]:
     """img2img cells in grid order: denoise (outer) x checkpoint x seed (3, inner)."""
     template = Templates.default().get("img2img")
-    schema = SimServer(checkpoints=CHECKPOINTS).schema
     denoises = (0.3, 0.45, 0.6, 0.75)
     for index in range(cells):
         block, within = divmod(index, 3 * len(checkpoints))
-        params = template.params({"image": str(image), "checkpoint": checkpoints[within // 3], "seed": index,
-                                  "steps": 20, "denoise": denoises[block % len(denoises)], "cfg": 7.0})
+        params = template.params({"image": str(image), "checkpoint": checkpoints[within // 3], "seed": seed0 + index,
+                                  "steps": steps, "denoise": denoises[block % len(denoises)], "cfg": 7.0})
         yield template.job(params, label=f"cell-{index}", schema=schema)
 
 
-def measure(name: str, servers: int, cells: int, image: Path, work: Path, *, speedup: float,
-            checkpoints: Sequence[str], dispatch: Dispatch) -> Measurement:
-    """Start fresh servers, run the sweep over them, and count."""
-    costs = profile("realistic").scaled(speedup)
-    with ExitStack() as stack:
-        sims = [stack.enter_context(SimServer(costs=costs, checkpoints=CHECKPOINTS, preview_method="none"))
-                for _ in range(servers)]
-        farm = Farm([sim.url for sim in sims], dispatch=dispatch)
-        started = time.monotonic()
-        outcomes = list(farm.run(sweep(image, cells, checkpoints), out_dir=work / name))
-        wall_s = time.monotonic() - started
-        failed = [o for o in outcomes if isinstance(o, JobFailed)]
-        if failed or len(outcomes) != cells:
-            raise SystemExit(f"{name}: {len(failed)} of {len(outcomes)} cells failed: {failed[:1]}")
-        results = [o for o in outcomes if isinstance(o, JobResult)]
-        busy_s = sum(r.timings["finished"] - r.timings["started"] for r in results
-                     if "started" in r.timings and "finished" in r.timings)
-        return Measurement(name=name, servers=servers, cells=cells, wall_s=wall_s,
-                           checkpoint_loads=sum(sim.counters.checkpoint_loads for sim in sims),
-                           per_server=dict(Counter(r.server for r in results)),
-                           busy_fraction=busy_s / (servers * wall_s))
+def loaded_checkpoint(result: JobResult) -> bool:
+    """Whether the prompt ran its checkpoint loader rather than taking it from the cache."""
+    loaders = [node.id for node in result.job.graph.values() if node.class_type == "CheckpointLoaderSimple"]
+    return any(node_id not in result.cached_nodes for node_id in loaders)
+
+
+def occupancy(results: Sequence[JobResult], urls: dict[str, str], wall_s: float) -> tuple[float, list[float]]:
+    """Efficiency and idle gaps (s) from each prompt's execution_start/execution_success on its server."""
+    spans: dict[str, list[tuple[float, float]]] = {}
+    clients = {name: Client(url) for name, url in urls.items()}
+    try:
+        for result in results:
+            entry = clients[result.server].history_entry(result.prompt_id) or {}
+            marks = {kind: data.get("timestamp") for kind, data in (entry.get("status") or {}).get("messages", [])}
+            start, end = marks.get("execution_start"), marks.get("execution_success")
+            if start and end:
+                spans.setdefault(result.server, []).append((start / 1000, end / 1000))
+    finally:
+        for client in clients.values():
+            client.close()
+    busy_s = sum(end - start for runs in spans.values() for start, end in runs)
+    gaps = [later[0] - earlier[1] for runs in spans.values()
+            for earlier, later in zip(sorted(runs), sorted(runs)[1:])]
+    return busy_s / (max(len(urls), 1) * wall_s), gaps
+
+
+def measure(name: str, urls: Sequence[str], jobs: Iterator[Job], out_dir: Path, dispatch: Dispatch) -> Measurement:
+    """Run `jobs` over the servers at `urls` and measure."""
+    farm = Farm(list(urls), dispatch=dispatch)
+    names = {config.name: config.url for config in farm.servers}
+    started = time.monotonic()
+    outcomes = list(farm.run(jobs, out_dir=out_dir))
+    wall_s = time.monotonic() - started
+    failed = [o for o in outcomes if isinstance(o, JobFailed)]
+    if failed:
+        raise SystemExit(f"{name}: {len(failed)} of {len(outcomes)} prompts failed: {failed[0].error}")
+    results = [o for o in outcomes if isinstance(o, JobResult)]
+    efficiency, gaps = occupancy(results, names, wall_s)
+    return Measurement(
+        name=name, servers=len(urls), cells=len(results), wall_s=round(wall_s, 2),
+        images_per_s=round(len(results) / wall_s, 3), checkpoint_loads=sum(map(loaded_checkpoint, results)),
+        efficiency=round(efficiency, 3),
+        idle_gap_median_ms=round(statistics.median(gaps) * 1000, 1) if gaps else None,
+        idle_gap_max_ms=round(max(gaps) * 1000, 1) if gaps else None,
+        per_server=sorted(Counter(r.server for r in results).values(), reverse=True))
+
+
+def prime(urls: Sequence[str], image: Path, checkpoint: str, steps: int) -> None:
+    """One untimed prompt on each server, so that a row starts with the first checkpoint loaded."""
+    for index, url in enumerate(urls):
+        with Client(url) as client:
+            job = next(sweep(image, 1, [checkpoint], steps=steps, schema=client.schema(), seed0=90_000 + index))
+            client.run(job)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", type=int, default=24, help="cells per sweep (default 24)")
-    parser.add_argument("--speedup", type=float, default=1.0, help="run the realistic costs this many times faster")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--server", action="append", default=[], metavar="URL",
+                        help="a real ComfyUI server (repeat); default: simulated servers")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME",
+                        help="with --server: the checkpoint(s) every server has; two for the dispatch row")
+    parser.add_argument("--cells", type=int, default=24, help="prompts per row (default 24)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--sim-servers", type=int, default=2, help="simulated servers (default 2)")
+    parser.add_argument("--speedup", type=float, default=1.0, help="simulated costs this many times faster")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
+    real = bool(args.server)
+    checkpoints = tuple(args.checkpoint) if real else SIM_CHECKPOINTS
+    if real and not checkpoints:
+        parser.error("--server needs --checkpoint (twice for the dispatch comparison)")
 
-    with tempfile.TemporaryDirectory(prefix="farm-bench-") as folder:
+    rows: list[Measurement] = []
+    with tempfile.TemporaryDirectory(prefix="farm-bench-") as folder, ExitStack() as stack:
         work = Path(folder)
         image = work / "input.png"
         Image.new("RGB", (512, 512), (90, 120, 160)).save(image)
-        one = measure("1 server", 1, args.cells, image, work, speedup=args.speedup,
-                      checkpoints=CHECKPOINTS[:1], dispatch=SoonestFinish())
-        two = measure("2 servers", 2, args.cells, image, work, speedup=args.speedup,
-                      checkpoints=CHECKPOINTS[:1], dispatch=SoonestFinish())
-        round_robin = measure("round-robin, 2 checkpoints", 2, args.cells, image, work, speedup=args.speedup,
-                              checkpoints=CHECKPOINTS, dispatch=RoundRobin())
-        farm = measure("farm dispatch, 2 checkpoints", 2, args.cells, image, work, speedup=args.speedup,
-                       checkpoints=CHECKPOINTS, dispatch=SoonestFinish())
+        costs = profile("realistic").scaled(args.speedup)
 
-    print(f"simulated servers, realistic costs / {args.speedup:g}, {args.cells} cells of img2img 512x512, 20 steps")
-    print(f"{'run':32} {'servers':>7} {'wall s':>8} {'images/s':>9} {'ckpt loads':>10} {'busy':>6}  cells per server")
-    for m in (one, two, round_robin, farm):
-        print(f"{m.name:32} {m.servers:7d} {m.wall_s:8.2f} {m.images_per_s:9.3f} {m.checkpoint_loads:10d} "
-              f"{m.busy_fraction:6.2f}  {sorted(m.per_server.values(), reverse=True)}")
-    scaling = two.images_per_s / one.images_per_s
-    dispatch = farm.images_per_s / round_robin.images_per_s
-    print(f"2 servers / 1 server throughput:        x{scaling:.2f}")
-    print(f"farm dispatch / round-robin throughput: x{dispatch:.2f} "
-          f"(checkpoint loads {farm.checkpoint_loads} vs {round_robin.checkpoint_loads})")
-    figures = {
-        "speedup": args.speedup, "cells": args.cells,
-        "runs": [{**m.__dict__, "images_per_s": m.images_per_s} for m in (one, two, round_robin, farm)],
-        "scaling_2_vs_1": scaling, "dispatch_vs_round_robin": dispatch,
-    }
+        def servers(count: int) -> list[str]:
+            if real:
+                urls: list[str] = args.server[:count]
+                prime(urls, image, checkpoints[0], args.steps)
+                return urls
+            return [stack.enter_context(SimServer(costs=costs, checkpoints=SIM_CHECKPOINTS,
+                                                  preview_method="none")).url for _ in range(count)]
+
+        if real:
+            with Client(args.server[0]) as client:
+                schema = client.schema()  # templates are checked against what the servers offer
+        else:
+            schema = SimServer(checkpoints=SIM_CHECKPOINTS).schema
+        size = len(args.server) if real else args.sim_servers
+        plan: list[tuple[str, int, tuple[str, ...], Dispatch]] = [
+            ("farm, 1 server", 1, checkpoints[:1], SoonestFinish()),
+            (f"farm, {size} servers", size, checkpoints[:1], SoonestFinish()),
+        ]
+        if len(checkpoints) >= 2:
+            plan += [(f"round-robin, 2 checkpoints, {size} servers", size, checkpoints[:2], RoundRobin()),
+                     (f"farm, 2 checkpoints, {size} servers", size, checkpoints[:2], SoonestFinish())]
+        for number, (name, count, names, dispatch) in enumerate(plan):
+            urls = servers(count)
+            jobs = sweep(image, args.cells, names, steps=args.steps, schema=schema, seed0=1000 * (number + 1))
+            rows.append(measure(name, urls, jobs, work / f"row{number}", dispatch))
+            print(json.dumps(asdict(rows[-1])), flush=True)
+
+    where = "the --server servers" if real else f"simulated servers, realistic costs / {args.speedup:g}"
+    print(f"\n{where}; {args.cells} prompts per row, img2img 512x512, {args.steps} steps")
+    print(f"{'row':40} {'images/s':>9} {'wall s':>7} {'loads':>5} {'effic.':>6} {'gap ms med/max':>15}  per server")
+    for row in rows:
+        gap = f"{row.idle_gap_median_ms}/{row.idle_gap_max_ms}"
+        print(f"{row.name:40} {row.images_per_s:9.3f} {row.wall_s:7.2f} {row.checkpoint_loads:5d} "
+              f"{row.efficiency:6.2f} {gap:>15}  {row.per_server}")
+    figures: dict[str, Any] = {"mode": where, "cells": args.cells, "rows": [asdict(row) for row in rows],
+                               "scaling": round(rows[1].images_per_s / rows[0].images_per_s, 3)}
+    print(f"{rows[1].servers} servers / 1 server throughput: x{figures['scaling']:.2f}")
+    if len(rows) == 4:
+        figures["dispatch_vs_round_robin"] = round(rows[3].images_per_s / rows[2].images_per_s, 3)
+        print(f"farm dispatch / round-robin throughput: x{figures['dispatch_vs_round_robin']:.2f} "
+              f"(checkpoint loads {rows[3].checkpoint_loads} vs {rows[2].checkpoint_loads})")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return figures
