@@ -21,6 +21,21 @@ Without --server, each row starts fresh simulated servers with the "realistic" c
 real ComfyUI servers that have both --checkpoint files; before each row every server runs
 one prompt of the first checkpoint, untimed, so that every row starts warm.
 
+Seen 2026-11-26 on one NVIDIA H100 80GB (16 vCPU), ComfyUI 0.8.0, random-weight SD1.5 fp16, 4 ComfyUI
+processes on the GPU with OMP_NUM_THREADS=1 (docker/entrypoint.sh), the second checkpoint a hard link
+of the first, 100 prompts per row:
+
+    row                                       images/s  wall s loads effic.  gap ms med/max
+    farm, 1 server                               1.448   69.08     0   0.97       1.0/327.0
+    farm, 4 servers                              2.759   36.24     0   0.95       1.0/331.0
+    round-robin, 2 checkpoints, 4 servers        1.933   51.73    65   0.93       1.0/384.0
+    farm, 2 checkpoints, 4 servers               2.734   36.58     3   0.95       1.0/342.0
+
+4 servers / 1 server x1.91; farm dispatch / round-robin x1.41 (3 checkpoint loads against 65). The
+maxima of the idle gaps are ComfyUI's own garbage collection every ~10 s (about 3 % of each server's
+time here); the median gap between prompts is 1 ms. Simulated (--speedup 4, 24 prompts, 2 servers):
+x1.73 and x2.10 (4 loads against 16).
+
     python bench/farm_scaling.py                        # simulated, about 3 minutes
     python bench/farm_scaling.py --speedup 4            # the same costs 4x faster
     python bench/farm_scaling.py --server http://127.0.0.1:8188 --server http://127.0.0.1:8189 \\
