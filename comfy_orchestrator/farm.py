@@ -923,11 +923,20 @@ class _Run:
             server.link.close()
 
     def emit(self, event: FarmEvent) -> None:
-        """Tell the caller. Its callback's errors are logged: a display must not stop the farm."""
+        """Tell the caller; if its callback raises, the run stops and `run` raises that error."""
         try:
             self.on_event(event)
-        except Exception:
-            logger.exception("the farm's on_event callback raised on %r", event)
+        except Exception as exc:
+            self.abort(exc)
+
+    def abort(self, error: BaseException) -> None:
+        """Stop the run from any thread; the caller's loop raises `error` (the first one)."""
+        with self.lock:
+            if self.thread_error is None:
+                self.thread_error = error
+            self.stop.set()
+            self.changed.notify_all()
+        self.results.put(_End())
 
     # -- the waiting list (with the lock held)
     def refill(self) -> None:
@@ -1161,9 +1170,7 @@ class _Run:
             self.serve(server)
         except BaseException as exc:  # a bug must reach the caller, not hang the run
             logger.exception("the farm's thread for %s failed", server.name)
-            self.thread_error = exc
-            self.results.put(_End())
-            self.stop.set()
+            self.abort(exc)
 
     def serve(self, server: _Server) -> None:
         while not self.stop.is_set():
@@ -1198,9 +1205,7 @@ class _Run:
                             self.emit(event)
         except BaseException as exc:  # a bug must reach the caller, not hang the run
             logger.exception("the farm's health watch failed")
-            self.thread_error = exc
-            self.results.put(_End())
-            self.stop.set()
+            self.abort(exc)
 
     def probe(self, server: _Server) -> None:
         """While down: rest (policy backoff), then ask /system_stats and object_info."""

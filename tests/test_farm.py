@@ -21,6 +21,7 @@ from comfy_orchestrator.farm import (
     FarmEvent,
     JobFailed,
     JobOutcome,
+    JobSubmitted,
     RetryPolicy,
     RoundRobin,
     ServerConfig,
@@ -329,3 +330,16 @@ def test_jobs_queued_on_a_slow_server_move_to_an_idle_one(sim: Any, cells: Any, 
     assert slow.counters.prompts_finished == spread[farm.servers[0].name]  # what moved did not also run there
     assert sorted(tmp_path.joinpath("out").iterdir()) == sorted(p for o in outcomes if isinstance(o, JobResult)
                                                                 for p in o.files)
+
+
+def test_a_failing_event_callback_stops_the_run_with_its_error(sim: Any, cells: Any, tmp_path: Path) -> None:
+    server = sim(1, costs=COSTS, checkpoints=CHECKPOINTS, preview_method="none")[0]
+
+    def broken(event: FarmEvent) -> None:
+        if isinstance(event, JobSubmitted):
+            raise OSError("journal disk full")
+
+    with pytest.raises(OSError, match="journal disk full"):
+        for _ in Farm([server.url]).run(cells(5), out_dir=tmp_path / "out", on_event=broken):
+            pass
+    assert server.wait_idle(timeout_s=10)  # what was queued was taken off the server
