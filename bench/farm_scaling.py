@@ -38,6 +38,7 @@ x1.73 and x2.10 (4 loads against 16).
 
     python bench/farm_scaling.py                        # simulated, about 3 minutes
     python bench/farm_scaling.py --speedup 4            # the same costs 4x faster
+    python bench/farm_scaling.py --server URL ... (8, on 2 GPUs) --baseline-servers 4 --checkpoint NAME
     python bench/farm_scaling.py --server http://127.0.0.1:8188 --server http://127.0.0.1:8189 \\
         --checkpoint random-sd15.safetensors --checkpoint random-sd15-b.safetensors --json results.json
 """
@@ -157,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help="a real ComfyUI server (repeat); default: simulated servers")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME",
                         help="with --server: the checkpoint(s) every server has; two for the dispatch row")
+    parser.add_argument("--baseline-servers", type=int, default=1,
+                        help="servers of the scaling baseline row (default 1; on 2 GPUs with 4 processes each: 4)")
     parser.add_argument("--cells", type=int, default=24, help="prompts per row (default 24)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sim-servers", type=int, default=2, help="simulated servers (default 2)")
@@ -190,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             schema = SimServer(checkpoints=SIM_CHECKPOINTS).schema
         size = len(args.server) if real else args.sim_servers
         plan: list[tuple[str, int, tuple[str, ...], Dispatch]] = [
-            ("farm, 1 server", 1, checkpoints[:1], SoonestFinish()),
+            (f"farm, {args.baseline_servers} server(s)", args.baseline_servers, checkpoints[:1], SoonestFinish()),
             (f"farm, {size} servers", size, checkpoints[:1], SoonestFinish()),
         ]
         if len(checkpoints) >= 2:
@@ -211,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"{row.efficiency:6.2f} {gap:>15}  {row.per_server}")
     figures: dict[str, Any] = {"mode": where, "cells": args.cells, "rows": [asdict(row) for row in rows],
                                "scaling": round(rows[1].images_per_s / rows[0].images_per_s, 3)}
-    print(f"{rows[1].servers} servers / 1 server throughput: x{figures['scaling']:.2f}")
+    print(f"{rows[1].servers} servers / {rows[0].servers} throughput: x{figures['scaling']:.2f}")
     if len(rows) == 4:
         figures["dispatch_vs_round_robin"] = round(rows[3].images_per_s / rows[2].images_per_s, 3)
         print(f"farm dispatch / round-robin throughput: x{figures['dispatch_vs_round_robin']:.2f} "
