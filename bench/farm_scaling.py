@@ -31,7 +31,9 @@ of the first, 100 prompts per row:
     round-robin, 2 checkpoints, 4 servers        1.933   51.73    65   0.93       1.0/384.0
     farm, 2 checkpoints, 4 servers               2.734   36.58     3   0.95       1.0/342.0
 
-4 servers / 1 server x1.91; farm dispatch / round-robin x1.41 (3 checkpoint loads against 65). The
+4 servers / 1 server x1.91; farm dispatch / round-robin x1.41 (3 checkpoint loads against 65). On
+2 H100s (4 processes each, 120 prompts, --baseline-servers 4): 2.656 images/s on one GPU, 5.121 on
+two, x1.93 (efficiency 0.95 and 0.92, median idle gap 1 and 2 ms). The
 maxima of the idle gaps are ComfyUI's own garbage collection every ~10 s (about 3 % of each server's
 time here); the median gap between prompts is 1 ms. Simulated (--speedup 4, 24 prompts, 2 servers):
 x1.73 and x2.10 (4 loads against 16).
