@@ -584,10 +584,13 @@ def farm_status(servers: Sequence[str], farm_file: str | None, timeout_s: float,
     """Show each server: up or down, queue, GPU and VRAM, checkpoints. Exits 1 if any is down."""
     import dataclasses
 
-    from comfy_orchestrator.farm import Farm, load_farm, servers_from_urls
+    from comfy_orchestrator.farm import Farm, ServerConfig, load_farm, servers_from_urls
 
+    config = settings()
+    token = config.comfy_token.get_secret_value() if config.comfy_token is not None else None
     configs = list(load_farm(farm_file)) if farm_file else []
-    configs += servers_from_urls(list(servers) or ([] if farm_file else [settings().comfy_url]))
+    urls = servers_from_urls(list(servers) or ([] if farm_file else [config.comfy_url]))
+    configs += [ServerConfig.model_validate({**url.model_dump(), "token": token}) for url in urls]  # $COMFY_TOKEN
     statuses = Farm(configs).status(timeout_s=timeout_s)
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(status) for status in statuses], indent=2))
