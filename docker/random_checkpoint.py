@@ -7,16 +7,17 @@ every parameter is initialised here, because ComfyUI's layers skip
 initialisation, and ComfyUI's own detector must classify the result as SD15.
 The images it makes are noise; it exists to test a farm end to end.
 
-    python3 docker/random_checkpoint.py --comfyui-dir ComfyUI \
-        --out ComfyUI/models/checkpoints/random-sd15.safetensors
+    python3 docker/random_checkpoint.py --comfyui-dir ComfyUI              # models/checkpoints/
+    python3 docker/random_checkpoint.py --comfyui-dir ComfyUI --kind lora  # models/loras/
+    python3 docker/random_checkpoint.py --comfyui-dir ComfyUI --kind controlnet
 
-Other random models plug in as entries of WRITERS (a `make` function and the
-models/ folder ComfyUI reads them from), chosen with --kind. The pieces are
-shared: a model is a mapping from a key prefix of the file to a module
-(`Parts`), `initialise` fills one module, `state_dict_of` flattens parts into
-file keys. A LoRA writer can take `build_sd15()`'s modules to name the layers
-it adapts; a ControlNet writer can build ComfyUI's ControlNet class with
-SD15_UNET_CONFIG under the prefix "control_model.".
+Each kind is an entry of WRITERS: a `make` function and the models/ folder
+ComfyUI reads it from. A model is a mapping from a key prefix of the file to a
+module (`Parts`), `initialise` fills one module, `state_dict_of` flattens parts
+into file keys. The LoRA adapts the layers a kohya SD1.5 LoRA adapts, named as
+kohya names them (ComfyUI's comfy/lora.py maps those names); the ControlNet is
+ComfyUI's own cldm ControlNet with the SD1.5 UNet's configuration. torch is
+imported only when a model is written, so --help works without it.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-Parts = dict[str, torch.nn.Module]
+Parts = dict[str, "torch.nn.Module"]
 """File key prefix -> module whose state dict is stored under it."""
 
 # The UNet of SD1.5 as ComfyUI's detector describes it (comfy/model_detection.py).
@@ -76,8 +78,13 @@ SD15_VAE_EMBED_DIM = 4
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
+CONTROLNET_PREFIX = "control_model."
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+LORA_RANK = 8
+# kohya scales a LoRA's product up @ down by alpha / rank; half keeps the random delta below the weights' own size.
+LORA_ALPHA = LORA_RANK / 2
+
+DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
 def import_comfy(comfyui_dir: Path, *, cpu: bool) -> Any:
@@ -89,27 +96,42 @@ def import_comfy(comfyui_dir: Path, *, cpu: bool) -> Any:
 
     # comfy.model_management probes the GPU when imported; --cpu stops it on machines without one.
     comfy.cli_args.args.cpu = cpu
+    import comfy.cldm.cldm
     import comfy.clip_model
     import comfy.ldm.models.autoencoder
+    import comfy.lora
     import comfy.ldm.modules.diffusionmodules.openaimodel
     import comfy.model_detection
     import comfy.ops
+    import comfy.utils
 
     return comfy
 
 
-def build_sd15(comfy: Any, device: torch.device) -> Parts:
-    """Build SD1.5's UNet, VAE and text encoder (uninitialised) with ComfyUI's classes."""
-    ops = comfy.ops.disable_weight_init
-    unet = comfy.ldm.modules.diffusionmodules.openaimodel.UNetModel(
-        **SD15_UNET_CONFIG, dtype=torch.float32, device=device, operations=ops
+def build_unet(comfy: Any, device: torch.device) -> torch.nn.Module:
+    """SD1.5's UNet (uninitialised), ComfyUI's class."""
+    import torch
+
+    return comfy.ldm.modules.diffusionmodules.openaimodel.UNetModel(
+        **SD15_UNET_CONFIG, dtype=torch.float32, device=device, operations=comfy.ops.disable_weight_init
     )
-    vae = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=dict(SD15_VAE_CONFIG), embed_dim=SD15_VAE_EMBED_DIM)
+
+
+def build_clip(comfy: Any, device: torch.device) -> torch.nn.Module:
+    """SD1.5's CLIP-L text encoder (uninitialised), ComfyUI's class."""
+    import torch
+
     clip_config = json.loads((Path(comfy.clip_model.__file__).parent / "sd1_clip_config.json").read_text())
-    clip = comfy.clip_model.CLIPTextModel(clip_config, torch.float32, device, ops)
+    clip = comfy.clip_model.CLIPTextModel(clip_config, torch.float32, device, comfy.ops.disable_weight_init)
     # ComfyUI drops the projection when it saves SD1.5 (SD15.process_clip_state_dict_for_saving).
     del clip.text_projection
-    return {UNET_PREFIX: unet, VAE_PREFIX: vae.to(device), CLIP_PREFIX: clip}
+    return clip
+
+
+def build_sd15(comfy: Any, device: torch.device) -> Parts:
+    """Build SD1.5's UNet, VAE and text encoder (uninitialised) with ComfyUI's classes."""
+    vae = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=dict(SD15_VAE_CONFIG), embed_dim=SD15_VAE_EMBED_DIM)
+    return {UNET_PREFIX: build_unet(comfy, device), VAE_PREFIX: vae.to(device), CLIP_PREFIX: build_clip(comfy, device)}
 
 
 def initialise(module: torch.nn.Module, generator: torch.Generator) -> None:
@@ -118,6 +140,8 @@ def initialise(module: torch.nn.Module, generator: torch.Generator) -> None:
     Matrices and kernels get N(0, 1/fan_in), so activations keep their scale
     through the network; 1-D weights (norm scales) get 1, biases 0.
     """
+    import torch
+
     with torch.no_grad():
         for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
             if not tensor.is_floating_point():
@@ -170,6 +194,79 @@ def make_sd15(comfy: Any, device: torch.device, generator: torch.Generator,
     return state_dict, {"detected_as": detected, "params": params}
 
 
+def lora_targets(comfy: Any) -> dict[str, tuple[int, ...]]:
+    """kohya key -> weight shape of each layer an SD1.5 LoRA adapts.
+
+    UNet: every matrix and 1x1 kernel of the transformer blocks (proj_in, attention, feed-forward,
+    proj_out), under its diffusers name; text encoder: each CLIP layer's attention and MLP.
+    """
+    import torch
+
+    meta = torch.device("meta")  # shapes only: nothing is allocated
+    unet = build_unet(comfy, meta).state_dict()
+    targets: dict[str, tuple[int, ...]] = {}
+    for diffusers_key, unet_key in comfy.utils.unet_to_diffusers(SD15_UNET_CONFIG).items():
+        if ".attentions." not in diffusers_key or not diffusers_key.endswith(".weight"):
+            continue
+        shape = tuple(unet[unet_key].shape)
+        if len(shape) >= 2:  # norms are vectors; kohya adapts matrices and kernels
+            targets["lora_unet_" + diffusers_key.removesuffix(".weight").replace(".", "_")] = shape
+    clip = build_clip(comfy, meta).state_dict()
+    layers = {int(key.split(".")[3]) for key in clip if key.startswith("text_model.encoder.layers.")}
+    for layer in sorted(layers):
+        for module, name in comfy.lora.LORA_CLIP_MAP.items():
+            shape = tuple(clip[f"text_model.encoder.layers.{layer}.{module}.weight"].shape)
+            targets[f"lora_te_text_model_encoder_layers_{layer}_{name}"] = shape
+    return targets
+
+
+def make_lora(comfy: Any, device: torch.device, generator: torch.Generator,
+              dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A random rank-LORA_RANK LoRA for SD1.5 in kohya's layout, and facts about it.
+
+    Both factors are random (a trained-from-zero LoRA would change nothing), each N(0, 1/fan_in),
+    so up @ down has the scale of the weights it is added to.
+    """
+    import torch
+
+    state_dict: dict[str, torch.Tensor] = {}
+    for key, (out_features, in_features, *kernel) in lora_targets(comfy).items():
+        down = torch.empty(LORA_RANK, in_features, *kernel, device=device)
+        up = torch.empty(out_features, LORA_RANK, *kernel, device=device)
+        down.normal_(0.0, 1.0 / math.sqrt(down[0].numel()), generator=generator)
+        up.normal_(0.0, 1.0 / math.sqrt(up[0].numel()), generator=generator)
+        state_dict[f"{key}.lora_down.weight"] = down.to(dtype).cpu().contiguous()
+        state_dict[f"{key}.lora_up.weight"] = up.to(dtype).cpu().contiguous()
+        state_dict[f"{key}.alpha"] = torch.tensor(LORA_ALPHA, dtype=dtype)
+    adapted = [key.removesuffix(".alpha") for key in state_dict if key.endswith(".alpha")]
+    return state_dict, {"rank": LORA_RANK, "alpha": LORA_ALPHA,
+                        "unet_layers": sum(k.startswith("lora_unet_") for k in adapted),
+                        "text_encoder_layers": sum(k.startswith("lora_te_") for k in adapted)}
+
+
+def make_controlnet(comfy: Any, device: torch.device, generator: torch.Generator,
+                    dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A random SD1.5 ControlNet (RGB hint) in ComfyUI's layout, and facts about it.
+
+    comfy/controlnet.py rebuilds the network from the UNet configuration its detector reads
+    off the file, so that detection must give back SD15_UNET_CONFIG.
+    """
+    import torch
+
+    config = {key: value for key, value in SD15_UNET_CONFIG.items() if key != "out_channels"}
+    control = comfy.cldm.cldm.ControlNet(**config, hint_channels=3, dtype=torch.float32, device=device,
+                                         operations=comfy.ops.disable_weight_init)
+    initialise(control, generator)
+    state_dict = state_dict_of({CONTROLNET_PREFIX: control}, dtype)
+    detected = comfy.model_detection.model_config_from_unet(state_dict, CONTROLNET_PREFIX, True).unet_config
+    # A ControlNet has no output blocks, so the detector cannot read transformer_depth_output.
+    differs = sorted(key for key, value in config.items()
+                     if key != "transformer_depth_output" and detected.get(key) != value)
+    if differs:
+        raise SystemExit(f"ComfyUI reads another UNet configuration off this ControlNet: {differs}")
+    return state_dict, {"params": count_params(control), "hint_channels": 3}
+
+
 @dataclass(frozen=True)
 class Writer:
     """One kind of model file this script writes, and where ComfyUI looks for it."""
@@ -180,24 +277,28 @@ class Writer:
                    tuple[dict[str, torch.Tensor], dict[str, Any]]]
 
 
-# Issue 9 adds a LoRA (folder "loras") and a ControlNet (folder "controlnet") here.
 WRITERS: dict[str, Writer] = {
     "sd15": Writer("checkpoints", "random-sd15.safetensors", make_sd15),
+    "lora": Writer("loras", "random-sd15-lora.safetensors", make_lora),
+    "controlnet": Writer("controlnet", "random-sd15-controlnet.safetensors", make_controlnet),
 }
 
 
 def write_model(kind: str, comfyui_dir: Path, out: Path | None, *, dtype: str, device: str,
                 seed: int) -> dict[str, Any]:
     """Write a random model of `kind` (default path: where ComfyUI looks); return a report."""
+    import torch
     from safetensors.torch import save_file
 
     started = time.monotonic()
     writer = WRITERS[kind]
     out = out or comfyui_dir / "models" / writer.folder / writer.filename
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_device = torch.device(device)
     comfy = import_comfy(comfyui_dir, cpu=torch_device.type == "cpu")
     generator = torch.Generator(device=torch_device).manual_seed(seed)
-    state_dict, facts = writer.make(comfy, torch_device, generator, DTYPES[dtype])
+    state_dict, facts = writer.make(comfy, torch_device, generator, getattr(torch, DTYPES[dtype]))
     bad = [key for key, tensor in state_dict.items() if tensor.is_floating_point() and not bool(tensor.isfinite().all())]
     if bad:
         raise SystemExit(f"non-finite values in {len(bad)} tensors, first {bad[0]}")
@@ -213,12 +314,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Read the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--comfyui-dir", type=Path, required=True, help="ComfyUI source folder (holds comfy/)")
-    parser.add_argument("--kind", choices=sorted(WRITERS), default="sd15", help="what to write (default sd15)")
-    parser.add_argument("--out", type=Path,
-                        help="file to write (default: where ComfyUI looks, e.g. models/checkpoints/random-sd15.safetensors)")
+    parser.add_argument("--kind", choices=sorted(WRITERS), default="sd15",
+                        help="what to write (default sd15): " + ", ".join(
+                            f"{kind} -> models/{w.folder}/{w.filename}" for kind, w in WRITERS.items()))
+    parser.add_argument("--out", type=Path, help="file to write (default: where ComfyUI looks, as --kind says)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where to initialise (cuda is much faster)")
+    parser.add_argument("--device", default="auto", help="where to initialise (default: cuda if there is one; much faster)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
