@@ -11,7 +11,7 @@ import logging
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -213,7 +213,8 @@ def denoise_guide(effect: str | None) -> None:
 @click.option("--profile", "profile_name", default="instant", show_default=True,
               type=click.Choice(["instant", "realistic"]), help="instant: no delays; realistic: GPU timings")
 @click.option("--checkpoint", "checkpoints", multiple=True, metavar="NAME",
-              help="a checkpoint name the server offers (repeatable; default random-sd15.safetensors)")
+              help="a checkpoint name the server offers (repeatable; default: the templates' default "
+                   "and random-sd15.safetensors)")
 @click.option("--lora", "loras", multiple=True, metavar="NAME",
               help="a LoRA file the server offers (repeatable; default detail.safetensors, style.safetensors)")
 @click.option("--controlnet", "controlnets", multiple=True, metavar="NAME",
@@ -226,10 +227,10 @@ def sim(host: str, port: int, profile_name: str, checkpoints: Sequence[str], lor
         from comfy_orchestrator.sim import SimServer
     except ImportError as exc:
         fail(f"the simulated server needs the [sim] extra: pip install 'comfy-orchestrator[sim]' ({exc})")
-    from comfy_orchestrator.sim.testing import DEFAULT_CONTROLNETS, DEFAULT_LORAS
+    from comfy_orchestrator.sim.testing import DEFAULT_CHECKPOINTS, DEFAULT_CONTROLNETS, DEFAULT_LORAS
 
     server = SimServer(host=host, port=port, profile_name=profile_name,
-                       checkpoints=checkpoints or ("random-sd15.safetensors",),
+                       checkpoints=checkpoints or DEFAULT_CHECKPOINTS,
                        loras=loras or DEFAULT_LORAS, controlnets=controlnets or DEFAULT_CONTROLNETS,
                        root=Path(root) if root else None)
     with server:
@@ -265,6 +266,14 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
+def _with_steps(label: str, steps: Mapping[str, tuple[int, int]]) -> str:
+    """A running cell's label with its sampler step, when one is known."""
+    if label not in steps:
+        return label
+    value, maximum = steps[label]
+    return f"{label} step {value}/{maximum}"
+
+
 def _run_sweep_with_progress(sweep: Any, out_dir: Path, servers: Sequence[Any], *, max_attempts: int,
                              thumbnail_px: int) -> Any:
     """Run a sweep over a farm with a progress bar; Ctrl-C stops it, resumable."""
@@ -280,7 +289,8 @@ def _run_sweep_with_progress(sweep: Any, out_dir: Path, servers: Sequence[Any], 
 
         def show(progress: SweepProgress) -> None:
             running = list(progress.running.items())
-            current = "; ".join(label for label, _ in running[:2]) + (" ..." if len(running) > 2 else "")
+            current = "; ".join(_with_steps(label, progress.steps) for label, _ in running[:2])
+            current += " ..." if len(running) > 2 else ""
             text = (f"[green]{progress.done} done[/] [red]{progress.failed} failed[/] "
                     f"{len(progress.running)} running  ETA {_duration(progress.eta_s)}  [dim]{current}[/]")
             bar.update(task, total=progress.total, completed=progress.done + progress.failed, description=text)

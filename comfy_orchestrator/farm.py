@@ -59,6 +59,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from comfy_orchestrator.client import Client, RetryPolicy
+from comfy_orchestrator.protocol import Progress
 from comfy_orchestrator.errors import (
     AuthFailed,
     ComfyError,
@@ -82,7 +83,7 @@ else:  # Python 3.10
 
 __all__ = [
     "Attempt", "Capability", "ClientLink", "CompletionLedger", "Device", "Dispatch", "DuplicateDiscarded", "Farm",
-    "FarmEvent", "JobDone", "JobFailed", "JobNeeds", "JobOutcome", "JobRetrying", "JobSubmitted", "JobTimes",
+    "FarmEvent", "JobDone", "JobFailed", "JobProgress", "JobNeeds", "JobOutcome", "JobRetrying", "JobSubmitted", "JobTimes",
     "RetryDecision", "RetryPolicy", "RoundRobin", "RunningJob", "ServerConfig", "ServerDown", "ServerLink",
     "QueuedJob", "ServerStatus", "ServerUp", "ServerView", "SoonestFinish", "WaitingJob", "affinity", "decide_retry",
     "estimate_finish_s", "failure_reason", "is_server_fault", "job_needs", "load_farm", "parse_farm",
@@ -583,6 +584,15 @@ class JobRetrying:
 
 
 @dataclass(frozen=True)
+class JobProgress:
+    """A running job moved on: its overall progress and the current sampler's steps."""
+
+    job: Job
+    server: str
+    progress: Progress
+
+
+@dataclass(frozen=True)
 class JobDone:
     """A job finished on a server; its outcome is next from `Farm.run`."""
 
@@ -599,7 +609,7 @@ class DuplicateDiscarded:
     server: str
 
 
-FarmEvent = ServerUp | ServerDown | JobSubmitted | JobRetrying | JobDone | DuplicateDiscarded
+FarmEvent = ServerUp | ServerDown | JobSubmitted | JobProgress | JobRetrying | JobDone | DuplicateDiscarded
 
 
 @dataclass(frozen=True)
@@ -652,7 +662,7 @@ class ServerLink(Protocol):
     def check(self) -> None:
         """Ask /system_stats whether the server still answers; raise ComfyError if not."""
 
-    def submit(self, job: Job) -> RunningJob:
+    def submit(self, job: Job, *, on_progress: Callable[[Progress], None] | None = None) -> RunningJob:
         """Upload the job's inputs, check it against the server's object_info, and queue it."""
 
     def save(self, result: JobResult, out_dir: Path) -> JobResult:
@@ -685,8 +695,8 @@ class ClientLink:
     def check(self) -> None:
         self.client.system_stats()
 
-    def submit(self, job: Job) -> RunningJob:
-        return self.client.submit(job)
+    def submit(self, job: Job, *, on_progress: Callable[[Progress], None] | None = None) -> RunningJob:
+        return self.client.submit(job, on_progress=on_progress)
 
     def save(self, result: JobResult, out_dir: Path) -> JobResult:
         return self.client.save_outputs(result, out_dir)
@@ -921,6 +931,10 @@ class _Run:
                 thread.join(10.0)
         for server in self.servers:
             server.link.close()
+
+    def progress_reporter(self, job: Job, server: _Server) -> Callable[[Progress], None]:
+        """A callback that passes a job's progress on as JobProgress events."""
+        return lambda progress: self.emit(JobProgress(job, server.name, progress))
 
     def emit(self, event: FarmEvent) -> None:
         """Tell the caller; if its callback raises, the run stops and `run` raises that error."""
@@ -1250,7 +1264,7 @@ class _Run:
             ticket = flight.ticket
             attempt = len(ticket.attempts) + 1
             try:
-                flight.handle = server.link.submit(ticket.job)
+                flight.handle = server.link.submit(ticket.job, on_progress=self.progress_reporter(ticket.job, server))
             except ComfyError as exc:
                 self.failed(server, flight, exc)
                 continue

@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from comfy_orchestrator.farm import Farm, FarmEvent, JobDone, JobFailed, JobRetrying, JobSubmitted, ServerDown
+from comfy_orchestrator.farm import (
+    Farm,
+    FarmEvent,
+    JobDone,
+    JobFailed,
+    JobProgress,
+    JobRetrying,
+    JobSubmitted,
+    ServerDown,
+)
 from comfy_orchestrator.grid import GridAxis, GridCell, grid_images, write_results_page
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.journal import CellPlan, CellRecord, CellStatus, Journal
@@ -50,6 +59,7 @@ class SweepProgress:
     elapsed_s: float
     eta_s: float | None
     message: str = ""  # the latest notable event: a retry, a server down
+    steps: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # cell label -> sampler step, of max
 
     @property
     def pending(self) -> int:
@@ -157,6 +167,8 @@ def _run(journal: Journal, farm: Farm, work: Sequence[tuple[Batch, Job]], to_run
                 cells = _open_cells(by_label[job.label], to_run)
                 journal.mark_running([c.index for c in cells], server=server)
                 tracker.running(cells, server)
+            case JobProgress(job=job, progress=progress) if progress.node_max:
+                tracker.step(_open_cells(by_label[job.label], to_run), progress.node_value, progress.node_max)
             case JobRetrying(job=job, server=server, error=error):
                 tracker.note(f"{job.label} failed on {server}, retrying: {error}")
             case ServerDown(server=server, error=error):
@@ -256,6 +268,7 @@ class _Tracker:
         self._total, self._done, self._failed = total, done, failed
         self._done_before = done
         self._running: dict[str, str] = {}
+        self._steps: dict[str, tuple[int, int]] = {}
         self._message = ""
         self._started = time.monotonic()
         self._on_progress = on_progress
@@ -267,10 +280,17 @@ class _Tracker:
                 self._running[cell.label] = server
         self._emit()
 
+    def step(self, cells: Sequence[Cell], value: int, maximum: int) -> None:
+        with self._lock:
+            for cell in cells:
+                self._steps[cell.label] = (value, maximum)
+        self._emit()
+
     def finished(self, cells: Sequence[Cell], *, failed: bool) -> None:
         with self._lock:
             for cell in cells:
                 self._running.pop(cell.label, None)
+                self._steps.pop(cell.label, None)
             if failed:
                 self._failed += len(cells)
             else:
@@ -289,5 +309,5 @@ class _Tracker:
             left = self._total - self._done - self._failed
             eta_s = elapsed_s / settled * left if settled else None
             progress = SweepProgress(self._total, self._done, self._failed, dict(self._running), elapsed_s,
-                                     eta_s, self._message)
+                                     eta_s, self._message, dict(self._steps))
         self._on_progress(progress)

@@ -67,6 +67,16 @@ def test_a_3x3_grid_gives_9_images_a_matching_manifest_and_a_labelled_grid(
     assert seen[-1].done == 9 and seen[-1].running == {} and not (out / ".incoming").exists()
 
 
+def test_progress_carries_the_running_cells_sampler_steps(comfy: Any, library: Templates, sample_image: Path,
+                                                         tmp_path: Path) -> None:
+    sweep = Sweep(library.get("img2img"), (parse_axis("cfg=5,9"),), {"image": str(sample_image), "steps": 7})
+    seen: list[SweepProgress] = []
+    run_sweep(sweep, tmp_path / "out", Farm([comfy.url]), on_progress=seen.append)
+    steps = [step for progress in seen for step in progress.steps.values()]
+    assert (7, 7) in steps and all(maximum == 7 and 1 <= value <= 7 for value, maximum in steps)
+    assert seen[-1].steps == {}  # finished cells leave the step map
+
+
 def test_a_finished_sweep_run_again_does_nothing(comfy: Any, library: Templates, sample_image: Path,
                                                  tmp_path: Path) -> None:
     sweep = _grid_sweep(library, sample_image)

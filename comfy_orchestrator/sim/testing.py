@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from comfy_orchestrator.errors import ParameterError, ServerError
+from comfy_orchestrator.params import DEFAULT_CHECKPOINT
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.sim.app import SimConfig, SimState, SocketHub, build_app
 from comfy_orchestrator.sim.costs import Costs, profile
@@ -21,7 +22,8 @@ from comfy_orchestrator.sim.faults import Faults
 from comfy_orchestrator.sim.nodes import Counters
 from comfy_orchestrator.sim.worker import Executor, PromptQueue, Worker
 
-DEFAULT_CHECKPOINTS = ("random-sd15.safetensors",)
+# the templates' default first, then the random SD1.5 the GPU checks write
+DEFAULT_CHECKPOINTS = (DEFAULT_CHECKPOINT, "random-sd15.safetensors")
 DEFAULT_LORAS = ("detail.safetensors", "style.safetensors")
 DEFAULT_CONTROLNETS = ("control_v11p_sd15_canny.safetensors",)
 T = TypeVar("T")

@@ -91,7 +91,8 @@ def base_url() -> Iterator[str]:
         yield LIVE_URL
         return
     # sampler steps take a little time so that an interrupt lands mid-sampling, as on the GPU
-    with SimServer(costs=Costs(step_s=0.03, preview_size=64)) as server:
+    # the recording server had one checkpoint file
+    with SimServer(costs=Costs(step_s=0.03, preview_size=64), checkpoints=["random-sd15.safetensors"]) as server:
         upload_inputs(server.url)
         yield server.url
 
