@@ -122,8 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             started = time.perf_counter()
             try:
-                job = template.job(template.params(template_values(template.name, files, args.checkpoint,
-                                                                   args.steps)))
+                values = template_values(template.name, files, args.checkpoint, args.steps)
+                if template.name == "controlnet":  # the server's own file, not the template's default name
+                    values["control_net"] = sorted(has["ControlNetLoader"])[0]
+                job = template.job(template.params(values))
                 result = client.run(job, out_dir=args.out / "templates" / template.name, timeout_s=300)
                 sizes = sorted({Image.open(f).size for f in result.files})
                 emit(results, step="template", template=template.name, status="ok",
