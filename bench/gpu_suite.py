@@ -60,7 +60,7 @@ import requests
 from PIL import Image
 
 from comfy_orchestrator.client import Client
-from comfy_orchestrator.farm import Dispatch, Farm, JobFailed, RoundRobin, SoonestFinish
+from comfy_orchestrator.farm import Dispatch, Farm, JobFailed, RoundRobin, ServerConfig, SoonestFinish
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.sweep import Sweep, parse_axis
 from comfy_orchestrator.sweep_run import plan_sweep, run_sweep
@@ -233,13 +233,16 @@ class Bench:
                                 sampler=self.sampler, started=started))
 
     def farm(self, name: str, urls: Sequence[str], jobs: Sequence[Job], dispatch: Dispatch = SoonestFinish(),
-             checkpoint: str | None = None) -> dict[str, Any]:
+             checkpoint: str | None = None, *, queue_ahead: int | None = None, health_interval_s: float = 1.0,
+             download: bool = True) -> dict[str, Any]:
         """`jobs` through a farm of `urls`, in the order given."""
         self.prime(urls, checkpoint)
-        farm = Farm(list(urls), dispatch=dispatch)
+        configs = [ServerConfig(url=u) if queue_ahead is None else ServerConfig(url=u, queue_ahead=queue_ahead)
+                   for u in urls]
+        farm = Farm(configs, dispatch=dispatch, health_interval_s=health_interval_s)
         by_name = {config.name: config.url for config in farm.servers}
         started = time.monotonic()
-        outcomes = list(farm.run(jobs, out_dir=self.work / name))
+        outcomes = list(farm.run(jobs, out_dir=self.work / name if download else None))
         wall_s = time.monotonic() - started
         failed = [o for o in outcomes if isinstance(o, JobFailed)]
         if failed:
@@ -247,7 +250,7 @@ class Bench:
         results = [o for o in outcomes if isinstance(o, JobResult)]
         pairs = [(by_name.get(r.server, r.server), r.prompt_id) for r in results]
         return self.add(figures(name, history_records(pairs), servers=len(urls),
-                                images=sum(len(r.files) for r in results), wall_s=wall_s, sampler=self.sampler,
+                                images=sum(len(r.files) or len(r.outputs) for r in results), wall_s=wall_s, sampler=self.sampler,
                                 started=started))
 
     def swept(self, name: str, urls: Sequence[str], sweep: Sweep, *, trace: bool = False) -> dict[str, Any]:
@@ -283,6 +286,19 @@ class Bench:
 def one_image_jobs(bench: Bench, count: int, seed0: int) -> list[Job]:
     template = bench.library.get("img2img")
     return [template.job(template.params(bench.fixed(denoise=0.6, seed=seed0 + i))) for i in range(count)]
+
+
+def probe_one_server(bench: Bench, jobs: int) -> dict[str, Any]:
+    """Why one server fed by the farm is slower than one job at a time: vary what the farm does."""
+    first = bench.urls[:1]
+    rows = [bench.serial("probe-serial", one_image_jobs(bench, jobs, 500)),
+            bench.farm("probe-farm", first, one_image_jobs(bench, jobs, 600)),
+            bench.farm("probe-farm-no-health", first, one_image_jobs(bench, jobs, 700), health_interval_s=3600),
+            bench.farm("probe-farm-no-download", first, one_image_jobs(bench, jobs, 800), download=False),
+            bench.farm("probe-farm-queue-0", first, one_image_jobs(bench, jobs, 900), queue_ahead=0),
+            bench.serial("probe-serial-again", one_image_jobs(bench, jobs, 1000))]
+    return {"probe_server_s_per_prompt": {r["row"]: round(r["efficiency"] * r["wall_s"] / r["prompts"], 3)
+                                          for r in rows}}
 
 
 def run_suite(bench: Bench, *, processes: Sequence[int], scaling_jobs: int, seed_values: int) -> dict[str, Any]:
@@ -410,6 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed-values", type=int, default=16, help="seeds per cfg in the batched seed sweep")
     parser.add_argument("--two-gpu-scaling", type=float, help="a figure from bench/farm_scaling.py to record")
     parser.add_argument("--json", type=Path, default=Path("gpu-results.json"))
+    parser.add_argument("--probe", action="store_true", help="only the one-server probe rows")
+    parser.add_argument("--probe-jobs", type=int, default=20)
     args = parser.parse_args(argv)
     checkpoints = args.checkpoint or ["random-sd15.safetensors", "random-sd15-b.safetensors"]
     entry = None
@@ -427,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="gpu-suite-") as folder:
             bench = Bench(urls, checkpoints, Path(folder), args.steps, args.size, partial=args.json)
             try:
-                summary = run_suite(bench, processes=range(1, len(urls) + 1), scaling_jobs=args.scaling_jobs,
+                summary = probe_one_server(bench, args.probe_jobs) if args.probe else run_suite(bench, processes=range(1, len(urls) + 1), scaling_jobs=args.scaling_jobs,
                                     seed_values=args.seed_values)
             finally:
                 bench.sampler.stop()
@@ -440,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary["client_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     summary["client_tracemalloc_peak_mb"] = next((r["client_tracemalloc_peak_mb"] for r in bench.rows
                                                   if "client_tracemalloc_peak_mb" in r), None)
-    if args.two_gpu_scaling is not None:
+    if args.two_gpu_scaling is not None and "met" in summary:
         summary["two_gpu_scaling"] = args.two_gpu_scaling
         summary["met"]["two_gpu_scaling_at_least_1.9"] = args.two_gpu_scaling >= 1.9
     results = {"machine": machine(), "comfyui_version": version, "servers": len(urls), "steps": args.steps,
