@@ -343,3 +343,14 @@ def test_farm_file_parses() -> None:
     servers = load_farm(DOCKER / "farm.toml")
     assert [s.url for s in servers] == [f"http://127.0.0.1:{port}" for port in range(8188, 8192)]
     assert all(s.queue_ahead >= 1 and "gpu0" in s.tags for s in servers)
+
+
+def test_random_checkpoint_help_lists_every_kind_without_torch() -> None:
+    # -S skips site-packages, so the help must come without torch (CI has none).
+    done = subprocess.run([sys.executable, "-S", str(DOCKER / "random_checkpoint.py"), "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for kind, folder in (("sd15", "models/checkpoints/"), ("lora", "models/loras/"),
+                         ("controlnet", "models/controlnet/")):
+        assert kind in done.stdout
+        assert folder in done.stdout.replace("\n", "").replace(" ", "")
