@@ -19,7 +19,7 @@ Options (environment variable in brackets):
   --listen ADDR              address to listen on, default 127.0.0.1 [COMFYUI_LISTEN]
   --port PORT                first port, default 8188 [COMFYUI_PORT]
   --gpus LIST                GPU indices, e.g. 0,1; default: leave CUDA_VISIBLE_DEVICES alone [COMFYUI_GPUS]
-  --processes-per-gpu N      ComfyUI processes per GPU, default 1 [COMFYUI_PROCESSES_PER_GPU]
+  --processes-per-gpu N      ComfyUI processes per GPU, default 4 [COMFYUI_PROCESSES_PER_GPU]
   --output-dir DIR           output folder; with several processes, DIR/<port> each [COMFYUI_OUTPUT_DIR]
   --log-dir DIR              write each process's log to DIR/comfyui-<port>.log [COMFYUI_LOG_DIR]
   --python PATH              Python interpreter, default python3 [COMFYUI_PYTHON]
@@ -28,6 +28,8 @@ Options (environment variable in brackets):
   -h, --help                 this text
 Extra ComfyUI flags come from COMFYUI_ARGS (split on spaces) and from after "--".
 
+Four processes per GPU by default: measured on an H100 (docs/benchmarks.md), one process
+keeps the GPU under half busy at SD1.5 512x512 and 4-5 reach its ceiling.
 OMP_NUM_THREADS defaults to 1: with the default (one thread per core) each ComfyUI
 process burns about 5 cores and 4 processes saturate a 16-core host before the GPU.
 Without the comfyui-frontend-package Python package, ComfyUI refuses to start
@@ -41,7 +43,7 @@ comfyui_dir=${COMFYUI_DIR:-}
 listen=${COMFYUI_LISTEN:-127.0.0.1}
 port=${COMFYUI_PORT:-8188}
 gpus=${COMFYUI_GPUS:-}
-per_gpu=${COMFYUI_PROCESSES_PER_GPU:-1}
+per_gpu=${COMFYUI_PROCESSES_PER_GPU:-4}
 output_dir=${COMFYUI_OUTPUT_DIR:-}
 log_dir=${COMFYUI_LOG_DIR:-}
 python=${COMFYUI_PYTHON:-python3}

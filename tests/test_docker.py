@@ -240,12 +240,22 @@ def test_entrypoint_starts_processes_per_gpu_on_consecutive_ports(comfyui_dir: P
 def test_entrypoint_reads_environment(comfyui_dir: Path) -> None:
     result = run_entrypoint("--dry-run", env={
         "COMFYUI_DIR": str(comfyui_dir), "COMFYUI_LISTEN": "0.0.0.0", "COMFYUI_PORT": "8300",
-        "COMFYUI_ARGS": "--preview-method latent2rgb --front-end-root /srv/web", "OMP_NUM_THREADS": "3"})
+        "COMFYUI_ARGS": "--preview-method latent2rgb --front-end-root /srv/web", "OMP_NUM_THREADS": "3",
+        "COMFYUI_PROCESSES_PER_GPU": "1"})
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.splitlines()
     assert line.startswith("OMP_NUM_THREADS=3 python3 ")
     assert "--listen 0.0.0.0 --port 8300 --preview-method latent2rgb --front-end-root /srv/web" in line
     assert "CUDA_VISIBLE_DEVICES" not in line and "--output-directory" not in line
+
+
+def test_entrypoint_starts_four_processes_by_default(comfyui_dir: Path) -> None:
+    """The measured ceiling: 4-5 processes per GPU, each with one OpenMP thread."""
+    result = run_entrypoint("--comfyui-dir", str(comfyui_dir), "--dry-run", env={})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split("--port ")[1].split()[0] for line in lines] == ["8188", "8189", "8190", "8191"]
+    assert all(line.startswith("OMP_NUM_THREADS=1 ") for line in lines)
 
 
 def test_entrypoint_serves_stub_page_without_frontend_package(comfyui_dir: Path) -> None:
