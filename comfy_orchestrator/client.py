@@ -575,8 +575,9 @@ class Client:
             raise RequestTimedOut(f"{method} {path.split('?')[0]} timed out after {self.timeout_s:g} s",
                                   server=self.url) from exc
         except requests.ConnectionError as exc:
-            raise ConnectionFailed(f"{method} {path.split('?')[0]}: cannot connect ({type(exc).__name__})",
-                                   server=self.url) from exc
+            raise ConnectionFailed(f"{method} {path.split('?')[0]}: cannot connect ({type(exc).__name__}); is "
+                                   "ComfyUI running there? (--server URL or $COMFY_URL; 'comfy-orch sim' "
+                                   "starts a simulated one)", server=self.url) from exc
         except requests.RequestException as exc:
             raise ServerError(f"{method} {path.split('?')[0]} failed ({type(exc).__name__})",
                               server=self.url) from exc

@@ -187,6 +187,10 @@ def _parameter_error(model: type[Params], exc: ValidationError) -> ParameterErro
             continue
         first = first or name
         field = model.model_fields.get(name)
+        if error["type"] == "missing":
+            what = f" ({field.description})" if field and field.description else ""
+            lines.append(f"{name} is required{what}")
+            continue
         hint = _range_hint(field.json_schema_extra if field else None, field.metadata if field else [])
         lines.append(f"{name}={error.get('input')!r}: {message}{hint}")
     return ParameterError(f"{model.workflow}: " + "; ".join(lines), parameter=first)

@@ -69,7 +69,7 @@ def test_image_that_is_not_a_picture(tmp_path) -> None:
 
 
 def test_image_is_required() -> None:
-    with pytest.raises(ParameterError, match="image"):
+    with pytest.raises(ParameterError, match=r"image is required \(the input picture"):
         Img2Img.build({})
 
 
