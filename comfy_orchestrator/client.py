@@ -15,7 +15,6 @@ or iterates its events, which is also where its callbacks run.
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import logging
@@ -52,7 +51,7 @@ from comfy_orchestrator.errors import (
     UnsafeOutput,
 )
 from comfy_orchestrator.graph import Graph
-from comfy_orchestrator.jobs import Job, JobResult, Output
+from comfy_orchestrator.jobs import Job, JobResult, Output, name_by_content
 from comfy_orchestrator.protocol import (
     FEATURE_FLAGS_FRAME,
     Event,
@@ -701,7 +700,7 @@ class Client:
     def upload(self, source: ImageSource, *, name: str | None = None, subfolder: str = "") -> str:
         """Upload an image to the input folder under a content name; once per server. Returns the name."""
         data, stem, suffix = _image_bytes(source)
-        name = name or _content_name(data, stem, suffix)
+        name = name or name_by_content(data, stem, suffix)
         key = f"{subfolder}/{name}"
         with self._lock:
             if key in self._uploaded:
@@ -720,7 +719,7 @@ class Client:
     def upload_mask(self, source: ImageSource, *, original: str, name: str | None = None) -> str:
         """Upload a mask through /upload/mask: its alpha is applied to the uploaded image `original`."""
         data, stem, suffix = _image_bytes(source)
-        name = name or _content_name(data, stem, suffix)
+        name = name or name_by_content(data, stem, suffix)
         files = {"image": (name, data, "application/octet-stream")}
         ref = json.dumps({"filename": original, "subfolder": "", "type": "input"})
         answer = self._json("POST", "/upload/mask", files=files,
@@ -949,8 +948,3 @@ def _image_bytes(source: ImageSource) -> tuple[bytes, str, str]:
     return path.read_bytes(), path.stem, path.suffix.lower() or ".png"
 
 
-def _content_name(data: bytes, stem: str, suffix: str) -> str:
-    """The same naming as jobs.content_name: stem and a hash of the bytes."""
-    digest = hashlib.sha256(data).hexdigest()[:16]
-    clean = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:40] or "input"
-    return f"{clean}-{digest}{suffix}"

@@ -17,9 +17,14 @@ def content_name(path: Path) -> str:
     Naming uploads by content means one image is uploaded once per server and a
     changed file under the same name never reuses the stale copy.
     """
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.stem)[:40] or "input"
-    return f"{stem}-{digest}{path.suffix.lower() or '.png'}"
+    return name_by_content(path.read_bytes(), path.stem, path.suffix.lower() or ".png")
+
+
+def name_by_content(data: bytes, stem: str, suffix: str) -> str:
+    """An upload name from a readable stem and a hash of the bytes (see content_name)."""
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    clean = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:40] or "input"
+    return f"{clean}-{digest}{suffix}"
 
 
 @dataclass(frozen=True)

@@ -76,17 +76,10 @@ class CellPlan:
     batch_index: int | None = None
 
 
-@dataclass(frozen=True)
-class CellRecord:
-    """One cell as the journal holds it."""
+@dataclass(frozen=True, kw_only=True)
+class CellRecord(CellPlan):
+    """One cell as the journal holds it: its plan, and what became of it."""
 
-    index: int
-    label: str
-    template: str
-    values: Mapping[str, Any]
-    params: Mapping[str, Any]
-    graph_hash: str
-    batch_index: int | None
     status: CellStatus
     attempts: int
     error: str | None
@@ -318,8 +311,9 @@ def _record(row: Sequence[Any]) -> CellRecord:
     (index, label, template, values, params, graph_hash, batch_index, status, attempts, error, server,
      prompt_id, started_at, finished_at, timings, files) = row
     return CellRecord(index, label, template, json.loads(values), json.loads(params), graph_hash, batch_index,
-                      CellStatus(status), attempts, error, server, prompt_id, started_at, finished_at,
-                      json.loads(timings), tuple(json.loads(files)))
+                      status=CellStatus(status), attempts=attempts, error=error, server=server,
+                      prompt_id=prompt_id, started_at=started_at, finished_at=finished_at,
+                      timings=json.loads(timings), files=tuple(json.loads(files)))
 
 
 def _dumps(value: Any) -> str:

@@ -11,6 +11,12 @@ from typing import Any
 
 RECORDED_VERSION = "0.8.0"
 CHECKPOINT_LOADERS = {"CheckpointLoaderSimple": "ckpt_name", "CheckpointLoader": "ckpt_name"}
+# Inputs whose choices list a server's own files (models, uploaded images): they differ per server.
+FILE_INPUTS = {
+    **CHECKPOINT_LOADERS, "LoadImage": "image", "LoadImageMask": "image", "LoraLoader": "lora_name",
+    "LoraLoaderModelOnly": "lora_name", "ControlNetLoader": "control_net_name", "VAELoader": "vae_name",
+    "UpscaleModelLoader": "model_name",
+}
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,17 @@ class Schema(Mapping[str, NodeSchema]):
                         config[1]["options"] = listed
             raw[class_type] = info
         return Schema(raw, source=self.source)
+
+    def without_file_lists(self) -> Schema:
+        """A copy that accepts any file name: for checking offline, where the listed files are another machine's."""
+        raw = json.loads(json.dumps(self._raw))
+        for class_type, input_name in FILE_INPUTS.items():
+            required = raw.get(class_type, {}).get("input", {}).get("required", {})
+            if input_name in required:
+                config = required[input_name]
+                options = config[1] if len(config) > 1 and isinstance(config[1], dict) else {}
+                required[input_name] = ["COMBO", {k: v for k, v in options.items() if k != "options"}]
+        return Schema(raw, source=self.source + " (file lists not checked)")
 
     def with_checkpoints(self, names: Iterable[str]) -> Schema:
         """A copy that lists `names` as the server's checkpoints."""

@@ -29,7 +29,7 @@ from comfy_orchestrator.errors import GraphInvalid, ParameterError, TemplateBrok
 from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.jobs import Job, content_name
 from comfy_orchestrator.params import WORKFLOWS, ImageFile, Params
-from comfy_orchestrator.schema import Schema
+from comfy_orchestrator.schema import FILE_INPUTS, Schema
 from comfy_orchestrator.validation import check_prompt
 from comfy_orchestrator.workflow_import import (
     Target,
@@ -44,12 +44,6 @@ from comfy_orchestrator.workflow_import import (
 TEMPLATE_SUFFIX = ".json.j2"
 DECLARATION_SUFFIX = ".params.json"
 USER_FOLDER_VARIABLE = "COMFY_ORCH_TEMPLATES"
-# Inputs whose choices list the recording server's own files: offline, any name is allowed.
-FILE_INPUTS = {
-    "CheckpointLoaderSimple": "ckpt_name", "CheckpointLoader": "ckpt_name", "LoadImage": "image",
-    "LoadImageMask": "image", "LoraLoader": "lora_name", "LoraLoaderModelOnly": "lora_name",
-    "ControlNetLoader": "control_net_name", "VAELoader": "vae_name", "UpscaleModelLoader": "model_name",
-}
 ParameterKind = Literal["int", "float", "str", "bool", "choice", "image"]
 
 
@@ -100,15 +94,7 @@ def _traced(value: Any, parameter: str) -> Any:
 @functools.cache
 def _offline_schema() -> Schema:
     """The recorded schema with file lists opened: the recording machine's files are not ours."""
-    schema = Schema.recorded()
-    raw = json.loads(json.dumps(dict(schema.raw)))
-    for class_type, input_name in FILE_INPUTS.items():
-        if class_type in raw:
-            required = raw[class_type]["input"].get("required", {})
-            if input_name in required:
-                options = required[input_name][1] if len(required[input_name]) > 1 else {}
-                required[input_name] = ["COMBO", {k: v for k, v in options.items() if k != "options"}]
-    return Schema(raw, source=schema.source + " (file lists not checked)")
+    return Schema.recorded().without_file_lists()
 
 
 @dataclass(frozen=True)
@@ -225,7 +211,7 @@ class Template:
                 issues.append(f"{where}: {error['message']} ({error['details']})")
         raise GraphInvalid(issues, template=self.name)
 
-    def parameter_map(self, params: Params) -> dict[str, str]:
+    def parameter_map(self, params: Params, *, image_names: Mapping[str, str] | None = None) -> dict[str, str]:
         """Which template parameter sets which node input: {"6.denoise": "denoise", ...}.
 
         Found by rendering once more with each value marked, so it holds for any
@@ -233,7 +219,8 @@ class Template:
         """
         fields = {name: _traced(value, name) for name, value in params}
         marked = type(params).model_construct(**fields)  # no validation: keep the marked values
-        names = {name: _traced(content_name(path), name) for name, path in params.image_fields().items()}
+        names = {name: _traced((image_names or {}).get(name) or content_name(path), name)
+                 for name, path in params.image_fields().items()}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the serializer notices the marked subclasses
             values = marked.template_values(names)
@@ -252,7 +239,7 @@ class Template:
         graph = self.render(params, image_names=image_names, schema=schema)
         inputs = {image_names[name]: path for name, path in params.image_fields().items()}
         return Job(graph=graph, template=self.name, params=params.model_dump(mode="json"),
-                   inputs=inputs, parameter_map=self.parameter_map(params), label=label)
+                   inputs=inputs, parameter_map=self.parameter_map(params, image_names=image_names), label=label)
 
 
 def _environment(folders: Sequence[Path]) -> jinja2.Environment:
@@ -393,7 +380,7 @@ _JINJA_OPENERS = re.compile(r"\{(?=[{%#])")  # '{{', '{%' and '{#' start Jinja t
 def _declaration(name: str, spec: Any, value: Any, class_type: str) -> dict[str, Any]:
     """Declare a parameter from the server's description of the input it sets."""
     entry: dict[str, Any] = {"name": name, "description": f"{class_type}.{spec.name}"}
-    if class_type in FILE_INPUTS and FILE_INPUTS[class_type] == spec.name and spec.name == "image":
+    if FILE_INPUTS.get(class_type) == spec.name == "image":
         return {**entry, "type": "image", "description": "a local picture, uploaded for you"}
     if spec.type in ("INT", "FLOAT"):
         entry.update(type=spec.type.lower(), min=spec.options.get("min"), max=spec.options.get("max"))
