@@ -20,6 +20,8 @@ from comfy_orchestrator.sweep import Value, format_value
 MAX_GRID_SIDE_PX = 8192  # a grid wider or taller than this gets smaller thumbnails
 MIN_THUMBNAIL_PX = 64
 RESULTS_PAGE = "index.html"
+THUMBNAILS_FOLDER = "thumbnails"  # made as each image arrives, so the grid at the end only pastes them
+GRID_PNG_LEVEL = 1  # zlib level: 4x faster to write than 6 for a fifth more bytes; written once a sweep
 _DATA_MARK = "/*__SWEEP_DATA__*/null"
 _BACKGROUND = (250, 250, 250)
 _INK = (30, 30, 30)
@@ -81,13 +83,33 @@ def grid_images(
             path = folder / f"{stem}.png"
             canvas = _draw_grid(folder, x_part, y_part, page, by_values, axes, side, title)
             try:
-                canvas.save(path, compress_level=6)
+                canvas.save(path, compress_level=GRID_PNG_LEVEL)
             except OSError as exc:
                 raise GridFailed(f"cannot write {path}: {exc}") from exc
             finally:
                 canvas.close()
             written.append(path)
     return written
+
+
+def thumbnail_path(folder: Path, image: Path) -> Path:
+    """Where the thumbnail of `image` (relative to `folder`) is kept: thumbnails/<its path, as .png>."""
+    return folder / THUMBNAILS_FOLDER / image.with_suffix(".png")
+
+
+def make_thumbnail(folder: Path, image: Path, *, thumbnail_px: int = 256) -> Path:
+    """Write the thumbnail of `image` (relative to `folder`) now, so the grid need not open the image later."""
+    target = thumbnail_path(folder, image)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with Image.open(folder / image) as source:
+            thumb = _shrunk(source, thumbnail_px)
+        staged = target.with_name(target.name + ".part")
+        thumb.save(staged, format="PNG", compress_level=GRID_PNG_LEVEL)
+        staged.replace(target)  # a cut-off write never passes for a thumbnail
+    except OSError as exc:
+        raise GridFailed(f"cannot make the thumbnail of {image}: {exc}") from exc
+    return target
 
 
 def write_results_page(
@@ -104,7 +126,8 @@ def write_results_page(
         "axes": [{"name": a.name, "values": list(a.values), "labels": [format_value(v) for v in a.values]}
                  for a in axes],
         "cells": [{"index": c.index, "values": dict(c.values), "status": c.status,
-                   "image": c.image.as_posix() if c.image else None, "details": dict(c.details)}
+                   "image": c.image.as_posix() if c.image else None, "thumbnail": _kept_thumbnail(folder, c),
+                   "details": dict(c.details)}
                   for c in cells],
         "grids": [g.relative_to(folder).as_posix() if g.is_absolute() else g.as_posix() for g in grids],
     }
@@ -174,14 +197,44 @@ def _paste(canvas: Image.Image, draw: ImageDraw.ImageDraw, folder: Path, cell: G
         draw.text((left + side / 2, top + side / 2), text, font=font, fill=_INK, anchor="mm")
         return
     try:
-        with Image.open(folder / cell.image) as image:
-            image.draft("RGB", (side, side))  # JPEG decodes straight to a smaller size
-            image.thumbnail((side, side))
-            thumb = image.convert("RGB")
+        with Image.open(_smallest_source(folder, cell.image, side)) as image:
+            thumb = _shrunk(image, side)
     except OSError as exc:
         raise GridFailed(f"cannot read cell {cell.index}'s image {cell.image}: {exc}") from exc
     canvas.paste(thumb, (left + (side - thumb.width) // 2, top + (side - thumb.height) // 2))
     thumb.close()
+
+
+def _kept_thumbnail(folder: Path, cell: GridCell) -> str | None:
+    """The page shows a cell's thumbnail in its table (the viewer opens the image itself)."""
+    if cell.image is None or not thumbnail_path(folder, cell.image).is_file():
+        return None
+    return thumbnail_path(folder, cell.image).relative_to(folder).as_posix()
+
+
+def _smallest_source(folder: Path, image: Path, side: int) -> Path:
+    """The cell's kept thumbnail when it is at least `side` and newer than the image, else the image."""
+    original, kept = folder / image, thumbnail_path(folder, image)
+    try:
+        if kept.stat().st_mtime_ns >= original.stat().st_mtime_ns:
+            with Image.open(kept) as thumb:
+                if max(thumb.size) >= side or max(thumb.size) >= _longest_side(original):
+                    return kept
+    except OSError:
+        pass  # no thumbnail (or no image: opening it below says so)
+    return original
+
+
+def _longest_side(path: Path) -> int:
+    with Image.open(path) as image:
+        return max(image.size)
+
+
+def _shrunk(image: Image.Image, side: int) -> Image.Image:
+    """An RGB copy of `image` no larger than side x side, aspect kept."""
+    image.draft("RGB", (side, side))  # JPEG decodes straight to a smaller size
+    image.thumbnail((side, side))
+    return image.convert("RGB")
 
 
 def _chunks(axis: GridAxis, size: int) -> list[GridAxis]:

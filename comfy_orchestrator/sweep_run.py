@@ -1,7 +1,8 @@
 """Running a sweep: its cells through a farm, recorded in the journal, with manifests, grids and the page.
 
-The output folder holds ``images/`` (one file a cell, named after it), ``journal.sqlite``,
-``manifest.jsonl`` and ``manifest.csv``, the grid images and ``index.html``. Running the
+The output folder holds ``images/`` (one file a cell, named after it), ``thumbnails/`` (made as
+each image arrives, while the GPUs work, so the grids at the end only paste them),
+``journal.sqlite``, ``manifest.jsonl`` and ``manifest.csv``, the grid images and ``index.html``. Running the
 same sweep into the same folder again runs only the cells the journal does not have done.
 """
 
@@ -27,7 +28,8 @@ from comfy_orchestrator.farm import (
     JobSubmitted,
     ServerDown,
 )
-from comfy_orchestrator.grid import GridAxis, GridCell, grid_images, write_results_page
+from comfy_orchestrator.errors import GridFailed
+from comfy_orchestrator.grid import GridAxis, GridCell, grid_images, make_thumbnail, write_results_page
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.journal import CellPlan, CellRecord, CellStatus, Journal
 from comfy_orchestrator.sweep import (
@@ -144,7 +146,7 @@ def run_sweep(
         skipped = counts[CellStatus.DONE]
         tracker = _Tracker(len(plan.cells), skipped, journal.exhausted(max_attempts=max_attempts), on_progress)
         try:
-            _run(journal, farm, work, to_run, folder, staging, tracker)
+            _run(journal, farm, work, to_run, folder, staging, tracker, thumbnail_px)
         finally:
             jsonl, table = journal.write_manifests()  # after Ctrl-C too: the manifest shows what is done
             shutil.rmtree(staging, ignore_errors=True)
@@ -158,7 +160,7 @@ def run_sweep(
 
 
 def _run(journal: Journal, farm: Farm, work: Sequence[tuple[Batch, Job]], to_run: set[int], folder: Path,
-         staging: Path, tracker: _Tracker) -> None:
+         staging: Path, tracker: _Tracker, thumbnail_px: int) -> None:
     by_label = {job.label: batch for batch, job in work}
 
     def on_event(event: FarmEvent) -> None:
@@ -185,22 +187,29 @@ def _run(journal: Journal, farm: Farm, work: Sequence[tuple[Batch, Job]], to_run
             tracker.finished(cells, failed=True)
             logger.warning("cells %s failed: %s", ", ".join(str(c.index) for c in cells), outcome.error)
             continue
-        _record_result(journal, batch, cells, outcome, folder)
+        kept = _record_result(journal, batch, cells, outcome, folder)
         tracker.finished(cells, failed=False)
+        for image in kept:
+            try:
+                make_thumbnail(folder, image, thumbnail_px=thumbnail_px)
+            except GridFailed as exc:  # the grid opens the image itself then; the result is kept either way
+                logger.warning("%s", exc)
 
 
-def _record_result(journal: Journal, batch: Batch, cells: Sequence[Cell], result: JobResult, folder: Path) -> None:
-    """Move a prompt's files to their cells' names and mark the cells done."""
+def _record_result(journal: Journal, batch: Batch, cells: Sequence[Cell], result: JobResult,
+                   folder: Path) -> list[Path]:
+    """Move a prompt's files to their cells' names and mark the cells done; each cell's grid image."""
     files = list(result.files)
     if not files:
         journal.mark_failed([c.index for c in cells], error=f"prompt {result.prompt_id} produced no files",
                             server=result.server, prompt_id=result.prompt_id)
-        return
+        return []
     batched = len(batch.cells) > 1
     if batched and len(files) != len(batch.cells):
         journal.mark_failed([c.index for c in cells], server=result.server, prompt_id=result.prompt_id,
                             error=f"a batch of {len(batch.cells)} gave {len(files)} files")
-        return
+        return []
+    shown = []
     for cell in cells:
         mine = [files[cell.batch_index or 0]] if batched else files
         names = []
@@ -214,9 +223,11 @@ def _record_result(journal: Journal, batch: Batch, cells: Sequence[Cell], result
             names.append(target.relative_to(folder).as_posix())
         journal.mark_done(cell.index, files=names, server=result.server, prompt_id=result.prompt_id,
                           timings=result.timings)
+        shown.append(Path(names[0]))
     if batched:
         for source in files:
             source.unlink(missing_ok=True)
+    return shown
 
 
 def _open_cells(batch: Batch, to_run: set[int]) -> list[Cell]:

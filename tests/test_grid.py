@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from comfy_orchestrator.errors import GridFailed
-from comfy_orchestrator.grid import MAX_GRID_SIDE_PX, GridAxis, GridCell, grid_images
+from comfy_orchestrator.grid import MAX_GRID_SIDE_PX, GridAxis, GridCell, grid_images, make_thumbnail, thumbnail_path
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 200, 30), (200, 40, 200), (30, 200, 200)]
 
@@ -112,3 +113,48 @@ def test_long_row_labels_are_cut_so_the_grid_stays_narrow(tmp_path: Path) -> Non
     [path] = grid_images(tmp_path, [GridAxis("cfg", (6,)), y], cells, thumbnail_px=64)
     with Image.open(path) as grid:
         assert grid.width < 64 + 160 + 40
+
+
+def _colour_at_centre(path: Path) -> tuple[int, ...]:
+    with Image.open(path) as grid:
+        rgb = grid.convert("RGB")
+        # the only cell sits at the bottom right, below the labels
+        return tuple(rgb.getpixel((rgb.width - 40, rgb.height - 40)))
+
+
+def test_a_kept_thumbnail_stands_in_for_its_image(tmp_path: Path) -> None:
+    Image.new("RGB", (512, 384), (200, 30, 30)).save(tmp_path / "a.png")
+    kept = make_thumbnail(tmp_path, Path("a.png"), thumbnail_px=128)
+    assert kept == thumbnail_path(tmp_path, Path("a.png")) == tmp_path / "thumbnails" / "a.png"
+    with Image.open(kept) as thumb:
+        assert thumb.size == (128, 96)  # aspect kept
+    # paint the thumbnail another colour: the grid must show the thumbnail's, proving it was used
+    Image.new("RGB", (128, 96), (30, 30, 200)).save(kept)
+    cells = [GridCell(0, {"cfg": 6}, Path("a.png"))]
+    [grid] = grid_images(tmp_path, [GridAxis("cfg", (6,))], cells, thumbnail_px=128)
+    assert _colour_at_centre(grid) == (30, 30, 200)
+
+
+def test_a_thumbnail_older_than_its_image_or_too_small_is_not_used(tmp_path: Path) -> None:
+    image = tmp_path / "a.png"
+    Image.new("RGB", (256, 256), (200, 30, 30)).save(image)
+    kept = make_thumbnail(tmp_path, Path("a.png"), thumbnail_px=64)
+    Image.new("RGB", (64, 64), (30, 30, 200)).save(kept)
+    cells = [GridCell(0, {"cfg": 6}, Path("a.png"))]
+    # too small for 128 px cells: the grid goes back to the image
+    [grid] = grid_images(tmp_path, [GridAxis("cfg", (6,))], cells, thumbnail_px=128)
+    assert _colour_at_centre(grid) == (200, 30, 30)
+    # big enough, but the image was rewritten after it (a rerun cell): the image wins again
+    Image.new("RGB", (128, 128), (30, 30, 200)).save(kept)
+    Image.new("RGB", (256, 256), (30, 200, 30)).save(image)
+    stamp = kept.stat().st_mtime_ns
+    os.utime(image, ns=(stamp + 10**9, stamp + 10**9))
+    [grid] = grid_images(tmp_path, [GridAxis("cfg", (6,))], cells, thumbnail_px=128)
+    assert _colour_at_centre(grid) == (30, 200, 30)
+
+
+def test_a_thumbnail_of_an_unreadable_image_is_refused_clearly(tmp_path: Path) -> None:
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(GridFailed, match="thumbnail of bad.png"):
+        make_thumbnail(tmp_path, Path("bad.png"))
+    assert not list((tmp_path / "thumbnails").glob("*"))  # nothing half-written left behind

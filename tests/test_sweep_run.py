@@ -58,6 +58,9 @@ def test_a_3x3_grid_gives_9_images_a_matching_manifest_and_a_labelled_grid(
     # differing denoise gives differing pictures: the cells really ran with their own values
     with Image.open(out / rows[0]["files"][0]) as low, Image.open(out / rows[6]["files"][0]) as high:
         assert low.tobytes() != high.tobytes()
+    # each cell's thumbnail was made as it arrived, and the grid was drawn from them
+    assert sorted(p.relative_to(out / "thumbnails") for p in (out / "thumbnails").rglob("*.png")) == \
+        sorted(Path(row["files"][0]) for row in rows)
     [grid] = report.grids
     with Image.open(grid) as picture:
         assert picture.width > 3 * 256 and picture.height > 3 * 256  # three thumbnails plus labels each way
