@@ -95,6 +95,8 @@ class SweepReport:
     grids: tuple[Path, ...] = ()
     page: Path | None = None
     failures: Mapping[int, str] = field(default_factory=dict)  # cell index -> error
+    # seconds spent preparing (journal, planning), running the prompts, and writing results (manifests, grids, page)
+    phases: Mapping[str, float] = field(default_factory=dict)
 
 
 ProgressCallback = Callable[[SweepProgress], None]
@@ -145,18 +147,23 @@ def run_sweep(
         counts = journal.counts()
         skipped = counts[CellStatus.DONE]
         tracker = _Tracker(len(plan.cells), skipped, journal.exhausted(max_attempts=max_attempts), on_progress)
+        prepared = time.monotonic()
         try:
             _run(journal, farm, work, to_run, folder, staging, tracker, thumbnail_px)
         finally:
+            ran = time.monotonic()
             jsonl, table = journal.write_manifests()  # after Ctrl-C too: the manifest shows what is done
             shutil.rmtree(staging, ignore_errors=True)
         grids, page = _write_results(journal, sweep, folder, thumbnail_px)
         counts = journal.counts()
         failures = {r.index: r.error or "" for r in journal.records() if r.status is CellStatus.FAILED}
+    finished = time.monotonic()
+    phases = {"prepare": prepared - started, "run": ran - prepared, "finish": finished - ran}
     return SweepReport(folder=folder, total=len(plan.cells), done=counts[CellStatus.DONE],
                        failed=counts[CellStatus.FAILED], ran=len(work), skipped=skipped,
-                       elapsed_s=time.monotonic() - started, manifest=jsonl, manifest_csv=table,
-                       grids=tuple(grids), page=page, failures=failures)
+                       elapsed_s=finished - started, manifest=jsonl, manifest_csv=table,
+                       grids=tuple(grids), page=page, failures=failures,
+                       phases={name: round(seconds, 3) for name, seconds in phases.items()})
 
 
 def _run(journal: Journal, farm: Farm, work: Sequence[tuple[Batch, Job]], to_run: set[int], folder: Path,

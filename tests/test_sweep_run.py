@@ -67,6 +67,8 @@ def test_a_3x3_grid_gives_9_images_a_matching_manifest_and_a_labelled_grid(
         labels = picture.convert("L").crop((0, 40, picture.width - 3 * 256 - 8, picture.height))
         assert sum(labels.histogram()[:100]) > 100  # the row labels are drawn
     assert report.page == out / "index.html" and '"denoise"' in report.page.read_text("utf-8")
+    assert set(report.phases) == {"prepare", "run", "finish"} and min(report.phases.values()) >= 0
+    assert abs(sum(report.phases.values()) - report.elapsed_s) < 0.01  # the phases account for the whole run
     assert seen[-1].done == 9 and seen[-1].running == {} and not (out / ".incoming").exists()
 
 
