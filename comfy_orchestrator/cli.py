@@ -275,7 +275,7 @@ def _with_steps(label: str, steps: Mapping[str, tuple[int, int]]) -> str:
 
 
 def _run_sweep_with_progress(sweep: Any, out_dir: Path, servers: Sequence[Any], *, max_attempts: int,
-                             thumbnail_px: int) -> Any:
+                             thumbnail_px: int, grid_format: str = "jpg") -> Any:
     """Run a sweep over a farm with a progress bar; Ctrl-C stops it, resumable."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -297,7 +297,7 @@ def _run_sweep_with_progress(sweep: Any, out_dir: Path, servers: Sequence[Any], 
 
         try:
             return run_sweep(sweep, out_dir, farm, max_attempts=max_attempts, on_progress=show,
-                             thumbnail_px=thumbnail_px)
+                             thumbnail_px=thumbnail_px, grid_format=grid_format)
         except KeyboardInterrupt:
             bar.stop()
             fail(f"interrupted; run the same command again to finish the sweep in {out_dir}", 130)
@@ -337,10 +337,13 @@ def _print_report(report: Any) -> None:
 @click.option("--seed-source", type=int, help="draw seed=random:N from this generator seed, for repeatable draws")
 @click.option("--thumbnail", "thumbnail_px", default=256, show_default=True, type=click.IntRange(32, 2048),
               help="grid thumbnail size in pixels")
+@click.option("--grid-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True,
+              help="the grid image's format: jpg is written 6-9x faster and smaller; png is lossless")
 @click.pass_context
 def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str], farm_file: str | None,
                   axes: Sequence[str], zipped: bool, sets: Sequence[str], out_dir: str, dry_run: bool,
-                  batch_seeds: bool, max_attempts: int, seed_source: int | None, thumbnail_px: int) -> None:
+                  batch_seeds: bool, max_attempts: int, seed_source: int | None, thumbnail_px: int,
+                  grid_format: str) -> None:
     """Run TEMPLATE over a grid of parameter values; results, manifest, grid and page go to --out."""
     template = library(ctx).get(template_name)
     sweep = _sweep_of(template, axes, sets, zipped=zipped, batch_seeds=batch_seeds, seed_source=seed_source)
@@ -361,7 +364,7 @@ def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str]
                      highlight=False)
         return
     report = _run_sweep_with_progress(sweep, Path(out_dir), farm_servers, max_attempts=max_attempts,
-                                      thumbnail_px=thumbnail_px)
+                                      thumbnail_px=thumbnail_px, grid_format=grid_format)
     _print_report(report)
     if report.failed:
         fail(f"{report.failed} of {report.total} cells failed; see {report.manifest}", EXIT_FAILED)

@@ -21,7 +21,15 @@ MAX_GRID_SIDE_PX = 8192  # a grid wider or taller than this gets smaller thumbna
 MIN_THUMBNAIL_PX = 64
 RESULTS_PAGE = "index.html"
 THUMBNAILS_FOLDER = "thumbnails"  # made as each image arrives, so the grid at the end only pastes them
-GRID_PNG_LEVEL = 1  # zlib level: 4x faster to write than 6 for a fifth more bytes; written once a sweep
+THUMBNAIL_PNG_LEVEL = 1  # zlib level: 4x faster to write than 6, for a fifth more bytes
+# The grid is written at the end of a sweep, while the GPUs wait: JPEG (4:4:4, so labels stay
+# crisp) writes a 10x10 grid of 256 px cells in 0.07 s against 0.4-0.65 s as PNG, at half the
+# bytes or less; the cells' own images stay as the server made them. --grid-format png for lossless.
+GRID_FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
+    "jpg": ("JPEG", {"quality": 92, "subsampling": 0}),
+    "png": ("PNG", {"compress_level": THUMBNAIL_PNG_LEVEL}),
+}
+DEFAULT_GRID_FORMAT = "jpg"
 _DATA_MARK = "/*__SWEEP_DATA__*/null"
 _BACKGROUND = (250, 250, 250)
 _INK = (30, 30, 30)
@@ -54,13 +62,18 @@ def grid_images(
     *,
     thumbnail_px: int = 256,
     name: str = "grid",
+    image_format: str = DEFAULT_GRID_FORMAT,
 ) -> list[Path]:
     """Draw X/Y grids (X: the first axis, Y: the second) into `folder`, one per value of the others.
 
-    Images are opened one at a time and shrunk to thumbnails, so memory holds one grid.
+    Images (or their kept thumbnails) are opened one at a time and shrunk, so memory holds one
+    grid. `image_format` is a key of GRID_FORMATS ("jpg" or "png").
     """
     if not axes:
         raise GridFailed("a grid needs at least one axis")
+    if image_format not in GRID_FORMATS:
+        raise GridFailed(f"unknown grid format {image_format!r}: use one of {', '.join(GRID_FORMATS)}")
+    pil_format, options = GRID_FORMATS[image_format]
     x_axis, y_axis, pages = axes[0], (axes[1] if len(axes) > 1 else None), axes[2:]
     by_values: dict[tuple[Any, ...], GridCell] = {}
     for cell in cells:
@@ -80,10 +93,10 @@ def grid_images(
         for part, (x_part, y_part) in enumerate(itertools.product(x_parts, y_parts), start=1):
             split = f"part-{part}" if len(x_parts) * len(y_parts) > 1 else ""
             stem = "_".join(s for s in (name, suffix, split) if s)
-            path = folder / f"{stem}.png"
+            path = folder / f"{stem}.{image_format}"
             canvas = _draw_grid(folder, x_part, y_part, page, by_values, axes, side, title)
             try:
-                canvas.save(path, compress_level=GRID_PNG_LEVEL)
+                canvas.save(path, format=pil_format, **options)
             except OSError as exc:
                 raise GridFailed(f"cannot write {path}: {exc}") from exc
             finally:
@@ -105,7 +118,7 @@ def make_thumbnail(folder: Path, image: Path, *, thumbnail_px: int = 256) -> Pat
         with Image.open(folder / image) as source:
             thumb = _shrunk(source, thumbnail_px)
         staged = target.with_name(target.name + ".part")
-        thumb.save(staged, format="PNG", compress_level=GRID_PNG_LEVEL)
+        thumb.save(staged, format="PNG", compress_level=THUMBNAIL_PNG_LEVEL)
         staged.replace(target)  # a cut-off write never passes for a thumbnail
     except OSError as exc:
         raise GridFailed(f"cannot make the thumbnail of {image}: {exc}") from exc

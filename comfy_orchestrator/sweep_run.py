@@ -29,7 +29,14 @@ from comfy_orchestrator.farm import (
     ServerDown,
 )
 from comfy_orchestrator.errors import GridFailed
-from comfy_orchestrator.grid import GridAxis, GridCell, grid_images, make_thumbnail, write_results_page
+from comfy_orchestrator.grid import (
+    DEFAULT_GRID_FORMAT,
+    GridAxis,
+    GridCell,
+    grid_images,
+    make_thumbnail,
+    write_results_page,
+)
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.journal import CellPlan, CellRecord, CellStatus, Journal
 from comfy_orchestrator.sweep import (
@@ -124,6 +131,7 @@ def run_sweep(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     on_progress: ProgressCallback = _ignore,
     thumbnail_px: int = 256,
+    grid_format: str = DEFAULT_GRID_FORMAT,
 ) -> SweepReport:
     """Run the cells of `sweep` the journal in `folder` does not have done, then write the results.
 
@@ -154,7 +162,7 @@ def run_sweep(
             ran = time.monotonic()
             jsonl, table = journal.write_manifests()  # after Ctrl-C too: the manifest shows what is done
             shutil.rmtree(staging, ignore_errors=True)
-        grids, page = _write_results(journal, sweep, folder, thumbnail_px)
+        grids, page = _write_results(journal, sweep, folder, thumbnail_px, grid_format)
         counts = journal.counts()
         failures = {r.index: r.error or "" for r in journal.records() if r.status is CellStatus.FAILED}
     finished = time.monotonic()
@@ -258,10 +266,12 @@ def _cell_plans(plan: SweepPlan) -> Iterator[CellPlan]:
                            job.graph.digest(), cell.batch_index)
 
 
-def _write_results(journal: Journal, sweep: Sweep, folder: Path, thumbnail_px: int) -> tuple[list[Path], Path]:
+def _write_results(journal: Journal, sweep: Sweep, folder: Path, thumbnail_px: int,
+                   grid_format: str) -> tuple[list[Path], Path]:
     axes = [GridAxis(axis.name, axis.values) for axis in sweep.run_axes]
     cells = [_grid_cell(record) for record in journal.records()]
-    grids = grid_images(folder, axes, cells, thumbnail_px=thumbnail_px) if len(axes) <= 3 else []
+    grids = grid_images(folder, axes, cells, thumbnail_px=thumbnail_px, image_format=grid_format) \
+        if len(axes) <= 3 else []
     title = f"{sweep.template.name}: " + " × ".join(f"{a.name} ({len(a.values)})" for a in axes)
     page = write_results_page(folder, axes, cells, title=title, grids=grids)
     return grids, page

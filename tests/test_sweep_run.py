@@ -295,11 +295,25 @@ def test_demo_runs_a_denoise_by_cfg_sweep_on_its_own_simulated_server(tmp_path: 
     result = CliRunner().invoke(main, ["demo", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "started a simulated ComfyUI" in result.output and "9 of 9 cells done, 0 failed" in result.output
-    assert f"grid:     {out / 'grid.png'}" in result.output and f"page:     {out / 'index.html'}" in result.output
+    assert f"grid:     {out / 'grid.jpg'}" in result.output and f"page:     {out / 'index.html'}" in result.output
     rows = _manifest(out)
     assert sorted({r["values"]["denoise"] for r in rows}) == [0.3, 0.6, 0.9]
     assert sorted({r["values"]["cfg"] for r in rows}) == [4, 7, 10]
-    assert len(list((out / "images").glob("*.png"))) == 9 and (out / "grid.png").is_file()
+    assert len(list((out / "images").glob("*.png"))) == 9 and (out / "grid.jpg").is_file()
+
+
+def test_the_grid_is_a_png_when_asked(comfy: Any, sample_image: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from comfy_orchestrator.cli import main
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["sweep", "img2img", "--server", comfy.url, "--axis", "denoise=0.3,0.6",
+                                       "--set", f"image={sample_image}", "--out", str(out), "--grid-format", "png"])
+    assert result.exit_code == 0, result.output
+    assert f"grid:     {out / 'grid.png'}" in result.output and not (out / "grid.jpg").exists()
+    with Image.open(out / "grid.png") as grid:
+        assert grid.format == "PNG"
 
 
 def test_dry_run_lists_the_cells_and_submits_nothing(comfy: Any, sample_image: Path, tmp_path: Path) -> None:

@@ -311,7 +311,7 @@ def test_a_lora_strength_by_denoise_sweep_gives_its_labelled_grid(comfy: Any, li
         distance = [float(np.abs(by_cell[(s, denoise)].mean(axis=(0, 1)) - colour).sum()) for s in (0, 0.5, 1)]
         assert distance[0] > distance[1] > distance[2]
     [grid] = report.grids
-    assert grid.name.endswith(".png") and grid.is_file()
+    assert grid.name.endswith(".jpg") and grid.is_file()
     with Image.open(grid) as drawn:
         assert drawn.width > 3 * 64 and drawn.height > 2 * 64  # three columns and two rows of thumbnails
     assert comfy.counters.node_executions["LoraLoader"] == 3  # one per strength; denoise reuses it from cache
