@@ -13,6 +13,7 @@ import os
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,22 +194,44 @@ def _run(journal: Journal, farm: Farm, work: Sequence[tuple[Batch, Job]], to_run
             case JobDone():
                 pass
 
-    for outcome in farm.run((job for _, job in work), out_dir=staging, on_event=on_event):
-        batch = by_label[outcome.job.label]
-        cells = _open_cells(batch, to_run)
-        if isinstance(outcome, JobFailed):
-            server = outcome.servers[-1] if outcome.servers else None
-            journal.mark_failed([c.index for c in cells], error=str(outcome.error), server=server)
-            tracker.finished(cells, failed=True)
-            logger.warning("cells %s failed: %s", ", ".join(str(c.index) for c in cells), outcome.error)
-            continue
-        kept = _record_result(journal, batch, cells, outcome, folder)
-        tracker.finished(cells, failed=False)
-        for image in kept:
-            try:
-                make_thumbnail(folder, image, thumbnail_px=thumbnail_px)
-            except GridFailed as exc:  # the grid opens the image itself then; the result is kept either way
-                logger.warning("%s", exc)
+    with _Thumbnailer(folder, thumbnail_px) as thumbnails:
+        for outcome in farm.run((job for _, job in work), out_dir=staging, on_event=on_event):
+            batch = by_label[outcome.job.label]
+            cells = _open_cells(batch, to_run)
+            if isinstance(outcome, JobFailed):
+                server = outcome.servers[-1] if outcome.servers else None
+                journal.mark_failed([c.index for c in cells], error=str(outcome.error), server=server)
+                tracker.finished(cells, failed=True)
+                logger.warning("cells %s failed: %s", ", ".join(str(c.index) for c in cells), outcome.error)
+                continue
+            for image in _record_result(journal, batch, cells, outcome, folder):
+                thumbnails.make(image)
+            tracker.finished(cells, failed=False)
+
+
+class _Thumbnailer:
+    """Makes cells' thumbnails on a few threads (Pillow decodes and encodes without the GIL), so a
+    batch of 16 images does not hold up the results behind it; leaving waits for them all."""
+
+    def __init__(self, folder: Path, thumbnail_px: int) -> None:
+        self._folder, self._px = folder, thumbnail_px
+        self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="thumbnail")
+
+    def make(self, image: Path) -> None:
+        self._pool.submit(self._make, image)
+
+    def _make(self, image: Path) -> None:
+        try:
+            make_thumbnail(self._folder, image, thumbnail_px=self._px)
+        except GridFailed as exc:  # the grid opens the image itself then; the result is kept either way
+            logger.warning("%s", exc)
+
+    def __enter__(self) -> _Thumbnailer:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: object) -> None:
+        # on Ctrl-C, drop the thumbnails not begun: the grid falls back to the images
+        self._pool.shutdown(wait=True, cancel_futures=kind is not None)
 
 
 def _record_result(journal: Journal, batch: Batch, cells: Sequence[Cell], result: JobResult,
