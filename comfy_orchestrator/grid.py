@@ -5,8 +5,10 @@ from __future__ import annotations
 import html
 import itertools
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -186,34 +188,44 @@ def _draw_grid(
         left = label_w + gap + column * (side + gap)
         draw.text((left + side / 2, title_h + label_h / 2), _fit(font, text, side), font=font, fill=_INK,
                   anchor="mm")
-    for row, y_value in enumerate(y_values):
-        top = title_h + label_h + row * (side + gap)
-        if y_axis:
-            draw.text((gap, top + side / 2), row_labels[row], font=font, fill=_INK, anchor="lm")
-        for column, x_value in enumerate(x_axis.values):
-            values: dict[str, Value] = dict(page)
-            values[x_axis.name] = x_value
-            if y_axis and y_value is not None:
-                values[y_axis.name] = y_value
-            cell = by_values.get(_key(values, axes))
-            left = label_w + gap + column * (side + gap)
-            _paste(canvas, draw, folder, cell, (left, top), side, font)
+    # a row's pictures are read on a few threads (Pillow decodes without the GIL), one row at a time
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="grid") as pool:
+        for row, y_value in enumerate(y_values):
+            top = title_h + label_h + row * (side + gap)
+            if y_axis:
+                draw.text((gap, top + side / 2), row_labels[row], font=font, fill=_INK, anchor="lm")
+            cells = []
+            for x_value in x_axis.values:
+                values: dict[str, Value] = dict(page)
+                values[x_axis.name] = x_value
+                if y_axis and y_value is not None:
+                    values[y_axis.name] = y_value
+                cells.append(by_values.get(_key(values, axes)))
+            for column, (cell, thumb) in enumerate(zip(cells, pool.map(lambda c: _thumb(folder, c, side), cells))):
+                left = label_w + gap + column * (side + gap)
+                _paste(canvas, draw, cell, thumb, (left, top), side, font)
     return canvas
 
 
-def _paste(canvas: Image.Image, draw: ImageDraw.ImageDraw, folder: Path, cell: GridCell | None,
+def _thumb(folder: Path, cell: GridCell | None, side: int) -> Image.Image | None:
+    """The cell's picture shrunk to fit side x side, from its kept thumbnail when that will do."""
+    if cell is None or cell.image is None:
+        return None
+    try:
+        with Image.open(_smallest_source(folder, cell.image, side)) as image:
+            return _shrunk(image, side)
+    except OSError as exc:
+        raise GridFailed(f"cannot read cell {cell.index}'s image {cell.image}: {exc}") from exc
+
+
+def _paste(canvas: Image.Image, draw: ImageDraw.ImageDraw, cell: GridCell | None, thumb: Image.Image | None,
            corner: tuple[int, int], side: int, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> None:
     left, top = corner
-    if cell is None or cell.image is None:
+    if thumb is None:
         draw.rectangle((left, top, left + side - 1, top + side - 1), fill=_MISSING)
         text = "missing" if cell is None else cell.status
         draw.text((left + side / 2, top + side / 2), text, font=font, fill=_INK, anchor="mm")
         return
-    try:
-        with Image.open(_smallest_source(folder, cell.image, side)) as image:
-            thumb = _shrunk(image, side)
-    except OSError as exc:
-        raise GridFailed(f"cannot read cell {cell.index}'s image {cell.image}: {exc}") from exc
     canvas.paste(thumb, (left + (side - thumb.width) // 2, top + (side - thumb.height) // 2))
     thumb.close()
 
