@@ -198,7 +198,8 @@ def figures(name: str, records: Sequence[PromptRecord], *, servers: int, images:
            "node_executions": sum(len(r.nodes) - len(r.cached & set(r.nodes)) for r in records),
            "checkpoint_loads": sum(r.ran("CheckpointLoaderSimple") for r in records),
            "image_encodes": sum(r.ran("VAEEncode") for r in records),
-           "servers_used": len(spans)}
+           "servers_used": len(spans),
+           "prompts_per_server": sorted((len(runs) for runs in spans.values()), reverse=True)}
     row.update(sampler.busy(started, started + wall_s))
     print(json.dumps(row), flush=True)
     return row
