@@ -259,7 +259,7 @@ class _Listener:
                     break
             socket.settimeout(None)
         except (websocket.WebSocketException, OSError, UnicodeDecodeError) as exc:
-            socket.abort()
+            socket.shutdown()  # closes it: abort() alone leaves the descriptor open
             raise ConnectionFailed(f"websocket closed during the greeting ({type(exc).__name__})",
                                    server=client.url) from exc
         self._socket = socket
@@ -292,26 +292,31 @@ class _Listener:
 
     def _serve(self, socket: WebSocketLike) -> None:
         attempt = 0
-        while not self._stop.is_set():
-            self._read(socket)
+        try:
+            while not self._stop.is_set():
+                self._read(socket)
+                socket.shutdown()
+                self._socket = None
+                if self._stop.is_set():
+                    return
+                self._broadcast(_Disconnected(None))
+                while True:
+                    attempt += 1
+                    if self._stop.wait(self._client.retry.delay(attempt) if attempt > 1 else 0):
+                        return
+                    try:
+                        socket = self._open()
+                    except ComfyError as exc:
+                        log.info("%s: websocket reconnect %d failed: %s", self._client.url, attempt, exc)
+                        continue
+                    attempt = 0
+                    log.info("%s: websocket reconnected", self._client.url)
+                    self._broadcast(_Reconnected(None))
+                    break
+        finally:
+            # a stop that lands while a reconnect opens a new socket leaves that one to us: close it
             socket.shutdown()
             self._socket = None
-            if self._stop.is_set():
-                return
-            self._broadcast(_Disconnected(None))
-            while True:
-                attempt += 1
-                if self._stop.wait(self._client.retry.delay(attempt) if attempt > 1 else 0):
-                    return
-                try:
-                    socket = self._open()
-                except ComfyError as exc:
-                    log.info("%s: websocket reconnect %d failed: %s", self._client.url, attempt, exc)
-                    continue
-                attempt = 0
-                log.info("%s: websocket reconnected", self._client.url)
-                self._broadcast(_Reconnected(None))
-                break
 
     def _read(self, socket: WebSocketLike) -> None:
         while not self._stop.is_set():
