@@ -28,6 +28,7 @@ from comfy_orchestrator.errors import (
     TemplateError,
     WorkflowImportError,
 )
+from comfy_orchestrator.grid import DEFAULT_GRID_FORMAT, GRID_FORMATS
 from comfy_orchestrator.params import DENOISE_GUIDE, denoise_band
 from comfy_orchestrator.settings import Settings
 from comfy_orchestrator.schema import Schema
@@ -275,7 +276,7 @@ def _with_steps(label: str, steps: Mapping[str, tuple[int, int]]) -> str:
 
 
 def _run_sweep_with_progress(sweep: Any, out_dir: Path, servers: Sequence[Any], *, max_attempts: int,
-                             thumbnail_px: int, grid_format: str = "jpg") -> Any:
+                             thumbnail_px: int, grid_format: str = DEFAULT_GRID_FORMAT) -> Any:
     """Run a sweep over a farm with a progress bar; Ctrl-C stops it, resumable."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -337,7 +338,7 @@ def _print_report(report: Any) -> None:
 @click.option("--seed-source", type=int, help="draw seed=random:N from this generator seed, for repeatable draws")
 @click.option("--thumbnail", "thumbnail_px", default=256, show_default=True, type=click.IntRange(32, 2048),
               help="grid thumbnail size in pixels")
-@click.option("--grid-format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True,
+@click.option("--grid-format", type=click.Choice(list(GRID_FORMATS)), default=DEFAULT_GRID_FORMAT, show_default=True,
               help="the grid image's format: jpg is written 6-9x faster and smaller; png is lossless")
 @click.pass_context
 def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str], farm_file: str | None,

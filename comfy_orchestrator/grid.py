@@ -23,13 +23,14 @@ MAX_GRID_SIDE_PX = 8192  # a grid wider or taller than this gets smaller thumbna
 MIN_THUMBNAIL_PX = 64
 RESULTS_PAGE = "index.html"
 THUMBNAILS_FOLDER = "thumbnails"  # made as each image arrives, so the grid at the end only pastes them
-THUMBNAIL_PNG_LEVEL = 1  # zlib level: 4x faster to write than 6, for a fifth more bytes
+PNG_LEVEL = 1  # zlib level for thumbnails and PNG grids: 4x faster to write than 6, for a fifth more bytes
+IMAGE_THREADS = min(4, os.cpu_count() or 1)  # Pillow decodes and encodes without the GIL
 # The grid is written at the end of a sweep, while the GPUs wait: JPEG (4:4:4, so labels stay
 # crisp) writes a 10x10 grid of 256 px cells in 0.07 s against 0.4-0.65 s as PNG, at half the
 # bytes or less; the cells' own images stay as the server made them. --grid-format png for lossless.
 GRID_FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
     "jpg": ("JPEG", {"quality": 92, "subsampling": 0}),
-    "png": ("PNG", {"compress_level": THUMBNAIL_PNG_LEVEL}),
+    "png": ("PNG", {"compress_level": PNG_LEVEL}),
 }
 DEFAULT_GRID_FORMAT = "jpg"
 _DATA_MARK = "/*__SWEEP_DATA__*/null"
@@ -120,7 +121,7 @@ def make_thumbnail(folder: Path, image: Path, *, thumbnail_px: int = 256) -> Pat
         with Image.open(folder / image) as source:
             thumb = _shrunk(source, thumbnail_px)
         staged = target.with_name(target.name + ".part")
-        thumb.save(staged, format="PNG", compress_level=THUMBNAIL_PNG_LEVEL)
+        thumb.save(staged, format="PNG", compress_level=PNG_LEVEL)
         staged.replace(target)  # a cut-off write never passes for a thumbnail
     except OSError as exc:
         raise GridFailed(f"cannot make the thumbnail of {image}: {exc}") from exc
@@ -188,8 +189,8 @@ def _draw_grid(
         left = label_w + gap + column * (side + gap)
         draw.text((left + side / 2, title_h + label_h / 2), _fit(font, text, side), font=font, fill=_INK,
                   anchor="mm")
-    # a row's pictures are read on a few threads (Pillow decodes without the GIL), one row at a time
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="grid") as pool:
+    # a row's pictures are read on a few threads, one row at a time
+    with ThreadPoolExecutor(max_workers=IMAGE_THREADS, thread_name_prefix="grid") as pool:
         for row, y_value in enumerate(y_values):
             top = title_h + label_h + row * (side + gap)
             if y_axis:
@@ -212,7 +213,7 @@ def _thumb(folder: Path, cell: GridCell | None, side: int) -> Image.Image | None
     if cell is None or cell.image is None:
         return None
     try:
-        with Image.open(_smallest_source(folder, cell.image, side)) as image:
+        with _open_smallest(folder, cell.image, side) as image:
             return _shrunk(image, side)
     except OSError as exc:
         raise GridFailed(f"cannot read cell {cell.index}'s image {cell.image}: {exc}") from exc
@@ -232,27 +233,32 @@ def _paste(canvas: Image.Image, draw: ImageDraw.ImageDraw, cell: GridCell | None
 
 def _kept_thumbnail(folder: Path, cell: GridCell) -> str | None:
     """The page shows a cell's thumbnail in its table (the viewer opens the image itself)."""
-    if cell.image is None or not thumbnail_path(folder, cell.image).is_file():
-        return None
-    return thumbnail_path(folder, cell.image).relative_to(folder).as_posix()
+    kept = _fresh_thumbnail(folder, cell.image) if cell.image is not None else None
+    return kept.relative_to(folder).as_posix() if kept is not None else None
 
 
-def _smallest_source(folder: Path, image: Path, side: int) -> Path:
-    """The cell's kept thumbnail when it is at least `side` and newer than the image, else the image."""
-    original, kept = folder / image, thumbnail_path(folder, image)
+def _fresh_thumbnail(folder: Path, image: Path) -> Path | None:
+    """The image's kept thumbnail, unless there is none or the image was written after it (a rerun cell)."""
+    kept = thumbnail_path(folder, image)
     try:
-        if kept.stat().st_mtime_ns >= original.stat().st_mtime_ns:
-            with Image.open(kept) as thumb:
-                if max(thumb.size) >= side or max(thumb.size) >= _longest_side(original):
-                    return kept
+        return kept if kept.stat().st_mtime_ns >= (folder / image).stat().st_mtime_ns else None
     except OSError:
-        pass  # no thumbnail (or no image: opening it below says so)
-    return original
+        return None  # no thumbnail (or no image: opening it says so)
 
 
-def _longest_side(path: Path) -> int:
-    with Image.open(path) as image:
-        return max(image.size)
+def _open_smallest(folder: Path, image: Path, side: int) -> Image.Image:
+    """The fresh kept thumbnail, open, when it is at least `side` (or the whole image), else the image."""
+    kept = _fresh_thumbnail(folder, image)
+    if kept is not None:
+        try:
+            thumb = Image.open(kept)
+        except OSError:
+            thumb = None  # unreadable: the image stands in
+        if thumb is not None:
+            if max(thumb.size) >= side:
+                return thumb
+            thumb.close()
+    return Image.open(folder / image)
 
 
 def _shrunk(image: Image.Image, side: int) -> Image.Image:

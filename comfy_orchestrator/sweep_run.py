@@ -32,6 +32,7 @@ from comfy_orchestrator.farm import (
 from comfy_orchestrator.errors import GridFailed
 from comfy_orchestrator.grid import (
     DEFAULT_GRID_FORMAT,
+    IMAGE_THREADS,
     GridAxis,
     GridCell,
     grid_images,
@@ -210,12 +211,12 @@ def _run(journal: Journal, farm: Farm, work: Sequence[tuple[Batch, Job]], to_run
 
 
 class _Thumbnailer:
-    """Makes cells' thumbnails on a few threads (Pillow decodes and encodes without the GIL), so a
-    batch of 16 images does not hold up the results behind it; leaving waits for them all."""
+    """Makes cells' thumbnails on a few threads, so a batch of 16 images does not hold up the
+    results behind it; leaving waits for them all."""
 
     def __init__(self, folder: Path, thumbnail_px: int) -> None:
         self._folder, self._px = folder, thumbnail_px
-        self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="thumbnail")
+        self._pool = ThreadPoolExecutor(max_workers=IMAGE_THREADS, thread_name_prefix="thumbnail")
 
     def make(self, image: Path) -> None:
         self._pool.submit(self._make, image)

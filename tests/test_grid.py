@@ -9,7 +9,15 @@ import pytest
 from PIL import Image
 
 from comfy_orchestrator.errors import GridFailed
-from comfy_orchestrator.grid import MAX_GRID_SIDE_PX, GridAxis, GridCell, grid_images, make_thumbnail, thumbnail_path
+from comfy_orchestrator.grid import (
+    MAX_GRID_SIDE_PX,
+    GridAxis,
+    GridCell,
+    grid_images,
+    make_thumbnail,
+    thumbnail_path,
+    write_results_page,
+)
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 200, 30), (200, 40, 200), (30, 200, 200)]
 
@@ -156,6 +164,9 @@ def test_a_thumbnail_older_than_its_image_or_too_small_is_not_used(tmp_path: Pat
     os.utime(image, ns=(stamp + 10**9, stamp + 10**9))
     [grid] = grid_images(tmp_path, [GridAxis("cfg", (6,))], cells, thumbnail_px=128)
     assert _near(_colour_at_centre(grid), (30, 200, 30))
+    # and the results page does not offer the stale thumbnail either
+    page = write_results_page(tmp_path, [GridAxis("cfg", (6,))], cells, title="t").read_text("utf-8")
+    assert '"thumbnail": null' in page and "thumbnails/a.png" not in page
 
 
 def test_a_thumbnail_of_an_unreadable_image_is_refused_clearly(tmp_path: Path) -> None:
