@@ -156,17 +156,22 @@ def test_clicking_a_cell_opens_it_with_its_parameters(browser: Any, page_path: P
 
 def test_the_table_shows_kept_thumbnails_and_the_viewer_the_image(browser: Any, tmp_path: Path) -> None:
     (tmp_path / "images").mkdir()
-    Image.new("RGB", (300, 300), (200, 30, 30)).save(tmp_path / "images" / "00000.png")
-    Image.new("RGB", (300, 300), (30, 30, 200)).save(tmp_path / "images" / "00001.png")
-    make_thumbnail(tmp_path, Path("images/00000.png"), thumbnail_px=64)  # cell 1 has none: its image is shown
+    Image.new("RGB", (600, 600), (200, 30, 30)).save(tmp_path / "images" / "00000.png")
+    Image.new("RGB", (600, 600), (30, 30, 200)).save(tmp_path / "images" / "00001.png")
+    make_thumbnail(tmp_path, Path("images/00000.png"), thumbnail_px=256)  # cell 1 has none: its image is shown
     cells = [GridCell(i, {"cfg": cfg}, Path(f"images/{i:05d}.png")) for i, cfg in enumerate((6, 8))]
     page = _open(browser, write_results_page(tmp_path, [GridAxis("cfg", (6, 8))], cells, title="thumbs"))
     sources = [page.locator("#grid td.cell img").nth(i).get_attribute("src") for i in range(2)]
     assert sources == ["thumbnails/images/00000.png", "images/00001.png"]
     widths = page.evaluate("Array.from(document.querySelectorAll('#grid td.cell img')).map((i) => i.naturalWidth)")
-    assert widths == [64, 300]  # the browser loaded the small file for the first cell
+    assert widths == [256, 600]  # the browser loaded the small file for the first cell (cells are 200 px)
     page.locator("#grid td.cell").first.click()
     page.locator("#viewer").wait_for(state="visible")
     assert page.locator("#viewer-image").get_attribute("src") == "images/00000.png"
+    page.keyboard.press("Escape")
+    # cells made larger than the 256 px thumbnail show the full image instead of a blurred one
+    page.locator("#thumb-size").fill("512")
+    page.wait_for_function("document.querySelector('#grid td.cell img').naturalWidth === 600")
+    assert page.locator("#grid td.cell img").first.get_attribute("src") == "images/00000.png"
     assert page.errors == []
     page.close()
