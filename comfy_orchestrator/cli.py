@@ -17,7 +17,9 @@ from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.progress import ProgressColumn, Task
 from rich.table import Table
+from rich.text import Text
 
 from comfy_orchestrator.errors import (
     ComfyError,
@@ -37,14 +39,29 @@ from comfy_orchestrator.templates import Template, Templates, default_user_folde
 BAD_INPUT = (ParameterError, TemplateError, GraphInvalid, SweepError, WorkflowImportError, FarmFileInvalid)
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True, soft_wrap=True)
+# Text a user or a server wrote is never read as markup, emoji codes or highlighted: our own styling
+# is given as (text, style) pieces of a `line`, so no bracket in a value can change or break output.
+stdout = Console(soft_wrap=True, markup=False, emoji=False)
+stderr = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
+
+
+def line(*parts: str | tuple[str, str]) -> Text:
+    """One line of output from plain pieces and (text, style) pieces, none of it markup."""
+    return Text.assemble(*parts)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     """Print one line of error and exit."""
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    stderr.print(line(("error:", "bold red"), " ", message))
     sys.exit(code)
+
+
+class LineColumn(ProgressColumn):
+    """A progress bar column showing the task's `line` field, a Text built with `line()`."""
+
+    def render(self, task: Task) -> Text:
+        shown = task.fields.get("line")
+        return shown if isinstance(shown, Text) else Text(str(shown or ""))
 
 
 class _Commands(click.Group):
@@ -65,7 +82,7 @@ class _Commands(click.Group):
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
-    stderr.print(f"[yellow]warning:[/] {message}", highlight=False)
+    stderr.print(line(("warning:", "yellow"), " ", str(message)))
 
 
 def settings() -> Settings:
@@ -120,11 +137,11 @@ def _number(value: float) -> str:
 
 
 def _print_template(template: Template, *, detailed: bool) -> None:
-    origin = "" if template.builtin else f"  [dim]({template.source.parent})[/]"
-    stdout.print(f"[bold cyan]{template.name}[/] - {template.description}{origin}")
+    origin = "" if template.builtin else f"  ({template.source.parent})"
+    stdout.print(line((template.name, "bold cyan"), f" - {template.description}", (origin, "dim")))
     if not detailed:
         names = ", ".join(p.name for p in template.parameters())
-        stdout.print(f"  [dim]parameters:[/] {names}", highlight=False)
+        stdout.print(line(("  parameters:", "dim"), f" {names}"))
         return
     table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
     for column in ("parameter", "type", "default", "range", "recommended", "description"):
@@ -182,14 +199,14 @@ def template_import(ctx: click.Context, workflow_file: str, name: str, params: S
     folder = library(ctx).user_folder or default_user_folder()
     imported = import_workflow(Path(workflow_file).read_bytes(), name=name, folder=folder, schema=schema,
                                parameters=parse_assignments(params), description=description)
-    stdout.print(f"imported {imported.format}-format workflow as [bold cyan]{name}[/] in {folder}")
-    for line in imported.account:
-        stdout.print(f"  proposed {line}", highlight=False)
+    stdout.print(line(f"imported {imported.format}-format workflow as ", (name, "bold cyan"), f" in {folder}"))
+    for proposal in imported.account:
+        stdout.print(f"  proposed {proposal}")
     for param, target in imported.parameters.items():
         if not imported.account:
-            stdout.print(f"  {param} = {target}", highlight=False)
+            stdout.print(f"  {param} = {target}")
     for note in imported.notes:
-        stderr.print(f"[yellow]not carried over:[/] {note}", highlight=False)
+        stderr.print(line(("not carried over:", "yellow"), f" {note}"))
     stdout.print(f"render it with: comfy-orch render {name} --set NAME=VALUE")
 
 
@@ -284,17 +301,17 @@ def _run_sweep_with_progress(sweep: Any, out_dir: Path, servers: Sequence[Any], 
     from comfy_orchestrator.sweep_run import SweepProgress, run_sweep
 
     farm = Farm(servers)
-    columns = (TextColumn("[bold]cells"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"))
+    columns = (TextColumn("cells", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), LineColumn())
     with Progress(*columns, console=stderr, transient=False) as bar:
-        task = bar.add_task("", total=None)
+        task = bar.add_task("", total=None, line=Text(""))
 
         def show(progress: SweepProgress) -> None:
             running = list(progress.running.items())
             current = "; ".join(_with_steps(label, progress.steps) for label, _ in running[:2])
             current += " ..." if len(running) > 2 else ""
-            text = (f"[green]{progress.done} done[/] [red]{progress.failed} failed[/] "
-                    f"{len(progress.running)} running  ETA {_duration(progress.eta_s)}  [dim]{current}[/]")
-            bar.update(task, total=progress.total, completed=progress.done + progress.failed, description=text)
+            text = line((f"{progress.done} done", "green"), " ", (f"{progress.failed} failed", "red"),
+                        f" {len(progress.running)} running  ETA {_duration(progress.eta_s)}  ", (current, "dim"))
+            bar.update(task, total=progress.total, completed=progress.done + progress.failed, line=text)
 
         try:
             return run_sweep(sweep, out_dir, farm, max_attempts=max_attempts, on_progress=show,
@@ -306,16 +323,15 @@ def _run_sweep_with_progress(sweep: Any, out_dir: Path, servers: Sequence[Any], 
 
 def _print_report(report: Any) -> None:
     stdout.print(f"{report.done} of {report.total} cells done, {report.failed} failed "
-                 f"({report.ran} prompts run, {report.skipped} cells already done) in {report.elapsed_s:.1f} s",
-                 highlight=False)
-    stdout.print(f"  images:   {report.folder / 'images'}", highlight=False)
-    stdout.print(f"  manifest: {report.manifest} (and {report.manifest_csv.name})", highlight=False)
+                 f"({report.ran} prompts run, {report.skipped} cells already done) in {report.elapsed_s:.1f} s")
+    stdout.print(f"  images:   {report.folder / 'images'}")
+    stdout.print(f"  manifest: {report.manifest} (and {report.manifest_csv.name})")
     for grid in report.grids:
-        stdout.print(f"  grid:     {grid}", highlight=False)
+        stdout.print(f"  grid:     {grid}")
     if report.page is not None:
-        stdout.print(f"  page:     {report.page}", highlight=False)
+        stdout.print(f"  page:     {report.page}")
     for index, error in list(report.failures.items())[:5]:
-        stderr.print(f"[red]cell {index} failed:[/] {error}", highlight=False)
+        stderr.print(line((f"cell {index} failed:", "red"), f" {error}"))
 
 
 @main.command("sweep")
@@ -357,12 +373,11 @@ def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str]
 
         plan = plan_sweep(sweep, servers=len(farm_servers))
         for cell in plan.cells[:50]:
-            stdout.print(f"{cell.index:5d}  {cell.label}", highlight=False)
+            stdout.print(f"{cell.index:5d}  {cell.label}")
         if len(plan.cells) > 50:
-            stdout.print(f"  ... {len(plan.cells) - 50} more", highlight=False)
+            stdout.print(f"  ... {len(plan.cells) - 50} more")
         stdout.print(f"{len(plan.cells)} cells in {len(plan.jobs)} prompts on {len(farm_servers)} server(s); "
-                     f"about {_duration(plan.estimate_s)} on a fast GPU (SD1.5, 512x512); nothing submitted",
-                     highlight=False)
+                     f"about {_duration(plan.estimate_s)} on a fast GPU (SD1.5, 512x512); nothing submitted")
         return
     report = _run_sweep_with_progress(sweep, Path(out_dir), farm_servers, max_attempts=max_attempts,
                                       thumbnail_px=thumbnail_px, grid_format=grid_format)
@@ -407,14 +422,14 @@ def demo(out_dir: str, servers: Sequence[str], checkpoint: str | None) -> None:
             # a tenth of the recorded GPU timings: real-looking progress without a long wait
             server = stack.enter_context(SimServer(costs=profile("realistic").scaled(10.0),
                                                    checkpoints=(checkpoint or DEFAULT_CHECKPOINT,)))
-            stdout.print(f"started a simulated ComfyUI at {server.url} (no GPU needed)", highlight=False)
+            stdout.print(f"started a simulated ComfyUI at {server.url} (no GPU needed)")
             urls = [server.url]
         report = _run_sweep_with_progress(sweep, folder, urls, max_attempts=3, thumbnail_px=256)
     _print_report(report)
     if report.failed:
         fail(f"{report.failed} of {report.total} cells failed; see {report.manifest}", EXIT_FAILED)
     if report.page is not None:
-        stdout.print(f"open {report.page} in a browser to compare the results", highlight=False)
+        stdout.print(f"open {report.page} in a browser to compare the results")
 
 
 def server_option(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -474,8 +489,8 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
         job = template.job(template.params(values))
     with _client(server) as client:
         handle = client.submit(job)
-        with Progress(TextColumn("{task.description:>8}"), BarColumn(), TaskProgressColumn(),
-                      TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=stderr,
+        with Progress(TextColumn("{task.description:>8}", markup=False), BarColumn(), TaskProgressColumn(),
+                      TextColumn("{task.fields[detail]}", markup=False), TimeElapsedColumn(), console=stderr,
                       transient=False) as bar:
             overall = bar.add_task("overall", total=1.0, detail=f"queued on {client.url}")
             sampler = bar.add_task("sampler", total=1, detail="", visible=False)
@@ -489,7 +504,7 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
             bar.update(overall, completed=1.0, detail="done")
             result = client.save_outputs(handle.wait(), Path(out_dir))
     for path in result.files:
-        stdout.print(str(path), highlight=False)
+        stdout.print(str(path))
     if not result.files:
         stderr.print("the job finished without output files")
 
@@ -575,7 +590,7 @@ def inspect_command(image: str, as_json: bool) -> None:
     table.add_row("graph", f"{len(record.get('graph') or {})} nodes")
     table.add_row("server chunks", ", ".join(sorted(k for k in chunks if k != PROVENANCE_KEY)) or "none")
     stdout.print(table)
-    stdout.print(f"run it again: comfy-orch run --from {image}", highlight=False)
+    stdout.print(f"run it again: comfy-orch run --from {image}")
 
 
 @main.group("farm")
@@ -617,13 +632,13 @@ def farm_status(servers: Sequence[str], farm_file: str | None, timeout_s: float,
             vram = "\n".join(f"{_gib(d.vram_free)}/{_gib(d.vram_total)}" for d in status.devices)
             models = ", ".join(status.checkpoints[:3]) + (f" (+{len(status.checkpoints) - 3})"
                                                           if len(status.checkpoints) > 3 else "")
-            table.add_row(status.name, "[green]up[/]" if status.up else "[red]down[/]",
+            table.add_row(status.name, Text("up", "green") if status.up else Text("down", "red"),
                           f"{status.queue_running}/{status.queue_pending}" if status.up else "",
                           gpus, vram, models, ", ".join(status.tags))
         stdout.print(table)
         for status in statuses:
             if not status.up:
-                stderr.print(f"[red]{status.name} is down:[/] {status.error}", highlight=False)
+                stderr.print(line((f"{status.name} is down:", "red"), f" {status.error}"))
     down = [status.name for status in statuses if not status.up]
     if down:
         fail(f"{len(down)} of {len(statuses)} server(s) down: {', '.join(down)}", EXIT_FAILED)

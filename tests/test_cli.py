@@ -1,0 +1,89 @@
+"""What the command line prints: text a user or a server wrote comes out exactly as written."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from comfy_orchestrator.cli import main
+
+# Each would be eaten, turned into a style, an emoji, or a MarkupError if it were read as rich markup.
+HOSTILE_TEXTS = ["[x].png", "[/x]", "[bold]loud[/bold]", ":smile: and :a:b:", "[[server]]", "[link=file:///]y"]
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.mark.parametrize("text", HOSTILE_TEXTS)
+def test_a_value_the_user_typed_is_quoted_exactly(text: str) -> None:
+    done = invoke("render", "img2img", "--set", f"sampler={text}")
+    assert done.exit_code == 2, done.output
+    assert f"sampler={text!r}" in done.stderr
+    assert isinstance(done.exception, SystemExit) and done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("text", HOSTILE_TEXTS)
+def test_a_missing_image_is_named_as_typed(text: str) -> None:
+    done = invoke("render", "img2img", "--set", f"image={text}")
+    assert done.exit_code == 2
+    assert f"image={text!r}" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_a_farm_file_without_servers_names_the_tables(tmp_path: Path) -> None:
+    farm = tmp_path / "farm.toml"
+    farm.write_text('[x]\nname = "a"\n', encoding="utf-8")
+    done = invoke("farm", "status", "--farm", str(farm))
+    assert done.exit_code == 2
+    assert "expected [[server]] tables" in done.stderr
+
+
+def test_a_sweep_over_markup_looking_values_runs_and_labels_them_exactly(comfy: Any, sample_image: Path,
+                                                                       tmp_path: Path) -> None:
+    axis = "positive=[/x] a cat,[bold]dog :smile:"
+    planned = invoke("sweep", "img2img", "--server", comfy.url, "--set", f"image={sample_image}",
+                     "--axis", axis, "--out", str(tmp_path / "out"), "--dry-run")
+    assert planned.exit_code == 0, planned.output
+    assert "[/x] a cat" in planned.stdout and "[bold]dog :smile:" in planned.stdout
+    done = invoke("sweep", "img2img", "--server", comfy.url, "--set", f"image={sample_image}",
+                  "--axis", axis, "--out", str(tmp_path / "out"))
+    assert done.exit_code == 0, done.output
+    assert "2 of 2 cells done" in done.stdout
+
+
+class _MarkupAnswers(BaseHTTPRequestHandler):
+    """A server whose every answer is a 500 with markup-looking text in its body."""
+
+    def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+        body = b"[/x] broke at [bold]step[/bold] :fire:"
+        self.send_response(500)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        """Keep the test's output clean."""
+
+
+@pytest.fixture
+def markup_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _MarkupAnswers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_a_server_answer_is_printed_as_it_came(markup_server: str) -> None:
+    done = invoke("queue", "--server", markup_server)
+    assert done.exit_code == 1, done.output
+    assert "[/x] broke at [bold]step[/bold] :fire:" in done.stderr
+    assert done.stderr.count("\n") == 1
