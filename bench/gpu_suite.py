@@ -64,7 +64,9 @@ import requests
 from PIL import Image
 
 from comfy_orchestrator.client import Client
-from comfy_orchestrator.farm import Dispatch, Farm, JobFailed, RoundRobin, ServerConfig, SoonestFinish
+from comfy_orchestrator.dispatch import Dispatch, RoundRobin, SoonestFinish
+from comfy_orchestrator.farm import Farm, JobFailed
+from comfy_orchestrator.servers import ServerConfig
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.sweep import Sweep, parse_axis
 from comfy_orchestrator.sweep_run import SweepProgress, plan_sweep, run_sweep

@@ -12,6 +12,7 @@ from comfy_orchestrator.errors import (
     JobLost,
     JobTimedOut,
     JournalFailed,
+    MalformedMessage,
     MissingModel,
     NoServerAvailable,
     OutOfMemory,
@@ -26,13 +27,17 @@ from comfy_orchestrator.errors import (
     UnsafeOutput,
     WorkflowImportError,
 )
-from comfy_orchestrator.client import Client, JobHandle
-from comfy_orchestrator.farm import Farm, JobFailed, RetryPolicy, ServerConfig, load_farm
+from comfy_orchestrator.client import Client
+from comfy_orchestrator.farm import Farm, JobFailed
 from comfy_orchestrator.graph import Graph, Node
+from comfy_orchestrator.job_handle import JobHandle
 from comfy_orchestrator.jobs import Job, JobResult, Output
 from comfy_orchestrator.journal import Journal
+from comfy_orchestrator.limits import Timeouts
 from comfy_orchestrator.params import DENOISE_GUIDE, WORKFLOWS, Params
+from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.schema import Schema
+from comfy_orchestrator.servers import ServerConfig, load_farm
 from comfy_orchestrator.sweep import Axis, Cell, Sweep, parse_axis
 from comfy_orchestrator.sweep_run import SweepProgress, SweepReport, plan_sweep, run_sweep
 from comfy_orchestrator.templates import Template, Templates
@@ -61,6 +66,7 @@ __all__ = [
     "JobTimedOut",
     "Journal",
     "JournalFailed",
+    "MalformedMessage",
     "MissingModel",
     "NoServerAvailable",
     "Node",
@@ -84,6 +90,7 @@ __all__ = [
     "TemplateError",
     "TemplateNotFound",
     "Templates",
+    "Timeouts",
     "UnsafeOutput",
     "WORKFLOWS",
     "WorkflowImportError",

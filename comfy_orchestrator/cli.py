@@ -364,7 +364,7 @@ def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str]
     """Run TEMPLATE over a grid of parameter values; results, manifest, grid and page go to --out."""
     template = library(ctx).get(template_name)
     sweep = _sweep_of(template, axes, sets, zipped=zipped, batch_seeds=batch_seeds, seed_source=seed_source)
-    from comfy_orchestrator.farm import load_farm
+    from comfy_orchestrator.servers import load_farm
 
     farm_servers: list[Any] = list(load_farm(farm_file)) if farm_file else []
     farm_servers += list(servers) or ([] if farm_file else [settings().comfy_url])
@@ -613,7 +613,8 @@ def farm_status(servers: Sequence[str], farm_file: str | None, timeout_s: float,
     """Show each server: up or down, queue, GPU and VRAM, checkpoints. Exits 1 if any is down."""
     import dataclasses
 
-    from comfy_orchestrator.farm import Farm, ServerConfig, load_farm, servers_from_urls
+    from comfy_orchestrator.farm import Farm
+    from comfy_orchestrator.servers import ServerConfig, load_farm, servers_from_urls
 
     config = settings()
     token = config.comfy_token.get_secret_value() if config.comfy_token is not None else None

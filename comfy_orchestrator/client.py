@@ -7,9 +7,9 @@ The socket is a hint: a silence watchdog and a reconnect with reconciliation fal
 back to the prompt's own record, so no completion is missed and a prompt the server
 lost (in neither queue nor history) raises JobLost.
 
-Threads: one reader thread per client owns the websocket and hands each prompt's
-events to that prompt's JobHandle; a handle is driven by the thread that waits on it
-or iterates its events, which is also where its callbacks run.
+Threads: one reader thread per client (listener.py) owns the websocket and hands each
+prompt's events to that prompt's JobHandle (job_handle.py); a handle is driven by the
+thread that waits on it or iterates its events, which is also where its callbacks run.
 """
 
 from __future__ import annotations
@@ -19,29 +19,23 @@ import io
 import json
 import logging
 import os
-import queue
 import re
 import threading
-import time
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import requests
-import websocket
 from PIL import Image
 
 from comfy_orchestrator.errors import (
     AuthFailed,
     ComfyError,
     ConnectionFailed,
-    JobLost,
-    JobTimedOut,
     MalformedMessage,
     MissingModel,
     ParameterError,
@@ -51,27 +45,16 @@ from comfy_orchestrator.errors import (
     UnsafeOutput,
 )
 from comfy_orchestrator.graph import Graph
+from comfy_orchestrator.job_handle import EventCallback, JobHandle, ProgressCallback
 from comfy_orchestrator.jobs import Job, JobResult, Output, name_by_content
-from comfy_orchestrator.protocol import (
-    FEATURE_FLAGS_FRAME,
-    Event,
-    ExecutionStarted,
-    FeatureFlags,
-    NodeExecuting,
-    NodesCached,
-    PreviewImage,
-    Progress,
-    ProgressTracker,
-    PromptFailed,
-    QueueStatus,
-    outcome_from_history,
-    outputs_from_history,
-    parse_event,
-    track,
-)
+from comfy_orchestrator.limits import Timeouts
+from comfy_orchestrator.listener import Connect, Listener, connect_websocket
 from comfy_orchestrator.provenance import PngTextAppender, provenance_chunk, provenance_record
+from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.validation import check_prompt
+
+__all__ = ["DEFAULT_URL", "MODEL_INPUTS", "Client", "ImageSource", "safe_filename"]
 
 log = logging.getLogger(__name__)
 
@@ -84,48 +67,7 @@ _CHUNK_BYTES = 1 << 16
 _WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
 _UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
 
-EventCallback = Callable[[Event], None]
-ProgressCallback = Callable[[Progress], None]
 ImageSource = Path | str | bytes | Image.Image
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often a call is tried and how long to rest between tries."""
-
-    max_attempts: int = 3
-    first_delay_s: float = 2.0
-    max_delay_s: float = 60.0
-
-    def delay(self, attempt: int, jitter: float = 1.0) -> float:
-        """Seconds to rest after failed `attempt` (1-based)."""
-        return float(min(self.first_delay_s * 2 ** (attempt - 1), self.max_delay_s) * jitter)
-
-
-class WebSocketLike(Protocol):
-    """What the client needs of a websocket (websocket-client's WebSocket has it)."""
-
-    def send(self, payload: str) -> Any: ...
-    def recv_data(self) -> tuple[int, bytes]: ...
-    def send_close(self) -> None: ...
-    def abort(self) -> None: ...
-    def shutdown(self) -> None: ...
-    def settimeout(self, timeout: float | None) -> None: ...
-
-
-Connect = Callable[[str, Mapping[str, str], float], WebSocketLike]
-
-
-def connect_websocket(url: str, headers: Mapping[str, str], timeout_s: float) -> WebSocketLike:
-    """Open a websocket with websocket-client; no Origin header (ComfyUI refuses foreign ones).
-
-    websocket-client puts no limit on a frame's size, so full-size PNG frames of
-    SaveImageWebsocket (hundreds of KB, more for big images) arrive whole.
-    """
-    socket: WebSocketLike = websocket.create_connection(
-        url, timeout=timeout_s, header=[f"{k}: {v}" for k, v in headers.items()],
-        suppress_origin=True, enable_multithread=True)
-    return socket
 
 
 def safe_filename(name: str, *, fallback: str) -> str:
@@ -161,347 +103,6 @@ def _split_credentials(url: str) -> tuple[str, str | None, str | None]:
     return clean, user or None, password or None
 
 
-class _Marker(Event):
-    """Not a server message: the reader tells waiting jobs about the connection."""
-
-
-class _Reconnected(_Marker):
-    pass
-
-
-class _Disconnected(_Marker):
-    pass
-
-
-class _Listener:
-    """The client's one websocket: connects, reads, routes events, reconnects with backoff."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-        self._lock = threading.Lock()
-        self._queues: dict[str, queue.SimpleQueue[Event]] = {}
-        self._stop = threading.Event()
-        self._socket: WebSocketLike | None = None
-        self._thread: threading.Thread | None = None
-        self.last_frame_at = time.monotonic()
-        self.server_flags: dict[str, Any] = {}
-
-    def start(self) -> None:
-        """Connect now (in the caller's thread, so errors reach it) unless already listening."""
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._stop.clear()
-            socket = self._open()
-            self._thread = threading.Thread(target=self._run, args=(socket,), daemon=True,
-                                            name=f"comfy-ws-{self._client.client_id[:8]}")
-            self._thread.start()
-
-    def subscribe(self, prompt_id: str) -> queue.SimpleQueue[Event]:
-        events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        with self._lock:
-            self._queues[prompt_id] = events
-        return events
-
-    def unsubscribe(self, prompt_id: str) -> None:
-        with self._lock:
-            self._queues.pop(prompt_id, None)
-
-    def recycle(self) -> None:
-        """Close the socket so the reader reconnects: cures a socket the server stopped talking to."""
-        socket = self._socket
-        if socket is not None:
-            log.info("%s: websocket silent while a prompt runs; reconnecting", self._client.url)
-            self._close_socket(socket)
-
-    def stop(self) -> None:
-        self._stop.set()
-        socket, thread = self._socket, self._thread
-        if socket is not None:
-            self._close_socket(socket)
-        if thread is not None:
-            thread.join(self._client.timeout_s)
-            if thread.is_alive() and socket is not None:
-                socket.abort()
-                thread.join(self._client.timeout_s)
-
-    def _close_socket(self, socket: WebSocketLike) -> None:
-        try:
-            socket.send_close()
-        except (websocket.WebSocketException, OSError) as exc:
-            log.debug("%s: close frame not sent (%s); aborting the socket", self._client.url, exc)
-            socket.abort()
-
-    def _open(self) -> WebSocketLike:
-        """Connect, send feature_flags as the very first frame, and read the greeting."""
-        client = self._client
-        url = f"{client.ws_url}?clientId={quote(client.client_id)}"
-        try:
-            socket = client.connect(url, client.headers_for_websocket(), client.timeout_s)
-        except websocket.WebSocketBadStatusException as exc:
-            if exc.status_code in (401, 403):
-                raise AuthFailed("websocket refused our credentials", server=client.url,
-                                 status=exc.status_code) from exc
-            raise ServerError(f"websocket upgrade answered {exc.status_code}", server=client.url,
-                              status=exc.status_code) from exc
-        except websocket.WebSocketTimeoutException as exc:
-            raise RequestTimedOut("websocket did not open in time", server=client.url) from exc
-        except (websocket.WebSocketException, OSError) as exc:
-            raise ConnectionFailed(f"websocket could not connect ({type(exc).__name__})",
-                                   server=client.url) from exc
-        try:
-            socket.send(FEATURE_FLAGS_FRAME)
-            deadline = time.monotonic() + client.timeout_s
-            while True:  # the server speaks first: status with our sid
-                socket.settimeout(max(0.01, deadline - time.monotonic()))
-                event = self._receive(socket)
-                if isinstance(event, QueueStatus) and event.sid is not None:
-                    break
-            socket.settimeout(None)
-        except (websocket.WebSocketException, OSError, UnicodeDecodeError) as exc:
-            socket.shutdown()  # closes it: abort() alone leaves the descriptor open
-            raise ConnectionFailed(f"websocket closed during the greeting ({type(exc).__name__})",
-                                   server=client.url) from exc
-        self._socket = socket
-        return socket
-
-    def _receive(self, socket: WebSocketLike) -> Event | None:
-        """Read one frame; None for a close frame or a frame that is not ComfyUI's."""
-        opcode, data = socket.recv_data()
-        if opcode == websocket.ABNF.OPCODE_CLOSE:
-            raise websocket.WebSocketConnectionClosedException("closed by the server")
-        self.last_frame_at = time.monotonic()
-        frame: str | bytes = data.decode("utf-8") if opcode == websocket.ABNF.OPCODE_TEXT else data
-        try:
-            event = parse_event(frame)
-        except MalformedMessage as exc:
-            # The socket is a hint; the prompt's record decides. Report and read on.
-            log.warning("%s: ignoring a malformed websocket frame: %s", self._client.url, exc)
-            return None
-        if isinstance(event, FeatureFlags):
-            self.server_flags = dict(event.flags)
-        return event
-
-    def _run(self, socket: WebSocketLike) -> None:
-        try:
-            self._serve(socket)
-        except Exception:
-            # Jobs fall back to their watchdog; the next submit starts a new reader.
-            log.exception("%s: websocket reader stopped on an unexpected error", self._client.url)
-            self._broadcast(_Disconnected(None))
-
-    def _serve(self, socket: WebSocketLike) -> None:
-        attempt = 0
-        try:
-            while not self._stop.is_set():
-                self._read(socket)
-                socket.shutdown()
-                self._socket = None
-                if self._stop.is_set():
-                    return
-                self._broadcast(_Disconnected(None))
-                while True:
-                    attempt += 1
-                    if self._stop.wait(self._client.retry.delay(attempt) if attempt > 1 else 0):
-                        return
-                    try:
-                        socket = self._open()
-                    except ComfyError as exc:
-                        log.info("%s: websocket reconnect %d failed: %s", self._client.url, attempt, exc)
-                        continue
-                    attempt = 0
-                    log.info("%s: websocket reconnected", self._client.url)
-                    self._broadcast(_Reconnected(None))
-                    break
-        finally:
-            # a stop that lands while a reconnect opens a new socket leaves that one to us: close it
-            socket.shutdown()
-            self._socket = None
-
-    def _read(self, socket: WebSocketLike) -> None:
-        while not self._stop.is_set():
-            try:
-                event = self._receive(socket)
-            except (websocket.WebSocketException, OSError, UnicodeDecodeError) as exc:
-                if not self._stop.is_set():
-                    log.info("%s: websocket closed: %s", self._client.url, exc or type(exc).__name__)
-                return
-            if event is None or (isinstance(event, PreviewImage) and not self._client.keep_previews):
-                continue
-            if event.prompt_id is None:
-                self._broadcast(event)
-            else:
-                with self._lock:
-                    events = self._queues.get(event.prompt_id)
-                if events is not None:
-                    events.put(event)
-
-    def _broadcast(self, event: Event) -> None:
-        with self._lock:
-            targets = list(self._queues.values())
-        for events in targets:
-            events.put(event)
-
-
-class JobHandle:
-    """One submitted prompt: wait for it, iterate its events, or cancel it."""
-
-    def __init__(self, client: Client, job: Job, prompt_id: str, events: queue.SimpleQueue[Event], *,
-                 on_event: EventCallback | None, on_progress: ProgressCallback | None) -> None:
-        self.client = client
-        self.job = job
-        self.prompt_id = prompt_id
-        self.number: float | None = None
-        self.node_errors: dict[str, Any] = {}  # a 200 answer's errors for branches that will not run
-        self.previews: list[PreviewImage] = []
-        self._events = events
-        self._on_event = on_event
-        self._on_progress = on_progress
-        self._tracker = ProgressTracker(job.graph.to_api())
-        self._drive = threading.Lock()
-        self._entry: Mapping[str, Any] | None = None
-        self._result: JobResult | None = None
-        self._error: ComfyError | None = None
-        self._cached: tuple[str, ...] = ()
-        self._timings: dict[str, float] = {"submitted": time.time()}
-
-    @property
-    def progress(self) -> Progress:
-        return self._tracker.progress
-
-    @property
-    def done(self) -> bool:
-        return self._result is not None or self._error is not None
-
-    def wait(self, timeout_s: float | None = None) -> JobResult:
-        """Block until the prompt ends; return its result or raise what went wrong."""
-        for _ in self.events(timeout_s=timeout_s):
-            pass
-        assert self._result is not None
-        return self._result
-
-    def events(self, *, timeout_s: float | None = None) -> Iterator[Event]:
-        """Yield this prompt's events as they come; end when it is done, raise if it fails."""
-        with self._drive:
-            if self._error is not None:
-                raise self._error
-            if self._result is not None:
-                return
-            limit_s = self.client.job_timeout_s if timeout_s is None else timeout_s
-            try:
-                for event in track(self._stream(time.monotonic() + limit_s, limit_s), self.prompt_id,
-                                   server=self.client.url):
-                    self._note(event)
-                    yield event
-                self._note(NodeExecuting(self.prompt_id, None))  # track() keeps the closing message
-                self._result = self._finish()
-            except ComfyError as exc:
-                self._error = exc
-                raise
-            finally:
-                if self.done:
-                    self.client.listener.unsubscribe(self.prompt_id)
-
-    def cancel(self) -> None:
-        """Take the prompt off the queue if it waits, interrupt it if it runs."""
-        self.client.delete([self.prompt_id])
-        self.client.interrupt(self.prompt_id)
-
-    def _note(self, event: Event) -> None:
-        if isinstance(event, ExecutionStarted):
-            self._timings["started"] = time.time()
-        elif isinstance(event, NodesCached):
-            self._cached = event.nodes
-        elif isinstance(event, PreviewImage):
-            self.previews.append(event)
-        before = self._tracker.progress
-        progress = self._tracker.update(event)
-        if self._on_event is not None:
-            self._on_event(event)
-        if self._on_progress is not None and progress != before:
-            self._on_progress(progress)
-
-    def _stream(self, deadline: float, limit_s: float) -> Iterator[Event]:
-        """The raw events of this prompt, with the watchdog, reconciliation and deletion checks."""
-        listener, silence_s = self.client.listener, self.client.silence_s
-        checked_at = time.monotonic()
-        started = False
-        remaining: int | None = None
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                raise JobTimedOut(self.prompt_id, timeout_s=limit_s, server=self.client.url)
-            quiet_since = max(listener.last_frame_at, checked_at)
-            try:
-                event = self._events.get(timeout=max(0.0, min(deadline - now, quiet_since + silence_s - now)))
-            except queue.Empty:
-                if time.monotonic() - max(listener.last_frame_at, checked_at) >= silence_s:
-                    checked_at = time.monotonic()
-                    log.info("%s: no websocket message for %.1f s; checking prompt %s", self.client.url,
-                             silence_s, self.prompt_id)
-                    yield from self._reconcile(recycle=True)
-                    if self._entry is not None:
-                        return
-                continue
-            if isinstance(event, _Reconnected):
-                checked_at = time.monotonic()
-                yield from self._reconcile(recycle=False)
-                if self._entry is not None:
-                    return
-            elif isinstance(event, _Disconnected):
-                log.info("%s: websocket lost while prompt %s is pending", self.client.url, self.prompt_id)
-            elif isinstance(event, QueueStatus):
-                # A prompt deleted from the queue sends nothing but this broadcast; look when the queue shrinks.
-                if not started and remaining is not None and event.queue_remaining < remaining:
-                    checked_at = time.monotonic()
-                    yield from self._reconcile(recycle=False)
-                    if self._entry is not None:
-                        return
-                remaining = event.queue_remaining
-            else:
-                if event.prompt_id == self.prompt_id:
-                    started = True
-                if isinstance(event, NodeExecuting) and event.node is None and event.prompt_id == self.prompt_id:
-                    self._entry = self.client.history_entry(self.prompt_id)
-                    if self._entry is None:
-                        raise ServerError(f"prompt {self.prompt_id} ended but has no history entry",
-                                          server=self.client.url)
-                    yield event
-                    return
-                yield event
-
-    def _reconcile(self, *, recycle: bool) -> Iterator[Event]:
-        """Ask the server where the prompt is; on a finished record, replay its ending."""
-        state, entry = self.client.locate(self.prompt_id)
-        if state == "unknown":
-            raise JobLost(self.prompt_id, server=self.client.url)
-        if state != "done" or entry is None:
-            if recycle and state == "running":
-                self.client.listener.recycle()
-            return
-        self._entry = entry
-        outcome = outcome_from_history(entry, self.prompt_id)
-        log.info("%s: prompt %s found finished in history (%s)", self.client.url, self.prompt_id,
-                 outcome.status or "no status")
-        if outcome.failure is not None:
-            yield outcome.failure
-        elif outcome.interruption is not None:
-            yield outcome.interruption
-        elif outcome.status == "error":
-            yield PromptFailed(self.prompt_id, None, None, "", "the server recorded an error without details")
-        if outcome.cached_nodes:
-            yield NodesCached(self.prompt_id, outcome.cached_nodes)
-        yield NodeExecuting(self.prompt_id, None)
-
-    def _finish(self) -> JobResult:
-        assert self._entry is not None
-        self._timings["finished"] = time.time()
-        outcome = outcome_from_history(self._entry, self.prompt_id)
-        return JobResult(job=self.job, prompt_id=self.prompt_id, server=self.client.url,
-                         outputs=outputs_from_history(self._entry), timings=dict(self._timings),
-                         cached_nodes=self._cached or outcome.cached_nodes)
-
-
 class Client:
     """One ComfyUI server: submit jobs, track them, fetch outputs, upload inputs, control the queue."""
 
@@ -513,9 +114,7 @@ class Client:
         username: str | None = None,
         password: str | None = None,
         headers: Mapping[str, str] | None = None,
-        timeout_s: float = 30.0,
-        job_timeout_s: float = 3600.0,
-        silence_s: float = 30.0,
+        timeouts: Timeouts = Timeouts(),
         retry: RetryPolicy | None = None,
         keep_previews: bool = False,
         validate: bool = True,
@@ -526,9 +125,7 @@ class Client:
         self.url, url_user, url_password = _split_credentials(url)
         self.ws_url = self.url.replace("http", "ws", 1) + "/ws"
         user, password = username or url_user, password or url_password
-        self.timeout_s = timeout_s
-        self.job_timeout_s = job_timeout_s
-        self.silence_s = silence_s
+        self.timeouts = timeouts
         self.retry = retry or RetryPolicy()
         self.keep_previews = keep_previews
         self.validate = validate
@@ -547,7 +144,10 @@ class Client:
         self._schema: Schema | None = None
         self._system_stats: dict[str, Any] | None = None
         self._uploaded: set[str] = set()
-        self.listener = _Listener(self)
+        self.listener = Listener(server=self.url, url=f"{self.ws_url}?clientId={quote(self.client_id)}",
+                                 headers=self._headers, connect=self.connect, timeouts=timeouts,
+                                 retry=self.retry, keep_previews=keep_previews,
+                                 name=f"comfy-ws-{self.client_id[:8]}")
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"  # never the credentials
@@ -566,17 +166,14 @@ class Client:
         if self._own_session:
             self.session.close()
 
-    def headers_for_websocket(self) -> dict[str, str]:
-        return dict(self._headers)
-
     # -- HTTP
     def _once(self, method: str, path: str, *, stream: bool = False, **kwargs: Any) -> requests.Response:
         """One HTTP request; library errors become ours, with no URL credentials or headers in them."""
         try:
             response = self.session.request(method, self.url + path, headers=self._headers, stream=stream,
-                                            timeout=(min(self.timeout_s, 10.0), self.timeout_s), **kwargs)
+                                            timeout=self.timeouts.http, **kwargs)
         except requests.Timeout as exc:
-            raise RequestTimedOut(f"{method} {path.split('?')[0]} timed out after {self.timeout_s:g} s",
+            raise RequestTimedOut(f"{method} {path.split('?')[0]} timed out after {self.timeouts.read_s:g} s",
                                   server=self.url) from exc
         except requests.ConnectionError as exc:
             raise ConnectionFailed(f"{method} {path.split('?')[0]}: cannot connect ({type(exc).__name__}); is "
@@ -800,7 +397,8 @@ class Client:
         self.listener.start()  # listen first: a cached prompt ends at once
         prompt_id = prompt_id or str(uuid.uuid4())
         events = self.listener.subscribe(prompt_id)
-        handle = JobHandle(self, job, prompt_id, events, on_event=on_event, on_progress=on_progress)
+        handle = JobHandle(self, self.listener, job, prompt_id, events, timeouts=self.timeouts,
+                           on_event=on_event, on_progress=on_progress)
         body: dict[str, Any] = {"prompt": job.graph.to_api(), "client_id": self.client_id,
                                 "prompt_id": prompt_id, "extra_data": dict(extra_data or {})}
         if front:

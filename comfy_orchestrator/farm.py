@@ -1,9 +1,10 @@
-"""Farm and RetryPolicy: many servers, a thread each.
+"""Farm: many servers, a thread each, driven through a ServerLink per server.
 
 A farm runs a stream of jobs over several ComfyUI servers (several GPUs, or several
 processes on one GPU) and keeps each one busy::
 
-    from comfy_orchestrator.farm import Farm, JobFailed, load_farm
+    from comfy_orchestrator.farm import Farm, JobFailed
+    from comfy_orchestrator.servers import load_farm
 
     farm = Farm(load_farm("farm.toml"))            # or Farm(["http://a:8188", "http://b:8188"])
     for outcome in farm.run(jobs, out_dir=Path("out"), on_event=print):
@@ -20,7 +21,7 @@ Progress arrives as `FarmEvent` values (ServerUp, ServerDown, JobSubmitted, JobR
 JobDone, DuplicateDiscarded) through `on_event`, called from the farm's threads; keep it
 quick. `Farm.status()` reads each server's health for `comfy-orch farm status`.
 
-How jobs move (the policy is pure and lives in the first half of this module):
+How jobs move (the policy is pure and lives in dispatch.py):
 - Each server holds `1 + queue_ahead` jobs (default 2 ahead), so its GPU never waits.
 - A free slot takes the waiting job that this server will finish soonest, judged from
   each server's observed job times, queue and loaded checkpoint (`SoonestFinish`);
@@ -44,490 +45,47 @@ from __future__ import annotations
 import logging
 import math
 import queue
-import random
 import statistics
-import sys
 import threading
 import time
-from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from comfy_orchestrator.client import Client, RetryPolicy
-from comfy_orchestrator.protocol import Progress
-from comfy_orchestrator.errors import (
-    AuthFailed,
-    ComfyError,
-    ExecutionFailed,
-    FarmFileInvalid,
-    JobLost,
-    JobTimedOut,
-    MissingModel,
-    NoServerAvailable,
-    PromptRejected,
-    ServerError,
+from comfy_orchestrator.client import Client
+from comfy_orchestrator.dispatch import (
+    Attempt,
+    Capability,
+    CompletionLedger,
+    Dispatch,
+    JobNeeds,
+    JobTimes,
+    QueuedJob,
+    ServerView,
+    SoonestFinish,
+    WaitingJob,
+    decide_retry,
+    job_needs,
 )
-from comfy_orchestrator.graph import is_link
+from comfy_orchestrator.errors import ComfyError, JobLost, NoServerAvailable
 from comfy_orchestrator.jobs import Job, JobResult
-from comfy_orchestrator.schema import CHECKPOINT_LOADERS, Schema
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10
-    import tomli as tomllib
+from comfy_orchestrator.limits import FARM_TIMEOUTS, Timeouts
+from comfy_orchestrator.protocol import Progress
+from comfy_orchestrator.retry import RetryPolicy, jitter
+from comfy_orchestrator.schema import Schema
+from comfy_orchestrator.servers import ServerConfig, checked_servers
 
 __all__ = [
-    "Attempt", "Capability", "ClientLink", "CompletionLedger", "Device", "Dispatch", "DuplicateDiscarded", "Farm",
-    "FarmEvent", "JobDone", "JobFailed", "JobProgress", "JobNeeds", "JobOutcome", "JobRetrying", "JobSubmitted", "JobTimes",
-    "RetryDecision", "RetryPolicy", "RoundRobin", "RunningJob", "ServerConfig", "ServerDown", "ServerLink",
-    "QueuedJob", "ServerStatus", "ServerUp", "ServerView", "SoonestFinish", "WaitingJob", "affinity", "decide_retry",
-    "estimate_finish_s", "failure_reason", "is_server_fault", "job_needs", "load_farm", "parse_farm",
-    "servers_from_urls",
+    "ClientLink", "Device", "DuplicateDiscarded", "Farm", "FarmEvent", "JobDone", "JobFailed", "JobOutcome",
+    "JobProgress", "JobRetrying", "JobSubmitted", "RunningJob", "ServerDown", "ServerLink", "ServerStatus",
+    "ServerUp",
 ]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_QUEUE_AHEAD = 2
 DEFAULT_JOB_S = 1.0  # a guess for a server that has not finished a job yet
 SCAN_AT_LEAST = 32  # waiting jobs a server looks over for its next one (SoonestFinish's lookahead)
-_TEXT_ENCODERS = frozenset({"CLIPTextEncode", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner"})
-_IMAGE_LOADERS = frozenset({"LoadImage", "LoadImageMask"})
-
-
-# ---------------------------------------------------------------------------
-# Configuration
-
-
-class ServerConfig(BaseModel):
-    """One server of a farm, as a farm file or --server gives it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    url: str
-    name: str = ""  # defaults to host:port (and the path, if any)
-    headers: dict[str, str] = Field(default_factory=dict)
-    token: str | None = None  # sent as "Authorization: Bearer <token>"
-    weight: float = Field(default=1.0, gt=0)  # relative speed before any job was timed
-    tags: tuple[str, ...] = ()
-    queue_ahead: int = Field(default=DEFAULT_QUEUE_AHEAD, ge=0, le=64)
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"{url!r} is not an http(s) URL such as http://127.0.0.1:8188")
-        return url.rstrip("/")
-
-    @model_validator(mode="after")
-    def _default_name(self) -> ServerConfig:
-        if not self.name:  # a path tells apart the servers behind one proxy
-            parts = urlsplit(self.url)
-            object.__setattr__(self, "name", parts.netloc + parts.path)
-        return self
-
-    def request_headers(self) -> dict[str, str]:
-        """The headers every request to this server carries."""
-        headers = dict(self.headers)
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        return headers
-
-
-def servers_from_urls(urls: Sequence[str], *, queue_ahead: int = DEFAULT_QUEUE_AHEAD) -> tuple[ServerConfig, ...]:
-    """Server configs for plain URLs, as --server gives them (none for none)."""
-    if not urls:
-        return ()
-    return _checked_servers([{"url": url, "queue_ahead": queue_ahead} for url in urls], source="--server")
-
-
-def parse_farm(text: str, *, source: str = "farm file") -> tuple[ServerConfig, ...]:
-    """Read a farm file's TOML text: one [[server]] table per server."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise FarmFileInvalid(f"not valid TOML: {exc}", source=source) from exc
-    unknown = sorted(set(data) - {"server"})
-    if unknown:
-        raise FarmFileInvalid(f"unknown top-level key(s) {', '.join(unknown)}; expected [[server]] tables",
-                              source=source)
-    tables = data.get("server")
-    if not isinstance(tables, list) or not tables:
-        raise FarmFileInvalid("no [[server]] tables", source=source)
-    return _checked_servers(tables, source=source)
-
-
-def load_farm(path: str | Path) -> tuple[ServerConfig, ...]:
-    """Read a farm file (TOML, one [[server]] table per server)."""
-    path = Path(path)
-    try:
-        text = path.read_text("utf-8")
-    except OSError as exc:
-        raise FarmFileInvalid(f"cannot read it: {exc.strerror or exc}", source=str(path)) from exc
-    return parse_farm(text, source=str(path))
-
-
-def _checked_servers(tables: Sequence[Any], *, source: str) -> tuple[ServerConfig, ...]:
-    servers = []
-    for index, table in enumerate(tables, start=1):
-        try:
-            servers.append(ServerConfig.model_validate(table))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in error['loc']) or 'server'}: {error['msg']}" for error in exc.errors())
-            raise FarmFileInvalid(f"server {index}: {problems}", source=source) from exc
-    if not servers:
-        raise FarmFileInvalid("no servers given", source=source)
-    names = [server.name for server in servers]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise FarmFileInvalid(f"server name(s) used twice: {', '.join(duplicates)}", source=source)
-    return tuple(servers)
-
-
-# ---------------------------------------------------------------------------
-# What a job needs, and what a server can do
-
-
-@dataclass(frozen=True)
-class JobNeeds:
-    """What a job asks of a server, and the parts a server may already have cached."""
-
-    class_types: frozenset[str]
-    literals: frozenset[tuple[str, str, str]]  # (class_type, input, value) of every string input
-    uploads: frozenset[str]  # input files the job uploads itself
-    checkpoint: str | None = None
-    images: frozenset[str] = frozenset()
-    texts: frozenset[str] = frozenset()
-
-
-def job_needs(job: Job) -> JobNeeds:
-    """Read what `job` needs from its graph: node classes, model and file names, cacheable inputs."""
-    literals: set[tuple[str, str, str]] = set()
-    checkpoints: list[str] = []
-    images: set[str] = set()
-    texts: set[str] = set()
-    for node in job.graph.values():
-        for name, value in node.inputs.items():
-            if is_link(value) or not isinstance(value, str):
-                continue
-            literals.add((node.class_type, name, value))
-            if CHECKPOINT_LOADERS.get(node.class_type) == name:
-                checkpoints.append(value)
-            elif node.class_type in _IMAGE_LOADERS and name == "image":
-                images.add(value)
-            elif node.class_type in _TEXT_ENCODERS:
-                texts.add(value)
-    return JobNeeds(
-        class_types=frozenset(node.class_type for node in job.graph.values()),
-        literals=frozenset(literals),
-        uploads=frozenset(job.inputs),
-        checkpoint=checkpoints[0] if checkpoints else None,
-        images=frozenset(images),
-        texts=frozenset(texts),
-    )
-
-
-class Capability:
-    """What one server's object_info offers: node classes and the allowed values of choice inputs."""
-
-    def __init__(self, schema: Schema) -> None:
-        self.schema = schema
-        self._choices: dict[tuple[str, str], frozenset[Any] | None] = {}
-
-    def _allowed(self, class_type: str, input_name: str) -> frozenset[Any] | None:
-        key = (class_type, input_name)
-        if key not in self._choices:
-            spec = self.schema[class_type].inputs.get(input_name)
-            self._choices[key] = frozenset(spec.choices or ()) if spec is not None and spec.type == "COMBO" else None
-        return self._choices[key]
-
-    def lacks(self, needs: JobNeeds) -> list[str]:
-        """What the server lacks to run a job with `needs`: missing node classes and choice values."""
-        missing = [f"node class {class_type}" for class_type in sorted(needs.class_types - set(self.schema))]
-        for class_type, input_name, value in sorted(needs.literals):
-            if class_type not in self.schema or value in needs.uploads:
-                continue
-            allowed = self._allowed(class_type, input_name)
-            if allowed is not None and value not in allowed:
-                missing.append(f"{class_type}.{input_name} {value!r}")
-        return missing
-
-    def can_run(self, needs: JobNeeds) -> bool:
-        """Whether the server has every node class and listed value the job needs."""
-        return not self.lacks(needs)
-
-
-# ---------------------------------------------------------------------------
-# Choosing a server
-
-
-@dataclass(frozen=True)
-class ServerView:
-    """What the scheduler knows of one server at one moment."""
-
-    name: str
-    order: int  # position in the farm, for round-robin and ties
-    up: bool
-    free_slots: int
-    queued: int  # jobs submitted and not yet finished (the running one included)
-    job_s: float  # expected seconds for a job whose checkpoint is loaded
-    switch_s: float  # expected extra seconds to load another checkpoint
-    last: JobNeeds | None = None  # the most recently assigned job: what will be loaded when the next one starts
-
-
-@dataclass(frozen=True)
-class WaitingJob:
-    """A job waiting for a server, as the scheduler sees it."""
-
-    seq: int  # the order in which the farm read it
-    needs: JobNeeds
-    eligible: frozenset[str]  # servers allowed to run it now (able, not excluded, not resting)
-
-
-def affinity(needs: JobNeeds, last: JobNeeds | None) -> int:
-    """How much of `needs` a server whose last job was `last` has cached: checkpoint 4, image 2, text 1."""
-    if last is None:
-        return 0
-    score = 0
-    if needs.checkpoint is not None and needs.checkpoint == last.checkpoint:
-        score += 4
-    if needs.images & last.images:
-        score += 2
-    if needs.texts & last.texts:
-        score += 1
-    return score
-
-
-def has_loaded(server: ServerView, needs: JobNeeds) -> bool:
-    """Whether the job's checkpoint is what `server` will have loaded when its queue runs out."""
-    return server.last is not None and needs.checkpoint == server.last.checkpoint
-
-
-def estimate_finish_s(server: ServerView, needs: JobNeeds, *, backlog: int = 0) -> float:
-    """Seconds until `server` would finish a job with `needs`, behind its queue and `backlog` more jobs."""
-    return (server.queued + 1 + backlog) * server.job_s + (0.0 if has_loaded(server, needs) else server.switch_s)
-
-
-@dataclass(frozen=True)
-class QueuedJob:
-    """A job queued on another server behind its running one, as a server with nothing to do sees it."""
-
-    server: str
-    position: int  # jobs ahead of it on that server, the running one included (1 or more)
-    needs: JobNeeds
-
-
-class Dispatch(Protocol):
-    """A rule that picks which waiting job a server with a free slot takes next."""
-
-    def pick(self, server: ServerView, waiting: Sequence[WaitingJob], servers: Sequence[ServerView]) -> int | None:
-        """The index in `waiting` of the job `server` takes now, or None to take nothing yet."""
-
-    def steal(self, server: ServerView, queued: Sequence[QueuedJob], servers: Sequence[ServerView]) -> int | None:
-        """The index in `queued` of a job to move to `server`, which found nothing waiting; or None."""
-
-
-@dataclass(frozen=True)
-class SoonestFinish:
-    """Give each job to the server that will finish it soonest; among those, prefer cached work.
-
-    A server takes a job only if no other server would finish it more than `tolerance`
-    sooner. The other servers are judged with the waiting jobs of the same checkpoint
-    that they would run first: the servers that have it loaded share that backlog
-    (so a fast server that is full still gets the job once it frees a slot, and an idle
-    server loads a second checkpoint once the backlog of it outlasts the load).
-    Among the first `lookahead` waiting jobs it may take, it takes the one sharing most
-    with its last job (see `affinity`), then the one it finishes most ahead of the
-    others, then the oldest.
-    """
-
-    lookahead: int = 32
-    tolerance: float = 0.05
-
-    def pick(self, server: ServerView, waiting: Sequence[WaitingJob], servers: Sequence[ServerView]) -> int | None:
-        window = waiting[: self.lookahead]
-        same_checkpoint = Counter(job.needs.checkpoint for job in window)
-        best: tuple[int, float, int] | None = None
-        chosen = None
-        for index, job in enumerate(window):
-            if server.name not in job.eligible:
-                continue
-            mine = estimate_finish_s(server, job.needs)
-            rivals = [other for other in servers
-                      if other.up and other.name != server.name and other.name in job.eligible]
-            sharers = sum(has_loaded(other, job.needs) for other in rivals)
-            backlog = -(-same_checkpoint[job.needs.checkpoint] // max(sharers, 1)) - 1
-            others = min((estimate_finish_s(other, job.needs, backlog=backlog if has_loaded(other, job.needs)
-                                            else 0) for other in rivals), default=math.inf)
-            if mine > others * (1.0 + self.tolerance):
-                continue
-            score = (affinity(job.needs, server.last), round(min(others - mine, 1e9), 6), -index)
-            if best is None or score > best:
-                best, chosen = score, index
-        return chosen
-
-    def steal(self, server: ServerView, queued: Sequence[QueuedJob], servers: Sequence[ServerView]) -> int | None:
-        """Move the queued job this server would finish most ahead of the server holding it.
-
-        That server is assumed halfway through its running job; this evens out the end of a
-        sweep, when some servers still hold queued jobs and others have none.
-        """
-        by_name = {other.name: other for other in servers}
-        mine_s = [estimate_finish_s(server, job.needs) for job in queued]
-        best_gain_s, chosen = 0.0, None
-        for index, job in enumerate(queued):
-            holder = by_name.get(job.server)
-            if holder is None or job.position < 1:
-                continue
-            theirs_s = (job.position + 0.5) * holder.job_s
-            gain_s = theirs_s * (1.0 - self.tolerance) - mine_s[index]
-            if gain_s > best_gain_s:
-                best_gain_s, chosen = gain_s, index
-        return chosen
-
-
-@dataclass(frozen=True)
-class RoundRobin:
-    """The baseline: the n-th job read goes to server n mod size, or to anyone if that one is down."""
-
-    def pick(self, server: ServerView, waiting: Sequence[WaitingJob], servers: Sequence[ServerView]) -> int | None:
-        by_order = {other.order: other for other in servers}
-        for index, job in enumerate(waiting):
-            if server.name not in job.eligible:
-                continue
-            turn = by_order.get(job.seq % len(servers))
-            if turn is None or turn.name == server.name or not turn.up or turn.name not in job.eligible:
-                return index
-        return None
-
-    def steal(self, server: ServerView, queued: Sequence[QueuedJob], servers: Sequence[ServerView]) -> int | None:
-        return None  # the baseline keeps each job where its turn put it
-
-
-# ---------------------------------------------------------------------------
-# Job times
-
-
-@dataclass
-class JobTimes:
-    """Observed seconds per job on one server: warm (checkpoint loaded) and cold (it loaded one)."""
-
-    window: int = 16
-    warm_s: deque[float] = field(default_factory=deque)
-    cold_s: deque[float] = field(default_factory=deque)
-
-    def add(self, seconds: float, *, loaded_checkpoint: bool) -> None:
-        """Record one finished job's seconds on the server."""
-        samples = self.cold_s if loaded_checkpoint else self.warm_s
-        samples.append(max(seconds, 0.0))
-        while len(samples) > self.window:
-            samples.popleft()
-
-    def job_s(self, fallback_s: float) -> float:
-        """The median warm job time; `fallback_s` until a warm job was seen."""
-        return statistics.median(self.warm_s) if self.warm_s else fallback_s
-
-    def switch_s(self, fallback_s: float) -> float:
-        """Extra seconds a checkpoint load costs here; `fallback_s` until both kinds were seen."""
-        if self.warm_s and self.cold_s:
-            return max(statistics.median(self.cold_s) - statistics.median(self.warm_s), 0.0)
-        return fallback_s
-
-
-# ---------------------------------------------------------------------------
-# Retries
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One failed try of a job: where, and why."""
-
-    server: str
-    error: ComfyError
-
-
-@dataclass(frozen=True)
-class RetryDecision:
-    """What to do after a job failed on a server."""
-
-    retry: bool
-    avoid_s: float = 0.0  # keep the job off the failing server this long (inf: for good)
-    server_down: bool = False  # the failure was the server's: mark it down and probe it
-
-
-def failure_reason(error: ComfyError) -> str:
-    """A signature of a deterministic failure; equal on two servers means the job itself is at fault."""
-    if isinstance(error, ExecutionFailed):
-        first_line = error.exception_message.strip().splitlines()[0] if error.exception_message.strip() else ""
-        return f"{type(error).__name__}:{error.node_id}:{error.node_type}:{first_line}"
-    if isinstance(error, PromptRejected):
-        nodes = ",".join(
-            f"{node_id}/{'+'.join(sorted(str(e.get('type', '')) for e in entry.get('errors', [])))}"
-            for node_id, entry in sorted(error.node_errors.items()) if isinstance(entry, Mapping))
-        return f"{type(error).__name__}:{error.error.get('type', '')}:{nodes}"
-    return type(error).__name__
-
-
-def is_server_fault(error: ComfyError) -> bool:
-    """Whether the error says the server, not the job, is unwell (mark it down, probe it)."""
-    return isinstance(error, (ServerError, AuthFailed, JobTimedOut))
-
-
-def decide_retry(
-    error: ComfyError,
-    earlier: Sequence[Attempt],
-    *,
-    server: str,
-    untried: frozenset[str],
-    policy: RetryPolicy,
-) -> RetryDecision:
-    """Decide whether a job that just failed with `error` on `server` runs again.
-
-    `earlier` are its previous failed attempts; `untried` the other able servers it has
-    not failed on. Retryable errors are tried again up to `policy.max_attempts` in all;
-    a deterministic error gets one more try on another server, and fails the job when
-    it repeats there or no other server can take the job.
-    """
-    attempt = len(earlier) + 1
-    down = is_server_fault(error)
-    if attempt >= policy.max_attempts:
-        return RetryDecision(retry=False, server_down=down)
-    if error.retryable or down:
-        if isinstance(error, MissingModel):
-            return RetryDecision(retry=bool(untried), avoid_s=math.inf)
-        return RetryDecision(retry=True, avoid_s=policy.delay(attempt), server_down=down)
-    reason = failure_reason(error)
-    if any(failure_reason(a.error) == reason and a.server != server for a in earlier):
-        return RetryDecision(retry=False)
-    return RetryDecision(retry=bool(untried), avoid_s=math.inf)
-
-
-class CompletionLedger:
-    """Which jobs have a result; a second completion of the same job is a duplicate to discard."""
-
-    def __init__(self) -> None:
-        self._done: dict[int, str] = {}
-
-    def settle(self, seq: int, server: str) -> bool:
-        """Record that job `seq` finished on `server`; False when it had already finished."""
-        if seq in self._done:
-            return False
-        self._done[seq] = server
-        return True
-
-    def winner(self, seq: int) -> str | None:
-        """The server whose result was kept for job `seq`."""
-        return self._done.get(seq)
-
-    def forget(self, seq: int) -> None:
-        """Drop a settled job once no other server can still report it."""
-        self._done.pop(seq, None)
 
 
 # ---------------------------------------------------------------------------
@@ -681,11 +239,9 @@ class ServerLink(Protocol):
 class ClientLink:
     """A ServerLink over `Client`, tuned to fail over fast rather than retry one server long."""
 
-    def __init__(self, config: ServerConfig, *, timeout_s: float = 10.0, silence_s: float = 5.0,
-                 job_timeout_s: float = 600.0) -> None:
+    def __init__(self, config: ServerConfig, *, timeouts: Timeouts = FARM_TIMEOUTS) -> None:
         self.config = config
-        self.client = Client(config.url, headers=config.headers, token=config.token, timeout_s=timeout_s,
-                             silence_s=silence_s, job_timeout_s=job_timeout_s,
+        self.client = Client(config.url, headers=config.headers, token=config.token, timeouts=timeouts,
                              retry=RetryPolicy(max_attempts=2, first_delay_s=0.5, max_delay_s=2.0))
 
     def probe(self) -> Schema:
@@ -803,20 +359,18 @@ class Farm:
         policy: RetryPolicy = RetryPolicy(),
         dispatch: Dispatch = SoonestFinish(),
         connect: Callable[[ServerConfig], ServerLink] | None = None,
-        job_timeout_s: float = 600.0,
+        timeouts: Timeouts = FARM_TIMEOUTS,
         health_interval_s: float = 1.0,
-        no_server_timeout_s: float = 120.0,
         window: int = 64,
     ) -> None:
         configs = [s if isinstance(s, ServerConfig) else ServerConfig(url=s) for s in servers]
-        self.servers = _checked_servers([c.model_dump() for c in configs], source="farm")
+        self.servers = checked_servers([c.model_dump() for c in configs], source="farm")
         self.policy = policy
         self.dispatch = dispatch
-        self.job_timeout_s = job_timeout_s
-        self.health_interval_s = health_interval_s
-        self.no_server_timeout_s = no_server_timeout_s
+        self.timeouts = timeouts
+        self.health_interval_s = health_interval_s  # how often a busy server is asked whether it answers
         self.window = window
-        self._connect = connect or (lambda config: ClientLink(config, job_timeout_s=job_timeout_s))
+        self._connect = connect or (lambda config: ClientLink(config, timeouts=timeouts))
 
     def run(
         self,
@@ -833,8 +387,9 @@ class Farm:
         folder = Path(out_dir) if out_dir is not None else None
         return _Run(self, iter(jobs), out_dir=folder, on_event=on_event).outcomes()
 
-    def status(self, *, timeout_s: float = 10.0) -> list[ServerStatus]:
-        """Each server's health, queue, devices and checkpoints, read in parallel."""
+    def status(self, *, timeout_s: float | None = None) -> list[ServerStatus]:
+        """Each server's health, queue, devices and checkpoints, read in parallel (within `Timeouts.status_s`)."""
+        timeout_s = self.timeouts.status_s if timeout_s is None else timeout_s
         answers: dict[str, ServerStatus] = {}
 
         def read(config: ServerConfig) -> None:
@@ -1120,19 +675,19 @@ class _Run:
             return self.board(server, ticket)
 
     def stranded(self, ticket: _Ticket, now: float) -> bool:
-        """Fail a ticket that only down servers can run once they have been down `no_server_timeout_s`."""
+        """Fail a ticket that only down servers can run once they have been down `Timeouts.no_server_s`."""
         if any(server.up and self.able(ticket, server) for server in self.servers):
             ticket.stranded_since = None
             return False
         if ticket.stranded_since is None:
             ticket.stranded_since = now
-        if now - ticket.stranded_since < self.farm.no_server_timeout_s:
+        if now - ticket.stranded_since < self.farm.timeouts.no_server_s:
             return False
         down = "; ".join(f"{server.name}: {server.last_error}" for server in self.servers
                          if not server.up and (server.capability is None or self.able(ticket, server)))
         self.give_up(ticket, NoServerAvailable(
             f"no server that is up can run this job, and those that may have been down for "
-            f"{self.farm.no_server_timeout_s:g} s ({down})"))
+            f"{self.farm.timeouts.no_server_s:g} s ({down})"))
         return True
 
     def unable_anywhere(self, ticket: _Ticket) -> bool:
@@ -1151,7 +706,7 @@ class _Run:
         return True
 
     def check_no_server(self) -> None:
-        """Fail what is left once no server has been up for `no_server_timeout_s`."""
+        """Fail what is left once no server has been up for `Timeouts.no_server_s`."""
         with self.lock:
             if any(server.up for server in self.servers):
                 self.no_server_since = None
@@ -1159,10 +714,10 @@ class _Run:
             now = time.monotonic()
             if self.no_server_since is None:
                 self.no_server_since = now
-            if now - self.no_server_since < self.farm.no_server_timeout_s:
+            if now - self.no_server_since < self.farm.timeouts.no_server_s:
                 return
             reasons = "; ".join(f"{s.name}: {s.last_error}" for s in self.servers if s.last_error is not None)
-            error = NoServerAvailable(f"no server of the farm answered for {self.farm.no_server_timeout_s:g} s"
+            error = NoServerAvailable(f"no server of the farm answered for {self.farm.timeouts.no_server_s:g} s"
                                       + (f" ({reasons})" if reasons else ""))
             for server in self.servers:
                 for flight in server.flights:
@@ -1233,7 +788,7 @@ class _Run:
             with self.lock:
                 server.failures += 1
                 server.last_error = exc
-                server.next_probe_at = time.monotonic() + self.policy.delay(server.failures, _jitter())
+                server.next_probe_at = time.monotonic() + self.policy.delay(server.failures, jitter())
             logger.info("%s did not answer its probe: %s", server.name, exc)
             return
         with self.lock:
@@ -1274,7 +829,7 @@ class _Run:
         """Wait for the server's oldest job (ComfyUI runs its queue in order) and settle it."""
         assert flight.handle is not None
         try:
-            result = flight.handle.wait(self.farm.job_timeout_s)
+            result = flight.handle.wait(self.farm.timeouts.job_s)
             with self.lock:
                 duplicate = flight.ticket.settled
             if self.out_dir is not None and not duplicate:
@@ -1344,7 +899,7 @@ class _Run:
         server.up = False
         server.failures += 1
         server.last_error = error
-        rest_s = self.policy.delay(server.failures, _jitter())
+        rest_s = self.policy.delay(server.failures, jitter())
         server.next_probe_at = time.monotonic() + rest_s
         displaced = list(server.flights)
         server.flights.clear()
@@ -1385,8 +940,3 @@ class _Run:
             flight.handle.cancel()
         except ComfyError as exc:
             logger.info("%s: could not cancel an unwanted copy of job %s: %s", server.name, flight.ticket.seq, exc)
-
-
-def _jitter() -> float:
-    """A random factor, so that servers that failed together are not probed in lockstep."""
-    return random.uniform(0.8, 1.2)

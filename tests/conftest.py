@@ -83,9 +83,11 @@ def comfy(sim: Callable[..., list[Any]]) -> Any:
 @pytest.fixture
 def client(comfy: Any) -> Iterator[Any]:
     """A Client of `comfy` with short timeouts and quick retries, closed at teardown."""
-    from comfy_orchestrator.client import Client, RetryPolicy
+    from comfy_orchestrator.client import Client
+    from comfy_orchestrator.limits import Timeouts
+    from comfy_orchestrator.retry import RetryPolicy
 
-    with Client(comfy.url, timeout_s=5.0, silence_s=1.0, job_timeout_s=30.0,
+    with Client(comfy.url, timeouts=Timeouts(read_s=5.0, silence_s=1.0, job_s=30.0),
                 retry=RetryPolicy(max_attempts=3, first_delay_s=0.05, max_delay_s=0.5)) as made:
         yield made
 

@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from comfy_orchestrator.client import Client, RetryPolicy
+from comfy_orchestrator.client import Client
+from comfy_orchestrator.limits import Timeouts
+from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.errors import AuthFailed
 from comfy_orchestrator.jobs import Job
 from comfy_orchestrator.provenance import read_provenance
@@ -116,7 +118,7 @@ def _no_secret_anywhere(secret: str, caplog: pytest.LogCaptureFixture, *texts: s
 def test_bearer_token_opens_http_and_websocket(proxy: str, img2img_job: Job, tmp_path: Path,
                                               caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    with Client(proxy, token=TOKEN, retry=QUICK, timeout_s=5) as client:
+    with Client(proxy, token=TOKEN, retry=QUICK, timeouts=Timeouts(read_s=5)) as client:
         result = client.run(img2img_job, out_dir=tmp_path / "out")
         assert client.listener.server_flags.get("supports_preview_metadata") is True
     record = read_provenance(result.files[0].read_bytes())
@@ -128,7 +130,7 @@ def test_missing_or_wrong_token_is_auth_failed(proxy: str, img2img_job: Job,
                                                caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     for token in (None, "wrong-token-value"):
-        with Client(proxy, token=token, retry=QUICK, timeout_s=5) as client:
+        with Client(proxy, token=token, retry=QUICK, timeouts=Timeouts(read_s=5)) as client:
             with pytest.raises(AuthFailed) as caught:
                 client.run(img2img_job)
             assert caught.value.status == 401 and not caught.value.retryable
@@ -136,15 +138,15 @@ def test_missing_or_wrong_token_is_auth_failed(proxy: str, img2img_job: Job,
 
 
 def test_websocket_handshake_needs_the_token_too(proxy: str) -> None:
-    with Client(proxy, token="wrong-token-value", retry=QUICK, timeout_s=5) as client:
+    with Client(proxy, token="wrong-token-value", retry=QUICK, timeouts=Timeouts(read_s=5)) as client:
         with pytest.raises(AuthFailed) as caught:
             client.listener.start()
     assert caught.value.status == 401 and "wrong-token-value" not in str(caught.value)
 
 
 @pytest.mark.parametrize("make", [
-    lambda base: Client(base.replace("http://", f"http://alice:{PASSWORD}@") + "/comfy", retry=QUICK, timeout_s=5),
-    lambda base: Client(base + "/comfy/", username="alice", password=PASSWORD, retry=QUICK, timeout_s=5),
+    lambda base: Client(base.replace("http://", f"http://alice:{PASSWORD}@") + "/comfy", retry=QUICK, timeouts=Timeouts(read_s=5)),
+    lambda base: Client(base + "/comfy/", username="alice", password=PASSWORD, retry=QUICK, timeouts=Timeouts(read_s=5)),
 ])
 def test_basic_auth_under_a_path_prefix(proxy: str, img2img_job: Job, tmp_path: Path,
                                         caplog: pytest.LogCaptureFixture, make: Callable[[str], Client]) -> None:
@@ -158,7 +160,7 @@ def test_basic_auth_under_a_path_prefix(proxy: str, img2img_job: Job, tmp_path: 
 
 
 def test_wrong_password_is_auth_failed(proxy: str) -> None:
-    with Client(proxy + "/comfy", username="alice", password="nope", retry=QUICK, timeout_s=5) as client:
+    with Client(proxy + "/comfy", username="alice", password="nope", retry=QUICK, timeouts=Timeouts(read_s=5)) as client:
         with pytest.raises(AuthFailed) as caught:
             client.queue()
     assert "nope" not in str(caught.value)

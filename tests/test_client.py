@@ -12,7 +12,10 @@ import pytest
 import requests
 from PIL import Image
 
-from comfy_orchestrator.client import Client, RetryPolicy, connect_websocket, safe_filename
+from comfy_orchestrator.client import Client, safe_filename
+from comfy_orchestrator.limits import Timeouts
+from comfy_orchestrator.listener import connect_websocket
+from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.errors import (
     ExecutionFailed,
     Interrupted,
@@ -133,7 +136,7 @@ def test_rejection_names_template_parameters(client: Client, img2img_job: Job) -
 
 def test_server_rejection_is_mapped_the_same_way(comfy: Any, img2img_job: Job) -> None:
     bad = with_input(img2img_job, "6", "denoise", 1.5)
-    with Client(comfy.url, validate=False, timeout_s=5) as unchecked, pytest.raises(PromptRejected) as caught:
+    with Client(comfy.url, validate=False, timeouts=Timeouts(read_s=5)) as unchecked, pytest.raises(PromptRejected) as caught:
         unchecked.submit(bad)
     assert caught.value.parameters == {"6.denoise": "denoise"}
     assert caught.value.node_errors["6"]["errors"][0]["type"] == "value_bigger_than_max"
@@ -143,7 +146,7 @@ def test_server_rejection_is_mapped_the_same_way(comfy: Any, img2img_job: Job) -
 def test_missing_checkpoint_is_missing_model(sim: Any, img2img_job: Job) -> None:
     (server,) = sim(checkpoints=("other.safetensors",))
     for validate in (True, False):
-        with Client(server.url, validate=validate, timeout_s=5) as client, pytest.raises(MissingModel) as caught:
+        with Client(server.url, validate=validate, timeouts=Timeouts(read_s=5)) as client, pytest.raises(MissingModel) as caught:
             client.submit(img2img_job)
         assert caught.value.retryable and caught.value.parameters == {"1.ckpt_name": "checkpoint"}
 
@@ -153,9 +156,9 @@ def test_200_answer_with_node_errors_runs_the_good_branch(comfy: Any, img2img_jo
     data["20"] = {"class_type": "SaveImage", "inputs": {"images": ["21", 0], "filename_prefix": "broken"}}
     data["21"] = {"class_type": "LoadImage", "inputs": {"image": "does_not_exist.png"}}
     job = dataclasses.replace(img2img_job, graph=Graph.from_api(data))
-    with Client(comfy.url, timeout_s=5) as checked, pytest.raises(PromptRejected):
+    with Client(comfy.url, timeouts=Timeouts(read_s=5)) as checked, pytest.raises(PromptRejected):
         checked.submit(job)  # checked locally: a broken branch is refused before it is sent
-    with Client(comfy.url, validate=False, timeout_s=5) as unchecked:
+    with Client(comfy.url, validate=False, timeouts=Timeouts(read_s=5)) as unchecked:
         handle = unchecked.submit(job)
         assert set(handle.node_errors) == {"21"}
         assert [o.node_id for o in handle.wait().outputs] == ["8"]
@@ -179,7 +182,7 @@ def test_out_of_memory_suggests_what_to_try(comfy: Any, client: Client, img2img_
 def test_interrupt_stops_the_running_job(sim: Any, img2img_job: Job) -> None:
     (server,) = sim(checkpoints=("v1-5-pruned-emaonly.safetensors",), costs=Costs(step_s=0.02, preview_size=64))
     long_job = with_input(img2img_job, "6", "steps", 500)
-    with Client(server.url, timeout_s=5) as client:
+    with Client(server.url, timeouts=Timeouts(read_s=5)) as client:
         handle = client.submit(long_job)
         with pytest.raises(Interrupted) as caught:
             for event in handle.events():
@@ -191,7 +194,7 @@ def test_interrupt_stops_the_running_job(sim: Any, img2img_job: Job) -> None:
 
 def test_deleted_queued_job_is_noticed_not_waited_for(sim: Any, img2img_job: Job) -> None:
     (server,) = sim(checkpoints=("v1-5-pruned-emaonly.safetensors",), costs=Costs(step_s=0.02, preview_size=64))
-    with Client(server.url, timeout_s=5, silence_s=30, job_timeout_s=20) as client:
+    with Client(server.url, timeouts=Timeouts(read_s=5, silence_s=30, job_s=20)) as client:
         running = client.submit(with_input(img2img_job, "6", "steps", 500))
         queued = client.submit(with_input(img2img_job, "6", "seed", 7))
         assert client.locate(queued.prompt_id)[0] == "queued"
@@ -222,7 +225,7 @@ def test_reads_and_control_calls(client: Client, img2img_job: Job) -> None:
 
 def test_object_info_is_read_once_per_client(comfy: Any, img2img_job: Job) -> None:
     session = RecordingSession()
-    with Client(comfy.url, session=session, timeout_s=5) as client:
+    with Client(comfy.url, session=session, timeouts=Timeouts(read_s=5)) as client:
         client.run(img2img_job)
         client.run(with_input(img2img_job, "6", "seed", 3))
     assert session.calls.count(("GET", "object_info")) == 1
@@ -230,10 +233,10 @@ def test_object_info_is_read_once_per_client(comfy: Any, img2img_job: Job) -> No
 
 def test_inputs_are_uploaded_once_per_server_by_content(comfy: Any, img2img_job: Job, sample_image: Path) -> None:
     first, second = RecordingSession(), RecordingSession()
-    with Client(comfy.url, session=first, timeout_s=5) as client:
+    with Client(comfy.url, session=first, timeouts=Timeouts(read_s=5)) as client:
         client.run(img2img_job)
         client.run(with_input(img2img_job, "6", "seed", 3))
-    with Client(comfy.url, session=second, timeout_s=5) as client:
+    with Client(comfy.url, session=second, timeouts=Timeouts(read_s=5)) as client:
         client.run(with_input(img2img_job, "6", "seed", 4))
     assert first.calls.count(("POST", "upload/image")) == 1
     assert ("POST", "upload/image") not in second.calls  # the server already has it
@@ -276,7 +279,7 @@ def test_saving_twice_never_overwrites(client: Client, img2img_job: Job, tmp_pat
 
 
 def test_previews_are_kept_only_when_asked(comfy: Any, img2img_job: Job) -> None:
-    with Client(comfy.url, timeout_s=5, keep_previews=True) as keeping:
+    with Client(comfy.url, keep_previews=True, timeouts=Timeouts(read_s=5)) as keeping:
         handle = keeping.submit(img2img_job)
         handle.wait()
         assert keeping.listener.server_flags.get("supports_preview_metadata") is True
@@ -284,7 +287,7 @@ def test_previews_are_kept_only_when_asked(comfy: Any, img2img_job: Job) -> None
     assert all(p.prompt_id == handle.prompt_id and p.node == "6" for p in handle.previews)
     with Image.open(__import__("io").BytesIO(handle.previews[0].data)) as preview:
         assert preview.format == "JPEG"
-    with Client(comfy.url, timeout_s=5) as plain:
+    with Client(comfy.url, timeouts=Timeouts(read_s=5)) as plain:
         quiet = plain.submit(with_input(img2img_job, "6", "seed", 77))
         quiet.wait()
     assert quiet.previews == []
@@ -297,7 +300,7 @@ def test_one_websocket_serves_many_jobs(comfy: Any, img2img_job: Job) -> None:
         opened.append(url)
         return connect_websocket(url, headers, timeout_s)
 
-    with Client(comfy.url, connect=connect, timeout_s=5) as client:
+    with Client(comfy.url, connect=connect, timeouts=Timeouts(read_s=5)) as client:
         for seed in range(3):
             client.run(with_input(img2img_job, "6", "seed", seed))
     assert len(opened) == 1 and opened[0].endswith(f"/ws?clientId={client.client_id}")

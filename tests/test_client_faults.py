@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 
-from comfy_orchestrator.client import Client, RetryPolicy, connect_websocket
+from comfy_orchestrator.client import Client
+from comfy_orchestrator.limits import Timeouts
+from comfy_orchestrator.listener import connect_websocket
+from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.errors import (
     ConnectionFailed,
     JobLost,
@@ -48,7 +51,7 @@ def test_websocket_dropped_mid_job_reconnects_and_misses_nothing(sim: Any, img2i
         return connect_websocket(url, headers, timeout_s)
 
     server.faults.close_websocket_after(15)  # every socket, after 15 messages: mid-sampling
-    with Client(server.url, connect=connect, retry=QUICK, silence_s=5, timeout_s=5) as client:
+    with Client(server.url, connect=connect, retry=QUICK, timeouts=Timeouts(read_s=5, silence_s=5)) as client:
         result = client.run(img2img_job, out_dir=tmp_path)
     assert len(opened) >= 2 and len(set(opened)) == 1  # reconnected with the same clientId
     assert [o.node_id for o in result.outputs] == ["8"] and result.files[0].is_file()
@@ -57,7 +60,7 @@ def test_websocket_dropped_mid_job_reconnects_and_misses_nothing(sim: Any, img2i
 def test_silent_websocket_falls_back_to_the_record(sim: Any, img2img_job: Job) -> None:
     server = slow_server(sim)
     server.faults.silence_websocket_after(5)
-    with Client(server.url, retry=QUICK, silence_s=0.3, timeout_s=5) as client:
+    with Client(server.url, retry=QUICK, timeouts=Timeouts(read_s=5, silence_s=0.3)) as client:
         result = client.run(img2img_job)
     assert result.outputs and server.history[result.prompt_id]["status"]["completed"]
 
@@ -66,7 +69,7 @@ def test_failure_seen_only_in_the_record_still_raises(sim: Any, img2img_job: Job
     server = slow_server(sim)
     server.faults.silence_websocket_after(3)
     server.faults.oom_above(32 * 32)
-    with Client(server.url, retry=QUICK, silence_s=0.3, timeout_s=5) as client, pytest.raises(OutOfMemory) as caught:
+    with Client(server.url, retry=QUICK, timeouts=Timeouts(read_s=5, silence_s=0.3)) as client, pytest.raises(OutOfMemory) as caught:
         client.run(img2img_job)
     assert caught.value.node_id in {"5", "6"}
 
@@ -74,7 +77,7 @@ def test_failure_seen_only_in_the_record_still_raises(sim: Any, img2img_job: Job
 def test_server_crash_without_return_is_a_connection_failure(sim: Any, img2img_job: Job) -> None:
     server = slow_server(sim)
     server.faults.crash_on("KSampler", step=3)
-    with Client(server.url, retry=QUICK, silence_s=0.3, timeout_s=2) as client:
+    with Client(server.url, retry=QUICK, timeouts=Timeouts(read_s=2, silence_s=0.3)) as client:
         with pytest.raises(ConnectionFailed) as caught:
             client.run(img2img_job)
     assert caught.value.retryable and server.crashed.is_set()
@@ -91,7 +94,7 @@ def test_server_restarted_mid_job_reports_the_job_lost(sim: Any, img2img_job: Jo
     restarter = threading.Thread(target=come_back)
     restarter.start()
     with Client(server.url, retry=RetryPolicy(max_attempts=8, first_delay_s=0.05, max_delay_s=0.3),
-                silence_s=0.5, timeout_s=2) as client:
+                timeouts=Timeouts(read_s=2, silence_s=0.5)) as client:
         with pytest.raises(JobLost) as caught:
             client.run(img2img_job)
     restarter.join(10)
@@ -100,7 +103,7 @@ def test_server_restarted_mid_job_reports_the_job_lost(sim: Any, img2img_job: Jo
 
 def test_accepted_but_lost_prompt_is_job_lost_not_done(comfy: Any, img2img_job: Job) -> None:
     comfy.faults.drop_prompts(1)
-    with Client(comfy.url, retry=QUICK, silence_s=0.3, timeout_s=5) as client:
+    with Client(comfy.url, retry=QUICK, timeouts=Timeouts(read_s=5, silence_s=0.3)) as client:
         with pytest.raises(JobLost):
             client.run(img2img_job)
         assert client.run(with_input(img2img_job, "6", "seed", 2)).outputs  # the next one runs
@@ -155,14 +158,14 @@ def test_existing_link_in_the_folder_is_not_followed(client: Client, img2img_job
 
 def test_refused_connection_is_connection_failed(comfy: Any, img2img_job: Job) -> None:
     comfy.faults.refuse_connections()
-    with Client(comfy.url, retry=QUICK, timeout_s=2) as client, pytest.raises(ConnectionFailed) as caught:
+    with Client(comfy.url, retry=QUICK, timeouts=Timeouts(read_s=2)) as client, pytest.raises(ConnectionFailed) as caught:
         client.run(img2img_job)
     assert caught.value.retryable
 
 
 def test_job_deadline_is_job_timed_out(sim: Any, img2img_job: Job) -> None:
     server = slow_server(sim)
-    with Client(server.url, retry=QUICK, timeout_s=5) as client:
+    with Client(server.url, retry=QUICK, timeouts=Timeouts(read_s=5)) as client:
         handle = client.submit(with_input(img2img_job, "6", "steps", 2000))
         with pytest.raises(JobTimedOut) as caught:
             handle.wait(timeout_s=0.3)
@@ -172,7 +175,7 @@ def test_job_deadline_is_job_timed_out(sim: Any, img2img_job: Job) -> None:
 
 def test_hanging_route_is_request_timed_out(comfy: Any) -> None:
     comfy.faults.hang_route("/system_stats")
-    with Client(comfy.url, retry=RetryPolicy(max_attempts=1), timeout_s=0.3) as client:
+    with Client(comfy.url, retry=RetryPolicy(max_attempts=1), timeouts=Timeouts(read_s=0.3)) as client:
         with pytest.raises(ServerError) as caught:
             client.system_stats()
     assert type(caught.value).__name__ == "RequestTimedOut"
@@ -202,6 +205,6 @@ def test_malformed_frame_is_reported_and_skipped(comfy: Any, img2img_job: Job,
     def connect(url: str, headers: Any, timeout_s: float) -> Any:
         return GarbageFirst(connect_websocket(url, headers, timeout_s))
 
-    with Client(comfy.url, connect=connect, timeout_s=5) as client:
+    with Client(comfy.url, connect=connect, timeouts=Timeouts(read_s=5)) as client:
         assert client.run(img2img_job).outputs
     assert any("malformed websocket frame" in r.getMessage() for r in caplog.records)

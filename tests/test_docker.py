@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from comfy_orchestrator.farm import load_farm
+from comfy_orchestrator.servers import load_farm
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 ENTRYPOINT = DOCKER / "entrypoint.sh"

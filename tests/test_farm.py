@@ -6,6 +6,7 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +15,21 @@ from click.testing import CliRunner
 
 from comfy_orchestrator.cli import main
 from comfy_orchestrator.errors import NoServerAvailable, OutOfMemory
+from comfy_orchestrator.dispatch import Dispatch, RoundRobin, SoonestFinish
 from comfy_orchestrator.farm import (
-    Dispatch,
     DuplicateDiscarded,
     Farm,
     FarmEvent,
     JobFailed,
     JobOutcome,
     JobSubmitted,
-    RetryPolicy,
-    RoundRobin,
-    ServerConfig,
     ServerDown,
     ServerUp,
-    SoonestFinish,
 )
 from comfy_orchestrator.jobs import Job, JobResult
+from comfy_orchestrator.limits import FARM_TIMEOUTS
+from comfy_orchestrator.retry import RetryPolicy
+from comfy_orchestrator.servers import ServerConfig
 from comfy_orchestrator.sim import Costs, SimServer
 from comfy_orchestrator.templates import Templates
 
@@ -305,7 +305,7 @@ def test_jobs_only_a_down_server_can_run_are_reported_in_time(sim: Any, cells: A
     only_a = sim(1, costs=COSTS, checkpoints=["a.safetensors"], preview_method="none")[0]
     both = sim(1, costs=COSTS, checkpoints=CHECKPOINTS, preview_method="none")[0]
     both.crash()
-    farm = Farm([only_a.url, both.url], policy=FAST_RETRIES, no_server_timeout_s=1.0)
+    farm = Farm([only_a.url, both.url], policy=FAST_RETRIES, timeouts=replace(FARM_TIMEOUTS, no_server_s=1.0))
 
     outcomes, _ = run_farm(farm, cells(8, checkpoints=CHECKPOINTS), tmp_path / "out")
 

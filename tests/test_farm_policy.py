@@ -18,14 +18,13 @@ from comfy_orchestrator.errors import (
     OutOfMemory,
     PromptRejected,
 )
-from comfy_orchestrator.farm import (
+from comfy_orchestrator.dispatch import (
     Attempt,
     Capability,
     CompletionLedger,
     JobNeeds,
     JobTimes,
     QueuedJob,
-    RetryPolicy,
     RoundRobin,
     ServerView,
     SoonestFinish,
@@ -34,10 +33,9 @@ from comfy_orchestrator.farm import (
     decide_retry,
     estimate_finish_s,
     job_needs,
-    load_farm,
-    parse_farm,
-    servers_from_urls,
 )
+from comfy_orchestrator.retry import RetryPolicy
+from comfy_orchestrator.servers import load_farm, parse_farm, servers_from_urls
 from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.jobs import Job
 from comfy_orchestrator.schema import Schema

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from comfy_orchestrator.client import Client, RetryPolicy
+from comfy_orchestrator.client import Client
+from comfy_orchestrator.limits import Timeouts
+from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.jobs import Job, content_name
 
@@ -25,8 +27,8 @@ def live() -> Iterator[Client]:
     url = os.environ.get("COMFY_URL")
     if not url:
         pytest.skip("set COMFY_URL to a real ComfyUI to run the live tests")
-    with Client(url, token=os.environ.get("COMFY_TOKEN") or None, timeout_s=30, silence_s=10,
-                job_timeout_s=600, retry=RetryPolicy(max_attempts=3, first_delay_s=0.5)) as client:
+    with Client(url, token=os.environ.get("COMFY_TOKEN") or None, timeouts=Timeouts(read_s=30, silence_s=10, job_s=600),
+                retry=RetryPolicy(max_attempts=3, first_delay_s=0.5)) as client:
         yield client
 
 

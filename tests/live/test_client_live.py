@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from comfy_orchestrator.client import Client, connect_websocket
+from comfy_orchestrator.client import Client
+from comfy_orchestrator.limits import Timeouts
+from comfy_orchestrator.listener import connect_websocket
 from comfy_orchestrator.errors import ExecutionFailed, Interrupted, JobLost, MissingModel, PromptRejected
 from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.jobs import Job
@@ -99,13 +101,13 @@ def test_silent_socket_falls_back_to_history(live_job: Job) -> None:
         return DeafAfter(connect_websocket(url, headers, timeout_s), 4)
 
     with Client(os.environ["COMFY_URL"], token=os.environ.get("COMFY_TOKEN") or None, connect=connect,
-                silence_s=3, timeout_s=30) as client:
+                timeouts=Timeouts(read_s=30, silence_s=3)) as client:
         assert client.run(with_input(live_job, "6", "seed", 11)).outputs
 
 
 def test_previews_when_asked(live_job: Job) -> None:
     with Client(os.environ["COMFY_URL"], token=os.environ.get("COMFY_TOKEN") or None, keep_previews=True,
-                timeout_s=30) as client:
+                timeouts=Timeouts(read_s=30)) as client:
         handle = client.submit(with_input(live_job, "6", "seed", 12), extra_data={"preview_method": "latent2rgb"})
         handle.wait()
     assert handle.previews and all(isinstance(p, PreviewImage) and p.data for p in handle.previews)

@@ -1,0 +1,250 @@
+"""Listener: a client's one websocket; connects, reads, routes each prompt's events, reconnects.
+
+The reader thread owns the socket. It sends feature_flags as the first frame, waits for
+the server's greeting, then hands every event to the queue of the prompt it names
+(events without a prompt go to all). When the socket closes it tells the waiting
+prompts (`Disconnected`), reconnects with the retry policy's backoff and says so
+(`Reconnected`), so that a JobHandle can read the prompt's record instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import websocket
+
+from comfy_orchestrator.errors import (
+    AuthFailed,
+    ComfyError,
+    ConnectionFailed,
+    MalformedMessage,
+    RequestTimedOut,
+    ServerError,
+)
+from comfy_orchestrator.limits import Timeouts
+from comfy_orchestrator.protocol import FEATURE_FLAGS_FRAME, Event, FeatureFlags, PreviewImage, QueueStatus, parse_event
+from comfy_orchestrator.retry import RetryPolicy
+
+__all__ = ["Connect", "Disconnected", "Listener", "Reconnected", "WebSocketLike", "connect_websocket"]
+
+log = logging.getLogger(__name__)
+
+
+class WebSocketLike(Protocol):
+    """What the client needs of a websocket (websocket-client's WebSocket has it)."""
+
+    def send(self, payload: str) -> Any: ...
+    def recv_data(self) -> tuple[int, bytes]: ...
+    def send_close(self) -> None: ...
+    def abort(self) -> None: ...
+    def shutdown(self) -> None: ...
+    def settimeout(self, timeout: float | None) -> None: ...
+
+
+Connect = Callable[[str, Mapping[str, str], float], WebSocketLike]
+
+
+def connect_websocket(url: str, headers: Mapping[str, str], timeout_s: float) -> WebSocketLike:
+    """Open a websocket with websocket-client; no Origin header (ComfyUI refuses foreign ones).
+
+    websocket-client puts no limit on a frame's size, so full-size PNG frames of
+    SaveImageWebsocket (hundreds of KB, more for big images) arrive whole.
+    """
+    socket: WebSocketLike = websocket.create_connection(
+        url, timeout=timeout_s, header=[f"{k}: {v}" for k, v in headers.items()],
+        suppress_origin=True, enable_multithread=True)
+    return socket
+
+
+
+class ConnectionMarker(Event):
+    """Not a server message: the reader tells waiting jobs about the connection."""
+
+
+class Reconnected(ConnectionMarker):
+    """The socket is open again: what was said meanwhile is lost."""
+
+
+class Disconnected(ConnectionMarker):
+    """The socket closed; the reader is reconnecting."""
+
+
+class Listener:
+    """The client's one websocket: connects, reads, routes events, reconnects with backoff."""
+
+    def __init__(self, *, server: str, url: str, headers: Mapping[str, str], connect: Connect,
+                 timeouts: Timeouts, retry: RetryPolicy, keep_previews: bool, name: str) -> None:
+        self._server = server  # names the server in logs and errors, without credentials
+        self._url = url
+        self._headers = dict(headers)
+        self._connect = connect
+        self._timeouts = timeouts
+        self._retry = retry
+        self._keep_previews = keep_previews
+        self._name = name
+        self._lock = threading.Lock()
+        self._queues: dict[str, queue.SimpleQueue[Event]] = {}
+        self._stop = threading.Event()
+        self._socket: WebSocketLike | None = None
+        self._thread: threading.Thread | None = None
+        self.last_frame_at = time.monotonic()
+        self.server_flags: dict[str, Any] = {}
+
+    def start(self) -> None:
+        """Connect now (in the caller's thread, so errors reach it) unless already listening."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            socket = self._open()
+            self._thread = threading.Thread(target=self._run, args=(socket,), daemon=True,
+                                            name=self._name)
+            self._thread.start()
+
+    def subscribe(self, prompt_id: str) -> queue.SimpleQueue[Event]:
+        events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        with self._lock:
+            self._queues[prompt_id] = events
+        return events
+
+    def unsubscribe(self, prompt_id: str) -> None:
+        with self._lock:
+            self._queues.pop(prompt_id, None)
+
+    def recycle(self) -> None:
+        """Close the socket so the reader reconnects: cures a socket the server stopped talking to."""
+        socket = self._socket
+        if socket is not None:
+            log.info("%s: websocket silent while a prompt runs; reconnecting", self._server)
+            self._close_socket(socket)
+
+    def stop(self) -> None:
+        self._stop.set()
+        socket, thread = self._socket, self._thread
+        if socket is not None:
+            self._close_socket(socket)
+        if thread is not None:
+            thread.join(self._timeouts.read_s)
+            if thread.is_alive() and socket is not None:
+                socket.abort()
+                thread.join(self._timeouts.read_s)
+
+    def _close_socket(self, socket: WebSocketLike) -> None:
+        try:
+            socket.send_close()
+        except (websocket.WebSocketException, OSError) as exc:
+            log.debug("%s: close frame not sent (%s); aborting the socket", self._server, exc)
+            socket.abort()
+
+    def _open(self) -> WebSocketLike:
+        """Connect, send feature_flags as the very first frame, and read the greeting."""
+        try:
+            socket = self._connect(self._url, self._headers, self._timeouts.read_s)
+        except websocket.WebSocketBadStatusException as exc:
+            if exc.status_code in (401, 403):
+                raise AuthFailed("websocket refused our credentials", server=self._server,
+                                 status=exc.status_code) from exc
+            raise ServerError(f"websocket upgrade answered {exc.status_code}", server=self._server,
+                              status=exc.status_code) from exc
+        except websocket.WebSocketTimeoutException as exc:
+            raise RequestTimedOut("websocket did not open in time", server=self._server) from exc
+        except (websocket.WebSocketException, OSError) as exc:
+            raise ConnectionFailed(f"websocket could not connect ({type(exc).__name__})",
+                                   server=self._server) from exc
+        try:
+            socket.send(FEATURE_FLAGS_FRAME)
+            deadline = time.monotonic() + self._timeouts.read_s
+            while True:  # the server speaks first: status with our sid
+                socket.settimeout(max(0.01, deadline - time.monotonic()))
+                event = self._receive(socket)
+                if isinstance(event, QueueStatus) and event.sid is not None:
+                    break
+            socket.settimeout(None)
+        except (websocket.WebSocketException, OSError, UnicodeDecodeError) as exc:
+            socket.shutdown()  # closes it: abort() alone leaves the descriptor open
+            raise ConnectionFailed(f"websocket closed during the greeting ({type(exc).__name__})",
+                                   server=self._server) from exc
+        self._socket = socket
+        return socket
+
+    def _receive(self, socket: WebSocketLike) -> Event | None:
+        """Read one frame; None for a close frame or a frame that is not ComfyUI's."""
+        opcode, data = socket.recv_data()
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            raise websocket.WebSocketConnectionClosedException("closed by the server")
+        self.last_frame_at = time.monotonic()
+        frame: str | bytes = data.decode("utf-8") if opcode == websocket.ABNF.OPCODE_TEXT else data
+        try:
+            event = parse_event(frame)
+        except MalformedMessage as exc:
+            # The socket is a hint; the prompt's record decides. Report and read on.
+            log.warning("%s: ignoring a malformed websocket frame: %s", self._server, exc)
+            return None
+        if isinstance(event, FeatureFlags):
+            self.server_flags = dict(event.flags)
+        return event
+
+    def _run(self, socket: WebSocketLike) -> None:
+        try:
+            self._serve(socket)
+        except Exception:
+            # Jobs fall back to their watchdog; the next submit starts a new reader.
+            log.exception("%s: websocket reader stopped on an unexpected error", self._server)
+            self._broadcast(Disconnected(None))
+
+    def _serve(self, socket: WebSocketLike) -> None:
+        attempt = 0
+        try:
+            while not self._stop.is_set():
+                self._read(socket)
+                socket.shutdown()
+                self._socket = None
+                if self._stop.is_set():
+                    return
+                self._broadcast(Disconnected(None))
+                while True:
+                    attempt += 1
+                    if self._stop.wait(self._retry.delay(attempt) if attempt > 1 else 0):
+                        return
+                    try:
+                        socket = self._open()
+                    except ComfyError as exc:
+                        log.info("%s: websocket reconnect %d failed: %s", self._server, attempt, exc)
+                        continue
+                    attempt = 0
+                    log.info("%s: websocket reconnected", self._server)
+                    self._broadcast(Reconnected(None))
+                    break
+        finally:
+            # a stop that lands while a reconnect opens a new socket leaves that one to us: close it
+            socket.shutdown()
+            self._socket = None
+
+    def _read(self, socket: WebSocketLike) -> None:
+        while not self._stop.is_set():
+            try:
+                event = self._receive(socket)
+            except (websocket.WebSocketException, OSError, UnicodeDecodeError) as exc:
+                if not self._stop.is_set():
+                    log.info("%s: websocket closed: %s", self._server, exc or type(exc).__name__)
+                return
+            if event is None or (isinstance(event, PreviewImage) and not self._keep_previews):
+                continue
+            if event.prompt_id is None:
+                self._broadcast(event)
+            else:
+                with self._lock:
+                    events = self._queues.get(event.prompt_id)
+                if events is not None:
+                    events.put(event)
+
+    def _broadcast(self, event: Event) -> None:
+        with self._lock:
+            targets = list(self._queues.values())
+        for events in targets:
+            events.put(event)
