@@ -50,7 +50,7 @@ from comfy_orchestrator.jobs import Job, JobResult, Output, name_by_content
 from comfy_orchestrator.limits import Timeouts
 from comfy_orchestrator.listener import Connect, Listener, connect_websocket
 from comfy_orchestrator.provenance import PngTextAppender, provenance_chunk, provenance_record
-from comfy_orchestrator.retry import RetryPolicy
+from comfy_orchestrator.retry import RetryPolicy, call_with_retries
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.validation import check_prompt
 
@@ -193,20 +193,13 @@ class Client:
                               server=self.url, status=response.status_code)
         return response
 
-    def _call(self, method: str, path: str, *, idempotent: bool = True, **kwargs: Any) -> requests.Response:
-        """An HTTP request retried with backoff on connection errors and 5xx, if safe to repeat."""
-        attempt = 1
-        while True:
-            try:
-                return self._once(method, path, **kwargs)
-            except ComfyError as exc:
-                if not (idempotent and exc.retryable) or attempt >= self.retry.max_attempts:
-                    raise
-                delay_s = self.retry.delay(attempt)
-                log.info("%s: %s; retry %d in %.2f s", self.url, exc, attempt, delay_s)
-                if self._closed.wait(delay_s):
-                    raise
-                attempt += 1
+    def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """An HTTP request, retried with backoff on connection errors and 5xx (every caller may repeat it)."""
+        return call_with_retries(lambda attempt: self._once(method, path, **kwargs), self.retry,
+                                 rest=self._closed.wait, on_retry=self._log_retry)
+
+    def _log_retry(self, error: ComfyError, attempt: int, delay_s: float) -> None:
+        log.info("%s: %s; retry %d in %.2f s", self.url, error, attempt, delay_s)
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._call(method, path, **kwargs)
@@ -419,25 +412,16 @@ class Client:
     def _post_prompt(self, job: Job, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST /prompt; a retry after a lost answer first asks whether the prompt id got in."""
         prompt_id = str(body["prompt_id"])
-        attempt = 1
-        while True:
-            try:
-                response = self._once("POST", "/prompt", json=body)
-                break
-            except ComfyError as exc:
-                if not exc.retryable or attempt >= self.retry.max_attempts:
-                    raise
-                if self._closed.wait(self.retry.delay(attempt)):
-                    raise
-                attempt += 1
-                try:
-                    state, _ = self.locate(prompt_id)
-                except ComfyError as probe:
-                    log.info("%s: cannot tell whether prompt %s got in: %s", self.url, prompt_id, probe)
-                    continue
-                if state != "unknown":
-                    log.info("%s: prompt %s was accepted before the answer was lost", self.url, prompt_id)
-                    return {"prompt_id": prompt_id, "number": None, "node_errors": {}}
+
+        def post(attempt: int) -> requests.Response | None:
+            if attempt > 1 and self._got_in(prompt_id):
+                return None
+            return self._once("POST", "/prompt", json=body)
+
+        response = call_with_retries(post, self.retry, rest=self._closed.wait, on_retry=self._log_retry)
+        if response is None:
+            log.info("%s: prompt %s was accepted before the answer was lost", self.url, prompt_id)
+            return {"prompt_id": prompt_id, "number": None, "node_errors": {}}
         try:
             answer = response.json()
         except ValueError as exc:
@@ -450,6 +434,15 @@ class Client:
                                   checked_locally=False)
         raise ServerError(f"POST /prompt answered {response.status_code}", server=self.url,
                           status=response.status_code)
+
+    def _got_in(self, prompt_id: str) -> bool:
+        """Whether a prompt whose POST answer was lost is on the server; False when that cannot be told."""
+        try:
+            state, _ = self.locate(prompt_id)
+        except ComfyError as exc:
+            log.info("%s: cannot tell whether prompt %s got in: %s", self.url, prompt_id, exc)
+            return False
+        return state != "unknown"
 
     def run(self, job: Job | Graph | Mapping[str, Any], *, out_dir: Path | None = None,
             timeout_s: float | None = None, front: bool = False, extra_data: Mapping[str, Any] | None = None,

@@ -28,7 +28,7 @@ from comfy_orchestrator.errors import (
 )
 from comfy_orchestrator.limits import Timeouts
 from comfy_orchestrator.protocol import FEATURE_FLAGS_FRAME, Event, FeatureFlags, PreviewImage, QueueStatus, parse_event
-from comfy_orchestrator.retry import RetryPolicy
+from comfy_orchestrator.retry import RetryPolicy, jitter
 
 __all__ = ["Connect", "Disconnected", "Listener", "Reconnected", "WebSocketLike", "connect_websocket"]
 
@@ -209,7 +209,7 @@ class Listener:
                 self._broadcast(Disconnected(None))
                 while True:
                     attempt += 1
-                    if self._stop.wait(self._retry.delay(attempt) if attempt > 1 else 0):
+                    if self._stop.wait(self._retry.delay(attempt, jitter()) if attempt > 1 else 0):
                         return
                     try:
                         socket = self._open()
