@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import json
-from collections.abc import Callable, Iterator
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +126,157 @@ def img2img_job(sample_image: Path) -> Any:
               "denoise": 0.6}
     return Job(graph=graph, template="img2img", params=params, inputs={image: sample_image},
                parameter_map=parameter_map)
+
+
+NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)),
+                                      None)
+NGINX_CONFIG = """
+{user}
+worker_processes 1;
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+{site}
+}}
+"""
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[Callable[[str, Sequence[int]], Path]]:
+    """Start real nginx processes: `nginx(site, ports)` runs the http-level `site` and waits until every
+    port in `ports` listens; returns its folder. All stop at teardown."""
+    if NGINX is None:
+        pytest.skip("nginx is not installed (Debian package 'nginx')")
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(site: str, ports: Sequence[int]) -> Path:
+        root = tmp_path / f"nginx-{len(started)}"
+        root.mkdir()
+        user = "user root;" if os.geteuid() == 0 else ""  # workers must reach the private temp folder
+        (root / "nginx.conf").write_text(NGINX_CONFIG.format(user=user, root=root, site=site))
+        assert NGINX is not None
+        process = subprocess.Popen([NGINX, "-c", str(root / "nginx.conf"), "-p", str(root)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(process)
+        for port in ports:
+            _wait_until_listening(process, port, root)
+        return root
+
+    yield start
+    for process in reversed(started):
+        process.terminate()
+        process.wait(10)
+
+
+def _wait_until_listening(process: subprocess.Popen[bytes], port: int, root: Path) -> None:
+    for _ in range(200):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            try:
+                process.wait(0.05)  # doubles as the pause between tries
+            except subprocess.TimeoutExpired:
+                continue
+            log = (root / "error.log").read_text() if (root / "error.log").exists() else ""
+            pytest.fail(f"nginx exited with {process.returncode}: {log[-500:]}")
+    pytest.fail(f"nginx did not start listening on {port}")
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate the test authority signed, and its key, as PEM files."""
+
+    cert: Path
+    key: Path
+
+
+class TlsAuthority:
+    """A certificate authority made for one test: its own root, and server certificates it signs."""
+
+    def __init__(self, folder: Path, name: str = "comfy-orch test CA") -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        public = self._key.public_key()
+        self._cert = (
+            x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+            .sign(self._key, hashes.SHA256()))
+        self.cert = folder / f"{folder.name}-ca.pem"
+        self.cert.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, *hosts: str, name: str = "server", expired: bool = False) -> Issued:
+        """A server certificate for `hosts` (names or IP addresses), valid now unless `expired`."""
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        start, end = (now - datetime.timedelta(days=10), now - datetime.timedelta(days=1)) if expired else \
+            (now - datetime.timedelta(days=1), now + datetime.timedelta(days=30))
+        alt_names: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                alt_names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                alt_names.append(x509.DNSName(host))
+        authority = self._cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0] if hosts else name)]))
+            .issuer_name(self._cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(authority), critical=False)
+            .sign(self._key, hashes.SHA256()))
+        issued = Issued(cert=self.folder / f"{name}.crt", key=self.folder / f"{name}.key")
+        issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        issued.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()))
+        return issued
+
+
+@pytest.fixture
+def tls_authority(tmp_path: Path) -> TlsAuthority:
+    """A certificate authority of this test's own (`.cert` is its PEM; `.issue(host, ...)` signs)."""
+    return TlsAuthority(tmp_path / "tls")
