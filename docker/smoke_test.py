@@ -9,6 +9,7 @@ encodes, VAE encode, KSampler 20 steps denoise 0.6, VAE decode, SaveImage)
 the first image through /view. Prints one JSON line per prompt and a summary.
 
     python3 docker/smoke_test.py --url http://127.0.0.1:8188 --count 3
+    python3 docker/smoke_test.py --url https://box-1:8443/gpu0/8188 --token "$TOKEN" --ca-cert box-1.pem
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import ssl
 import struct
 import sys
 import threading
@@ -69,12 +71,13 @@ def img2img_prompt(image: str, *, seed: int, steps: int, checkpoint: str, prefix
 
 
 class Server:
-    """One ComfyUI server over plain HTTP."""
+    """One ComfyUI server over HTTP or HTTPS (verified against `ca_cert`, or the system's authorities)."""
 
-    def __init__(self, url: str, *, token: str | None, timeout_s: float) -> None:
+    def __init__(self, url: str, *, token: str | None, timeout_s: float, ca_cert: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.timeout_s = timeout_s
+        self.tls = ssl.create_default_context(cafile=ca_cert)
 
     def request(self, path: str, *, body: bytes | None = None, content_type: str | None = None) -> bytes:
         """GET (or POST `body`) `path`; return the response body."""
@@ -83,7 +86,7 @@ class Server:
             headers["Content-Type"] = content_type
         request = urllib.request.Request(self.url + path, data=body, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout_s, context=self.tls) as response:
                 return bytes(response.read())
         except urllib.error.HTTPError as exc:
             raise RuntimeError(f"{self.url}{path}: HTTP {exc.code}: {exc.read()[:2000]!r}") from exc
@@ -175,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", action="append", required=True, help="ComfyUI base URL (repeat for several)")
     parser.add_argument("--token", help="bearer token, for servers behind the farm's proxy")
+    parser.add_argument("--ca-cert", metavar="FILE", help="trust this certificate authority (PEM) for https URLs")
     parser.add_argument("--count", type=int, default=3, help="prompts per server (default 3)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=512, help="input image size in pixels")
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
 
     def test_one(url: str) -> None:
-        server = Server(url, token=args.token, timeout_s=60.0)
+        server = Server(url, token=args.token, timeout_s=60.0, ca_cert=args.ca_cert)
         try:
             print(json.dumps({"summary": smoke_test(server, args)}), flush=True)
         except (OSError, RuntimeError, KeyError) as exc:

