@@ -29,7 +29,7 @@ from PIL import Image
 from comfy_orchestrator.client import Client
 from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.jobs import Job
-from comfy_orchestrator.sim.testing import SimServer
+from comfy_orchestrator.sim.server import SimServer
 
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 

@@ -30,7 +30,7 @@ from comfy_orchestrator.farm import Farm
 from comfy_orchestrator.jobs import Job
 from comfy_orchestrator.params import DEFAULT_CHECKPOINT
 from comfy_orchestrator.sim.costs import profile
-from comfy_orchestrator.sim.testing import SimServer
+from comfy_orchestrator.sim.server import SimServer
 from comfy_orchestrator.sweep import Sweep, parse_axis
 from comfy_orchestrator.sweep_run import run_sweep
 from comfy_orchestrator.templates import Templates

@@ -237,20 +237,26 @@ def denoise_guide(effect: str | None) -> None:
               help="a LoRA file the server offers (repeatable; default detail.safetensors, style.safetensors)")
 @click.option("--controlnet", "controlnets", multiple=True, metavar="NAME",
               help="a ControlNet file the server offers (repeatable; default control_v11p_sd15_canny.safetensors)")
-@click.option("--root", type=click.Path(file_okay=False), help="folder for input/, output/ and temp/")
+@click.option("--root", type=click.Path(file_okay=False), help="folder for input/, output/, temp/ and user/")
+@click.option("--preview-method", default="none", show_default=True,
+              type=click.Choice(["none", "auto", "latent2rgb", "taesd"]),
+              help="sampler previews over the websocket, as ComfyUI's --preview-method")
+@click.option("--preview-size", default=512, show_default=True, type=click.IntRange(1, 16384),
+              help="previews are fitted inside this many pixels, as ComfyUI's --preview-size")
 def sim(host: str, port: int, profile_name: str, checkpoints: Sequence[str], loras: Sequence[str],
-        controlnets: Sequence[str], root: str | None) -> None:
+        controlnets: Sequence[str], root: str | None, preview_method: str, preview_size: int) -> None:
     """Run a simulated ComfyUI server (no GPU) until interrupted."""
     try:
         from comfy_orchestrator.sim import SimServer
     except ImportError as exc:
         fail(f"the simulated server needs the [sim] extra: pip install 'comfy-orchestrator[sim]' ({exc})")
-    from comfy_orchestrator.sim.testing import DEFAULT_CHECKPOINTS, DEFAULT_CONTROLNETS, DEFAULT_LORAS
+    from comfy_orchestrator.sim.server import DEFAULT_CHECKPOINTS, DEFAULT_CONTROLNETS, DEFAULT_LORAS
 
     server = SimServer(host=host, port=port, profile_name=profile_name,
                        checkpoints=checkpoints or DEFAULT_CHECKPOINTS,
                        loras=loras or DEFAULT_LORAS, controlnets=controlnets or DEFAULT_CONTROLNETS,
-                       root=Path(root) if root else None)
+                       root=Path(root) if root else None, preview_method=preview_method,
+                       preview_size=preview_size)
     with server:
         stdout.print(f"simulated ComfyUI at {server.url} ({profile_name}); files in {server.root}; Ctrl-C stops")
         try:

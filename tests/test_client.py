@@ -180,7 +180,7 @@ def test_out_of_memory_suggests_what_to_try(comfy: Any, client: Client, img2img_
 
 
 def test_interrupt_stops_the_running_job(sim: Any, img2img_job: Job) -> None:
-    (server,) = sim(checkpoints=("v1-5-pruned-emaonly.safetensors",), costs=Costs(step_s=0.02, preview_size=64))
+    (server,) = sim(checkpoints=("v1-5-pruned-emaonly.safetensors",), costs=Costs(step_s=0.02))
     long_job = with_input(img2img_job, "6", "steps", 500)
     with Client(server.url, timeouts=Timeouts(read_s=5)) as client:
         handle = client.submit(long_job)
@@ -193,7 +193,7 @@ def test_interrupt_stops_the_running_job(sim: Any, img2img_job: Job) -> None:
 
 
 def test_deleted_queued_job_is_noticed_not_waited_for(sim: Any, img2img_job: Job) -> None:
-    (server,) = sim(checkpoints=("v1-5-pruned-emaonly.safetensors",), costs=Costs(step_s=0.02, preview_size=64))
+    (server,) = sim(checkpoints=("v1-5-pruned-emaonly.safetensors",), costs=Costs(step_s=0.02))
     with Client(server.url, timeouts=Timeouts(read_s=5, silence_s=30, job_s=20)) as client:
         running = client.submit(with_input(img2img_job, "6", "steps", 500))
         queued = client.submit(with_input(img2img_job, "6", "seed", 7))
@@ -278,7 +278,8 @@ def test_saving_twice_never_overwrites(client: Client, img2img_job: Job, tmp_pat
     assert first.files[0].read_bytes()[:4] == second.files[0].read_bytes()[:4] == b"\x89PNG"
 
 
-def test_previews_are_kept_only_when_asked(comfy: Any, img2img_job: Job) -> None:
+def test_previews_are_kept_only_when_asked(sim: Any, img2img_job: Job) -> None:
+    (comfy,) = sim(checkpoints=("v1-5-pruned-emaonly.safetensors",), preview_method="latent2rgb")  # default: none
     with Client(comfy.url, keep_previews=True, timeouts=Timeouts(read_s=5)) as keeping:
         handle = keeping.submit(img2img_job)
         handle.wait()

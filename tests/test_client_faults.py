@@ -27,7 +27,7 @@ from comfy_orchestrator.params import DEFAULT_CHECKPOINT
 from comfy_orchestrator.sim.costs import Costs
 
 QUICK = RetryPolicy(max_attempts=3, first_delay_s=0.05, max_delay_s=0.2)
-SLOW_STEPS = Costs(step_s=0.01, preview_size=64)
+SLOW_STEPS = Costs(step_s=0.01)
 
 
 def with_input(job: Job, node_id: str, name: str, value: Any) -> Job:

@@ -5,6 +5,8 @@ recordings in shared/comfyui-reference show (routes also under /api, status code
 bodies, message order, binary preview frames type 1 and 4), validates prompts with
 `comfy_orchestrator.validation.check_prompt`, runs one prompt at a time with ComfyUI's node
 order and classic cache, and paints pictures that change with image, denoise, seed and cfg.
+Every node class of the recorded schema runs: the common ones faithfully, any other one with
+small deterministic stand-ins of its declared outputs (sim.generic).
 
 Start one::
 
@@ -20,7 +22,8 @@ Start one::
                                              # sampler_steps, images_saved, prompts_started/finished
 
 Options: `SimServer(port=8188, profile_name="realistic", costs=Costs(...), checkpoints=[...],
-root=folder, preview_method="none")`. Folders: `server.input_dir`, `output_dir`, `temp_dir`.
+root=folder, preview_method="latent2rgb", preview_size=512)`: previews are off by default, as
+ComfyUI's `--preview-method none`. Folders: `server.input_dir`, `output_dir`, `temp_dir`, `user_dir`.
 Counters survive `crash()`/`restart()`; the queue, history and cache do not.
 
 Faults (``server.faults``; every switch is thread-safe, ``faults.clear()`` undoes all)::
@@ -43,7 +46,7 @@ The pytest fixture `sim` (tests/conftest.py) starts N servers: ``a, b = sim(2)``
 
 from comfy_orchestrator.sim.costs import PROFILES, Costs, profile
 from comfy_orchestrator.sim.faults import Faults
-from comfy_orchestrator.sim.nodes import NODES, Counters
-from comfy_orchestrator.sim.testing import SimServer
+from comfy_orchestrator.sim.registry import NODES, Counters
+from comfy_orchestrator.sim.server import SimServer
 
 __all__ = ["NODES", "PROFILES", "Costs", "Counters", "Faults", "SimServer", "profile"]

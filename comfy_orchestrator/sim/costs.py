@@ -20,7 +20,6 @@ class Costs:
     vae_s: float = 0.0  # one VAE encode or decode of one 512x512 image
     text_encode_s: float = 0.0
     image_io_s: float = 0.0  # loading or saving one image
-    preview_size: int = 512  # previews are fitted inside this many pixels, as --preview-size
 
     def step_cost_s(self, pixels: int, batch: int) -> float:
         """Seconds for one sampler step over `batch` images of `pixels` each."""
@@ -47,7 +46,7 @@ class Costs:
 # first KSampler 4.1-6.3 s (of which ~1.3 s sampling), warm prompt (a) 1.43 s with 15.5 it/s,
 # batch 8 costing 1.6x batch 1 per step.
 PROFILES: dict[str, Costs] = {
-    "instant": Costs(preview_size=64),
+    "instant": Costs(),
     "realistic": Costs(
         checkpoint_load_s=2.0,
         first_sample_warmup_s=3.5,
@@ -56,7 +55,6 @@ PROFILES: dict[str, Costs] = {
         vae_s=0.03,
         text_encode_s=0.01,
         image_io_s=0.01,
-        preview_size=512,
     ),
 }
 

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from comfy_orchestrator.sim.images import FloatArray
-from comfy_orchestrator.sim.nodes import NODES, SAMPLE_GUIDES, NodeContext, NodeResult, SimModel, _node
+from comfy_orchestrator.sim.registry import NODES, SAMPLE_GUIDES, NodeContext, NodeResult, SimModel, simulates
 
 LORA_PULL = 0.6  # how far strength 1.0 moves the painted pattern toward the LoRA's colour
 CONTROL_PULL = 0.8  # how far strength 1.0 over the whole schedule moves it toward the control image
@@ -67,7 +67,7 @@ def _patched(model: SimModel, name: str, strength: float) -> PatchedModel:
     return PatchedModel(model.checkpoint, model.kind, (*loras, (name, strength)))
 
 
-@_node("LoraLoader")
+@simulates("LoraLoader")
 def lora_loader(ctx: NodeContext, *, model: SimModel, clip: SimModel, lora_name: str, strength_model: float,
                 strength_clip: float) -> NodeResult:
     if strength_model == 0 and strength_clip == 0:  # ComfyUI returns its inputs untouched then
@@ -76,7 +76,7 @@ def lora_loader(ctx: NodeContext, *, model: SimModel, clip: SimModel, lora_name:
     return NodeResult((_patched(model, lora_name, strength_model), _patched(clip, lora_name, strength_clip)))
 
 
-@_node("LoraLoaderModelOnly")
+@simulates("LoraLoaderModelOnly")
 def lora_loader_model_only(ctx: NodeContext, *, model: SimModel, lora_name: str,
                            strength_model: float) -> NodeResult:
     if strength_model == 0:
@@ -85,7 +85,7 @@ def lora_loader_model_only(ctx: NodeContext, *, model: SimModel, lora_name: str,
     return NodeResult((_patched(model, lora_name, strength_model),))
 
 
-@_node("ControlNetLoader")
+@simulates("ControlNetLoader")
 def control_net_loader(ctx: NodeContext, *, control_net_name: str) -> NodeResult:
     ctx.spend(ctx.costs.image_io_s)
     return NodeResult((SimControlNet(control_net_name),))
@@ -99,7 +99,7 @@ def _with_control(conditioning: Any, control: ControlHint) -> list[list[Any]]:
     return out
 
 
-@_node("ControlNetApplyAdvanced")
+@simulates("ControlNetApplyAdvanced")
 def control_net_apply_advanced(ctx: NodeContext, *, positive: Any, negative: Any, control_net: SimControlNet,
                                image: FloatArray, strength: float, start_percent: float, end_percent: float,
                                vae: SimModel | None = None) -> NodeResult:
@@ -152,7 +152,7 @@ def detect_edges(picture: FloatArray, low_threshold: float, high_threshold: floa
         edges = grown
 
 
-@_node("Canny")
+@simulates("Canny")
 def canny(ctx: NodeContext, *, image: FloatArray, low_threshold: float, high_threshold: float) -> NodeResult:
     edges = np.stack([detect_edges(picture, low_threshold, high_threshold) for picture in image])
     return NodeResult((np.repeat(edges[..., None], 3, axis=-1).astype(np.float32),))
@@ -187,7 +187,7 @@ def _dilate(mask: FloatArray, size: int) -> FloatArray:
     return grown
 
 
-@_node("VAEEncodeForInpaint")
+@simulates("VAEEncodeForInpaint")
 def vae_encode_for_inpaint(ctx: NodeContext, *, pixels: FloatArray, vae: SimModel, mask: FloatArray,
                            grow_mask_by: int = 6) -> NodeResult:
     batch, height, width = pixels.shape[0], pixels.shape[1], pixels.shape[2]
@@ -202,7 +202,7 @@ def vae_encode_for_inpaint(ctx: NodeContext, *, pixels: FloatArray, vae: SimMode
     return NodeResult(({**latent, "noise_mask": _dilate(fitted, grow_mask_by)},))
 
 
-@_node("SetLatentNoiseMask")
+@simulates("SetLatentNoiseMask")
 def set_latent_noise_mask(ctx: NodeContext, *, samples: Mapping[str, Any], mask: FloatArray) -> NodeResult:
     return NodeResult(({**samples, "noise_mask": mask.reshape((-1, mask.shape[-2], mask.shape[-1]))},))
 

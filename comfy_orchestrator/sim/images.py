@@ -146,9 +146,15 @@ def pnginfo_chunks(prompt: Mapping[str, Any] | None, extra_pnginfo: Mapping[str,
     return chunks
 
 
-def preview_jpeg(pixels: FloatArray, max_size: int) -> bytes:
-    """A sampler preview: the first image of the batch, fitted inside max_size, as JPEG (quality 95)."""
+def preview_jpeg(pixels: FloatArray, max_size: int, *, decoded: bool) -> bytes:
+    """A sampler preview of the batch's first image, as ComfyUI's previewers make it.
+
+    latent2rgb (`decoded=False`) maps the latent to colours at latent size (1/8), TAESD decodes at
+    full size; the server then fits either inside `max_size` (bilinear, up or down) as JPEG quality 95.
+    """
     pil = Image.fromarray(to_uint8(pixels[0]))
+    if not decoded:
+        pil = pil.resize((max(1, pil.width // 8), max(1, pil.height // 8)), Image.Resampling.BOX)
     pil = ImageOps.contain(pil, (max_size, max_size), Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
     pil.save(buffer, format="JPEG", quality=95)

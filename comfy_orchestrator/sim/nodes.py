@@ -2,130 +2,32 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import re
 import string
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from comfy_orchestrator.errors import ComfyError
 from comfy_orchestrator.sim import images
-from comfy_orchestrator.sim.costs import Costs
-from comfy_orchestrator.sim.faults import Faults
 from comfy_orchestrator.sim.images import FloatArray
+from comfy_orchestrator.sim.registry import (
+    SAMPLE_GUIDES,
+    NodeContext,
+    NodeFailure,
+    NodeResult,
+    SimModel,
+    annotated_path,
+    file_hash,
+    simulates,
+)
 
 OOM_TIPS = ("This error means you ran out of memory on your GPU.\n\nTIPS: If the workflow worked before "
             "you might have accidentally set the batch_size to a large number.")
-
-
-class NodeFailure(ComfyError):
-    """A simulated node raised; reported to the client as an execution_error, never raised out of the sim."""
-
-    def __init__(self, message: str, *, exception_type: str = "RuntimeError", tips: str = "") -> None:
-        super().__init__(message)
-        self.exception_type = exception_type
-        self.tips = tips
-
-
-class ProcessingInterrupted(ComfyError):
-    """POST /interrupt reached the running prompt (ComfyUI's InterruptProcessingException)."""
-
-
-class ServerCrashed(ComfyError):
-    """The simulated server was crashed; the running prompt stops without a trace."""
-
-
-@dataclass
-class SimModel:
-    """What a checkpoint loader hands out for MODEL, CLIP and VAE."""
-
-    checkpoint: str
-    kind: str
-
-
-@dataclass
-class Counters:
-    """What the simulated server has done since it started: for tests and benchmarks."""
-
-    node_executions: dict[str, int] = field(default_factory=dict)  # class_type -> runs
-    checkpoint_loads: int = 0
-    prompts_started: int = 0
-    prompts_finished: int = 0
-    sampler_steps: int = 0
-    images_saved: int = 0
-
-    def count_node(self, class_type: str) -> None:
-        self.node_executions[class_type] = self.node_executions.get(class_type, 0) + 1
-
-
-class NodeContext(Protocol):
-    """What a running node may use from the executor."""
-
-    node_id: str
-    prompt: Mapping[str, Any]
-    extra_data: Mapping[str, Any]
-    costs: Costs
-    faults: Faults
-    counters: Counters
-    input_dir: Path
-    output_dir: Path
-    temp_dir: Path
-
-    def spend(self, seconds: float) -> None: ...
-
-    def step(self, value: int, total: int, preview: FloatArray | None) -> None: ...
-
-    def load_checkpoint(self, name: str) -> None: ...
-
-    def sampler_warmup(self, model: SimModel | None = None) -> None: ...
-
-
-@dataclass(frozen=True)
-class NodeResult:
-    """A node's outputs (one per declared output) and its UI dict for output nodes."""
-
-    outputs: tuple[Any, ...]
-    ui: dict[str, Any] | None = None
-
-
-NodeFunction = Callable[..., NodeResult]
-NODES: dict[str, NodeFunction] = {}
-# (model, positive, latent, pattern, region) -> (pattern, region): what a sampler paints and where (0..1)
-SampleGuide = Callable[[SimModel, Any, Mapping[str, Any], FloatArray, "FloatArray | float"],
-                       "tuple[FloatArray, FloatArray | float]"]
-SAMPLE_GUIDES: list[SampleGuide] = []  # sim.guidance adds LoRA, ControlNet and noise-mask effects
-
-
-def _node(class_type: str) -> Callable[[NodeFunction], NodeFunction]:
-    def register(function: NodeFunction) -> NodeFunction:
-        NODES[class_type] = function
-        return function
-    return register
-
-
-def annotated_path(ctx: NodeContext, name: str, default: str = "input") -> Path:
-    """Where a LoadImage name points: `x.png`, `sub/x.png`, `x.png [output]`."""
-    folder = {"input": ctx.input_dir, "output": ctx.output_dir, "temp": ctx.temp_dir}
-    for kind in ("output", "input", "temp"):
-        suffix = f" [{kind}]"
-        if name.endswith(suffix):
-            return folder[kind] / name[: -len(suffix)]
-    return folder[default] / name
-
-
-def file_hash(path: Path) -> str:
-    """sha256 of a file, as LoadImage's IS_CHANGED gives it; '' when it is missing."""
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return ""
 
 
 def _check_memory(ctx: NodeContext, pixels: int, batch: int, tried_bytes: int) -> None:
@@ -142,19 +44,19 @@ def _check_memory(ctx: NodeContext, pixels: int, batch: int, tried_bytes: int) -
             exception_type="torch.OutOfMemoryError", tips=OOM_TIPS)
 
 
-@_node("CheckpointLoaderSimple")
+@simulates("CheckpointLoaderSimple")
 def checkpoint_loader(ctx: NodeContext, *, ckpt_name: str) -> NodeResult:
     ctx.load_checkpoint(ckpt_name)
     return NodeResult((SimModel(ckpt_name, "MODEL"), SimModel(ckpt_name, "CLIP"), SimModel(ckpt_name, "VAE")))
 
 
-@_node("CLIPTextEncode")
+@simulates("CLIPTextEncode")
 def clip_text_encode(ctx: NodeContext, *, text: str, clip: SimModel) -> NodeResult:
     ctx.spend(ctx.costs.text_encode_s)
     return NodeResult(([[images.conditioning_vector(text), {"text": text}]],))
 
 
-@_node("LoadImage")
+@simulates("LoadImage")
 def load_image(ctx: NodeContext, *, image: str) -> NodeResult:
     path = annotated_path(ctx, image)
     ctx.spend(ctx.costs.image_io_s)
@@ -165,7 +67,7 @@ def load_image(ctx: NodeContext, *, image: str) -> NodeResult:
     return NodeResult((pixels, mask))
 
 
-@_node("LoadImageMask")
+@simulates("LoadImageMask")
 def load_image_mask(ctx: NodeContext, *, image: str, channel: str) -> NodeResult:
     path = annotated_path(ctx, image)
     try:
@@ -174,7 +76,7 @@ def load_image_mask(ctx: NodeContext, *, image: str, channel: str) -> NodeResult
         raise NodeFailure(f"cannot identify image file {str(path)!r}") from exc
 
 
-@_node("ImageScale")
+@simulates("ImageScale")
 def image_scale(ctx: NodeContext, *, image: FloatArray, upscale_method: str, width: int, height: int,
                 crop: str) -> NodeResult:
     if width == 0 and height == 0:
@@ -187,7 +89,7 @@ def image_scale(ctx: NodeContext, *, image: FloatArray, upscale_method: str, wid
     return NodeResult((images.resize(image, width, height, upscale_method, crop),))
 
 
-@_node("ImageScaleBy")
+@simulates("ImageScaleBy")
 def image_scale_by(ctx: NodeContext, *, image: FloatArray, upscale_method: str, scale_by: float) -> NodeResult:
     width = max(1, round(image.shape[2] * scale_by))
     height = max(1, round(image.shape[1] * scale_by))
@@ -202,7 +104,7 @@ def _encode(ctx: NodeContext, pixels: FloatArray) -> NodeResult:
     return NodeResult(({"samples": images.encode_samples(cropped), "pixels": cropped},))
 
 
-@_node("VAEEncode")
+@simulates("VAEEncode")
 def vae_encode(ctx: NodeContext, *, pixels: FloatArray, vae: SimModel) -> NodeResult:
     return _encode(ctx, pixels)
 
@@ -222,7 +124,7 @@ def _tiles(ctx: NodeContext, total: int, cost_s: float) -> None:
         ctx.step(index, total, None)
 
 
-@_node("VAEEncodeTiled")
+@simulates("VAEEncodeTiled")
 def vae_encode_tiled(ctx: NodeContext, *, pixels: FloatArray, vae: SimModel, tile_size: int, overlap: int,
                      temporal_size: int = 64, temporal_overlap: int = 8) -> NodeResult:
     cropped = images.crop_to_multiple(pixels)
@@ -244,18 +146,18 @@ def _decode(ctx: NodeContext, samples: Mapping[str, Any], *, tiled: tuple[int, i
     return NodeResult((np.clip(pixels, 0.0, 1.0).astype(np.float32),))
 
 
-@_node("VAEDecode")
+@simulates("VAEDecode")
 def vae_decode(ctx: NodeContext, *, samples: Mapping[str, Any], vae: SimModel) -> NodeResult:
     return _decode(ctx, samples, tiled=None)
 
 
-@_node("VAEDecodeTiled")
+@simulates("VAEDecodeTiled")
 def vae_decode_tiled(ctx: NodeContext, *, samples: Mapping[str, Any], vae: SimModel, tile_size: int = 512,
                      overlap: int = 64, temporal_size: int = 64, temporal_overlap: int = 8) -> NodeResult:
     return _decode(ctx, samples, tiled=(tile_size, overlap))
 
 
-@_node("EmptyLatentImage")
+@simulates("EmptyLatentImage")
 def empty_latent_image(ctx: NodeContext, *, width: int, height: int, batch_size: int) -> NodeResult:
     return NodeResult((images.empty_latent(width, height, batch_size),))
 
@@ -286,7 +188,7 @@ def _sample(ctx: NodeContext, model: SimModel, latent: Mapping[str, Any], *, see
     return {**latent, "samples": images.encode_samples(current), "pixels": current}
 
 
-@_node("KSampler")
+@simulates("KSampler")
 def ksampler(ctx: NodeContext, *, model: SimModel, seed: int, steps: int, cfg: float, sampler_name: str,
              scheduler: str, positive: Any, negative: Any, latent_image: Mapping[str, Any],
              denoise: float = 1.0) -> NodeResult:
@@ -295,7 +197,7 @@ def ksampler(ctx: NodeContext, *, model: SimModel, seed: int, steps: int, cfg: f
                                strength=min(1.0, denoise)),))
 
 
-@_node("KSamplerAdvanced")
+@simulates("KSamplerAdvanced")
 def ksampler_advanced(ctx: NodeContext, *, model: SimModel, add_noise: str, noise_seed: int, steps: int,
                       cfg: float, sampler_name: str, scheduler: str, positive: Any, negative: Any,
                       latent_image: Mapping[str, Any], start_at_step: int, end_at_step: int,
@@ -307,7 +209,7 @@ def ksampler_advanced(ctx: NodeContext, *, model: SimModel, add_noise: str, nois
                                strength=strength, add_noise=add_noise == "enable"),))
 
 
-@_node("LatentUpscale")
+@simulates("LatentUpscale")
 def latent_upscale(ctx: NodeContext, *, samples: Mapping[str, Any], upscale_method: str, width: int,
                    height: int, crop: str) -> NodeResult:
     if width == 0 and height == 0:
@@ -324,7 +226,7 @@ def latent_upscale(ctx: NodeContext, *, samples: Mapping[str, Any], upscale_meth
     return NodeResult((images.resize_latent(samples, width // 8, height // 8, upscale_method, crop),))
 
 
-@_node("LatentUpscaleBy")
+@simulates("LatentUpscaleBy")
 def latent_upscale_by(ctx: NodeContext, *, samples: Mapping[str, Any], upscale_method: str,
                       scale_by: float) -> NodeResult:
     width = round(samples["samples"].shape[3] * scale_by)
@@ -332,7 +234,7 @@ def latent_upscale_by(ctx: NodeContext, *, samples: Mapping[str, Any], upscale_m
     return NodeResult((images.resize_latent(samples, width, height, upscale_method, "disabled"),))
 
 
-@_node("RepeatLatentBatch")
+@simulates("RepeatLatentBatch")
 def repeat_latent_batch(ctx: NodeContext, *, samples: Mapping[str, Any], amount: int) -> NodeResult:
     repeated = {**samples, "samples": np.concatenate([samples["samples"]] * amount),
                 "pixels": np.concatenate([samples["pixels"]] * amount)}
@@ -342,7 +244,7 @@ def repeat_latent_batch(ctx: NodeContext, *, samples: Mapping[str, Any], amount:
     return NodeResult((repeated,))
 
 
-@_node("LatentBlend")
+@simulates("LatentBlend")
 def latent_blend(ctx: NodeContext, *, samples1: Mapping[str, Any], samples2: Mapping[str, Any],
                  blend_factor: float) -> NodeResult:
     first, second = samples1["pixels"], samples2["pixels"]
@@ -411,21 +313,43 @@ def _prompt_with_hashes(ctx: NodeContext) -> dict[str, Any]:
     return prompt
 
 
-@_node("SaveImage")
+@simulates("SaveImage")
 def save_image(ctx: NodeContext, *, images: FloatArray, filename_prefix: str) -> NodeResult:
     return _save(ctx, images, filename_prefix, kind="output", compress_level=4)
 
 
-@_node("PreviewImage")
+@simulates("PreviewImage")
 def preview_image(ctx: NodeContext, *, images: FloatArray) -> NodeResult:
     letters = "".join(random.choice(string.ascii_lowercase) for _ in range(5))
     return _save(ctx, images, f"ComfyUI_temp_{letters}", kind="temp", compress_level=1)
 
 
-@_node("ReferenceFailOnImage")
+@simulates("SaveImageWebsocket")
+def save_image_websocket(ctx: NodeContext, *, images: FloatArray) -> NodeResult:
+    """ComfyUI's example node: each picture goes to the submitter as a PNG progress frame; nothing is saved."""
+    for index, picture in enumerate(images):
+        ctx.step_with_picture(index, len(images), image_png(picture))
+    return NodeResult((), None)
+
+
+def image_png(picture: FloatArray) -> bytes:
+    """One picture as ComfyUI's websocket sends it: PNG at compress level 1, no text chunks."""
+    return images.png_bytes(picture, {}, compress_level=1)
+
+
+@simulates("EmptyImage")
+def empty_image(ctx: NodeContext, *, width: int, height: int, batch_size: int, color: int) -> NodeResult:
+    rgb = np.array([(color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF], dtype=np.float32) / 255.0
+    return NodeResult((np.broadcast_to(rgb, (batch_size, height, width, 3)).astype(np.float32),))
+
+
+@simulates("ImageInvert")
+def image_invert(ctx: NodeContext, *, image: FloatArray) -> NodeResult:
+    return NodeResult(((1.0 - image).astype(np.float32),))
+
+
+@simulates("ReferenceFailOnImage")
 def reference_fail_on_image(ctx: NodeContext, *, image: FloatArray, message: str = "") -> NodeResult:
     """The recording's deliberately failing custom node."""
     raise NodeFailure(f"{message} (image shape {tuple(image.shape)})")
 
-
-from comfy_orchestrator.sim import guidance  # noqa: E402,F401  registers the LoRA, ControlNet and inpaint nodes

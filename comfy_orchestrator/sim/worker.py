@@ -1,10 +1,8 @@
-"""The simulated server's queue, history and executor: one prompt at a time, as ComfyUI's prompt worker."""
+"""The simulated server's executor and worker thread: one prompt at a time, as ComfyUI's prompt worker."""
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import heapq
 import json
 import logging
 import struct
@@ -19,10 +17,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from comfy_orchestrator.schema import Schema
-from comfy_orchestrator.sim import images
+from comfy_orchestrator.sim import generic, guidance, images, nodes  # noqa: F401  nodes, guidance register
 from comfy_orchestrator.sim.costs import Costs
 from comfy_orchestrator.sim.faults import Faults
-from comfy_orchestrator.sim.nodes import (
+from comfy_orchestrator.sim.queue import PromptQueue, QueueItem
+from comfy_orchestrator.sim.registry import (
+    NEVER_CACHED,
     NODES,
     Counters,
     NodeFailure,
@@ -36,12 +36,11 @@ from comfy_orchestrator.sim.nodes import (
 
 logger = logging.getLogger(__name__)
 
-MAXIMUM_HISTORY_SIZE = 10000
-PREVIEW_IMAGE = 1
+PREVIEW_IMAGE = 1  # binary event types, as ComfyUI's protocol.BinaryEventTypes
 PREVIEW_IMAGE_WITH_METADATA = 4
-
-QueueItem = tuple[Any, str, dict[str, Any], dict[str, Any], list[str]]
-
+IMAGE_FORMATS = {"image/jpeg": 1, "image/png": 2}  # the format word after a PREVIEW_IMAGE event
+PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")  # ComfyUI's --preview-method choices
+DEFAULT_PREVIEW_SIZE = 512  # ComfyUI's --preview-size default
 
 class Outbox(Protocol):
     """Where the worker's websocket messages go (the server's socket hub)."""
@@ -55,117 +54,6 @@ class Outbox(Protocol):
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class PromptQueue:
-    """Pending prompts in a heap by (number, prompt_id), the running one, and the history."""
-
-    def __init__(self, on_change: Callable[[], None]) -> None:
-        self.mutex = threading.RLock()
-        self.not_empty = threading.Condition(self.mutex)
-        self.on_change = on_change
-        self.task_counter = 0
-        self.queue: list[QueueItem] = []
-        self.running: dict[int, QueueItem] = {}
-        self.history: dict[str, dict[str, Any]] = {}
-        self.flags: dict[str, bool] = {}
-        self.stopped = False
-        self.idle = threading.Event()  # nothing pending and nothing running
-        self.idle.set()
-
-    def _changed(self) -> None:
-        if self.queue or self.running:
-            self.idle.clear()
-        else:
-            self.idle.set()
-        self.on_change()
-
-    def put(self, item: QueueItem) -> None:
-        with self.mutex:
-            heapq.heappush(self.queue, item)
-            self._changed()
-            self.not_empty.notify()
-
-    def get(self) -> tuple[QueueItem, int] | None:
-        """The next prompt, or None when woken for flags or to stop."""
-        with self.not_empty:
-            while not self.queue:
-                if self.stopped or self.flags:
-                    return None
-                self.not_empty.wait()
-            if self.stopped:
-                return None
-            item = heapq.heappop(self.queue)
-            number = self.task_counter
-            self.running[number] = copy.deepcopy(item)
-            self.task_counter += 1
-            self._changed()
-            return item, number
-
-    def task_done(self, number: int, result: Mapping[str, Any], status: dict[str, Any]) -> None:
-        with self.mutex:
-            item = self.running.pop(number)
-            if len(self.history) > MAXIMUM_HISTORY_SIZE:
-                self.history.pop(next(iter(self.history)))
-            self.history[item[1]] = {"prompt": list(item), "outputs": {}, "status": status, **result}
-            self._changed()
-
-    def remaining(self) -> int:
-        with self.mutex:
-            return len(self.queue) + len(self.running)
-
-    def snapshot(self) -> tuple[list[QueueItem], list[QueueItem]]:
-        with self.mutex:
-            return list(self.running.values()), list(self.queue)
-
-    def wipe(self) -> None:
-        with self.mutex:
-            self.queue = []
-            self._changed()
-
-    def delete(self, prompt_id: str) -> bool:
-        with self.mutex:
-            for index, item in enumerate(self.queue):
-                if item[1] == prompt_id:
-                    if len(self.queue) == 1:
-                        self.wipe()
-                    else:
-                        self.queue.pop(index)
-                        heapq.heapify(self.queue)
-                    self._changed()
-                    return True
-        return False
-
-    def get_history(self, prompt_id: str | None = None, max_items: int | None = None,
-                    offset: int = -1) -> dict[str, Any]:
-        with self.mutex:
-            if prompt_id is not None:
-                entry = self.history.get(prompt_id)
-                return {} if entry is None else {prompt_id: copy.deepcopy(entry)}
-            out: dict[str, Any] = {}
-            if offset < 0 and max_items is not None:
-                offset = len(self.history) - max_items
-            for index, key in enumerate(self.history):
-                if index >= offset:
-                    out[key] = copy.deepcopy(self.history[key])
-                    if max_items is not None and len(out) >= max_items:
-                        break
-            return out
-
-    def set_flag(self, name: str) -> None:
-        with self.mutex:
-            self.flags[name] = True
-            self.not_empty.notify()
-
-    def take_flags(self) -> dict[str, bool]:
-        with self.mutex:
-            flags, self.flags = self.flags, {}
-            return flags
-
-    def stop(self) -> None:
-        with self.mutex:
-            self.stopped = True
-            self.not_empty.notify_all()
 
 
 @dataclass
@@ -255,7 +143,7 @@ class Executor:
 
     def __init__(self, *, schema: Schema, outbox: Outbox, costs: Costs, faults: Faults, counters: Counters,
                  input_dir: Path, output_dir: Path, temp_dir: Path, preview_method: str,
-                 crash: Callable[[], None]) -> None:
+                 crash: Callable[[], None], preview_size: int = DEFAULT_PREVIEW_SIZE) -> None:
         self.schema = schema
         self.outbox = outbox
         self.costs = costs
@@ -263,6 +151,7 @@ class Executor:
         self.counters = counters
         self.input_dir, self.output_dir, self.temp_dir = input_dir, output_dir, temp_dir
         self.preview_method = preview_method
+        self.preview_size = preview_size
         self.crash_server = crash
         self.cache: dict[str, CacheEntry] = {}
         self.loaded_checkpoint: str | None = None
@@ -315,21 +204,33 @@ class Executor:
         self._check()
         if self.faults.crash_node_type == self.prompt[self.node_id]["class_type"] and self.faults.crash_step == value:
             self._crash_now()
-        jpeg = None
-        if preview is not None and self._previews_on():
-            jpeg = images.preview_jpeg(preview, self.costs.preview_size)
+        picture = None
+        method = self._preview_method()
+        if preview is not None and method != "none":
+            # auto is latent2rgb in ComfyUI 0.8; taesd decodes at full size (the sim has its decoders)
+            jpeg = images.preview_jpeg(preview, self.preview_size, decoded=method == "taesd")
+            picture = ("image/jpeg", jpeg)
+        self._progress(value, total, picture)
+
+    def step_with_picture(self, value: int, total: int, png: bytes) -> None:
+        self._check()
+        self._progress(value, total, ("image/png", png))
+
+    def _progress(self, value: int, total: int, picture: tuple[str, bytes] | None) -> None:
+        """Progress as ComfyUI's hook sends it: progress_state, a metadata frame, progress, a legacy frame."""
         self._update_progress(self.node_id, value, total)
         with_metadata = self.outbox.supports_preview_metadata(self.client_id)
-        if jpeg is not None and with_metadata:
+        if picture is not None and with_metadata:
             metadata = {"node_id": self.node_id, "prompt_id": self.prompt_id, "display_node_id": self.node_id,
-                        "parent_node_id": None, "real_node_id": self.node_id, "image_type": "image/jpeg"}
+                        "parent_node_id": None, "real_node_id": self.node_id, "image_type": picture[0]}
             header = json.dumps(metadata).encode("utf-8")
-            self.outbox.send_binary(struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(header)) + header + jpeg,
-                                    self.client_id)
+            self.outbox.send_binary(struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(header)) + header
+                                    + picture[1], self.client_id)
         self.outbox.send("progress", {"value": value, "max": total, "prompt_id": self.prompt_id,
                                       "node": self.node_id}, self.client_id)
-        if jpeg is not None and not with_metadata:
-            self.outbox.send_binary(struct.pack(">II", PREVIEW_IMAGE, 1) + jpeg, self.client_id)
+        if picture is not None and not with_metadata:
+            self.outbox.send_binary(struct.pack(">II", PREVIEW_IMAGE, IMAGE_FORMATS[picture[0]]) + picture[1],
+                                    self.client_id)
 
     def load_checkpoint(self, name: str) -> None:
         if name != self.loaded_checkpoint:
@@ -345,11 +246,10 @@ class Executor:
             self.spend(self.costs.first_sample_warmup_s)
             self.gpu_checkpoint = checkpoint
 
-    def _previews_on(self) -> bool:
+    def _preview_method(self) -> str:
+        """The prompt's extra_data preview_method, or the server's when it is "default" or unknown."""
         method = str(self.extra_data.get("preview_method") or "default")
-        if method == "default":
-            method = self.preview_method
-        return method != "none"
+        return method if method in PREVIEW_METHODS else self.preview_method
 
     def _crash_now(self) -> None:
         self.crashed = True
@@ -399,7 +299,9 @@ class Executor:
             node = self.prompt[node_id]
             parts: list[Any] = [node["class_type"]]
             if node["class_type"] in ("LoadImage", "LoadImageMask"):
-                parts.append(file_hash(annotated_path(self, str(node["inputs"].get("image", "")))))  # type: ignore[arg-type]
+                parts.append(file_hash(annotated_path(self, str(node["inputs"].get("image", "")))))
+            if node["class_type"] in NEVER_CACHED:  # IS_CHANGED answers time.time()
+                parts.append(time.time_ns())
             for name in sorted(node["inputs"]):
                 value = node["inputs"][name]
                 if is_link(value) and value[0] in self.prompt and value[0] not in seen:
@@ -496,13 +398,10 @@ class Executor:
         planned = self.faults.take_node_fault(node_id, class_type)
         if planned is not None:
             raise NodeFailure(planned.message, exception_type=planned.exception_type)
-        function = NODES.get(class_type)
-        if function is None:
-            raise NodeFailure(
-                f"node class {class_type} exists on a real ComfyUI but the simulated server does not simulate it "
-                f"(simulated: {', '.join(sorted(NODES))})", exception_type="NotImplementedError")
         self.counters.count_node(class_type)
-        result: NodeResult = function(self, **kwargs)
+        function = NODES.get(class_type)
+        result: NodeResult = (function(self, **kwargs) if function is not None
+                              else generic.simulate(self, self.schema[class_type], kwargs))
         results[node_id] = result.outputs
         ui = None
         if result.ui:

@@ -79,6 +79,10 @@ CHAIN: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("h_interrupt", ["post_prompt_h_interrupt"], ()),
     ("h2_targeted_interrupt", ["post_prompt_h_interrupt+seed"], ()),
     ("j_prompt_without_client_id_seen_by_other_socket", ["post_prompt_j_without_client_id"], ()),
+    # SaveImageWebsocket: full-size PNG frames as type 1 (format 2) to a legacy socket, as type 4 otherwise
+    ("l_save_image_websocket_legacy_client", ["post_prompt_l_save_image_websocket_legacy_client"], ()),
+    ("l_save_image_websocket_feature_flags_client", ["post_prompt_l_save_image_websocket_feature_flags_client"],
+     ()),
 ]
 CONNECT_CASES = ["connect_api_ws_alias", "connect_feature_flags_handshake", "connect_no_client_id"]
 
@@ -92,7 +96,9 @@ def base_url() -> Iterator[str]:
         return
     # sampler steps take a little time so that an interrupt lands mid-sampling, as on the GPU
     # the recording server had one checkpoint file
-    with SimServer(costs=Costs(step_s=0.03, preview_size=64), checkpoints=["random-sd15.safetensors"]) as server:
+    # it ran with --preview-method latent2rgb (ComfyUI's default is none)
+    with SimServer(costs=Costs(step_s=0.03), checkpoints=["random-sd15.safetensors"],
+                   preview_method="latent2rgb") as server:
         upload_inputs(server.url)
         yield server.url
 

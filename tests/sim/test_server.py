@@ -13,6 +13,7 @@ import pytest
 import requests
 from PIL import Image
 
+from comfy_orchestrator.errors import ParameterError
 from comfy_orchestrator.sim import Costs, SimServer
 from transcripts import REFERENCE, TIMEOUT_S, Listener, reference_inputs
 
@@ -131,7 +132,7 @@ def test_switching_checkpoints_loads_each_time(sim: StartSims) -> None:
 
 
 def test_queue_runs_front_and_numbered_prompts_first(sim: StartSims) -> None:
-    server = sim(1, costs=Costs(step_s=0.02, preview_size=16))[0]
+    server = sim(1, costs=Costs(step_s=0.02))[0]
     server.add_input("ref_input_a.png", reference_inputs()["ref_input_a.png"])
     listener = Listener(f"{server.ws_url}?clientId=tester")
     try:
@@ -150,16 +151,52 @@ def test_queue_runs_front_and_numbered_prompts_first(sim: StartSims) -> None:
     assert server.history[blocker]["status"]["status_str"] == "error"
 
 
-def test_unsimulated_node_fails_with_a_clear_error(server: SimServer) -> None:
-    prompt = img2img()
-    prompt["9"] = {"class_type": "ImageInvert", "inputs": {"image": ["7", 0]}}
-    prompt["8"]["inputs"]["images"] = ["9", 0]
-    frames, entry = run(server, prompt)
-    error = next(f for f in frames if f.get("type") == "execution_error")["data"]
-    assert (error["node_id"], error["node_type"], error["exception_type"]) == ("9", "ImageInvert",
-                                                                              "NotImplementedError")
-    assert "does not simulate" in error["exception_message"]
-    assert entry["status"]["status_str"] == "error"
+# -- previews
+
+def _previews(server: SimServer, prompt: dict[str, Any], **extra: Any) -> list[bytes]:
+    """The binary frames a legacy submitter gets while `prompt` runs."""
+    listener = Listener(f"{server.ws_url}?clientId=previews")
+    try:
+        prompt_id = submit(server, prompt, "previews", **extra)
+        assert listener.wait(finished(prompt_id))
+        return list(listener.binary)
+    finally:
+        listener.close()
+
+
+def test_no_previews_unless_asked_as_comfyui_defaults(server: SimServer) -> None:
+    frames, entry = run(server, img2img(steps=3))
+    assert [f["data"]["value"] for f in frames if f.get("type") == "progress"] == [1, 2, 3]
+    assert not any("event_type" in f for f in frames)
+    assert entry["status"]["status_str"] == "success"
+    assert len(_previews(server, img2img(steps=2, seed=5), extra_data={"preview_method": "latent2rgb"})) == 2
+
+
+@pytest.mark.parametrize(("method", "size"), [("latent2rgb", 512), ("auto", 512), ("taesd", 512), ("latent2rgb", 200)])
+def test_previews_are_jpegs_fitted_to_the_preview_size(sim: StartSims, method: str, size: int) -> None:
+    server = sim(1, preview_method=method, preview_size=size)[0]
+    for name, data in reference_inputs().items():
+        server.add_input(name, data)
+    frames = _previews(server, img2img(steps=2))
+    assert len(frames) == 2 and all(frame[:8] == b"\0\0\0\1\0\0\0\1" for frame in frames)
+    assert Image.open(io.BytesIO(frames[-1][8:])).size == (size, size)  # the 512 px input, as ComfyUI fits it
+    assert _previews(server, img2img(steps=2, seed=9), extra_data={"preview_method": "none"}) == []
+
+
+def test_latent2rgb_previews_are_latent_sized_taesd_ones_sharp(sim: StartSims) -> None:
+    sharpness = {}
+    for method in ("latent2rgb", "taesd"):
+        server = sim(1, preview_method=method)[0]
+        server.add_input("ref_input_a.png", reference_inputs()["ref_input_a.png"])
+        picture = np.asarray(Image.open(io.BytesIO(_previews(server, img2img(steps=1))[0][8:])).convert("L"),
+                             dtype=np.float32)
+        sharpness[method] = float(np.abs(np.diff(picture, axis=1)).max())  # the input's one-pixel dots
+    assert sharpness["taesd"] > 3 * sharpness["latent2rgb"], sharpness
+
+
+def test_unknown_preview_method_is_refused() -> None:
+    with pytest.raises(ParameterError, match="latent2rgb"):
+        SimServer(preview_method="fast")
 
 
 # -- faults

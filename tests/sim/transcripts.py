@@ -102,6 +102,7 @@ class Listener:
 
     def __init__(self, url: str) -> None:
         self.frames: list[Any] = []
+        self.binary: list[bytes] = []  # every binary frame whole, for tests that look at the pictures
         self.closed = False
         self._changed = threading.Condition()
         self.ws = websocket.create_connection(url, timeout=TIMEOUT_S, suppress_origin=True)
@@ -116,8 +117,11 @@ class Listener:
                 break
             if opcode == websocket.ABNF.OPCODE_CLOSE:
                 break
-            frame = describe_binary(data) if opcode == websocket.ABNF.OPCODE_BINARY else json.loads(data)
+            binary = opcode == websocket.ABNF.OPCODE_BINARY
+            frame = describe_binary(data) if binary else json.loads(data)
             with self._changed:
+                if binary:
+                    self.binary.append(bytes(data))
                 self.frames.append(frame)
                 self._changed.notify_all()
         with self._changed:

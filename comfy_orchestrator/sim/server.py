@@ -1,4 +1,4 @@
-"""SimServer: a simulated ComfyUI on a loopback port, served from a background thread."""
+"""SimServer: a simulated ComfyUI on a port, served from a background thread (what `comfy-orch sim` runs)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -16,16 +17,20 @@ from aiohttp import web
 from comfy_orchestrator.errors import ParameterError, ServerError
 from comfy_orchestrator.params import DEFAULT_CHECKPOINT
 from comfy_orchestrator.schema import Schema
-from comfy_orchestrator.sim.app import SimConfig, SimState, SocketHub, build_app
+from comfy_orchestrator.sim.app import build_app
 from comfy_orchestrator.sim.costs import Costs, profile
 from comfy_orchestrator.sim.faults import Faults
-from comfy_orchestrator.sim.nodes import Counters
-from comfy_orchestrator.sim.worker import Executor, PromptQueue, Worker
+from comfy_orchestrator.sim.hub import SocketHub
+from comfy_orchestrator.sim.queue import PromptQueue
+from comfy_orchestrator.sim.registry import Counters
+from comfy_orchestrator.sim.routes.base import SimConfig, SimState
+from comfy_orchestrator.sim.worker import DEFAULT_PREVIEW_SIZE, PREVIEW_METHODS, Executor, Worker
 
 # the templates' default first, then the random SD1.5 the GPU checks write
 DEFAULT_CHECKPOINTS = (DEFAULT_CHECKPOINT, "random-sd15.safetensors")
 DEFAULT_LORAS = ("detail.safetensors", "style.safetensors")
 DEFAULT_CONTROLNETS = ("control_v11p_sd15_canny.safetensors",)
+TAESD_DECODERS = ("taesd_decoder.safetensors", "taesdxl_decoder.safetensors")  # so taesd previews are offered
 T = TypeVar("T")
 
 
@@ -43,7 +48,8 @@ class SimServer:
         loras: Iterable[str] = DEFAULT_LORAS,
         controlnets: Iterable[str] = DEFAULT_CONTROLNETS,
         root: Path | None = None,
-        preview_method: str = "latent2rgb",
+        preview_method: str = "none",
+        preview_size: int = DEFAULT_PREVIEW_SIZE,
         timeout_s: float = 10.0,
     ) -> None:
         self.host = host
@@ -54,14 +60,23 @@ class SimServer:
         self.controlnets = tuple(controlnets)
         if not self.checkpoints:
             raise ParameterError("a simulated server needs at least one checkpoint name", parameter="checkpoints")
+        if preview_method not in PREVIEW_METHODS:
+            raise ParameterError(f"unknown preview method {preview_method!r}; choose one of "
+                                 f"{', '.join(PREVIEW_METHODS)}", parameter="preview_method")
+        if preview_size < 1:
+            raise ParameterError(f"preview size must be at least 1 pixel, not {preview_size}",
+                                 parameter="preview_size")
         self.preview_method = preview_method
+        self.preview_size = preview_size
         self.timeout_s = timeout_s
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="comfy-sim-")) if root is None else Path(root)
         self.input_dir = self.root / "input"
         self.output_dir = self.root / "output"
         self.temp_dir = self.root / "temp"
-        for folder in (self.input_dir, self.output_dir, self.temp_dir):
+        self.user_dir = self.root / "user"
+        self.models_dir = self.root / "models"
+        for folder in (self.input_dir, self.output_dir, self.temp_dir, self.user_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.faults = Faults()
         self.counters = Counters()
@@ -199,11 +214,13 @@ class SimServer:
         executor = Executor(schema=self.schema, outbox=hub, costs=self.costs, faults=self.faults,
                             counters=self.counters, input_dir=self.input_dir, output_dir=self.output_dir,
                             temp_dir=self.temp_dir, preview_method=self.preview_method,
-                            crash=self._crash_from_worker)
+                            preview_size=self.preview_size, crash=self._crash_from_worker)
         self._state = SimState(queue=queue, executor=executor, hub=hub)
         self._publisher = loop.create_task(hub.publish())
         config = SimConfig(schema=self.schema, faults=self.faults, input_dir=self.input_dir,
-                           output_dir=self.output_dir, temp_dir=self.temp_dir, checkpoints=self.checkpoints)
+                           output_dir=self.output_dir, temp_dir=self.temp_dir, user_dir=self.user_dir,
+                           models_dir=self.models_dir, checkpoints=self.checkpoints, vae_approx=TAESD_DECODERS,
+                           started_at=time.time())
         app = build_app(config, self._live_state, self._current_release)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
