@@ -4,6 +4,10 @@ Every change is committed as it happens (WAL, synchronous=NORMAL), so a sweep cu
 Ctrl-C or a crash resumes from what the journal says: cells done stay done. A power loss may
 forget the last few commits; those cells run again (a cell is marked done only after its files
 are in place, so the journal never claims a file that is not there).
+
+Each prompt is recorded with its server before it is sent, so a resume can ask those servers
+about it and adopt it instead of running the cell twice. The folder is locked while a journal
+is open: a second sweep into it is refused, naming the process that holds it.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -25,7 +31,10 @@ from comfy_orchestrator.errors import JournalFailed, SweepError
 JOURNAL_NAME = "journal.sqlite"
 MANIFEST_JSONL = "manifest.jsonl"
 MANIFEST_CSV = "manifest.csv"
+LOCK_NAME = "journal.lock"
 SCHEMA_VERSION = 1
+# What an earlier sweep leaves in its folder: found without a journal, the journal was lost.
+EARLIER_RESULTS = (MANIFEST_JSONL, "images")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweep (
@@ -53,6 +62,13 @@ CREATE TABLE IF NOT EXISTS cell (
     timings TEXT NOT NULL DEFAULT '{}',
     files TEXT NOT NULL DEFAULT '[]'
 );
+CREATE TABLE IF NOT EXISTS prompt (
+    prompt_id TEXT PRIMARY KEY,
+    server TEXT NOT NULL,
+    cells TEXT NOT NULL,
+    submitted_at REAL NOT NULL,
+    settled INTEGER NOT NULL DEFAULT 0
+);
 """
 
 
@@ -63,6 +79,16 @@ class CellStatus(str, Enum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """A prompt sent for some cells and not yet settled: a resume asks its server about it."""
+
+    prompt_id: str
+    server: str
+    cells: tuple[int, ...]
+    submitted_at: float
 
 
 @dataclass(frozen=True)
@@ -109,21 +135,42 @@ class CellRecord(CellPlan):
 class Journal:
     """The journal of one sweep in one output folder; safe to call from several threads."""
 
-    def __init__(self, connection: sqlite3.Connection, folder: Path, definition: Mapping[str, Any]) -> None:
+    def __init__(self, connection: sqlite3.Connection, folder: Path, definition: Mapping[str, Any],
+                 lock: FolderLock | None = None) -> None:
         self._db = connection
         self._lock = threading.Lock()
+        self._folder_lock = lock
         self.folder = folder
         self.definition = definition
 
     @classmethod
     def open(cls, folder: Path, *, digest: str, definition: Mapping[str, Any]) -> Journal:
-        """Open or create the journal in `folder`; refuse if it records a different sweep.
+        """Open or create the journal in `folder`, locking the folder; refuse if it records a different sweep.
 
         An existing journal keeps its stored definition (with any drawn seeds), which the
-        caller should rebuild the sweep from.
+        caller should rebuild the sweep from. A folder with an earlier sweep's results but no
+        journal (deleted, or truncated to nothing) is refused rather than run over.
         """
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / JOURNAL_NAME
+        lock = FolderLock.take(folder)
+        try:
+            return cls._open_locked(folder, path, digest, definition, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _open_locked(cls, folder: Path, path: Path, digest: str, definition: Mapping[str, Any],
+                     lock: FolderLock) -> Journal:
+        if not path.is_file() or path.stat().st_size == 0:
+            earlier = [name for name in EARLIER_RESULTS if _holds_something(folder / name)]
+            if earlier:
+                state = "empty" if path.is_file() else "missing"
+                raise JournalFailed(
+                    f"the journal is {state} but the folder holds an earlier sweep's {' and '.join(earlier)}; "
+                    "restore the journal, or move those away (or use another --out) to start over",
+                    path=str(path))
         try:
             db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
@@ -144,17 +191,19 @@ class Journal:
                 if stored_digest != digest:
                     db.close()
                     raise SweepError(
-                        f"{folder} holds a different sweep ({_describe(json.loads(stored_text))}); "
+                        f"{folder} holds a different sweep ({_describe(_loads(stored_text, path))}); "
                         "use another --out folder, or delete that one to start over")
-                stored = json.loads(stored_text)
+                stored = _loads(stored_text, path)
         except sqlite3.Error as exc:
             raise JournalFailed(f"cannot use the journal: {exc}", path=str(path)) from exc
-        return cls(db, folder, stored)
+        return cls(db, folder, stored, lock)
 
     def close(self) -> None:
-        """Close the database."""
+        """Close the database and unlock the folder."""
         with self._lock:
             self._db.close()
+        if self._folder_lock is not None:
+            self._folder_lock.release()
 
     def __enter__(self) -> Journal:
         return self
@@ -190,6 +239,58 @@ class Journal:
             db.executemany("UPDATE cell SET status = 'running', attempts = attempts + 1, error = NULL, "
                            "server = ?, prompt_id = ?, started_at = ?, finished_at = NULL WHERE idx = ?",
                            [(server, prompt_id, now, i) for i in indices])
+
+    def mark_submitting(self, indices: Sequence[int], *, server: str, prompt_id: str) -> None:
+        """Cells are about to be sent as `prompt_id` to `server`: count an attempt, remember the prompt.
+
+        Recorded before the prompt is sent, so a prompt the server has is always known here.
+        """
+        now = time.time()
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO prompt (prompt_id, server, cells, submitted_at, settled) "
+                       "VALUES (?, ?, ?, ?, 0)", (prompt_id, server, _dumps(list(indices)), now))
+            db.executemany("UPDATE cell SET status = 'running', attempts = attempts + 1, error = NULL, "
+                           "server = ?, prompt_id = ?, started_at = ?, finished_at = NULL WHERE idx = ?",
+                           [(server, prompt_id, now, i) for i in indices])
+
+    def settle_prompts(self, prompt_ids: Sequence[str]) -> None:
+        """These prompts ended (or were withdrawn): a resume need not ask about them."""
+        with self._write() as db:
+            db.executemany("UPDATE prompt SET settled = 1 WHERE prompt_id = ?", [(p,) for p in prompt_ids])
+
+    def open_prompts(self) -> list[PromptRecord]:
+        """Prompts sent and not settled (a run cut off before they ended), oldest first."""
+        rows = self._read("SELECT prompt_id, server, cells, submitted_at FROM prompt WHERE settled = 0 "
+                          "ORDER BY submitted_at, prompt_id")
+        found = []
+        for prompt_id, server, cells, submitted_at in rows:
+            indices = _loads(cells, self.folder / JOURNAL_NAME)
+            if not (isinstance(indices, list) and all(isinstance(i, int) for i in indices)):
+                raise JournalFailed(f"prompt {prompt_id}'s cells are not a list of numbers",
+                                    path=str(self.folder / JOURNAL_NAME))
+            found.append(PromptRecord(str(prompt_id), str(server), tuple(indices), float(submitted_at)))
+        return found
+
+    def settle_cells(self, indices: Sequence[int]) -> None:
+        """The cells settled (done or failed): every prompt sent for exactly them is settled too."""
+        with self._write() as db:
+            db.execute("UPDATE prompt SET settled = 1 WHERE cells = ?", (_dumps(list(indices)),))
+
+    def reopen(self, indices: Sequence[int], *, reasons: Mapping[int, str]) -> None:
+        """Done cells whose files are gone or broken go back to pending, keeping their attempts.
+
+        The prompt that made each is opened again, so a resume fetches its files from the
+        server's history if the server still has them, before running the cell again.
+        """
+        with self._write() as db:
+            for index in indices:
+                row = db.execute("SELECT server, prompt_id, started_at FROM cell WHERE idx = ?", (index,)).fetchone()
+                if row is not None and row[0] and row[1]:
+                    db.execute("INSERT OR IGNORE INTO prompt (prompt_id, server, cells, submitted_at) "
+                               "VALUES (?, ?, ?, ?)", (row[1], row[0], _dumps([index]), row[2] or time.time()))
+                    db.execute("UPDATE prompt SET settled = 0 WHERE prompt_id = ?", (row[1],))
+                db.execute("UPDATE cell SET status = 'pending', error = ?, files = '[]' WHERE idx = ?",
+                           (reasons.get(index, "its files were lost"), index))
 
     def mark_done(self, index: int, *, files: Sequence[str], server: str, prompt_id: str,
                   timings: Mapping[str, float]) -> None:
@@ -273,9 +374,11 @@ class _Transaction:
         self._lock.acquire()
         try:
             self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
+        except BaseException as exc:  # a Ctrl-C too: the lock must not stay taken
             self._lock.release()
-            raise JournalFailed(f"cannot write: {exc}", path=str(self._path)) from exc
+            if isinstance(exc, sqlite3.Error):
+                raise JournalFailed(f"cannot write: {exc}", path=str(self._path)) from exc
+            raise
         return self._db
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
@@ -312,12 +415,87 @@ class _replacing:
 
 
 def _record(row: Sequence[Any]) -> CellRecord:
+    """A cell row as a record; a hand-edited row that does not fit is JournalFailed, naming the cell."""
     (index, label, template, values, params, graph_hash, batch_index, status, attempts, error, server,
      prompt_id, started_at, finished_at, timings, files) = row
-    return CellRecord(index, label, template, json.loads(values), json.loads(params), graph_hash, batch_index,
-                      status=CellStatus(status), attempts=attempts, error=error, server=server,
-                      prompt_id=prompt_id, started_at=started_at, finished_at=finished_at,
-                      timings=json.loads(timings), files=tuple(json.loads(files)))
+    try:
+        record = CellRecord(index, str(label), str(template), json.loads(values), json.loads(params),
+                            str(graph_hash), batch_index, status=CellStatus(status), attempts=int(attempts),
+                            error=error, server=server, prompt_id=prompt_id, started_at=started_at,
+                            finished_at=finished_at, timings=json.loads(timings), files=tuple(json.loads(files)))
+        if not (isinstance(record.values, Mapping) and isinstance(record.params, Mapping)
+                and isinstance(record.timings, Mapping) and all(isinstance(f, str) for f in record.files)):
+            raise TypeError("values, params and timings must be objects, files a list of names")
+    except (ValueError, TypeError) as exc:
+        raise JournalFailed(f"cell {index} does not read back ({exc}); was the journal edited by hand?",
+                            path=JOURNAL_NAME) from exc
+    return record
+
+
+def _loads(text: Any, path: Path) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise JournalFailed(f"holds text that is not JSON ({exc}); was it edited by hand?", path=str(path)) from exc
+
+
+def _holds_something(path: Path) -> bool:
+    if path.is_dir():
+        return any(path.iterdir())
+    return path.exists()
+
+
+class FolderLock:
+    """An exclusive lock on a sweep's output folder, held while its journal is open.
+
+    The operating system drops it when the process ends, however it ends, so a killed
+    sweep never leaves its folder locked. The file says who holds it.
+    """
+
+    def __init__(self, path: Path, handle: Any) -> None:
+        self._path, self._handle = path, handle
+
+    @classmethod
+    def take(cls, folder: Path) -> FolderLock:
+        """Lock `folder` or raise SweepError naming the process that holds it."""
+        path = folder / LOCK_NAME
+        try:
+            handle = path.open("a+", encoding="utf-8")
+        except OSError as exc:
+            raise JournalFailed(f"cannot create the folder's lock: {exc.strerror or exc}", path=str(path)) from exc
+        try:
+            _lock_file(handle)
+        except OSError as exc:
+            handle.seek(0)
+            holder = handle.read(200).strip() or "another process"
+            handle.close()
+            raise SweepError(f"{folder} is in use by {holder}; wait for it to finish, or use another --out "
+                             "folder") from exc
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        return cls(path, handle)
+
+    def release(self) -> None:
+        """Unlock (idempotent)."""
+        if not self._handle.closed:
+            self._handle.seek(0)
+            self._handle.truncate()
+            self._handle.close()  # closing the file drops the lock
+
+
+def _lock_file(handle: Any) -> None:
+    """Take an exclusive, non-blocking lock on an open file; OSError if another process holds it."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _dumps(value: Any) -> str:

@@ -123,3 +123,79 @@ def test_manifests_have_one_row_a_cell(tmp_path: Path) -> None:
     assert rows[0]["files"] == "img/a.png;img/b.png" and rows[1]["error"].endswith("out of memory")
     assert json.loads(rows[2]["params"]) == {"cfg": 10.0, "seed": 0}
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_a_second_opener_of_a_folder_in_use_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    import os
+
+    with _open(tmp_path):
+        with pytest.raises(SweepError, match=rf"is in use by process {os.getpid()} on .*; wait for it"):
+            _open(tmp_path)
+    _open(tmp_path).close()  # closing released it
+
+
+def test_the_lock_dies_with_its_process(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, os; from pathlib import Path; from comfy_orchestrator.journal import FolderLock; "
+            "FolderLock.take(Path(sys.argv[1])); os.kill(os.getpid(), 9)")
+    killed = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, timeout=60)
+    assert killed.returncode == -9
+    _open(tmp_path).close()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "emptied"])
+def test_a_lost_journal_beside_earlier_results_is_said_not_run_over(tmp_path: Path, damage: str) -> None:
+    with _open(tmp_path) as journal:
+        journal.add(_plans())
+        journal.write_manifests()
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "cell.png").write_bytes(b"an image")
+    if damage == "deleted":
+        (tmp_path / JOURNAL_NAME).unlink()
+    else:
+        (tmp_path / JOURNAL_NAME).write_bytes(b"")
+    state = "missing" if damage == "deleted" else "empty"
+    with pytest.raises(JournalFailed, match=rf"the journal is {state} but the folder holds an earlier sweep's "
+                                            r"manifest.jsonl and images; restore the journal"):
+        _open(tmp_path)
+    assert (tmp_path / "images" / "cell.png").read_bytes() == b"an image"
+
+
+def test_a_prompt_is_recorded_before_it_is_sent_and_open_until_its_cells_settle(tmp_path: Path) -> None:
+    with _open(tmp_path) as journal:
+        journal.add(_plans())
+        journal.mark_submitting([0], server="a:1", prompt_id="p0")
+        journal.mark_submitting([1, 2], server="b:2", prompt_id="p12")
+        assert [(p.prompt_id, p.server, p.cells) for p in journal.open_prompts()] == [
+            ("p0", "a:1", (0,)), ("p12", "b:2", (1, 2))]
+        assert journal.record(1).status is CellStatus.RUNNING and journal.record(1).attempts == 1
+        journal.settle_cells([1, 2])
+        journal.settle_prompts(["p0"])
+        assert journal.open_prompts() == []
+
+
+def test_reopening_a_broken_done_cell_opens_its_prompt_again(tmp_path: Path) -> None:
+    with _open(tmp_path) as journal:
+        journal.add(_plans())
+        journal.mark_submitting([0], server="a:1", prompt_id="p0")
+        journal.mark_done(0, files=["images/c0.png"], server="a:1", prompt_id="p0", timings={})
+        journal.settle_cells([0])
+        journal.reopen([0], reasons={0: "its file images/c0.png is truncated"})
+        record = journal.record(0)
+        assert (record.status, record.files, record.error) == (CellStatus.PENDING, (),
+                                                               "its file images/c0.png is truncated")
+        assert [p.prompt_id for p in journal.open_prompts()] == ["p0"]
+        assert journal.to_run(max_attempts=3) == [0, 1, 2]
+
+
+def test_a_hand_edited_cell_is_one_error_naming_it(tmp_path: Path) -> None:
+    with _open(tmp_path) as journal:
+        journal.add(_plans())
+    db = sqlite3.connect(tmp_path / JOURNAL_NAME)
+    db.execute("UPDATE cell SET params = '{not json', status = 'finished' WHERE idx = 1")
+    db.commit()
+    db.close()
+    with _open(tmp_path) as journal, pytest.raises(JournalFailed, match="cell 1 does not read back"):
+        list(journal.records())
