@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -38,6 +40,7 @@ from comfy_orchestrator.templates import Template, Templates, default_user_folde
 
 BAD_INPUT = (ParameterError, TemplateError, GraphInvalid, SweepError, WorkflowImportError, FarmFileInvalid)
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as shells report them
 
 # Text a user or a server wrote is never read as markup, emoji codes or highlighted: our own styling
 # is given as (text, style) pieces of a `line`, so no bracket in a value can change or break output.
@@ -298,6 +301,27 @@ def _with_steps(label: str, steps: Mapping[str, tuple[int, int]]) -> str:
     return f"{label} step {value}/{maximum}"
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the queue is cleaned, the manifest written."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM stops the main thread as Ctrl-C does (elsewhere signals cannot be caught)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run_sweep_with_progress(sweep: Any, out_dir: Path, servers: Sequence[Any], *, max_attempts: int,
                              thumbnail_px: int, grid_format: str = DEFAULT_GRID_FORMAT) -> Any:
     """Run a sweep over a farm with a progress bar; Ctrl-C stops it, resumable."""
@@ -320,16 +344,21 @@ def _run_sweep_with_progress(sweep: Any, out_dir: Path, servers: Sequence[Any], 
             bar.update(task, total=progress.total, completed=progress.done + progress.failed, line=text)
 
         try:
-            return run_sweep(sweep, out_dir, farm, max_attempts=max_attempts, on_progress=show,
-                             thumbnail_px=thumbnail_px, grid_format=grid_format)
-        except KeyboardInterrupt:
+            with _terminate_as_interrupt():
+                return run_sweep(sweep, out_dir, farm, max_attempts=max_attempts, on_progress=show,
+                                 thumbnail_px=thumbnail_px, grid_format=grid_format)
+        except KeyboardInterrupt as stop:
             bar.stop()
-            fail(f"interrupted; run the same command again to finish the sweep in {out_dir}", 130)
+            how, code = ("terminated", EXIT_TERMINATED) if isinstance(stop, _Terminated) else ("interrupted",
+                                                                                             EXIT_INTERRUPTED)
+            fail(f"{how}; run the same command again to finish the sweep in {out_dir}", code)
 
 
 def _print_report(report: Any) -> None:
     stdout.print(f"{report.done} of {report.total} cells done, {report.failed} failed "
-                 f"({report.ran} prompts run, {report.skipped} cells already done) in {report.elapsed_s:.1f} s")
+                 f"({report.ran} prompts run, "
+                 + (f"{report.adopted} adopted from an earlier run, " if report.adopted else "")
+                 + f"{report.skipped} cells already done) in {report.elapsed_s:.1f} s")
     stdout.print(f"  images:   {report.folder / 'images'}")
     stdout.print(f"  manifest: {report.manifest} (and {report.manifest_csv.name})")
     for grid in report.grids:

@@ -48,10 +48,11 @@ import queue
 import statistics
 import threading
 import time
+import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from comfy_orchestrator.client import Client
 from comfy_orchestrator.dispatch import (
@@ -123,6 +124,16 @@ class ServerDown:
 
 
 @dataclass(frozen=True)
+class JobSubmitting:
+    """A job is about to be queued on a server as `prompt_id` (a journal records it before it is sent)."""
+
+    job: Job
+    server: str
+    prompt_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
 class JobSubmitted:
     """A job was queued on a server (`attempt` counts from 1)."""
 
@@ -167,7 +178,7 @@ class DuplicateDiscarded:
     server: str
 
 
-FarmEvent = ServerUp | ServerDown | JobSubmitted | JobProgress | JobRetrying | JobDone | DuplicateDiscarded
+FarmEvent = ServerUp | ServerDown | JobSubmitting | JobSubmitted | JobProgress | JobRetrying | JobDone | DuplicateDiscarded
 
 
 @dataclass(frozen=True)
@@ -220,8 +231,15 @@ class ServerLink(Protocol):
     def check(self) -> None:
         """Ask /system_stats whether the server still answers; raise ComfyError if not."""
 
-    def submit(self, job: Job, *, on_progress: Callable[[Progress], None] | None = None) -> RunningJob:
-        """Upload the job's inputs, check it against the server's object_info, and queue it."""
+    def submit(self, job: Job, *, prompt_id: str | None = None,
+               on_progress: Callable[[Progress], None] | None = None) -> RunningJob:
+        """Upload the job's inputs, check it against the server's object_info, and queue it (as `prompt_id`)."""
+
+    def locate(self, prompt_id: str) -> tuple[str, Mapping[str, Any] | None]:
+        """Where the server has a prompt: ("done", history entry), ("running"|"queued", None), ("unknown", None)."""
+
+    def cancel(self, prompt_id: str) -> None:
+        """Take a prompt off the server's waiting list, or interrupt it if it runs."""
 
     def save(self, result: JobResult, out_dir: Path) -> JobResult:
         """Download a finished job's outputs under `out_dir`."""
@@ -251,8 +269,16 @@ class ClientLink:
     def check(self) -> None:
         self.client.system_stats()
 
-    def submit(self, job: Job, *, on_progress: Callable[[Progress], None] | None = None) -> RunningJob:
-        return self.client.submit(job, on_progress=on_progress)
+    def submit(self, job: Job, *, prompt_id: str | None = None,
+               on_progress: Callable[[Progress], None] | None = None) -> RunningJob:
+        return self.client.submit(job, prompt_id=prompt_id, on_progress=on_progress)
+
+    def locate(self, prompt_id: str) -> tuple[str, Mapping[str, Any] | None]:
+        return self.client.locate(prompt_id)
+
+    def cancel(self, prompt_id: str) -> None:
+        self.client.delete([prompt_id])
+        self.client.interrupt(prompt_id)
 
     def save(self, result: JobResult, out_dir: Path) -> JobResult:
         return self.client.save_outputs(result, out_dir)
@@ -372,6 +398,10 @@ class Farm:
         self.window = window
         self._connect = connect or (lambda config: ClientLink(config, timeouts=timeouts))
 
+    def connect(self, config: ServerConfig) -> ServerLink:
+        """A link to one of the farm's servers, as its threads use; the caller closes it."""
+        return self._connect(config)
+
     def run(
         self,
         jobs: Iterable[Job],
@@ -479,7 +509,7 @@ class _Run:
                         if flight.handle is not None and not flight.cancelled]
             for _, flight in leftover:
                 flight.cancelled = True
-        for server, flight in leftover:
+        for server, flight in reversed(leftover):  # the newest first: a waiting job must not start meanwhile
             self.cancel(server, flight)
         for thread in threads:
             if thread.is_alive():
@@ -818,8 +848,11 @@ class _Run:
                 return
             ticket = flight.ticket
             attempt = len(ticket.attempts) + 1
+            prompt_id = str(uuid.uuid4())
+            self.emit(JobSubmitting(ticket.job, server.name, prompt_id, attempt))
             try:
-                flight.handle = server.link.submit(ticket.job, on_progress=self.progress_reporter(ticket.job, server))
+                flight.handle = server.link.submit(ticket.job, prompt_id=prompt_id,
+                                                   on_progress=self.progress_reporter(ticket.job, server))
             except ComfyError as exc:
                 self.failed(server, flight, exc)
                 continue

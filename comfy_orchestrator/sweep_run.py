@@ -4,10 +4,16 @@ The output folder holds ``images/`` (one file a cell, named after it), ``thumbna
 each image arrives, while the GPUs work, so the grids at the end only paste them),
 ``journal.sqlite``, ``manifest.jsonl`` and ``manifest.csv``, the grid images and ``index.html``. Running the
 same sweep into the same folder again runs only the cells the journal does not have done.
+
+Every cell is validated before anything is written. A resume first checks each done cell's files (a
+missing, truncated or non-image file is fetched again from its server's history, or the cell runs
+again), then asks the servers about the prompts a cut-off run left behind and adopts those still
+queued, running or done, so no cell's GPU work is done twice.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -19,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image, UnidentifiedImageError
+
 from comfy_orchestrator.farm import (
     Farm,
     FarmEvent,
@@ -27,9 +35,11 @@ from comfy_orchestrator.farm import (
     JobProgress,
     JobRetrying,
     JobSubmitted,
+    JobSubmitting,
     ServerDown,
+    ServerLink,
 )
-from comfy_orchestrator.errors import GridFailed
+from comfy_orchestrator.errors import ComfyError, GridFailed
 from comfy_orchestrator.grid import (
     DEFAULT_GRID_FORMAT,
     IMAGE_THREADS,
@@ -40,7 +50,8 @@ from comfy_orchestrator.grid import (
     write_results_page,
 )
 from comfy_orchestrator.jobs import Job, JobResult
-from comfy_orchestrator.journal import CellPlan, CellRecord, CellStatus, Journal
+from comfy_orchestrator.journal import CellPlan, CellRecord, CellStatus, Journal, PromptRecord
+from comfy_orchestrator.protocol import outcome_from_history, outputs_from_history
 from comfy_orchestrator.sweep import (
     BATCH_AXIS,
     Batch,
@@ -57,6 +68,7 @@ logger = logging.getLogger(__name__)
 IMAGES_FOLDER = "images"
 STAGING_FOLDER = ".incoming"  # downloads land here, then move to their cell's name
 DEFAULT_MAX_ATTEMPTS = 3
+ADOPT_POLL_S = 0.5  # how often a resume asks about a prompt it adopted that is still queued or running
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,7 @@ class SweepReport:
     manifest_csv: Path
     grids: tuple[Path, ...] = ()
     page: Path | None = None
+    adopted: int = 0  # prompts a cut-off run left on the servers that this run finished with
     failures: Mapping[int, str] = field(default_factory=dict)  # cell index -> error
     # seconds spent preparing (journal, planning), running the prompts, and writing results (manifests, grids, page)
     phases: Mapping[str, float] = field(default_factory=dict)
@@ -142,14 +155,14 @@ def run_sweep(
     """
     started = time.monotonic()
     folder = Path(folder)
+    plan = plan_sweep(sweep, servers=len(farm.servers))  # every cell is valid before anything is written
     with Journal.open(folder, digest=sweep.digest(), definition=sweep.definition()) as journal:
-        # the stored definition wins: it holds the seeds drawn when the sweep began
-        sweep = Sweep.from_definition(sweep.template, journal.definition)
-        plan = plan_sweep(sweep, servers=len(farm.servers))
+        if _canonical(journal.definition) != _canonical(sweep.definition()):
+            # the stored definition wins: it holds the seeds drawn when the sweep began
+            sweep = Sweep.from_definition(sweep.template, journal.definition)
+            plan = plan_sweep(sweep, servers=len(farm.servers))
         journal.add(_cell_plans(plan))
-        to_run = set(journal.to_run(max_attempts=max_attempts))
-        work = [(batch, job) for batch, job in zip(plan.batches, plan.jobs)
-                if any(cell.index in to_run for cell in batch.cells)]
+        _check_done_files(journal, folder)
         staging = folder / STAGING_FOLDER
         shutil.rmtree(staging, ignore_errors=True)  # pieces of downloads a crash cut off
         staging.mkdir(parents=True)
@@ -158,8 +171,14 @@ def run_sweep(
         skipped = counts[CellStatus.DONE]
         tracker = _Tracker(len(plan.cells), skipped, journal.exhausted(max_attempts=max_attempts), on_progress)
         prepared = time.monotonic()
+        adopted = 0
         try:
-            _run(journal, farm, work, to_run, folder, staging, tracker, thumbnail_px)
+            with _Thumbnailer(folder, thumbnail_px) as thumbnails:
+                adopted = _adopt(journal, farm, plan, max_attempts, folder, staging, tracker, thumbnails)
+                to_run = set(journal.to_run(max_attempts=max_attempts))
+                work = [(batch, job) for batch, job in zip(plan.batches, plan.jobs)
+                        if any(cell.index in to_run for cell in batch.cells)]
+                _run(journal, farm, work, to_run, folder, staging, tracker, thumbnails)
         finally:
             ran = time.monotonic()
             jsonl, table = journal.write_manifests()  # after Ctrl-C too: the manifest shows what is done
@@ -172,20 +191,169 @@ def run_sweep(
     return SweepReport(folder=folder, total=len(plan.cells), done=counts[CellStatus.DONE],
                        failed=counts[CellStatus.FAILED], ran=len(work), skipped=skipped,
                        elapsed_s=finished - started, manifest=jsonl, manifest_csv=table,
-                       grids=tuple(grids), page=page, failures=failures,
+                       grids=tuple(grids), page=page, failures=failures, adopted=adopted,
                        phases={name: round(seconds, 3) for name, seconds in phases.items()})
 
 
+def _canonical(definition: Mapping[str, Any]) -> str:
+    return json.dumps(definition, sort_keys=True, default=str)
+
+
+def _check_done_files(journal: Journal, folder: Path) -> None:
+    """Send done cells whose files are missing, truncated or not images back to run (or be fetched again)."""
+    broken: dict[int, str] = {}
+    for record in journal.records():
+        if record.status is not CellStatus.DONE:
+            continue
+        for name in record.files or ("",):
+            problem = _file_problem(folder, name)
+            if problem:
+                broken[record.index] = f"its file {name or '(none)'} {problem}"
+                break
+    for index, reason in broken.items():
+        logger.warning("cell %d is done but %s; fetching or running it again", index, reason)
+    if broken:
+        journal.reopen(sorted(broken), reasons=broken)
+
+
+def _file_problem(folder: Path, name: str) -> str:
+    """Why a done cell's file is unusable, or "" if it looks whole."""
+    path = folder / name
+    if not name or not path.is_file():
+        return "is missing"
+    try:
+        with Image.open(path) as image:
+            image_format = image.format
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            handle.seek(max(0, size - 12))
+            tail = handle.read()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return "is not a readable image"
+    if image_format == "PNG" and not tail.endswith(b"IEND\xaeB`\x82"):
+        return "is truncated"
+    if image_format == "JPEG" and not tail.endswith(b"\xff\xd9"):
+        return "is truncated"
+    return ""
+
+
+def _adopt(journal: Journal, farm: Farm, plan: SweepPlan, max_attempts: int, folder: Path, staging: Path,
+           tracker: _Tracker, thumbnails: _Thumbnailer) -> int:
+    """Ask the servers about the prompts a cut-off run left; finish the cells of those queued, running or done.
+
+    A prompt whose cells no longer need it is taken off its server's queue. Returns how many prompts were
+    adopted; the cells of the others run again through the farm.
+    """
+    prompts = journal.open_prompts()
+    if not prompts:
+        return 0
+    to_run = set(journal.to_run(max_attempts=max_attempts))
+    by_cell = {cell.index: (batch, job) for batch, job in zip(plan.batches, plan.jobs) for cell in batch.cells}
+    configs = {config.name: config for config in farm.servers}
+    links: dict[str, ServerLink] = {}
+    claimed: set[int] = set()
+    adopted: dict[str, list[tuple[PromptRecord, Batch, Job, list[Cell]]]] = {}
+    try:
+        for prompt in prompts:
+            config = configs.get(prompt.server)
+            if config is None:
+                logger.warning("prompt %s went to %s, which is not in this farm; its cells run again",
+                               prompt.prompt_id, prompt.server)
+                journal.settle_prompts([prompt.prompt_id])
+                continue
+            link = links.get(prompt.server) or links.setdefault(prompt.server, farm.connect(config))
+            wanted = [i for i in prompt.cells if i in to_run and i not in claimed and i in by_cell]
+            batch, job = by_cell[wanted[0]] if wanted else (None, None)
+            if batch is None or job is None or any(by_cell[i][0] is not batch for i in wanted):
+                _withdraw(link, prompt)
+                journal.settle_prompts([prompt.prompt_id])
+                continue
+            state, entry = link.locate(prompt.prompt_id)
+            if state == "unknown" or (state == "done" and not _succeeded(entry, prompt.prompt_id)):
+                journal.settle_prompts([prompt.prompt_id])
+                continue
+            claimed.update(wanted)
+            cells = [cell for cell in batch.cells if cell.index in wanted]
+            adopted.setdefault(prompt.server, []).append((prompt, batch, job, cells))
+            tracker.running(cells, prompt.server)
+        if adopted:
+            logger.info("adopting %d prompts a cut-off run left on the servers",
+                        sum(len(found) for found in adopted.values()))
+            stop = threading.Event()
+            with ThreadPoolExecutor(max_workers=len(adopted), thread_name_prefix="adopt") as pool:
+                waits = [pool.submit(_finish_adopted, journal, links[server], found, farm.timeouts.job_s, folder,
+                                     staging, tracker, thumbnails, stop) for server, found in adopted.items()]
+                try:
+                    for future in waits:
+                        future.result()
+                except BaseException:  # Ctrl-C or SIGTERM: leave nothing we adopted running on a GPU
+                    stop.set()
+                    for server, found in adopted.items():
+                        for prompt, *_ in reversed(found):  # the waiting ones first, so none starts meanwhile
+                            _withdraw(links[server], prompt)
+                    raise
+    finally:
+        for link in links.values():
+            link.close()
+    return sum(len(found) for found in adopted.values())
+
+
+def _withdraw(link: ServerLink, prompt: PromptRecord) -> None:
+    """Take a prompt off its server (off the queue, or interrupted), so it does not run for nothing."""
+    try:
+        link.cancel(prompt.prompt_id)
+    except ComfyError as exc:
+        logger.warning("could not take prompt %s off %s: %s", prompt.prompt_id, prompt.server, exc)
+
+
+def _succeeded(entry: Mapping[str, Any] | None, prompt_id: str) -> bool:
+    if entry is None:
+        return False
+    outcome = outcome_from_history(entry, prompt_id)
+    return outcome.failure is None and outcome.interruption is None and outcome.status != "error"
+
+
+def _finish_adopted(journal: Journal, link: ServerLink, found: Sequence[tuple[PromptRecord, Batch, Job, list[Cell]]],
+                    timeout_s: float, folder: Path, staging: Path, tracker: _Tracker,
+                    thumbnails: _Thumbnailer, stop: threading.Event) -> None:
+    """Wait for one server's adopted prompts in the order it runs them; record each one's cells."""
+    for prompt, batch, job, cells in found:
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                state, entry = link.locate(prompt.prompt_id)
+                if state in ("done", "unknown") or time.monotonic() >= deadline:
+                    break
+                if stop.wait(ADOPT_POLL_S):
+                    return
+            if state == "done" and entry is not None and _succeeded(entry, prompt.prompt_id):
+                result = JobResult(job=job, prompt_id=prompt.prompt_id, server=prompt.server,
+                                   outputs=outputs_from_history(entry))
+                result = link.save(result, staging)
+                for image in _record_result(journal, batch, cells, result, folder):
+                    thumbnails.make(image)
+                tracker.finished(cells, failed=False)
+            else:
+                logger.warning("adopted prompt %s on %s ended %s; its cells run again", prompt.prompt_id,
+                               prompt.server, "without a result" if state == "done" else f"({state})")
+                tracker.released(cells)
+        except ComfyError as exc:
+            logger.warning("adopted prompt %s on %s: %s; its cells run again", prompt.prompt_id, prompt.server, exc)
+            tracker.released(cells)
+        journal.settle_prompts([prompt.prompt_id])
+
+
 def _run(journal: Journal, farm: Farm, work: Sequence[tuple[Batch, Job]], to_run: set[int], folder: Path,
-         staging: Path, tracker: _Tracker, thumbnail_px: int) -> None:
+         staging: Path, tracker: _Tracker, thumbnails: _Thumbnailer) -> None:
     by_label = {job.label: batch for batch, job in work}
 
     def on_event(event: FarmEvent) -> None:
         match event:
-            case JobSubmitted(job=job, server=server):
+            case JobSubmitting(job=job, server=server, prompt_id=prompt_id):
                 cells = _open_cells(by_label[job.label], to_run)
-                journal.mark_running([c.index for c in cells], server=server)
-                tracker.running(cells, server)
+                journal.mark_submitting([c.index for c in cells], server=server, prompt_id=prompt_id)
+            case JobSubmitted(job=job, server=server):
+                tracker.running(_open_cells(by_label[job.label], to_run), server)
             case JobProgress(job=job, progress=progress) if progress.node_max:
                 tracker.step(_open_cells(by_label[job.label], to_run), progress.node_value, progress.node_max)
             case JobRetrying(job=job, server=server, error=error):
@@ -195,19 +363,19 @@ def _run(journal: Journal, farm: Farm, work: Sequence[tuple[Batch, Job]], to_run
             case JobDone():
                 pass
 
-    with _Thumbnailer(folder, thumbnail_px) as thumbnails:
-        for outcome in farm.run((job for _, job in work), out_dir=staging, on_event=on_event):
-            batch = by_label[outcome.job.label]
-            cells = _open_cells(batch, to_run)
-            if isinstance(outcome, JobFailed):
-                server = outcome.servers[-1] if outcome.servers else None
-                journal.mark_failed([c.index for c in cells], error=str(outcome.error), server=server)
-                tracker.finished(cells, failed=True)
-                logger.warning("cells %s failed: %s", ", ".join(str(c.index) for c in cells), outcome.error)
-                continue
+    for outcome in farm.run((job for _, job in work), out_dir=staging, on_event=on_event):
+        batch = by_label[outcome.job.label]
+        cells = _open_cells(batch, to_run)
+        if isinstance(outcome, JobFailed):
+            server = outcome.servers[-1] if outcome.servers else None
+            journal.mark_failed([c.index for c in cells], error=str(outcome.error), server=server)
+            tracker.finished(cells, failed=True)
+            logger.warning("cells %s failed: %s", ", ".join(str(c.index) for c in cells), outcome.error)
+        else:
             for image in _record_result(journal, batch, cells, outcome, folder):
                 thumbnails.make(image)
             tracker.finished(cells, failed=False)
+        journal.settle_cells([c.index for c in cells])
 
 
 class _Thumbnailer:
@@ -336,6 +504,14 @@ class _Tracker:
         with self._lock:
             for cell in cells:
                 self._steps[cell.label] = (value, maximum)
+        self._emit()
+
+    def released(self, cells: Sequence[Cell]) -> None:
+        """Cells stopped running without settling (an adopted prompt that gave nothing): they run again."""
+        with self._lock:
+            for cell in cells:
+                self._running.pop(cell.label, None)
+                self._steps.pop(cell.label, None)
         self._emit()
 
     def finished(self, cells: Sequence[Cell], *, failed: bool) -> None:
