@@ -18,15 +18,12 @@ from PIL import Image
 
 from comfy_orchestrator.templates import Templates
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "comfyui-reference"
+REFERENCE = Path(__file__).resolve().parent / "data" / "comfyui-reference"  # recorded from ComfyUI 0.8.0; see its README
 
 
 def recorded_exchange(name: str) -> dict[str, Any]:
-    """One recorded HTTP exchange of the real server (shared/comfyui-reference/http)."""
-    path = REFERENCE / "http" / f"{name}.json"
-    if not path.is_file():
-        pytest.skip(f"the recorded reference is not beside the checkout ({path})")
-    data: dict[str, Any] = json.loads(path.read_text("utf-8"))
+    """One recorded HTTP exchange of the real server (tests/data/comfyui-reference/http)."""
+    data: dict[str, Any] = json.loads((REFERENCE / "http" / f"{name}.json").read_text("utf-8"))
     return data
 
 
@@ -162,7 +159,7 @@ def nginx(tmp_path: Path) -> Iterator[Callable[[str, Sequence[int]], Path]]:
     """Start real nginx processes: `nginx(site, ports)` runs the http-level `site` and waits until every
     port in `ports` listens; returns its folder. All stop at teardown."""
     if NGINX is None:
-        pytest.skip("nginx is not installed (Debian package 'nginx')")
+        pytest.skip("nginx is not installed (apt-get install nginx)")
     started: list[subprocess.Popen[bytes]] = []
 
     def start(site: str, ports: Sequence[int]) -> Path:

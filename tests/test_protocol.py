@@ -36,8 +36,8 @@ from comfy_orchestrator.protocol import (
     track,
 )
 
-WS = Path(__file__).parent / "data" / "ws"
-HTTP = Path(__file__).resolve().parents[1].parent / "shared" / "comfyui-reference" / "http"
+WS = Path(__file__).parent / "data" / "comfyui-reference" / "ws"
+HTTP = Path(__file__).parent / "data" / "comfyui-reference" / "http"
 
 
 def _binary(record: dict[str, Any]) -> bytes:
@@ -81,7 +81,6 @@ def history(name: str) -> dict[str, Any]:
     return body
 
 
-needs_http = pytest.mark.skipif(not HTTP.is_dir(), reason="shared/comfyui-reference beside the checkout is absent")
 
 
 @pytest.mark.parametrize(("frame", "expected"), [
@@ -269,7 +268,6 @@ def _replay_progress(transcript: str, graph: dict[str, Any]) -> list[float]:
 IMG2IMG = history("get_history_by_id.json") if HTTP.is_dir() else {}
 
 
-@needs_http
 def test_overall_progress_counts_nodes_and_steps_and_only_rises() -> None:
     graph = next(iter(IMG2IMG.values()))["prompt"][2]
     assert sampler_steps(graph) == {"6": 20}
@@ -278,7 +276,6 @@ def test_overall_progress_counts_nodes_and_steps_and_only_rises() -> None:
     assert 0 < fractions[len(fractions) // 2] < 1
 
 
-@needs_http
 def test_cached_nodes_count_as_done_at_once() -> None:
     graph = next(iter(IMG2IMG.values()))["prompt"][2]
     tracker = ProgressTracker(graph)
@@ -309,7 +306,6 @@ def test_unknown_step_count_is_learnt_from_progress() -> None:
     assert progress.total == 10 and progress.done == 1
 
 
-@needs_http
 @pytest.mark.parametrize(("name", "expected"), [
     ("get_history_by_id.json", (Output("8", "ref_a_00001_.png", "", "output", "images"),)),
     ("get_history_execution_error.json", ()),
@@ -325,7 +321,6 @@ def test_history_outputs_skip_values_that_are_not_files() -> None:
     assert outputs_from_history(entry) == (Output("9", "a.webp", "v", "output", "gifs"),)
 
 
-@needs_http
 def test_history_outcome_reads_the_recorded_failure_and_interrupt() -> None:
     ((failed_id, failed),) = history("get_history_execution_error.json").items()
     outcome = outcome_from_history(failed, failed_id)

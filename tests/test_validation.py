@@ -26,6 +26,7 @@ def _validation_answers() -> list[str]:
 
 
 RECORDED = _validation_answers()
+assert RECORDED, f"no recorded POST /prompt answers in {REFERENCE / 'http'}"
 # The server walks a node's inputs as a Python set, so several errors on one node come in
 # an order that changes between runs; we report them in the schema's input order.
 UNORDERED = {"post_prompt_400_three_errors_one_node"}

@@ -17,7 +17,6 @@ from comfy_orchestrator.errors import ParameterError
 from comfy_orchestrator.sim import Costs, SimServer
 from transcripts import REFERENCE, TIMEOUT_S, Listener, reference_inputs
 
-pytestmark = pytest.mark.skipif(not REFERENCE.is_dir(), reason="the recorded reference is not beside the checkout")
 
 StartSims = Callable[..., list[SimServer]]
 

@@ -16,7 +16,7 @@ import requests
 import websocket
 from PIL import Image
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "comfyui-reference"
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "comfyui-reference"
 TIMEOUT_S = 10.0
 
 # Values that differ between any two runs, even of the real server: ids, clocks, counters, hashes.
