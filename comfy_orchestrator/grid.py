@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 
 from comfy_orchestrator.errors import GridFailed
 from comfy_orchestrator.sweep import Value, format_value
@@ -33,10 +34,17 @@ GRID_FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
     "png": ("PNG", {"compress_level": PNG_LEVEL}),
 }
 DEFAULT_GRID_FORMAT = "jpg"
+GRID_METADATA_KEY = "comfy_orchestrator_sweep"  # the PNG text chunk holding the sweep's definition
+COLUMN_LABEL_LINES = 3  # a column label longer than this is shortened to what tells it apart
+LABEL_LINES_MAX = 8  # ... and only past this is it cut
+HEADER_LINES = 6  # the fixed parameters over the grid; the page shows them all
 _DATA_MARK = "/*__SWEEP_DATA__*/null"
 _BACKGROUND = (250, 250, 250)
 _INK = (30, 30, 30)
 _MISSING = (225, 225, 225)
+_MUTED = (90, 90, 90)
+
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
 @dataclass(frozen=True)
@@ -66,17 +74,23 @@ def grid_images(
     thumbnail_px: int = 256,
     name: str = "grid",
     image_format: str = DEFAULT_GRID_FORMAT,
+    fixed: Mapping[str, Any] | None = None,
+    definition: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Draw X/Y grids (X: the first axis, Y: the second) into `folder`, one per value of the others.
 
     Images (or their kept thumbnails) are opened one at a time and shrunk, so memory holds one
-    grid. `image_format` is a key of GRID_FORMATS ("jpg" or "png").
+    grid. `image_format` is a key of GRID_FORMATS ("jpg" or "png"). `fixed` (the parameters every
+    cell shares) is written in a header above the grid; `definition` (the sweep's) goes into the
+    image's metadata under GRID_METADATA_KEY, as a PNG text chunk or the JPEG comment.
     """
     if not axes:
         raise GridFailed("a grid needs at least one axis")
     if image_format not in GRID_FORMATS:
         raise GridFailed(f"unknown grid format {image_format!r}: use one of {', '.join(GRID_FORMATS)}")
     pil_format, options = GRID_FORMATS[image_format]
+    options = {**options, **_metadata_options(pil_format, definition)}
+    header = fixed_lines(fixed or {})
     x_axis, y_axis, pages = axes[0], (axes[1] if len(axes) > 1 else None), axes[2:]
     by_values: dict[tuple[Any, ...], GridCell] = {}
     for cell in cells:
@@ -97,7 +111,7 @@ def grid_images(
             split = f"part-{part}" if len(x_parts) * len(y_parts) > 1 else ""
             stem = "_".join(s for s in (name, suffix, split) if s)
             path = folder / f"{stem}.{image_format}"
-            canvas = _draw_grid(folder, x_part, y_part, page, by_values, axes, side, title)
+            canvas = _draw_grid(folder, x_part, y_part, page, by_values, axes, side, title, header)
             try:
                 canvas.save(path, format=pil_format, **options)
             except OSError as exc:
@@ -135,17 +149,24 @@ def write_results_page(
     *,
     title: str,
     grids: Sequence[Path] = (),
+    fixed: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write the self-contained results page (index.html) into `folder`; images are linked relatively."""
+    """Write the self-contained results page (index.html) into `folder`; images are linked relatively.
+
+    Every link is relative to the page, so it works opened from disk, moved, or served over HTTP.
+    `fixed` (the parameters every cell shares) is shown in the page's header.
+    """
     data = {
         "title": title,
+        "fixed": [[name, format_value(value) if isinstance(value, (int, float, str)) else json.dumps(value)]
+                  for name, value in (fixed or {}).items()],
         "axes": [{"name": a.name, "values": list(a.values), "labels": [format_value(v) for v in a.values]}
                  for a in axes],
         "cells": [{"index": c.index, "values": dict(c.values), "status": c.status,
                    "image": c.image.as_posix() if c.image else None, "thumbnail": _kept_thumbnail(folder, c),
                    "details": dict(c.details)}
                   for c in cells],
-        "grids": [g.relative_to(folder).as_posix() if g.is_absolute() else g.as_posix() for g in grids],
+        "grids": [Path(os.path.relpath(Path(g).resolve(), folder.resolve())).as_posix() for g in grids],
     }
     page = resources.files("comfy_orchestrator").joinpath("data/results.html").read_text(encoding="utf-8")
     if _DATA_MARK not in page:
@@ -167,34 +188,43 @@ def _draw_grid(
     axes: Sequence[GridAxis],
     side: int,
     title: str,
+    header: Sequence[str] = (),
 ) -> Image.Image:
     font = ImageFont.load_default(size=max(11, side // 12))
     heading = ImageFont.load_default(size=max(13, side // 9))
     y_values: Sequence[Value | None] = y_axis.values if y_axis else [None]
-    longest_px = max(160, 2 * side)  # long prompts as row labels are cut, not allowed to widen the grid
-    row_labels = ([_fit(font, f"{y_axis.name} = {format_value(v)}", longest_px) for v in y_axis.values]
-                  if y_axis else [""])
-    column_labels = [f"{x_axis.name} = {format_value(v)}" for v in x_axis.values]
     gap = max(2, side // 64)
-    label_h = _text_size(font, "Ag")[1] + 2 * gap
-    title_h = _text_size(heading, "Ag")[1] + 3 * gap if title else 0
-    label_w = max((_text_size(font, t)[0] for t in row_labels), default=0) + 3 * gap if y_axis else 0
+    line_h = _text_size(font, "Ag")[1] + gap
+    longest_px = max(160, 2 * side)  # long prompts as row labels wrap, not allowed to widen the grid
+    row_labels = axis_labels(font, y_axis, longest_px, max_lines=max(1, side // line_h)) if y_axis else [[]]
+    column_labels = axis_labels(font, x_axis, side, max_lines=COLUMN_LABEL_LINES)
+    label_h = max(len(lines) for lines in column_labels) * line_h + 2 * gap
+    label_w = max((_text_size(font, t)[0] for lines in row_labels for t in lines), default=0) + 3 * gap \
+        if y_axis else 0
     width = label_w + len(x_axis.values) * (side + gap) + gap
-    height = title_h + label_h + len(y_values) * (side + gap) + gap
+    header_lines = _wrap_pieces(font, header, max(width - 4 * gap, side), HEADER_LINES)
+    title_h = _text_size(heading, "Ag")[1] + 3 * gap if title else 0
+    header_h = len(header_lines) * line_h + (gap if header_lines else 0)
+    top_h = title_h + header_h
+    height = top_h + label_h + len(y_values) * (side + gap) + gap
     canvas = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((gap * 2, gap), title, font=heading, fill=_INK)
-    for column, text in enumerate(column_labels):
+    for number, text in enumerate(header_lines):
+        draw.text((gap * 2, title_h + gap + number * line_h), text, font=font, fill=_MUTED)
+    for column, lines in enumerate(column_labels):
         left = label_w + gap + column * (side + gap)
-        draw.text((left + side / 2, title_h + label_h / 2), _fit(font, text, side), font=font, fill=_INK,
-                  anchor="mm")
+        first = top_h + label_h / 2 - (len(lines) - 1) * line_h / 2
+        for number, text in enumerate(lines):
+            draw.text((left + side / 2, first + number * line_h), text, font=font, fill=_INK, anchor="mm")
     # a row's pictures are read on a few threads, one row at a time
     with ThreadPoolExecutor(max_workers=IMAGE_THREADS, thread_name_prefix="grid") as pool:
         for row, y_value in enumerate(y_values):
-            top = title_h + label_h + row * (side + gap)
-            if y_axis:
-                draw.text((gap, top + side / 2), row_labels[row], font=font, fill=_INK, anchor="lm")
+            top = top_h + label_h + row * (side + gap)
+            first = top + side / 2 - (len(row_labels[row]) - 1) * line_h / 2
+            for number, text in enumerate(row_labels[row]):
+                draw.text((gap, first + number * line_h), text, font=font, fill=_INK, anchor="lm")
             cells = []
             for x_value in x_axis.values:
                 values: dict[str, Value] = dict(page)
@@ -206,6 +236,132 @@ def _draw_grid(
                 left = label_w + gap + column * (side + gap)
                 _paste(canvas, draw, cell, thumb, (left, top), side, font)
     return canvas
+
+
+def axis_labels(font: Font, axis: GridAxis, width_px: int, *, max_lines: int) -> list[list[str]]:
+    """Each value's label ("name = value") as lines no wider than `width_px`.
+
+    A label is wrapped; one that needs more than `max_lines` is shortened to the part of its value
+    that tells it apart from the axis's other values ("…emaonly…"), which is then shown whole,
+    in as many lines as it takes; only past LABEL_LINES_MAX lines is the end cut.
+    """
+    texts = [format_value(v) for v in axis.values]
+    labels = []
+    for text, part in zip(texts, distinct_parts(texts)):
+        lines = _wrap(font, f"{axis.name} = {text}", width_px)
+        if len(lines) > max_lines:
+            lines = _wrap(font, f"{axis.name} = {part}", width_px)
+        if len(lines) > LABEL_LINES_MAX:
+            lines = lines[:LABEL_LINES_MAX - 1] + [_fit(font, " ".join(lines[LABEL_LINES_MAX - 1:]), width_px)]
+        labels.append(lines)
+    return labels
+
+
+def distinct_parts(texts: Sequence[str]) -> list[str]:
+    """Each text without the start and end all of them share ("…" in their place), cut at word edges.
+
+    'v1-5-pruned-emaonly.safetensors' beside 'v1-5-pruned.safetensors' gives '…pruned-emaonly…' and
+    '…pruned…'; a shared part is only dropped where every text keeps something of its own.
+    """
+    if len(set(texts)) < 2:
+        return list(texts)
+    prefix = _edge(os.path.commonprefix(list(texts)), at_end=True)
+    suffix = _edge(os.path.commonprefix([t[::-1] for t in texts])[::-1], at_end=False)
+    for cut_prefix, cut_suffix in ((prefix, suffix), (prefix, ""), ("", suffix), ("", "")):
+        middles = [t[len(cut_prefix):len(t) - len(cut_suffix)].strip(" ,;:") for t in texts]
+        if all(m.strip() for m in middles):
+            return [("…" if cut_prefix else "") + m + ("…" if cut_suffix else "") for m in middles]
+    return list(texts)
+
+
+def fixed_lines(fixed: Mapping[str, Any]) -> list[str]:
+    """The header pieces of the parameters every cell shares: 'seed: 42', 'positive: a lake at dusk'."""
+    pieces = []
+    for name, value in fixed.items():
+        shown = format_value(value) if isinstance(value, (int, float, str)) else json.dumps(value)
+        pieces.append(f"{name}: {shown}")
+    return pieces
+
+
+def _edge(shared: str, *, at_end: bool) -> str:
+    """A shared prefix (at_end) or suffix trimmed back to a separator, so no word is split."""
+    if len(shared) < 4:
+        return ""
+    separators = " -_./,:;"
+    if at_end:
+        cut = max(shared.rfind(c) for c in separators)
+        return shared[:cut + 1] if cut >= 0 else ""
+    cut = min((i for i in (shared.find(c) for c in separators) if i >= 0), default=-1)
+    return shared[cut:] if cut >= 0 else ""
+
+
+def _wrap(font: Font, text: str, width_px: int) -> list[str]:
+    """`text` in lines no wider than `width_px`, broken after spaces and separators where possible."""
+    words = re.findall(r"[^\s/_\-.,]*[\s/_\-.,]?", text)
+    lines: list[str] = []
+    current = ""
+    for word in (w for w in words if w):
+        if _text_size(font, (current + word).rstrip())[0] <= width_px:
+            current += word
+            continue
+        if current.strip():
+            lines.append(current.rstrip())
+        current = ""
+        for char in word:  # a word wider than the line is broken between characters
+            if current and _text_size(font, (current + char).rstrip())[0] > width_px:
+                lines.append(current.rstrip())
+                current = ""
+            current += char
+    if current.strip() or not lines:
+        lines.append(current.rstrip())
+    return lines
+
+
+def _wrap_pieces(font: Font, pieces: Sequence[str], width_px: int, max_lines: int) -> list[str]:
+    """Pieces laid out left to right, three spaces apart, wrapped; the last line cut past `max_lines`."""
+    lines: list[str] = []
+    current = ""
+    for piece in pieces:
+        joined = f"{current}   {piece}" if current else piece
+        if _text_size(font, joined)[0] <= width_px:
+            current = joined
+            continue
+        if current:
+            lines.append(current)
+        wrapped = _wrap(font, piece, width_px)
+        lines.extend(wrapped[:-1])
+        current = wrapped[-1]
+    if current:
+        lines.append(current)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines - 1] + [_fit(font, " ".join(lines[max_lines - 1:]), width_px)]
+    return lines
+
+
+def _metadata_options(pil_format: str, definition: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Pillow save options that carry the sweep's definition: a PNG text chunk or the JPEG comment."""
+    if definition is None:
+        return {}
+    text = json.dumps({"version": 1, "sweep": definition}, ensure_ascii=True, separators=(",", ":"), default=str)
+    if pil_format == "PNG":
+        info = PngInfo()
+        info.add_text(GRID_METADATA_KEY, text)
+        return {"pnginfo": info}
+    return {"comment": text.encode("ascii")}
+
+
+def read_grid_metadata(image: Image.Image) -> dict[str, Any] | None:
+    """The sweep a grid image shows, from its metadata (None if it carries none)."""
+    text = image.info.get(GRID_METADATA_KEY) if image.format == "PNG" else image.info.get("comment")
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    if not isinstance(text, str):
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "sweep" in record else None
 
 
 def _thumb(folder: Path, cell: GridCell | None, side: int) -> Image.Image | None:
@@ -220,7 +376,7 @@ def _thumb(folder: Path, cell: GridCell | None, side: int) -> Image.Image | None
 
 
 def _paste(canvas: Image.Image, draw: ImageDraw.ImageDraw, cell: GridCell | None, thumb: Image.Image | None,
-           corner: tuple[int, int], side: int, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> None:
+           corner: tuple[int, int], side: int, font: Font) -> None:
     left, top = corner
     if thumb is None:
         draw.rectangle((left, top, left + side - 1, top + side - 1), fill=_MISSING)
@@ -272,7 +428,7 @@ def _chunks(axis: GridAxis, size: int) -> list[GridAxis]:
     return [GridAxis(axis.name, axis.values[i:i + size]) for i in range(0, len(axis.values), size)]
 
 
-def _fit(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str, width: int) -> str:
+def _fit(font: Font, text: str, width: int) -> str:
     """The text, shortened with an ellipsis to fit `width` pixels."""
     if _text_size(font, text)[0] <= width:
         return text
@@ -281,7 +437,7 @@ def _fit(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str, width: i
     return text + "…"
 
 
-def _text_size(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str) -> tuple[int, int]:
+def _text_size(font: Font, text: str) -> tuple[int, int]:
     left, top, right, bottom = font.getbbox(text)
     return int(right - left), int(bottom - top)
 

@@ -461,12 +461,27 @@ def _cell_plans(plan: SweepPlan) -> Iterator[CellPlan]:
 def _write_results(journal: Journal, sweep: Sweep, folder: Path, thumbnail_px: int,
                    grid_format: str) -> tuple[list[Path], Path]:
     axes = [GridAxis(axis.name, axis.values) for axis in sweep.run_axes]
-    cells = [_grid_cell(record) for record in journal.records()]
-    grids = grid_images(folder, axes, cells, thumbnail_px=thumbnail_px, image_format=grid_format) \
-        if len(axes) <= 3 else []
+    records = list(journal.records())
+    cells = [_grid_cell(record) for record in records]
+    fixed = shared_parameters([record.params for record in records], exclude={axis.name for axis in axes})
+    grids = grid_images(folder, axes, cells, thumbnail_px=thumbnail_px, image_format=grid_format, fixed=fixed,
+                        definition=sweep.definition()) if len(axes) <= 3 else []
     title = f"{sweep.template.name}: " + " × ".join(f"{a.name} ({len(a.values)})" for a in axes)
-    page = write_results_page(folder, axes, cells, title=title, grids=grids)
+    page = write_results_page(folder, axes, cells, title=title, grids=grids, fixed=fixed)
     return grids, page
+
+
+def shared_parameters(params: Sequence[Mapping[str, Any]], *, exclude: set[str]) -> dict[str, Any]:
+    """The parameters every cell has with the same value (not the axes, not the unset): the grid's header."""
+    if not params:
+        return {}
+    shared = {}
+    for name, value in params[0].items():
+        if name in exclude or value is None or value == [] or value == "":
+            continue
+        if all(other.get(name) == value for other in params[1:]):
+            shared[name] = value
+    return shared
 
 
 def _grid_cell(record: CellRecord) -> GridCell:

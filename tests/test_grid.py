@@ -9,12 +9,17 @@ import pytest
 from PIL import Image
 
 from comfy_orchestrator.errors import GridFailed
+from PIL import ImageFont
+
 from comfy_orchestrator.grid import (
     MAX_GRID_SIDE_PX,
     GridAxis,
     GridCell,
+    axis_labels,
+    distinct_parts,
     grid_images,
     make_thumbnail,
+    read_grid_metadata,
     thumbnail_path,
     write_results_page,
 )
@@ -188,3 +193,53 @@ def test_png_grids_on_request_keep_every_pixel(tmp_path: Path) -> None:
 def test_an_unknown_grid_format_is_refused_with_the_choices(tmp_path: Path) -> None:
     with pytest.raises(GridFailed, match="unknown grid format 'gif': use one of jpg, png"):
         grid_images(tmp_path, [GridAxis("cfg", (6,))], [], image_format="gif")
+
+
+SAMPLERS = ("dpm++ 2m karras", "dpm++ 2m sde karras", "dpm++ 2m sde gpu karras", "euler")
+CHECKPOINTS = ("v1-5-pruned-emaonly.safetensors", "v1-5-pruned-emaonly-fp16.safetensors",
+               "v1-5-pruned.safetensors")
+
+
+@pytest.mark.parametrize("values", [SAMPLERS, CHECKPOINTS])
+@pytest.mark.parametrize("side", [64, 128, 256])
+def test_long_axis_values_are_wrapped_never_cut_where_they_differ(values: tuple[str, ...], side: int) -> None:
+    font = ImageFont.load_default(size=max(11, side // 12))
+    labels = axis_labels(font, GridAxis("name", values), side, max_lines=3)
+    shown = [" ".join(lines).replace(" ", "") for lines in labels]
+    for text, part in zip(values, distinct_parts(values)):
+        # the whole value, or at least the part that tells it apart, is there in full
+        assert text.replace(" ", "") in shown[values.index(text)] or part.strip("…").replace(" ", "") in \
+            shown[values.index(text)]
+    assert len(set(shown)) == len(values)
+    for lines in labels:
+        assert all(font.getbbox(line)[2] - font.getbbox(line)[0] <= side for line in lines)
+
+
+@pytest.mark.parametrize(("texts", "parts"), [
+    (["v1-5-pruned-emaonly.safetensors", "v1-5-pruned.safetensors"], ["…pruned-emaonly…", "…pruned…"]),
+    (["a cat in the rain, masterpiece", "a dog in the rain, masterpiece"], ["a cat…", "a dog…"]),
+    (["portrait of a cat, oil painting", "portrait of a dog, oil painting"], ["…cat…", "…dog…"]),
+    (["euler", "euler_ancestral"], ["euler", "euler_ancestral"]),  # nothing would be left of 'euler'
+    (["same", "same"], ["same", "same"]),
+])
+def test_distinct_parts_keep_what_tells_values_apart(texts: list[str], parts: list[str]) -> None:
+    assert distinct_parts(texts) == parts
+
+
+@pytest.mark.parametrize("image_format", ["jpg", "png"])
+def test_the_grid_has_a_header_of_fixed_parameters_and_the_sweep_in_its_metadata(tmp_path: Path,
+                                                                                   image_format: str) -> None:
+    x, y = GridAxis("cfg", (6, 8)), GridAxis("denoise", (0.3,))
+    cells = _cells(tmp_path, x, y)
+    [plain] = grid_images(tmp_path, [x, y], cells, thumbnail_px=64, image_format=image_format, name="plain")
+    definition = {"template": "img2img", "axes": [{"name": "cfg", "values": [6, 8]}], "fixed": {"seed": 42}}
+    fixed = {"positive": "a lake at dusk", "seed": 42, "steps": 20, "sampler": "euler",
+             "checkpoint": "v1-5-pruned-emaonly.safetensors"}
+    [headed] = grid_images(tmp_path, [x, y], cells, thumbnail_px=64, image_format=image_format, fixed=fixed,
+                           definition=definition)
+    with Image.open(plain) as without, Image.open(headed) as grid:
+        assert grid.width == without.width and grid.height > without.height  # the header's lines
+        header = grid.crop((0, 0, grid.width, grid.height - without.height))
+        assert sum(header.convert("L").histogram()[:160]) > 0  # ink: text is drawn there
+        assert read_grid_metadata(grid) == {"version": 1, "sweep": definition}
+        assert read_grid_metadata(without) is None

@@ -175,3 +175,61 @@ def test_the_table_shows_kept_thumbnails_and_the_viewer_the_image(browser: Any, 
     assert page.locator("#grid td.cell img").first.get_attribute("src") == "images/00000.png"
     assert page.errors == []
     page.close()
+
+
+@pytest.fixture
+def relative_sweep(comfy: Any, sample_image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A 2-cell sweep run with a relative --out, then moved: the folder as a user would pass it on."""
+    from click.testing import CliRunner
+
+    from comfy_orchestrator.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(main, ["sweep", "img2img", "--server", comfy.url, "--set", f"image={sample_image}",
+                                     "--set", "seed=42", "--set", "positive=a lake at dusk", "--axis", "cfg=6,8",
+                                     "--out", "demo-out"])
+    assert done.exit_code == 0, done.output
+    moved = tmp_path / "elsewhere" / "results"
+    moved.parent.mkdir()
+    shutil.move("demo-out", moved)
+    return moved
+
+
+@pytest.fixture
+def http_root(relative_sweep: Path) -> Iterator[str]:
+    """The moved folder served over HTTP on a free loopback port."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *_: object) -> None:
+            """Keep the test's output clean."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(relative_sweep)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/index.html"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.mark.parametrize("where", ["disk", "http"])
+def test_every_link_and_the_header_work_from_a_relative_out_moved_or_served(browser: Any, relative_sweep: Path,
+                                                                          http_root: str, where: str) -> None:
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto((relative_sweep / "index.html").as_uri() if where == "disk" else http_root)
+    page.wait_for_selector("#grid td.cell img")
+    page.wait_for_function("Array.from(document.images).every((i) => i.complete)")
+    assert page.evaluate("Array.from(document.querySelectorAll('#grid img')).map((i) => i.naturalWidth > 0)") == [True, True]
+    links = page.locator("#grids a")
+    assert links.all_inner_texts() == ["grid.jpg"]
+    loaded = page.evaluate("async (href) => { const i = new Image(); i.src = href; await i.decode(); "
+                           "return i.naturalWidth; }", links.first.get_attribute("href"))
+    assert loaded > 0  # the grid image's link resolves from the page
+    fixed = dict(zip(page.locator("#fixed span").evaluate_all("els => els.map(e => e.dataset.name)"),
+                     page.locator("#fixed span b").all_inner_texts()))
+    assert fixed["seed"] == "42" and fixed["positive"] == "a lake at dusk" and fixed["steps"] == "20"
+    assert fixed["sampler"] == "euler" and "checkpoint" in fixed and "cfg" not in fixed  # cfg is the axis
+    page.close()
