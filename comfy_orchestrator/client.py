@@ -49,6 +49,7 @@ from comfy_orchestrator.job_handle import EventCallback, JobHandle, ProgressCall
 from comfy_orchestrator.jobs import Job, JobResult, Output, name_by_content
 from comfy_orchestrator.limits import Timeouts
 from comfy_orchestrator.listener import Connect, Listener, connect_websocket
+from comfy_orchestrator.params import FamilyFinding, find_family
 from comfy_orchestrator.provenance import PngTextAppender, provenance_chunk, provenance_record
 from comfy_orchestrator.retry import RetryPolicy, call_with_retries
 from comfy_orchestrator.schema import Schema
@@ -244,6 +245,31 @@ class Client:
     def object_info(self) -> dict[str, Any]:
         answer: dict[str, Any] = self._json("GET", "/object_info")
         return answer
+
+    def model_metadata(self, folder: str, filename: str) -> dict[str, str] | None:
+        """GET /view_metadata/{folder}: a safetensors model file's metadata; None when it has none.
+
+        ComfyUI answers 404 both for a file it lacks and for a file without metadata.
+        """
+        path = f"/view_metadata/{quote(folder, safe='')}?filename={quote(filename, safe='')}"
+        response = self._call("GET", path)
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise ServerError(f"GET /view_metadata/{folder} answered {response.status_code}", server=self.url,
+                              status=response.status_code)
+        try:
+            answer = response.json()
+        except ValueError as exc:
+            raise MalformedMessage(f"GET /view_metadata/{folder} did not answer JSON", server=self.url) from exc
+        if not isinstance(answer, Mapping):
+            raise MalformedMessage(f"GET /view_metadata/{folder} answered {type(answer).__name__}, not an object",
+                                   server=self.url)
+        return {str(key): str(value) for key, value in answer.items()}
+
+    def model_family(self, checkpoint: str) -> FamilyFinding:
+        """A checkpoint's model family: from its metadata on this server, else its name (a guess, said so)."""
+        return find_family(checkpoint, self.model_metadata("checkpoints", checkpoint))
 
     def schema(self, *, refresh: bool = False) -> Schema:
         """The server's node schema from /object_info, read once per client unless refreshed."""

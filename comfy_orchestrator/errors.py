@@ -203,6 +203,10 @@ class OutOfMemory(ExecutionFailed):
     def __str__(self) -> str:
         return f"{super().__str__()} -- out of memory: {self.advice}"
 
+    def advise(self, advice: str) -> None:
+        """Replace the general advice with concrete next values for the job that failed."""
+        self.advice = advice
+
 
 class Interrupted(ComfyError):
     """The prompt was interrupted before it finished."""

@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from comfy_orchestrator.errors import ComfyError, JobLost, JobTimedOut, ServerError
+from comfy_orchestrator.advice import out_of_memory_advice
+from comfy_orchestrator.errors import ComfyError, JobLost, JobTimedOut, OutOfMemory, ServerError
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.limits import Timeouts
 from comfy_orchestrator.listener import Disconnected, Reconnected
@@ -120,6 +121,8 @@ class JobHandle:
                 self._note(NodeExecuting(self.prompt_id, None))  # track() keeps the closing message
                 self._result = self._finish()
             except ComfyError as exc:
+                if isinstance(exc, OutOfMemory) and self.job.template:
+                    exc.advise(out_of_memory_advice(self.job.template, self.job.params) or exc.advice)
                 self._error = exc
                 raise
             finally:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import difflib
 import functools
+import logging
+import math
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ from comfy_orchestrator.schema import Schema
 
 DEFAULT_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 SEED_MAX = 2**64 - 1
+logger = logging.getLogger(__name__)
 
 
 class SizeRoundedWarning(UserWarning):
@@ -106,6 +110,97 @@ def resolve_sampler(name: str) -> tuple[str, str | None]:
     raise ValueError(f"unknown sampler {name!r}{hint}")
 
 
+# -- model families ---------------------------------------------------------------------------
+
+ModelFamily = Literal["sd15", "sdxl"]
+FAMILY_LABELS: dict[str, str] = {"sd15": "SD1.5", "sdxl": "SDXL"}
+NATIVE_SIZE: dict[str, int] = {"sd15": 512, "sdxl": 1024}  # the side length each family was trained at
+# A picture whose side (the square root of its area) is outside these shares of the native side
+# gets a warning: SDXL at 512 loses detail, SD1.5 at 1024 repeats subjects.
+NATIVE_SIDE_RANGE = (0.7, 1.6)
+# Official file names whose family needs no guess.
+KNOWN_CHECKPOINTS: dict[str, ModelFamily] = {
+    "v1-5-pruned-emaonly.safetensors": "sd15", "v1-5-pruned-emaonly-fp16.safetensors": "sd15",
+    "v1-5-pruned.safetensors": "sd15", "sd_xl_base_1.0.safetensors": "sdxl",
+    "sd_xl_base_1.0_0.9vae.safetensors": "sdxl",
+}
+_SDXL_NAME = re.compile(r"sd_?xl|xl(?![a-z])|pony|illustrious", re.IGNORECASE)
+_SAI_ARCHITECTURES: dict[str, ModelFamily | None] = {
+    "stable-diffusion-v1": "sd15", "stable-diffusion-xl-v1-base": "sdxl",
+    # the refiner and the edit model are other networks the templates do not wire
+    "stable-diffusion-xl-v1-refiner": None, "stable-diffusion-xl-v1-edit": None,
+}
+
+
+@dataclass(frozen=True)
+class FamilyFinding:
+    """A checkpoint's model family and where it came from: the server's metadata, a known name, or a guess."""
+
+    checkpoint: str
+    family: ModelFamily
+    source: Literal["server", "known", "guess"]
+
+    @property
+    def note(self) -> str:
+        """What to tell a user about a guess; empty when the family is certain."""
+        if self.source != "guess":
+            return ""
+        return (f"model_family of {self.checkpoint!r} guessed from its name: {self.family} "
+                f"(its metadata does not say; --set model_family=sd15|sdxl to be sure)")
+
+
+def family_from_metadata(checkpoint: str, metadata: Mapping[str, Any] | None) -> ModelFamily | None:
+    """The family a checkpoint's safetensors metadata names (ComfyUI's /view_metadata), or None.
+
+    Reads the SAI model spec (modelspec.architecture, as ComfyUI's CheckpointSave writes it) and
+    kohya's ss_base_model_version; an architecture the templates cannot run is a ParameterError.
+    """
+    if not metadata:
+        return None
+    architecture = str(metadata.get("modelspec.architecture", "")).strip().lower()
+    if architecture:
+        base = architecture.split("/")[0]
+        if base.startswith("stable-diffusion-v1"):
+            return "sd15"
+        if base in _SAI_ARCHITECTURES and _SAI_ARCHITECTURES[base] is not None:
+            return _SAI_ARCHITECTURES[base]
+        raise ParameterError(f"checkpoint {checkpoint!r} is a {architecture} model; the templates run "
+                             "SD1.5 and SDXL base checkpoints", parameter="checkpoint")
+    base_version = str(metadata.get("ss_base_model_version", "")).lower()
+    if base_version.startswith("sdxl_base"):
+        return "sdxl"
+    if base_version.startswith("sd_v1"):
+        return "sd15"
+    return None
+
+
+def find_family(checkpoint: str, metadata: Mapping[str, Any] | None = None) -> FamilyFinding:
+    """A checkpoint's family: from its metadata, else its official name, else a guess from its name."""
+    family = family_from_metadata(checkpoint, metadata)
+    if family is not None:
+        return FamilyFinding(checkpoint, family, "server")
+    known = KNOWN_CHECKPOINTS.get(checkpoint.rsplit("/", 1)[-1])
+    if known is not None:
+        return FamilyFinding(checkpoint, known, "known")
+    return FamilyFinding(checkpoint, "sdxl" if _SDXL_NAME.search(checkpoint) else "sd15", "guess")
+
+
+def native_size_note(family: str, width: int, height: int, *, what: str = "the picture") -> str:
+    """A warning when `width` x `height` is far from the family's native size; empty when close."""
+    native = NATIVE_SIZE[family]
+    side = math.sqrt(width * height)
+    low, high = NATIVE_SIDE_RANGE
+    if low * native <= side <= high * native:
+        return ""
+    scale = native / side
+    better_w, better_h = (max(8, round(width * scale / 8) * 8), max(8, round(height * scale / 8) * 8))
+    other = next(name for name in NATIVE_SIZE if name != family)
+    fits_other = low * NATIVE_SIZE[other] <= side <= high * NATIVE_SIZE[other]
+    return (f"{what} is {width}x{height}, far from {FAMILY_LABELS[family]}'s native {native}x{native} "
+            f"(expect {'lost detail' if side < native else 'repeated subjects'}): try width={better_w} "
+            f"height={better_h}" + (f", or a {FAMILY_LABELS[other]} checkpoint" if fits_other else ""))
+
+
 # -- field types ----------------------------------------------------------------------------------
 
 def _existing_image(path: Path) -> Path:
@@ -145,8 +240,12 @@ class Params(BaseModel):
     stages: ClassVar[Mapping[str, Any]] = {}
 
     @classmethod
-    def build(cls, values: Mapping[str, Any], *, strict_sizes: bool = False) -> Params:
-        """Validate `values` into this model, turning pydantic's errors into one ParameterError."""
+    def build(cls, values: Mapping[str, Any], *, strict_sizes: bool = False,
+              families: Mapping[str, str] | None = None) -> Params:
+        """Validate `values` into this model, turning pydantic's errors into one ParameterError.
+
+        `families` maps checkpoint names to their model family as a server reported it.
+        """
         unknown = [name for name in values if name not in cls.model_fields]
         if unknown:
             name = unknown[0]
@@ -155,7 +254,8 @@ class Params(BaseModel):
             raise ParameterError(f"{cls.workflow} has no parameter {name!r}{hint} "
                                  f"(it takes: {', '.join(cls.model_fields)})", parameter=name)
         try:
-            return cls.model_validate(dict(values), context={"strict_sizes": strict_sizes})
+            return cls.model_validate(dict(values), context={"strict_sizes": strict_sizes,
+                                                              "families": dict(families or {})})
         except ValidationError as exc:
             raise _parameter_error(cls, exc) from None
 
@@ -213,6 +313,7 @@ def _range_hint(extra: Any, metadata: list[Any]) -> str:
 
 LORA_FIRST_ID = 20
 CONTROL_FIRST_ID = 30
+VAE_ID = "17"  # the VAELoader, when a separate VAE is given
 
 
 class LoraSpec(BaseModel):
@@ -263,6 +364,29 @@ class Sampling(Params):
                                              description="LoRA strength on CLIP (default: lora_strength)")
     more_loras: tuple[LoraSpec, ...] = Field((), description="further LoRAs stacked after the first, "
                                              "as name:strength[:clip_strength] or objects")
+    model_family: ModelFamily | None = Field(None, description="sd15 or sdxl; default: read from the server's "
+                                             "checkpoint metadata, else guessed from the checkpoint's name")
+    vae: str = Field("", description="a VAE file on the server to encode and decode with ('' for the "
+                     "checkpoint's own)")
+    size_conditioning: bool = Field(False, description="SDXL only: encode the prompts with CLIPTextEncodeSDXL "
+                                    "and the picture's size")
+
+    # fields whose default is the family's native size (512 SD1.5, 1024 SDXL) rather than the one declared
+    native_size_fields: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def family(self) -> ModelFamily:
+        """The model family; validation always fills it in."""
+        return self.model_family or find_family(self.checkpoint).family
+
+    def generation_size(self) -> tuple[int, int] | None:
+        """The size in pixels the sampler works at first, where it is known before running."""
+        return None
+
+    def size_note(self) -> str:
+        """A warning when the picture is far from the family's native size; empty when it is close."""
+        size = self.generation_size()
+        return native_size_note(self.family, *size) if size else ""
 
     def lora_chain(self) -> list[LoraSpec]:
         """Every LoRA to apply, in order."""
@@ -284,12 +408,45 @@ class Sampling(Params):
                           "clip_strength": spec.strength if spec.clip_strength is None else spec.clip_strength,
                           "model": model, "clip": clip})
             model, clip = [node_id, 0], [node_id, 1]
-        values.update(loras=chain, model_link=model, clip_link=clip)
+        values.update(loras=chain, model_link=model, clip_link=clip, vae_link=[VAE_ID, 0] if self.vae else ["1", 2])
+        size = self.generation_size() if self.size_conditioning else None
+        values["text_size"] = {"width": size[0], "height": size[1]} if size else None
         return values
 
     @classmethod
     def template_variables(cls) -> set[str]:
-        return super().template_variables() | {"loras", "model_link", "clip_link"}
+        return super().template_variables() | {"loras", "model_link", "clip_link", "vae_link", "text_size"}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        """Fill in the model family (the server's, passed as context, or a guess) and the sizes it implies."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("model_family") in (None, ""):
+            checkpoint = str(data.get("checkpoint") or cls.model_fields["checkpoint"].default)
+            families: Mapping[str, str] = (info.context or {}).get("families") or {}
+            if checkpoint in families:
+                data["model_family"] = families[checkpoint]
+            else:
+                finding = find_family(checkpoint)
+                if finding.note:
+                    logger.warning("%s", finding.note)
+                data["model_family"] = finding.family
+        family = data["model_family"]
+        if family in NATIVE_SIZE:
+            for name in cls.native_size_fields:
+                if data.get(name) is None:
+                    data[name] = NATIVE_SIZE[family]
+        return data
+
+    @model_validator(mode="after")
+    def _conditioning_needs_sdxl(self) -> Sampling:
+        if self.size_conditioning and self.family != "sdxl":
+            raise ValueError("size_conditioning needs an SDXL checkpoint (CLIPTextEncodeSDXL); "
+                             f"{self.checkpoint!r} is {FAMILY_LABELS[self.family]}")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -389,6 +546,33 @@ class Img2Img(Sampling):
 
     check_sizes = field_validator("width", "height")(_multiple_of_8)
 
+    def generation_size(self) -> tuple[int, int] | None:
+        values = {**self.stages, **dict(self)}
+        return resized_size(picture_size(self.image), width=values["width"], height=values["height"],
+                            scale_by=values["scale_by"])
+
+
+def picture_size(path: Path) -> tuple[int, int]:
+    """A picture's width and height, read from its header."""
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        return picture.size
+
+
+def resized_size(size: tuple[int, int], *, width: int, height: int, scale_by: float) -> tuple[int, int]:
+    """The size after the templates' resize: by a factor, or to width/height (0 keeps the aspect ratio)."""
+    w, h = size
+    if scale_by != 1.0:
+        return max(1, round(w * scale_by)), max(1, round(h * scale_by))
+    if width and height:
+        return width, height
+    if width:
+        return width, max(1, round(h * width / w))
+    if height:
+        return max(1, round(w * height / h)), height
+    return w, h
+
 
 class StyleTransfer(Img2Img):
     """Img2img that restyles a picture while keeping its layout."""
@@ -472,7 +656,9 @@ class Resize(Img2Img):
 
     workflow: ClassVar[str] = "resize"
     description: ClassVar[str] = "Resize first (0 for width or height keeps the aspect ratio), then img2img."
-    height: int = Field(512, ge=0, le=16384, description="target height; 0 keeps the aspect ratio")
+    native_size_fields: ClassVar[tuple[str, ...]] = ("height",)
+    height: int = Field(512, ge=0, le=16384, description="target height; 0 keeps the aspect ratio "
+                        "(default: the family's native size, 512 SD1.5, 1024 SDXL)")
 
 
 class Blend(Img2Img):
@@ -490,9 +676,11 @@ class HiresFix(Sampling):
 
     workflow: ClassVar[str] = "hires-fix"
     template: ClassVar[str] = "hires_fix.json.j2"
-    description: ClassVar[str] = "Hires fix: txt2img at 512, upscale the latent (2x), refine (denoise 0.4-0.6)."
-    width: int = Field(512, ge=16, le=16384, description="first pass width")
-    height: int = Field(512, ge=16, le=16384, description="first pass height")
+    description: ClassVar[str] = ("Hires fix: txt2img at the native size (512 SD1.5, 1024 SDXL), upscale the "
+                                  "latent (2x), refine (denoise 0.4-0.6).")
+    native_size_fields: ClassVar[tuple[str, ...]] = ("width", "height")
+    width: int = Field(512, ge=16, le=16384, description="first pass width (default: the family's native size)")
+    height: int = Field(512, ge=16, le=16384, description="first pass height (default: the family's native size)")
     batch_size: int = Field(1, ge=1, le=4096, description="pictures per run")
     upscale_by: float = Field(2.0, ge=1.0, le=8.0, description="latent upscale factor for the second pass")
     denoise: float = Field(0.5, ge=0.0, le=1.0, description="second pass denoise (the first is always 1.0)",
@@ -509,6 +697,9 @@ class HiresFix(Sampling):
     @classmethod
     def template_variables(cls) -> set[str]:
         return super().template_variables() | {"hires_width", "hires_height"}
+
+    def generation_size(self) -> tuple[int, int] | None:
+        return self.width, self.height
 
 
 class Inpaint(Img2Img):
@@ -608,8 +799,11 @@ class ControlNet(Sampling):
     more_controls: tuple[ControlSpec, ...] = Field((), description="further ControlNets stacked after the "
                                                    "first (JSON objects)")
     image: ImageFile | None = Field(None, description="an input picture for img2img; none: txt2img")
-    width: int = Field(512, ge=16, le=16384, description="txt2img width (ignored for img2img)")
-    height: int = Field(512, ge=16, le=16384, description="txt2img height (ignored for img2img)")
+    native_size_fields: ClassVar[tuple[str, ...]] = ("width", "height")
+    width: int = Field(512, ge=16, le=16384, description="txt2img width (ignored for img2img; default: the "
+                       "family's native size)")
+    height: int = Field(512, ge=16, le=16384, description="txt2img height (ignored for img2img; default: the "
+                        "family's native size)")
     denoise: float = Field(1.0, ge=0.0, le=1.0, description="1.0 for txt2img; lower keeps more of the image",
                            json_schema_extra=_recommended(0.5, 1.0))
 
@@ -628,6 +822,9 @@ class ControlNet(Sampling):
             if start > end:
                 raise ValueError(f"start_percent {start} is after end_percent {end}")
         return self
+
+    def generation_size(self) -> tuple[int, int] | None:
+        return picture_size(self.image) if self.image is not None else (self.width, self.height)
 
     def image_fields(self) -> dict[str, Path]:
         fields = super().image_fields()

@@ -9,6 +9,7 @@ the models in params.py). User folders are searched before the built-in one.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -126,7 +127,8 @@ def describe_parameters(model: type[Params]) -> list[ParameterInfo]:
     for name, field_info in model.model_fields.items():
         prop = schema["properties"].get(name, {})
         extra = field_info.json_schema_extra if isinstance(field_info.json_schema_extra, dict) else {}
-        choices: tuple[Any, ...] | None = tuple(prop["enum"]) if "enum" in prop else None
+        options = [prop, *prop.get("anyOf", ())]  # an optional choice lists its values inside anyOf
+        choices: tuple[Any, ...] | None = next((tuple(o["enum"]) for o in options if "enum" in o), None)
         if extra.get("choices_from") == "sampler_name":
             choices = sampler_names()
         elif extra.get("choices_from") == "scheduler":
@@ -155,6 +157,12 @@ class Template:
     source: Path
     environment: jinja2.Environment = field(repr=False)
     description: str = ""
+    # checkpoint name -> model family, as a server's metadata says (see with_families)
+    families: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def with_families(self, families: Mapping[str, str]) -> Template:
+        """This template, told the model family of these checkpoints (as read from a server)."""
+        return dataclasses.replace(self, families={**self.families, **families})
 
     @property
     def builtin(self) -> bool:
@@ -165,7 +173,7 @@ class Template:
 
     def params(self, values: Mapping[str, Any] | None = None, *, strict_sizes: bool = False) -> Params:
         """Validate parameter values into this template's model (ParameterError if wrong)."""
-        return self.model.build(values or {}, strict_sizes=strict_sizes)
+        return self.model.build(values or {}, strict_sizes=strict_sizes, families=self.families)
 
     def _values(self, params: Params, image_names: Mapping[str, str] | None) -> dict[str, Any]:
         names = {name: (image_names or {}).get(name) or content_name(path)
