@@ -33,7 +33,7 @@ from comfy_orchestrator.errors import (
     WorkflowImportError,
 )
 from comfy_orchestrator.grid import DEFAULT_GRID_FORMAT, GRID_FORMATS
-from comfy_orchestrator.params import DENOISE_GUIDE, denoise_band
+from comfy_orchestrator.params import DENOISE_GUIDE, FamilyFinding, denoise_band, find_family
 from comfy_orchestrator.settings import Settings
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.templates import Template, Templates, default_user_folder, import_workflow, parse_assignments
@@ -107,6 +107,40 @@ def set_option(function: Callable[..., Any]) -> Callable[..., Any]:
                         help="a template parameter; repeat for more")(function)
 
 
+def warn(text: str) -> None:
+    stderr.print(line(("warning:", "yellow"), " ", text))
+
+
+FamilyReader = Callable[[str], FamilyFinding]
+
+
+def with_families(template: Template, values: Mapping[str, Any], read: FamilyReader = find_family,
+                  axes: Sequence[Any] = ()) -> Template:
+    """The template told the model family of each checkpoint the job or sweep names, unless it is given.
+
+    `read` asks a server (its /view_metadata); guesses from a name are said aloud.
+    """
+    if "model_family" not in template.model.model_fields or values.get("model_family") \
+            or any(axis.name == "model_family" for axis in axes):
+        return template
+    names = [str(values.get("checkpoint") or template.model.model_fields["checkpoint"].default)]
+    names += [str(value) for axis in axes if axis.name == "checkpoint" for value in axis.values]
+    families = {}
+    for name in dict.fromkeys(names):
+        finding = read(name)
+        if finding.note:
+            warn(finding.note)
+        families[name] = finding.family
+    return template.with_families(families)
+
+
+def warn_about_size(params: Any) -> None:
+    """Say so when the picture is far from the model family's native size."""
+    note = params.size_note() if hasattr(params, "size_note") else ""
+    if note:
+        warn(note)
+
+
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--templates", "templates_dir", multiple=True, type=click.Path(file_okay=False),
               help="a folder of your own templates, searched before the built-in ones "
@@ -169,8 +203,10 @@ def _print_template(template: Template, *, detailed: bool) -> None:
 @click.pass_context
 def render(ctx: click.Context, template_name: str, sets: Sequence[str], output: str | None, strict: bool) -> None:
     """Render TEMPLATE into ComfyUI API-format JSON, validated offline."""
-    template = library(ctx).get(template_name)
-    params = template.params(template_values(sets), strict_sizes=strict)
+    values = template_values(sets)
+    template = with_families(library(ctx).get(template_name), values)  # offline: from the name
+    params = template.params(values, strict_sizes=strict)
+    warn_about_size(params)
     text = template.job(params).graph.to_json()
     if output:
         Path(output).write_text(text + "\n", encoding="utf-8")
@@ -269,8 +305,11 @@ def sim(host: str, port: int, profile_name: str, checkpoints: Sequence[str], lor
 
 
 def _sweep_of(template: Template, axes: Sequence[str], sets: Sequence[str], *, zipped: bool, batch_seeds: bool,
-              seed_source: int | None) -> Any:
-    """Build a Sweep from --axis and --set; image paths are made absolute so a resume finds them."""
+              seed_source: int | None, read_family: FamilyReader = find_family) -> Any:
+    """Build a Sweep from --axis and --set; image paths are made absolute so a resume finds them.
+
+    The model family of each checkpoint comes from `read_family` (a server's metadata) unless set.
+    """
     import random
 
     from comfy_orchestrator.sweep import Sweep, parse_axis
@@ -282,6 +321,7 @@ def _sweep_of(template: Template, axes: Sequence[str], sets: Sequence[str], *, z
             fixed[parameter.name] = str(Path(fixed[parameter.name]).expanduser().resolve())
     parsed = tuple(parse_axis(text, rng=rng, read_text=lambda name: Path(name).read_text("utf-8"))
                    for text in axes)
+    template = with_families(template, fixed, read_family, parsed)
     return Sweep(template, parsed, fixed, zip=zipped, batch_seeds=batch_seeds)
 
 
@@ -398,11 +438,13 @@ def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str]
                   grid_format: str) -> None:
     """Run TEMPLATE over a grid of parameter values; results, manifest, grid and page go to --out."""
     template = library(ctx).get(template_name)
-    sweep = _sweep_of(template, axes, sets, zipped=zipped, batch_seeds=batch_seeds, seed_source=seed_source)
     from comfy_orchestrator.servers import load_farm
 
     farm_servers: list[Any] = list(load_farm(farm_file)) if farm_file else []
     farm_servers += list(servers) or ([] if farm_file else [settings().comfy_url])
+    read_family = find_family if dry_run else _family_reader(farm_servers[0])
+    sweep = _sweep_of(template, axes, sets, zipped=zipped, batch_seeds=batch_seeds, seed_source=seed_source,
+                      read_family=read_family)
     if dry_run:
         from comfy_orchestrator.sweep_run import plan_sweep
 
@@ -482,6 +524,24 @@ def _client(server: str | None) -> Any:
     return Client(server or config.comfy_url, token=token)
 
 
+def _family_reader(server: Any) -> FamilyReader:
+    """Read model families from a sweep's first server; where it cannot answer, guess from the name."""
+    def read(checkpoint: str) -> FamilyFinding:
+        try:
+            if isinstance(server, str):
+                with _client(server) as client:
+                    return client.model_family(checkpoint)  # type: ignore[no-any-return]
+            from comfy_orchestrator.client import Client
+
+            with Client(server.url, headers=server.headers, token=server.token) as client:
+                return client.model_family(checkpoint)
+        except ComfyError as exc:
+            warn(f"could not read the model family of {checkpoint!r} from the server ({exc})")
+            return find_family(checkpoint)
+
+    return read
+
+
 @main.command("run")
 @click.argument("template_name", metavar="TEMPLATE", required=False)
 @server_option
@@ -516,13 +576,15 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
     if template_name is None and graph is None:
         fail("name a TEMPLATE (see 'comfy-orch templates') or give --from IMAGE", EXIT_BAD_INPUT)
     values.update(template_values(sets))
-    if graph is not None:
-        job = Job(graph=graph)
-    else:
-        assert template_name is not None
-        template = library(ctx).get(template_name)
-        job = template.job(template.params(values))
     with _client(server) as client:
+        if graph is not None:
+            job = Job(graph=graph)
+        else:
+            assert template_name is not None
+            template = with_families(library(ctx).get(template_name), values, client.model_family)
+            params = template.params(values)
+            warn_about_size(params)
+            job = template.job(params)
         handle = client.submit(job)
         with Progress(TextColumn("{task.description:>8}", markup=False), BarColumn(), TaskProgressColumn(),
                       TextColumn("{task.fields[detail]}", markup=False), TimeElapsedColumn(), console=stderr,
@@ -595,6 +657,65 @@ def history_command(max_items: int, server: str | None) -> None:
         stdout.print(table)
     else:
         stdout.print("no history")
+
+
+def _symptom_option(name: str, text: str) -> Callable[..., Any]:
+    return click.option(f"--{name}", "symptom", flag_value=name, help=text)
+
+
+@main.command("advise")
+@click.argument("template_name", metavar="TEMPLATE", required=False)
+@_symptom_option("too-much-change", "the result strays too far from the input")
+@_symptom_option("not-enough-change", "the result looks too much like the input")
+@_symptom_option("artifacts", "seams, blotches or odd colours")
+@_symptom_option("out-of-memory", "the GPU ran out of memory")
+@click.option("--from", "from_image", type=click.Path(dir_okay=False, exists=True),
+              help="the picture that went wrong, saved by comfy-orch (its parameters are the starting point)")
+@set_option
+@click.option("--server", default=None, metavar="URL",
+              help="read the checkpoint's family and the VAE files from this server (else guessed, none)")
+@click.option("--out", "out_dir", default=None, help="the suggested sweep's folder (default: advice-SYMPTOM)")
+@click.pass_context
+def advise_command(ctx: click.Context, template_name: str | None, symptom: str | None, from_image: str | None,
+                   sets: Sequence[str], server: str | None, out_dir: str | None) -> None:
+    """Turn the guide's troubleshooting into next values for this job, and the sweep that tries them."""
+    from comfy_orchestrator.advice import SYMPTOMS, advise
+    from comfy_orchestrator.provenance import read_provenance
+
+    if symptom is None:
+        fail("say what went wrong: " + ", ".join(f"--{name}" for name in SYMPTOMS), EXIT_BAD_INPUT)
+    values: dict[str, Any] = {}
+    if from_image is not None:
+        record = read_provenance(Path(from_image).read_bytes())
+        if record is None or not record.get("template"):
+            fail(f"{from_image} carries no comfy-orch template record; name the TEMPLATE and its --set values",
+                 EXIT_BAD_INPUT)
+        template_name = template_name or record["template"]
+        values = dict(record.get("parameters") or {})
+    if template_name is None:
+        fail("name a TEMPLATE (see 'comfy-orch templates') or give --from IMAGE", EXIT_BAD_INPUT)
+    values.update(template_values(sets))
+    template = library(ctx).get(template_name)
+    vaes: tuple[str, ...] = ()
+    if server is not None:
+        with _client(server) as client:
+            template = with_families(template, values, client.model_family)
+            vaes = tuple(str(name) for name in client.schema().choices("VAELoader", "vae_name"))
+    else:
+        template = with_families(template, values)
+    params = template.params(values)
+    advice = advise(symptom, template.name, params, vaes=vaes)  # type: ignore[arg-type]
+    out = out_dir or f"advice-{symptom}"
+    # build the suggested sweep here, so a command that would not validate is never printed
+    _sweep_of(library(ctx).get(advice.template).with_families(template.families), advice.axes,
+              [f"{name}={value}" for name, value in advice.sets.items()], zipped=False, batch_seeds=False,
+              seed_source=None).cells()
+    stdout.print(line((symptom.replace("-", " "), "bold"), f" ({SYMPTOMS[symptom]}), {template.name}: "
+                      f"denoise {params.denoise:g}, CFG {params.cfg:g}"))  # type: ignore[attr-defined]
+    for remedy in advice.remedies:
+        stdout.print(f"  - {remedy}")
+    stdout.print(line(("explore them:", "bold")))
+    stdout.print(advice.command(out=out, server=server))
 
 
 @main.command("inspect")

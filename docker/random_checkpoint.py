@@ -1,23 +1,30 @@
 #!/usr/bin/env python3
-"""Write a randomly initialised Stable Diffusion 1.5 checkpoint in ComfyUI's single-file layout.
+"""Write randomly initialised Stable Diffusion models (SD1.5, SDXL, a VAE, a LoRA, a ControlNet) for ComfyUI.
 
-No weights are downloaded: the UNet, VAE and CLIP-L text encoder are built from
+No weights are downloaded: the UNets, VAE and CLIP text encoders are built from
 ComfyUI's own model classes (so the architecture is exactly what ComfyUI loads),
 every parameter is initialised here, because ComfyUI's layers skip
-initialisation, and ComfyUI's own detector must classify the result as SD15.
-The images it makes are noise; it exists to test a farm end to end.
+initialisation, and ComfyUI's own detector must classify a checkpoint as the
+model it is meant to be (SD15, SDXL). The images they make are noise; they
+exist to test a farm end to end.
 
-    python3 docker/random_checkpoint.py --comfyui-dir ComfyUI              # models/checkpoints/
+    python3 docker/random_checkpoint.py --comfyui-dir ComfyUI              # models/checkpoints/ (SD1.5)
+    python3 docker/random_checkpoint.py --comfyui-dir ComfyUI --kind sdxl  # models/checkpoints/
+    python3 docker/random_checkpoint.py --comfyui-dir ComfyUI --kind vae   # models/vae/
     python3 docker/random_checkpoint.py --comfyui-dir ComfyUI --kind lora  # models/loras/
     python3 docker/random_checkpoint.py --comfyui-dir ComfyUI --kind controlnet
 
-Each kind is an entry of WRITERS: a `make` function and the models/ folder
-ComfyUI reads it from. A model is a mapping from a key prefix of the file to a
+Each kind is an entry of WRITERS: a `make` function, the models/ folder
+ComfyUI reads it from and the metadata written with it (checkpoints carry the
+SAI model spec, as ComfyUI's CheckpointSave writes it, so /view_metadata names
+their architecture). A model is a mapping from a key prefix of the file to a
 module (`Parts`), `initialise` fills one module, `state_dict_of` flattens parts
-into file keys. The LoRA adapts the layers a kohya SD1.5 LoRA adapts, named as
-kohya names them (ComfyUI's comfy/lora.py maps those names); the ControlNet is
-ComfyUI's own cldm ControlNet with the SD1.5 UNet's configuration. torch is
-imported only when a model is written, so --help works without it.
+into file keys. SDXL's two text encoders are renamed into the checkpoint layout
+by ComfyUI's own SDXL class and loaded back through it as a check. The LoRA
+adapts the layers a kohya SD1.5 LoRA adapts, named as kohya names them
+(ComfyUI's comfy/lora.py maps those names); the ControlNet is ComfyUI's own
+cldm ControlNet with the SD1.5 UNet's configuration. torch is imported only
+when a model is written, so --help works without it.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +67,32 @@ SD15_UNET_CONFIG: dict[str, Any] = {
     "use_temporal_resblock": False,
 }
 
-# The KL autoencoder of SD1.x (ComfyUI's default in comfy/sd.py, class VAE).
+# The UNet of SDXL base as ComfyUI's detector describes it (comfy/model_detection.py): three levels, no
+# attention at the first, 2/10 transformer blocks below, a 2048-wide context from two text encoders, and
+# the size and pooled-text conditioning ("adm", 2816 wide) as a class embedding.
+SDXL_UNET_CONFIG: dict[str, Any] = {
+    "use_checkpoint": False,
+    "image_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [2, 2, 2],
+    "channel_mult": [1, 2, 4],
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "transformer_depth_middle": 10,
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+    "use_spatial_transformer": True,
+    "use_linear_in_transformer": True,
+    "context_dim": 2048,
+    "num_head_channels": 64,
+    "legacy": False,
+    "num_classes": "sequential",
+    "adm_in_channels": 2816,
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
+
+# The KL autoencoder of SD1.x (ComfyUI's default in comfy/sd.py, class VAE); SDXL's VAE has the same shape.
 SD15_VAE_CONFIG: dict[str, Any] = {
     "double_z": True,
     "z_channels": 4,
@@ -79,6 +111,13 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
 CONTROLNET_PREFIX = "control_model."
+# The SAI model spec ComfyUI's CheckpointSave writes into a checkpoint's metadata; its /view_metadata
+# serves it, and comfy-orch reads the model family from it.
+SD15_METADATA = {"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": "stable-diffusion-v1",
+                 "modelspec.implementation": "sgm", "modelspec.title": "random SD1.5 (not a trained model)"}
+SDXL_METADATA = {"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": "stable-diffusion-xl-v1-base",
+                 "modelspec.implementation": "sgm", "modelspec.title": "random SDXL (not a trained model)",
+                 "modelspec.predict_key": "epsilon"}
 
 LORA_RANK = 8
 # kohya scales a LoRA's product up @ down by alpha / rank; half keeps the random delta below the weights' own size.
@@ -103,35 +142,43 @@ def import_comfy(comfyui_dir: Path, *, cpu: bool) -> Any:
     import comfy.ldm.modules.diffusionmodules.openaimodel
     import comfy.model_detection
     import comfy.ops
+    import comfy.supported_models
     import comfy.utils
 
     return comfy
 
 
-def build_unet(comfy: Any, device: torch.device) -> torch.nn.Module:
-    """SD1.5's UNet (uninitialised), ComfyUI's class."""
+def build_unet(comfy: Any, device: torch.device, config: dict[str, Any] | None = None) -> torch.nn.Module:
+    """A UNet (uninitialised), ComfyUI's class; SD1.5's unless `config` says otherwise."""
     import torch
 
     return comfy.ldm.modules.diffusionmodules.openaimodel.UNetModel(
-        **SD15_UNET_CONFIG, dtype=torch.float32, device=device, operations=comfy.ops.disable_weight_init
+        **(config or SD15_UNET_CONFIG), dtype=torch.float32, device=device, operations=comfy.ops.disable_weight_init
     )
 
 
-def build_clip(comfy: Any, device: torch.device) -> torch.nn.Module:
-    """SD1.5's CLIP-L text encoder (uninitialised), ComfyUI's class."""
+def build_clip(comfy: Any, device: torch.device, config_name: str = "sd1_clip_config.json", *,
+               projection: bool = False) -> torch.nn.Module:
+    """A CLIP text encoder (uninitialised), ComfyUI's class: CLIP-L, or another configuration of comfy/."""
     import torch
 
-    clip_config = json.loads((Path(comfy.clip_model.__file__).parent / "sd1_clip_config.json").read_text())
+    clip_config = json.loads((Path(comfy.clip_model.__file__).parent / config_name).read_text())
     clip = comfy.clip_model.CLIPTextModel(clip_config, torch.float32, device, comfy.ops.disable_weight_init)
-    # ComfyUI drops the projection when it saves SD1.5 (SD15.process_clip_state_dict_for_saving).
-    del clip.text_projection
+    if not projection:  # ComfyUI drops CLIP-L's projection when it saves (process_clip_state_dict_for_saving)
+        del clip.text_projection
     return clip
+
+
+def build_vae(comfy: Any, device: torch.device) -> torch.nn.Module:
+    """The KL autoencoder SD1.5 and SDXL share (uninitialised), ComfyUI's class."""
+    vae = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=dict(SD15_VAE_CONFIG), embed_dim=SD15_VAE_EMBED_DIM)
+    return vae.to(device)
 
 
 def build_sd15(comfy: Any, device: torch.device) -> Parts:
     """Build SD1.5's UNet, VAE and text encoder (uninitialised) with ComfyUI's classes."""
-    vae = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=dict(SD15_VAE_CONFIG), embed_dim=SD15_VAE_EMBED_DIM)
-    return {UNET_PREFIX: build_unet(comfy, device), VAE_PREFIX: vae.to(device), CLIP_PREFIX: build_clip(comfy, device)}
+    return {UNET_PREFIX: build_unet(comfy, device), VAE_PREFIX: build_vae(comfy, device),
+            CLIP_PREFIX: build_clip(comfy, device)}
 
 
 def initialise(module: torch.nn.Module, generator: torch.Generator) -> None:
@@ -192,6 +239,65 @@ def make_sd15(comfy: Any, device: torch.device, generator: torch.Generator,
     params = {name: count_params(parts[prefix])
               for name, prefix in (("unet", UNET_PREFIX), ("vae", VAE_PREFIX), ("clip", CLIP_PREFIX))}
     return state_dict, {"detected_as": detected, "params": params}
+
+
+def sdxl_text_encoders(comfy: Any, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CLIP-L and OpenCLIP bigG tensors (ComfyUI's clip_l./clip_g. names) in an SDXL checkpoint's layout.
+
+    ComfyUI's own SDXL.process_clip_state_dict_for_saving does the renaming (bigG to the OpenCLIP
+    layout under conditioner.embedders.1.model., CLIP-L under conditioner.embedders.0.).
+    """
+    return dict(comfy.supported_models.SDXL(SDXL_UNET_CONFIG).process_clip_state_dict_for_saving(state_dict))
+
+
+def check_sdxl_text_encoders(comfy: Any, saved: dict[str, torch.Tensor]) -> None:
+    """Load the saved text encoders back as ComfyUI does; every key must land on its SDXL CLIP model."""
+    import torch
+
+    loaded = comfy.supported_models.SDXL(SDXL_UNET_CONFIG).process_clip_state_dict(dict(saved))
+    meta = torch.device("meta")
+    expected = {f"clip_l.transformer.{key}" for key in build_clip(comfy, meta).state_dict()}
+    expected |= {f"clip_g.transformer.{key}"
+                 for key in build_clip(comfy, meta, "clip_config_bigg.json", projection=True).state_dict()}
+    missing, unexpected = sorted(expected - set(loaded)), sorted(set(loaded) - expected)
+    # position ids are rebuilt at load time; the logit scale is not used for text encoding
+    unexpected = [key for key in unexpected if not key.endswith(("position_ids", "logit_scale"))]
+    if missing or unexpected:
+        raise SystemExit(f"ComfyUI would not load these text encoders: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+
+
+def make_sdxl(comfy: Any, device: torch.device, generator: torch.Generator,
+              dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A random SDXL base checkpoint's tensors, checked with ComfyUI's detector and loader, and facts about it."""
+    unet = build_unet(comfy, device, SDXL_UNET_CONFIG)
+    vae = build_vae(comfy, device)
+    clip_l = build_clip(comfy, device)
+    clip_g = build_clip(comfy, device, "clip_config_bigg.json", projection=True)
+    for module in (unet, vae, clip_l, clip_g):
+        initialise(module, generator)
+    state_dict = state_dict_of({UNET_PREFIX: unet, VAE_PREFIX: vae}, dtype)
+    text = state_dict_of({"clip_l.transformer.": clip_l, "clip_g.transformer.": clip_g}, dtype)
+    saved = sdxl_text_encoders(comfy, text)
+    check_sdxl_text_encoders(comfy, saved)
+    state_dict.update(saved)
+    detected = detected_model(comfy, state_dict)
+    if detected != "SDXL":
+        raise SystemExit(f"ComfyUI detects this checkpoint as {detected}, not SDXL")
+    params = {"unet": count_params(unet), "vae": count_params(vae), "clip_l": count_params(clip_l),
+              "clip_g": count_params(clip_g)}
+    return state_dict, {"detected_as": detected, "params": params}
+
+
+def make_vae(comfy: Any, device: torch.device, generator: torch.Generator,
+             dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A random stand-alone VAE (the KL autoencoder SD1.5 and SDXL share), as VAELoader reads it."""
+    vae = build_vae(comfy, device)
+    initialise(vae, generator)
+    state_dict = state_dict_of({"": vae}, dtype)
+    if "decoder.conv_in.weight" not in state_dict or "encoder.conv_in.weight" not in state_dict:
+        raise SystemExit("the VAE lacks the keys ComfyUI's VAE loader recognises (decoder.conv_in.weight)")
+    return state_dict, {"params": count_params(vae)}
 
 
 def lora_targets(comfy: Any) -> dict[str, tuple[int, ...]]:
@@ -269,16 +375,19 @@ def make_controlnet(comfy: Any, device: torch.device, generator: torch.Generator
 
 @dataclass(frozen=True)
 class Writer:
-    """One kind of model file this script writes, and where ComfyUI looks for it."""
+    """One kind of model file this script writes, where ComfyUI looks for it, and its metadata."""
 
     folder: str  # under COMFYUI_DIR/models
     filename: str
     make: Callable[[Any, torch.device, torch.Generator, torch.dtype],
                    tuple[dict[str, torch.Tensor], dict[str, Any]]]
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 WRITERS: dict[str, Writer] = {
-    "sd15": Writer("checkpoints", "random-sd15.safetensors", make_sd15),
+    "sd15": Writer("checkpoints", "random-sd15.safetensors", make_sd15, SD15_METADATA),
+    "sdxl": Writer("checkpoints", "random-sdxl.safetensors", make_sdxl, SDXL_METADATA),
+    "vae": Writer("vae", "random-vae.safetensors", make_vae),
     "lora": Writer("loras", "random-sd15-lora.safetensors", make_lora),
     "controlnet": Writer("controlnet", "random-sd15-controlnet.safetensors", make_controlnet),
 }
@@ -304,7 +413,8 @@ def write_model(kind: str, comfyui_dir: Path, out: Path | None, *, dtype: str, d
         raise SystemExit(f"non-finite values in {len(bad)} tensors, first {bad[0]}")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
-    save_file(state_dict, str(partial), metadata={"format": "pt", "note": "random weights, not a trained model"})
+    save_file(state_dict, str(partial), metadata={"format": "pt", "note": "random weights, not a trained model",
+                                                  **writer.metadata})
     partial.replace(out)
     return {"kind": kind, "out": str(out), "tensors": len(state_dict), **facts, "bytes": out.stat().st_size,
             "dtype": dtype, "device": device, "seconds": round(time.monotonic() - started, 1)}

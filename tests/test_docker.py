@@ -425,7 +425,7 @@ def test_random_checkpoint_help_lists_every_kind_without_torch() -> None:
     done = subprocess.run([sys.executable, "-S", str(DOCKER / "random_checkpoint.py"), "--help"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    for kind, folder in (("sd15", "models/checkpoints/"), ("lora", "models/loras/"),
-                         ("controlnet", "models/controlnet/")):
+    for kind, folder in (("sd15", "models/checkpoints/"), ("sdxl", "models/checkpoints/"), ("vae", "models/vae/"),
+                         ("lora", "models/loras/"), ("controlnet", "models/controlnet/")):
         assert kind in done.stdout
         assert folder in done.stdout.replace("\n", "").replace(" ", "")
