@@ -13,6 +13,9 @@ from comfy_orchestrator.params import (
     PhotoRestoration,
     SizeRoundedWarning,
     denoise_band,
+    family_from_metadata,
+    find_family,
+    native_size_note,
     resolve_sampler,
 )
 
@@ -111,3 +114,98 @@ def test_denoise_guide_covers_zero_to_one_without_gaps() -> None:
 def test_hires_second_pass_size_is_a_multiple_of_8() -> None:
     values = HiresFix.build({"width": 512, "height": 768, "upscale_by": 1.5}).template_values()
     assert (values["hires_width"], values["hires_height"]) == (768, 1152)
+
+
+# -- model families ---------------------------------------------------------------------------------
+
+SDXL_SPEC = {"modelspec.architecture": "stable-diffusion-xl-v1-base", "modelspec.sai_model_spec": "1.0.0"}
+
+
+@pytest.mark.parametrize(("checkpoint", "metadata", "family", "source"), [
+    ("anything.safetensors", SDXL_SPEC, "sdxl", "server"),
+    ("anything-xl.safetensors", {"modelspec.architecture": "stable-diffusion-v1"}, "sd15", "server"),
+    ("anything.safetensors", {"modelspec.architecture": "stable-diffusion-v1/lora"}, "sd15", "server"),
+    ("trained.safetensors", {"ss_base_model_version": "sdxl_base_v1-0"}, "sdxl", "server"),
+    ("trained.safetensors", {"ss_base_model_version": "sd_v1"}, "sd15", "server"),
+    ("v1-5-pruned-emaonly.safetensors", None, "sd15", "known"),
+    ("sd_xl_base_1.0.safetensors", {"format": "pt"}, "sdxl", "known"),
+    ("juggernautXL_v9.safetensors", None, "sdxl", "guess"),
+    ("sdxl/realvis.safetensors", None, "sdxl", "guess"),
+    ("ponyDiffusionV6.safetensors", None, "sdxl", "guess"),
+    ("pixelart.safetensors", None, "sd15", "guess"),
+    ("dreamshaper_8.safetensors", {}, "sd15", "guess"),
+])
+def test_family_comes_from_metadata_then_a_known_name_then_a_guess(checkpoint, metadata, family, source) -> None:
+    finding = find_family(checkpoint, metadata)
+    assert (finding.family, finding.source) == (family, source)
+    assert bool(finding.note) == (source == "guess")
+    if finding.note:
+        assert checkpoint in finding.note and "--set model_family=" in finding.note
+
+
+@pytest.mark.parametrize("architecture", ["stable-diffusion-xl-v1-refiner", "stable-diffusion-v3-medium", "flux-1-dev"])
+def test_a_model_the_templates_cannot_run_is_refused_by_name(architecture) -> None:
+    with pytest.raises(ParameterError, match=f"'odd.safetensors' is a {architecture} model"):
+        family_from_metadata("odd.safetensors", {"modelspec.architecture": architecture})
+
+
+@pytest.mark.parametrize(("family", "width", "height", "expected"), [
+    ("sd15", 512, 512, ""), ("sd15", 512, 768, ""), ("sdxl", 1024, 1024, ""), ("sdxl", 832, 1216, ""),
+    ("sd15", 1024, 1024, "far from SD1.5's native 512x512 (expect repeated subjects): try width=512 height=512, "
+                         "or a SDXL checkpoint"),
+    ("sdxl", 512, 512, "far from SDXL's native 1024x1024 (expect lost detail): try width=1024 height=1024, "
+                       "or a SD1.5 checkpoint"),
+    ("sd15", 96, 64, "far from SD1.5's native 512x512 (expect lost detail): try width=624 height=416"),
+])
+def test_a_size_far_from_the_native_one_is_noted(family, width, height, expected) -> None:
+    note = native_size_note(family, width, height)
+    assert note.endswith(expected) if expected else note == ""
+    if expected:
+        assert f"{width}x{height}" in note
+
+
+@pytest.mark.parametrize(("workflow", "fields"), [
+    ("hires-fix", {"width": 1024, "height": 1024}), ("resize", {"height": 1024}),
+    ("controlnet", {"width": 1024, "height": 1024}),
+])
+def test_sizes_a_template_picks_follow_the_family(workflow, fields, sample_image) -> None:
+    model = WORKFLOWS[workflow]
+    files = {name: str(sample_image) for name in ("image", "control_image") if name in model.model_fields
+             and model.model_fields[name].is_required()}
+    sdxl = model.build({**files, "checkpoint": "base.safetensors"}, families={"base.safetensors": "sdxl"})
+    assert sdxl.model_family == "sdxl"
+    assert {name: getattr(sdxl, name) for name in fields} == fields
+    sd15 = model.build({**files, "checkpoint": "base.safetensors"}, families={"base.safetensors": "sd15"})
+    assert {name: getattr(sd15, name) for name in fields} == {name: 512 for name in fields}
+    given = model.build({**files, "checkpoint": "base.safetensors", "model_family": "sdxl",
+                         **{name: 768 for name in fields}})
+    assert {name: getattr(given, name) for name in fields} == {name: 768 for name in fields}
+
+
+def test_the_family_the_user_gives_wins_over_the_server(sample_image) -> None:
+    params = HiresFix.build({"checkpoint": "base.safetensors", "model_family": "sd15"},
+                            families={"base.safetensors": "sdxl"})
+    assert (params.model_family, params.width) == ("sd15", 512)
+
+
+def test_a_guessed_family_is_logged_and_a_known_one_is_not(caplog) -> None:
+    with caplog.at_level("WARNING", logger="comfy_orchestrator.params"):
+        assert HiresFix.build({"checkpoint": "my_xl_merge.safetensors"}).model_family == "sdxl"
+        assert HiresFix.build({}).model_family == "sd15"  # the default checkpoint is the official SD1.5 file
+    assert [record.getMessage() for record in caplog.records] == [
+        "model_family of 'my_xl_merge.safetensors' guessed from its name: sdxl (its metadata does not say; "
+        "--set model_family=sd15|sdxl to be sure)"]
+
+
+def test_size_conditioning_needs_sdxl(sample_image) -> None:
+    with pytest.raises(ParameterError, match="size_conditioning needs an SDXL checkpoint"):
+        Img2Img.build({"image": str(sample_image), "size_conditioning": True})
+
+
+def test_generation_size_follows_the_resize(sample_image) -> None:
+    assert Img2Img.build({"image": str(sample_image)}).generation_size() == (96, 64)
+    assert Img2Img.build({"image": str(sample_image), "height": 128}).generation_size() == (192, 128)
+    assert Img2Img.build({"image": str(sample_image), "width": 48}).generation_size() == (48, 32)
+    assert WORKFLOWS["upscale"].build({"image": str(sample_image)}).generation_size() == (192, 128)
+    note = Img2Img.build({"image": str(sample_image), "model_family": "sdxl"}).size_note()
+    assert note.startswith("the picture is 96x64, far from SDXL's native 1024x1024")

@@ -89,7 +89,7 @@ def test_edge_values_render_and_validate(name, parameter, value, library, sample
     graph = template.render(params)  # validates against the recorded schema
     assert parameter in template.parameter_map(params).values() or parameter in {
         "width", "height", "upscale_method", "scale_by", "batch_size", "upscale_by", "tile_size", "tile_overlap",
-        "preprocess", "grow_mask_by"}  # these choose stages or feed derived values
+        "preprocess", "grow_mask_by", "model_family"}  # these choose stages or feed derived values
     schema = server_schema(params.checkpoint).with_choices(  # type: ignore[attr-defined]
         ["LoraLoader"], "lora_name", ["detail.safetensors"])
     assert check_prompt(graph.to_api(), schema).ok
@@ -250,3 +250,86 @@ def test_templates_ship_inside_the_wheel(tmp_path) -> None:
     for name in ("img2img.json.j2", "_nodes.j2", "hires_fix.json.j2", "blend.json.j2"):
         assert f"comfy_orchestrator/templates/{name}" in names
     assert "comfy_orchestrator/data/object_info.json" in names
+
+
+# -- model families and a separate VAE ------------------------------------------------------------
+
+SDXL_CHECKPOINT = "random-sdxl.safetensors"
+
+
+def sdxl_schema(vaes: tuple[str, ...] = ()) -> Schema:
+    """The recorded schema as a server with an SDXL checkpoint, our ControlNet and these VAE files lists it."""
+    schema = server_schema(SDXL_CHECKPOINT)
+    return schema.with_choices(["VAELoader"], "vae_name", vaes) if vaes else schema
+
+
+@pytest.mark.parametrize("name", sorted(WORKFLOWS))
+def test_every_workflow_renders_and_validates_with_an_sdxl_checkpoint(name, library, sample_image,
+                                                                       second_image) -> None:
+    template = library.get(name).with_families({SDXL_CHECKPOINT: "sdxl"})
+    params = template.params(values_for(template, sample_image, second_image, checkpoint=SDXL_CHECKPOINT))
+    assert params.model_family == "sdxl"  # type: ignore[attr-defined]
+    job = template.job(params, schema=sdxl_schema())
+    assert check_prompt(job.graph.to_api(), sdxl_schema()).ok
+    assert job.graph["1"].inputs["ckpt_name"] == SDXL_CHECKPOINT
+    sizes = {(node.class_type, key): value for node in job.graph.values()
+             for key, value in node.inputs.items() if key in ("width", "height")}
+    if name == "hires-fix":
+        assert sizes == {("EmptyLatentImage", "width"): 1024, ("EmptyLatentImage", "height"): 1024,
+                         ("LatentUpscale", "width"): 2048, ("LatentUpscale", "height"): 2048}
+    if name == "resize":
+        assert sizes == {("ImageScale", "width"): 0, ("ImageScale", "height"): 1024}
+
+
+def test_txt2img_controlnet_picks_the_sdxl_size(library, second_image) -> None:
+    template = library.get("controlnet").with_families({SDXL_CHECKPOINT: "sdxl"})
+    job = template.job(template.params({"checkpoint": SDXL_CHECKPOINT, "control_image": str(second_image)}),
+                       schema=sdxl_schema())
+    latent = job.graph["5"]
+    assert (latent.class_type, latent.inputs["width"], latent.inputs["height"]) == ("EmptyLatentImage", 1024, 1024)
+
+
+@pytest.mark.parametrize("name", sorted(WORKFLOWS))
+def test_vae_adds_a_loader_that_every_encode_and_decode_uses(name, library, sample_image, second_image) -> None:
+    template = library.get(name)
+    plain = template.job(template.params(values_for(template, sample_image, second_image)))
+    assert "VAELoader" not in {node.class_type for node in plain.graph.values()}
+    job = template.job(template.params(values_for(template, sample_image, second_image, vae="sdxl_vae.safetensors")),
+                       schema=sdxl_schema(("sdxl_vae.safetensors",)).with_checkpoints(["v1-5-pruned-emaonly.safetensors"]))
+    loaders = [node_id for node_id, node in job.graph.items() if node.class_type == "VAELoader"]
+    assert loaders == ["17"]
+    assert job.graph["17"].inputs == {"vae_name": "sdxl_vae.safetensors"}
+    users = {node_id: node.inputs["vae"] for node_id, node in job.graph.items() if "vae" in node.inputs}
+    assert users and all(link == ["17", 0] for link in users.values()), users
+    kinds = {job.graph[node_id].class_type for node_id in users}
+    assert any(kind.startswith("VAEDecode") for kind in kinds)
+    assert any(kind.startswith("VAEEncode") for kind in kinds) or name in ("hires-fix", "controlnet")
+    assert job.parameter_map["17.vae_name"] == "vae"
+
+
+def test_a_vae_the_server_lacks_is_named_as_the_parameter(library, sample_image) -> None:
+    template = library.get("img2img")
+    params = template.params({"image": str(sample_image), "vae": "missing_vae.safetensors"})
+    schema = sdxl_schema(("sdxl_vae.safetensors",)).with_checkpoints(["v1-5-pruned-emaonly.safetensors"])
+    with pytest.raises(GraphInvalid, match="parameter 'vae': Value not in list"):
+        template.render(params, schema=schema)
+
+
+@pytest.mark.parametrize("name", ["img2img", "hires-fix", "controlnet", "inpaint", "blend"])
+def test_size_conditioning_encodes_the_prompts_with_clip_text_encode_sdxl(name, library, sample_image,
+                                                                         second_image) -> None:
+    template = library.get(name).with_families({SDXL_CHECKPOINT: "sdxl"})
+    values = values_for(template, sample_image, second_image, checkpoint=SDXL_CHECKPOINT, size_conditioning=True,
+                        positive="a lighthouse")
+    if name == "inpaint":
+        values["mask"] = str(second_image)
+    params = template.params(values)
+    job = template.job(params, schema=sdxl_schema())
+    width, height = params.generation_size()  # type: ignore[attr-defined]
+    for node_id in ("2", "3"):
+        node = job.graph[node_id]
+        assert node.class_type == "CLIPTextEncodeSDXL"
+        assert (node.inputs["width"], node.inputs["height"]) == (width, height)
+        assert (node.inputs["target_width"], node.inputs["target_height"]) == (width, height)
+    assert job.graph["2"].inputs["text_g"] == job.graph["2"].inputs["text_l"] == "a lighthouse"
+    assert job.parameter_map["2.text_g"] == "positive"
