@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -27,7 +27,17 @@ from comfy_orchestrator.sim.routes.base import SimConfig, SimState
 from comfy_orchestrator.sim.worker import DEFAULT_PREVIEW_SIZE, PREVIEW_METHODS, Executor, Worker
 
 # the templates' default first, then the random SD1.5 the GPU checks write
-DEFAULT_CHECKPOINTS = (DEFAULT_CHECKPOINT, "random-sd15.safetensors")
+DEFAULT_CHECKPOINTS = (DEFAULT_CHECKPOINT, "random-sd15.safetensors", "random-sdxl.safetensors")
+DEFAULT_VAES = ("random-vae.safetensors", "sdxl_vae.safetensors")
+# What /view_metadata answers for the random checkpoints docker/random_checkpoint.py writes: the SAI
+# model spec ComfyUI's CheckpointSave writes; any other checkpoint has only the note.
+CHECKPOINT_METADATA: dict[str, dict[str, str]] = {
+    "random-sd15.safetensors": {"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": "stable-diffusion-v1",
+                                "modelspec.implementation": "sgm"},
+    "random-sdxl.safetensors": {"modelspec.sai_model_spec": "1.0.0",
+                                "modelspec.architecture": "stable-diffusion-xl-v1-base",
+                                "modelspec.implementation": "sgm", "modelspec.predict_key": "epsilon"},
+}
 DEFAULT_LORAS = ("detail.safetensors", "style.safetensors")
 DEFAULT_CONTROLNETS = ("control_v11p_sd15_canny.safetensors",)
 TAESD_DECODERS = ("taesd_decoder.safetensors", "taesdxl_decoder.safetensors")  # so taesd previews are offered
@@ -47,6 +57,8 @@ class SimServer:
         checkpoints: Iterable[str] = DEFAULT_CHECKPOINTS,
         loras: Iterable[str] = DEFAULT_LORAS,
         controlnets: Iterable[str] = DEFAULT_CONTROLNETS,
+        vaes: Iterable[str] = DEFAULT_VAES,
+        checkpoint_metadata: Mapping[str, Mapping[str, str]] | None = None,
         root: Path | None = None,
         preview_method: str = "none",
         preview_size: int = DEFAULT_PREVIEW_SIZE,
@@ -58,6 +70,9 @@ class SimServer:
         self.checkpoints = tuple(checkpoints)
         self.loras = tuple(loras)
         self.controlnets = tuple(controlnets)
+        self.vaes = tuple(vaes)
+        metadata = CHECKPOINT_METADATA if checkpoint_metadata is None else checkpoint_metadata
+        self.checkpoint_metadata = {name: dict(metadata.get(name, {})) for name in self.checkpoints}
         if not self.checkpoints:
             raise ParameterError("a simulated server needs at least one checkpoint name", parameter="checkpoints")
         if preview_method not in PREVIEW_METHODS:
@@ -84,7 +99,8 @@ class SimServer:
         self.schema = (Schema.recorded().with_checkpoints(self.checkpoints)
                        .with_choices(("LoraLoader", "LoraLoaderModelOnly"), "lora_name", self.loras)
                        .with_choices(("ControlNetLoader", "DiffControlNetLoader"), "control_net_name",
-                                     self.controlnets))
+                                     self.controlnets)
+                       .with_choices(("VAELoader",), "vae_name", (*self.vaes, "pixel_space")))  # as ComfyUI lists
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._state: SimState | None = None
@@ -220,6 +236,7 @@ class SimServer:
         config = SimConfig(schema=self.schema, faults=self.faults, input_dir=self.input_dir,
                            output_dir=self.output_dir, temp_dir=self.temp_dir, user_dir=self.user_dir,
                            models_dir=self.models_dir, checkpoints=self.checkpoints, vae_approx=TAESD_DECODERS,
+                           checkpoint_metadata=self.checkpoint_metadata,
                            started_at=time.time())
         app = build_app(config, self._live_state, self._current_release)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)

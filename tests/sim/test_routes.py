@@ -124,3 +124,26 @@ def test_internal_routes_exist_only_under_internal(server: SimServer) -> None:
                                 timeout=TIMEOUT_S)
     assert subscribed.status_code == 200
     assert requests.get(f"{server.url}/api/internal/logs", timeout=TIMEOUT_S).status_code == 404
+
+
+def test_view_metadata_names_the_random_checkpoints_families_and_vaes_are_listed(server: SimServer) -> None:
+    def metadata(name: str) -> requests.Response:
+        return requests.get(f"{server.url}/view_metadata/checkpoints", params={"filename": name}, timeout=TIMEOUT_S)
+
+    assert metadata("random-sdxl.safetensors").json()["modelspec.architecture"] == "stable-diffusion-xl-v1-base"
+    assert metadata("random-sd15.safetensors").json()["modelspec.architecture"] == "stable-diffusion-v1"
+    assert "modelspec.architecture" not in metadata("v1-5-pruned-emaonly.safetensors").json()
+    assert metadata("absent.safetensors").status_code == 404
+    assert requests.get(f"{server.url}/models/vae", timeout=TIMEOUT_S).json() == [
+        "random-vae.safetensors", "sdxl_vae.safetensors"]
+    vae_names = requests.get(f"{server.url}/object_info/VAELoader", timeout=TIMEOUT_S).json()
+    assert vae_names["VAELoader"]["input"]["required"]["vae_name"][0] == [
+        "random-vae.safetensors", "sdxl_vae.safetensors", "pixel_space"]
+
+
+def test_a_server_without_metadata_for_a_checkpoint_answers_only_the_note(sim: Any) -> None:
+    (bare,) = sim(checkpoints=("random-sdxl.safetensors",), checkpoint_metadata={}, vaes=())
+    answer = requests.get(f"{bare.url}/view_metadata/checkpoints", params={"filename": "random-sdxl.safetensors"},
+                          timeout=TIMEOUT_S).json()
+    assert "modelspec.architecture" not in answer
+    assert requests.get(f"{bare.url}/models/vae", timeout=TIMEOUT_S).json() == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ class SimConfig:
     models_dir: Path
     checkpoints: tuple[str, ...]
     vae_approx: tuple[str, ...] = ()
+    checkpoint_metadata: dict[str, dict[str, str]] = field(default_factory=dict)  # what /view_metadata adds
     started_at: float = 0.0  # Unix time the server started: the simulated model files' dates
 
 

@@ -58,6 +58,7 @@ class InfoRoutes(RouteGroup):
         listed = {"checkpoints": self.config.checkpoints,
                   "loras": schema.choices("LoraLoader", "lora_name"),
                   "controlnet": schema.choices("ControlNetLoader", "control_net_name"),
+                  "vae": [name for name in schema.choices("VAELoader", "vae_name") if name != "pixel_space"],
                   "vae_approx": self.config.vae_approx}
         return tuple(sorted(str(name) for name in listed.get(folder, ())))
 
@@ -71,7 +72,8 @@ class InfoRoutes(RouteGroup):
         name = request.rel_url.query.get("filename", "")
         if request.match_info["folder"] != "checkpoints" or name not in self.config.checkpoints:
             return web.Response(status=404)
-        return json_answer({"note": "simulated checkpoint", "format": "pt"})
+        return json_answer({"note": "simulated checkpoint", "format": "pt",
+                            **self.config.checkpoint_metadata.get(name, {})})
 
     async def experiment_folders(self, request: web.Request) -> web.Response:
         return json_answer([{"name": folder, "folders": [str(self.config.models_dir / folder)]}
