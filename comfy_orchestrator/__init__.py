@@ -2,6 +2,10 @@
 
 from comfy_orchestrator.errors import (
     AuthFailed,
+    BrokerAuthFailed,
+    BrokerError,
+    BrokerUnreachable,
+    BrokerURLInvalid,
     ComfyError,
     ConnectionFailed,
     ExecutionFailed,
@@ -25,6 +29,7 @@ from comfy_orchestrator.errors import (
     TemplateError,
     TemplateNotFound,
     UnsafeOutput,
+    WorkerJobFailed,
     WorkflowImportError,
 )
 from comfy_orchestrator.client import Client
@@ -46,6 +51,10 @@ from comfy_orchestrator.validation import PromptCheck, check_prompt
 __all__ = [
     "AuthFailed",
     "Axis",
+    "BrokerAuthFailed",
+    "BrokerError",
+    "BrokerURLInvalid",
+    "BrokerUnreachable",
     "Cell",
     "Client",
     "ComfyError",
@@ -93,6 +102,7 @@ __all__ = [
     "Timeouts",
     "UnsafeOutput",
     "WORKFLOWS",
+    "WorkerJobFailed",
     "WorkflowImportError",
     "check_prompt",
     "load_farm",

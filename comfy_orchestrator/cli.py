@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from comfy_orchestrator.errors import (
+    BrokerError,
     ComfyError,
     FarmFileInvalid,
     GraphInvalid,
@@ -38,7 +39,8 @@ from comfy_orchestrator.settings import Settings
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.templates import Template, Templates, default_user_folder, import_workflow, parse_assignments
 
-BAD_INPUT = (ParameterError, TemplateError, GraphInvalid, SweepError, WorkflowImportError, FarmFileInvalid)
+BAD_INPUT = (ParameterError, TemplateError, GraphInvalid, SweepError, WorkflowImportError, FarmFileInvalid,
+             BrokerError)
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as shells report them
 
@@ -139,6 +141,28 @@ def warn_about_size(params: Any) -> None:
     note = params.size_note() if hasattr(params, "size_note") else ""
     if note:
         warn(note)
+
+
+def broker_options(*, required: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--broker URL (default $COMFY_BROKER, so a password stays off the command line) and --ca-cert FILE."""
+    def add(function: Callable[..., Any]) -> Callable[..., Any]:
+        function = click.option("--ca-cert", "ca_cert", type=click.Path(dir_okay=False), metavar="FILE",
+                                help="with rediss://: trust this CA certificate for the broker's TLS")(function)
+        return click.option("--broker", metavar="URL", envvar="COMFY_BROKER", required=required,
+                            help="the queue's Redis: redis://[:PASSWORD@]HOST:6379/0, or rediss:// for TLS "
+                                 "(default $COMFY_BROKER)")(function)
+    return add
+
+
+def _queue(broker: str, ca_cert: str | None) -> Any:
+    """A CeleryQueue on `broker`, checked now so that a bad URL or password fails before any work."""
+    try:
+        from comfy_orchestrator.queue import CeleryQueue
+    except ImportError as exc:
+        fail(f"the queue needs the [queue] extra: pip install 'comfy-orchestrator[queue]' ({exc})", EXIT_BAD_INPUT)
+    queue = CeleryQueue(broker, ca_cert=ca_cert)
+    queue.connect().close()
+    return queue
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -366,14 +390,15 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 
 def _run_sweep_with_progress(sweep: Any, out_dir: Path, servers: Sequence[Any], *, max_attempts: int,
-                             thumbnail_px: int, grid_format: str = DEFAULT_GRID_FORMAT) -> Any:
-    """Run a sweep over a farm with a progress bar; Ctrl-C stops it, resumable."""
+                             thumbnail_px: int, grid_format: str = DEFAULT_GRID_FORMAT, queue: Any = None,
+                             detach: bool = False) -> Any:
+    """Run a sweep over a farm (or through a queue) with a progress bar; Ctrl-C stops it, resumable."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from comfy_orchestrator.farm import Farm
     from comfy_orchestrator.sweep_run import SweepProgress, run_sweep
 
-    farm = Farm(servers)
+    farm = Farm(servers) if queue is None else None
     columns = (TextColumn("cells", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), LineColumn())
     with Progress(*columns, console=stderr, transient=False) as bar:
         task = bar.add_task("", total=None, line=Text(""))
@@ -382,14 +407,16 @@ def _run_sweep_with_progress(sweep: Any, out_dir: Path, servers: Sequence[Any], 
             running = list(progress.running.items())
             current = "; ".join(_with_steps(label, progress.steps) for label, _ in running[:2])
             current += " ..." if len(running) > 2 else ""
+            note = f"  {progress.message}" if queue is not None and progress.message else ""
             text = line((f"{progress.done} done", "green"), " ", (f"{progress.failed} failed", "red"),
-                        f" {len(progress.running)} running  ETA {_duration(progress.eta_s)}  ", (current, "dim"))
+                        f" {len(progress.running)} running  ETA {_duration(progress.eta_s)}  ", (current, "dim"),
+                        (note, "yellow"))
             bar.update(task, total=progress.total, completed=progress.done + progress.failed, line=text)
 
         try:
             with _terminate_as_interrupt():
-                return run_sweep(sweep, out_dir, farm, max_attempts=max_attempts, on_progress=show,
-                                 thumbnail_px=thumbnail_px, grid_format=grid_format)
+                return run_sweep(sweep, out_dir, farm, queue=queue, detach=detach, max_attempts=max_attempts,
+                                 on_progress=show, thumbnail_px=thumbnail_px, grid_format=grid_format)
         except KeyboardInterrupt as stop:
             bar.stop()
             how, code = ("terminated", EXIT_TERMINATED) if isinstance(stop, _Terminated) else ("interrupted",
@@ -434,12 +461,23 @@ def _print_report(report: Any) -> None:
               help="grid thumbnail size in pixels")
 @click.option("--grid-format", type=click.Choice(list(GRID_FORMATS)), default=DEFAULT_GRID_FORMAT, show_default=True,
               help="the grid image's format: jpg is written 6-9x faster and smaller; png is lossless")
+@broker_options(required=False)
+@click.option("--detach", is_flag=True, help="with --broker: queue the cells and exit; the same command again collects")
 @click.pass_context
 def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str], farm_file: str | None,
                   axes: Sequence[str], zipped: bool, sets: Sequence[str], out_dir: str, dry_run: bool,
                   batch_seeds: bool, max_attempts: int, seed_source: int | None, thumbnail_px: int,
-                  grid_format: str) -> None:
-    """Run TEMPLATE over a grid of parameter values; results, manifest, grid and page go to --out."""
+                  grid_format: str, broker: str | None, ca_cert: str | None, detach: bool) -> None:
+    """Run TEMPLATE over a grid of parameter values; results, manifest, grid and page go to --out.
+
+    With --broker the cells go through the durable queue to 'comfy-orch worker's on GPU boxes
+    instead of to --server/--farm.
+    """
+    if broker is None and (detach or ca_cert):
+        fail("--detach and --ca-cert go with --broker redis://HOST:6379/0", EXIT_BAD_INPUT)
+    if broker is not None and (servers or farm_file):
+        fail("--broker sends the cells to the queue's workers, --server/--farm to servers directly: give one",
+             EXIT_BAD_INPUT)
     template = library(ctx).get(template_name)
     from comfy_orchestrator.servers import load_farm
 
@@ -459,9 +497,13 @@ def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str]
         stdout.print(f"{len(plan.cells)} cells in {len(plan.jobs)} prompts on {len(farm_servers)} server(s); "
                      f"about {_duration(plan.estimate_s)} on a fast GPU (SD1.5, 512x512); nothing submitted")
         return
+    queue = _queue(broker, ca_cert) if broker is not None else None
     report = _run_sweep_with_progress(sweep, Path(out_dir), farm_servers, max_attempts=max_attempts,
-                                      thumbnail_px=thumbnail_px, grid_format=grid_format)
+                                      thumbnail_px=thumbnail_px, grid_format=grid_format, queue=queue, detach=detach)
     _print_report(report)
+    if queue is not None and report.waiting:
+        stdout.print(f"{report.waiting} cells wait on the queue at {queue.display}; run the same command again "
+                     "to collect them")
     if report.failed:
         fail(f"{report.failed} of {report.total} cells failed; see {report.manifest}", EXIT_FAILED)
 
@@ -609,10 +651,13 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
         stderr.print("the job finished without output files")
 
 
-@main.command("queue")
+@main.group("queue", invoke_without_command=True)
 @server_option
-def queue_command(server: str | None) -> None:
-    """Show the server's running and waiting prompts."""
+@click.pass_context
+def queue_command(ctx: click.Context, server: str | None) -> None:
+    """Show the server's running and waiting prompts ('queue status --broker URL': the durable queue)."""
+    if ctx.invoked_subcommand is not None:
+        return
     with _client(server) as client:
         listing = client.queue()
     table = Table(box=None, pad_edge=False, header_style="bold")
@@ -802,6 +847,76 @@ def farm_status(servers: Sequence[str], farm_file: str | None, timeout_s: float,
     down = [status.name for status in statuses if not status.up]
     if down:
         fail(f"{len(down)} of {len(statuses)} server(s) down: {', '.join(down)}", EXIT_FAILED)
+
+
+@main.command("worker")
+@broker_options(required=True)
+@click.option("--server", "servers", multiple=True, metavar="URL",
+              help="a ComfyUI server of this box; repeat for more (default $COMFY_URL or http://127.0.0.1:8188)")
+@click.option("--farm", "farm_file", type=click.Path(exists=True, dir_okay=False),
+              help="a farm file (TOML) listing this box's servers")
+@click.option("--name", default=None, help="this worker's name in results and 'queue status' (default: the host name)")
+@click.option("--lease", "lease_s", type=click.FloatRange(1.0, 3600.0), default=30.0, show_default=True,
+              help="seconds after which a silent worker's cells are queued again")
+def worker_command(broker: str, ca_cert: str | None, servers: Sequence[str], farm_file: str | None, name: str | None,
+                   lease_s: float) -> None:
+    """Run cells from the durable queue on this GPU box's ComfyUI servers, until stopped.
+
+    Ctrl-C or SIGTERM stops taking cells and lets the running ones finish; a killed worker's
+    cells go back to the queue.
+    """
+    _queue(broker, ca_cert)  # one clear line for a bad URL, an unreachable broker or a wrong password
+    from comfy_orchestrator.queue.broker import Broker, QueueTimeouts
+    from comfy_orchestrator.queue.worker import default_worker_name, run_worker
+    from comfy_orchestrator.servers import ServerConfig, load_farm, servers_from_urls
+
+    config = settings()
+    token = config.comfy_token.get_secret_value() if config.comfy_token is not None else None
+    configs = list(load_farm(farm_file)) if farm_file else []
+    urls = servers_from_urls(list(servers) or ([] if farm_file else [config.comfy_url]))
+    configs += [ServerConfig.model_validate({**url.model_dump(), "token": token}) for url in urls]  # $COMFY_TOKEN
+    checked = Broker.parse(broker, ca_cert=ca_cert)
+    name = name or default_worker_name()
+    stderr.print(f"worker {name} takes cells from {checked.display} for {len(configs)} server(s): "
+                 f"{', '.join(c.name for c in configs)}; Ctrl-C stops")
+    level = logging.getLogger().getEffectiveLevel()
+    run_worker(checked, configs, name=name, timeouts=QueueTimeouts(lease_s=lease_s),
+               loglevel=logging.getLevelName(level))
+
+
+@queue_command.command("status")
+@broker_options(required=True)
+@click.option("--json", "as_json", is_flag=True, help="print the status as JSON")
+def queue_status(broker: str, ca_cert: str | None, as_json: bool) -> None:
+    """Show the durable queue: the sweeps on it with their progress, and the workers with their servers."""
+    import dataclasses
+    import time
+
+    status = _queue(broker, ca_cert).status()
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(status), indent=2, default=str))
+        return
+    sweeps = Table(title=f"sweeps on {status.broker}", title_justify="left")
+    for column in ("sweep", "title", "collected/total", "queued", "running", "to collect", "age", "submitter"):
+        sweeps.add_column(column, overflow="fold")
+    for sweep in status.sweeps:
+        sweeps.add_row(sweep.sweep_id, sweep.title, f"{sweep.collected}/{sweep.total}", str(sweep.queued),
+                       str(sweep.running), str(sweep.finished), _duration(time.time() - sweep.submitted_at),
+                       sweep.submitter)
+    stdout.print(sweeps if status.sweeps else "no sweeps on the queue")
+    workers = Table(title="workers", title_justify="left")
+    for column in ("worker", "host", "running/slots", "servers"):
+        workers.add_column(column, overflow="fold")
+    for worker in status.workers:
+        lines = []
+        for server in worker.servers:
+            state = ("up", "green") if server.get("up") else (f"down {server.get('error', '')}", "red")
+            loaded = f" loaded {server['loaded']}" if server.get("loaded") else ""
+            checkpoints = ", ".join(str(c) for c in server.get("checkpoints", ())[:3])
+            lines.append(line(f"{server.get('name')} ", state, f" {server.get('busy', 0)}/{server.get('slots', 0)}"
+                              f"{loaded} ", (checkpoints, "dim")))
+        workers.add_row(worker.name, worker.host, f"{worker.running}/{worker.capacity}", Text("\n").join(lines))
+    stdout.print(workers if status.workers else "no worker is listening")
 
 
 if __name__ == "__main__":  # pragma: no cover

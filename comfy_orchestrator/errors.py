@@ -26,7 +26,12 @@
     ├── JobTimedOut                 yes  the prompt did not finish by its deadline
     ├── UnsafeOutput                no   an output file name would escape its folder
     ├── NoServerAvailable           no   no server of a farm can take the job
-    └── FarmFileInvalid             no   a farm file (or --server list) is malformed
+    ├── FarmFileInvalid             no   a farm file (or --server list) is malformed
+    ├── WorkerJobFailed             as on the worker  a job failed on a queue worker (names it)
+    └── BrokerError                 no   the queue's broker (Redis) cannot be used
+        ├── BrokerURLInvalid        no   the broker URL is malformed
+        ├── BrokerUnreachable       no   the broker does not answer (or its TLS fails)
+        └── BrokerAuthFailed        no   the broker refused the URL's credentials
 """
 
 from __future__ import annotations
@@ -263,3 +268,33 @@ class FarmFileInvalid(ComfyError, ValueError):
     def __init__(self, message: str, *, source: str) -> None:
         super().__init__(f"{source}: {message}")
         self.source = source
+
+
+class WorkerJobFailed(ComfyError):
+    """A job failed on a queue worker: its error's type and text, retryable as that error was."""
+
+    def __init__(self, message: str, *, kind: str, retryable: bool, worker: str) -> None:
+        super().__init__(message)
+        self.kind = kind  # the worker's error class, such as ExecutionFailed
+        self.retryable = retryable
+        self.worker = worker
+
+
+class BrokerError(ComfyError):
+    """The queue's broker (Redis) cannot be used; the message names it without its password."""
+
+    def __init__(self, message: str, *, broker: str) -> None:
+        super().__init__(f"{broker}: {message}")
+        self.broker = broker  # the URL with any password masked
+
+
+class BrokerURLInvalid(BrokerError, ValueError):
+    """The broker URL is not a redis:// or rediss:// URL we can use."""
+
+
+class BrokerUnreachable(BrokerError):
+    """The broker did not answer: wrong host or port, a firewall, or a TLS handshake that failed."""
+
+
+class BrokerAuthFailed(BrokerError):
+    """The broker refused the URL's user name or password."""

@@ -20,7 +20,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -68,6 +68,15 @@ CREATE TABLE IF NOT EXISTS prompt (
     cells TEXT NOT NULL,
     submitted_at REAL NOT NULL,
     settled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS queue_task (
+    idx INTEGER PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    queued_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS queue_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 """
 
@@ -308,6 +317,30 @@ class Journal:
             db.executemany("UPDATE cell SET status = 'failed', error = ?, server = COALESCE(?, server), "
                            "prompt_id = COALESCE(?, prompt_id), finished_at = ? WHERE idx = ?",
                            [(error, server, prompt_id, now, i) for i in indices])
+
+    def queue_id(self, make: Callable[[], str]) -> str:
+        """The id this sweep has on a broker's queue: the one recorded, or `make()`'s, recorded now."""
+        with self._write() as db:
+            row = db.execute("SELECT value FROM queue_meta WHERE key = 'sweep_id'").fetchone()
+            if row is not None:
+                return str(row[0])
+            made = make()
+            db.execute("INSERT INTO queue_meta VALUES ('sweep_id', ?)", (made,))
+            return made
+
+    def record_task(self, indices: Sequence[int], task_id: str) -> None:
+        """Cells are put on the queue under `task_id`: count an attempt, remember the task (before it is sent,
+        so a later run collects its result by it)."""
+        now = time.time()
+        with self._write() as db:
+            db.executemany("INSERT OR REPLACE INTO queue_task VALUES (?, ?, ?)", [(i, task_id, now) for i in indices])
+            db.executemany("UPDATE cell SET status = 'running', attempts = attempts + 1, error = NULL, "
+                           "server = NULL, prompt_id = NULL, started_at = ?, finished_at = NULL WHERE idx = ?",
+                           [(now, i) for i in indices])
+
+    def tasks(self) -> dict[int, str]:
+        """Each queued cell's latest task id."""
+        return {int(index): str(task_id) for index, task_id in self._read("SELECT idx, task_id FROM queue_task")}
 
     def counts(self) -> dict[CellStatus, int]:
         """How many cells are in each status."""

@@ -9,6 +9,10 @@ Every cell is validated before anything is written. A resume first checks each d
 missing, truncated or non-image file is fetched again from its server's history, or the cell runs
 again), then asks the servers about the prompts a cut-off run left behind and adopts those still
 queued, running or done, so no cell's GPU work is done twice.
+
+Given a `queue` (`comfy_orchestrator.queue.CeleryQueue`) instead of a farm, the cells go through
+the durable queue to workers on GPU boxes; the journal records each cell's task id, so a later
+run (after `detach=True`, or a submitter that was killed) collects what finished meanwhile.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ import os
 import shutil
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -62,6 +67,9 @@ from comfy_orchestrator.sweep import (
     format_value,
     order_for_cache,
 )
+
+if TYPE_CHECKING:
+    from comfy_orchestrator.queue import CeleryQueue, QueueEvent
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +127,7 @@ class SweepReport:
     failures: Mapping[int, str] = field(default_factory=dict)  # cell index -> error
     # seconds spent preparing (journal, planning), running the prompts, and writing results (manifests, grids, page)
     phases: Mapping[str, float] = field(default_factory=dict)
+    waiting: int = 0  # cells left on the queue by a detached run; the same command again collects them
 
 
 ProgressCallback = Callable[[SweepProgress], None]
@@ -141,8 +150,10 @@ def plan_sweep(sweep: Sweep, *, servers: int = 1) -> SweepPlan:
 def run_sweep(
     sweep: Sweep,
     folder: Path,
-    farm: Farm,
+    farm: Farm | None = None,
     *,
+    queue: CeleryQueue | None = None,
+    detach: bool = False,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     on_progress: ProgressCallback = _ignore,
     thumbnail_px: int = 256,
@@ -151,16 +162,20 @@ def run_sweep(
     """Run the cells of `sweep` the journal in `folder` does not have done, then write the results.
 
     A folder that holds another sweep is refused. `on_progress` is called from the farm's
-    threads as well as the caller's.
+    threads as well as the caller's. With `queue` the cells go through the durable queue
+    instead of `farm`; `detach` then queues them, collects what already finished and returns.
     """
+    if (farm is None) == (queue is None):
+        raise ValueError("run_sweep takes a farm or a queue, not both")
     started = time.monotonic()
     folder = Path(folder)
-    plan = plan_sweep(sweep, servers=len(farm.servers))  # every cell is valid before anything is written
+    servers = len(farm.servers) if farm is not None else 1
+    plan = plan_sweep(sweep, servers=servers)  # every cell is valid before anything is written
     with Journal.open(folder, digest=sweep.digest(), definition=sweep.definition()) as journal:
         if _canonical(journal.definition) != _canonical(sweep.definition()):
             # the stored definition wins: it holds the seeds drawn when the sweep began
             sweep = Sweep.from_definition(sweep.template, journal.definition)
-            plan = plan_sweep(sweep, servers=len(farm.servers))
+            plan = plan_sweep(sweep, servers=servers)
         journal.add(_cell_plans(plan))
         _check_done_files(journal, folder)
         staging = folder / STAGING_FOLDER
@@ -174,11 +189,17 @@ def run_sweep(
         adopted = 0
         try:
             with _Thumbnailer(folder, thumbnail_px) as thumbnails:
-                adopted = _adopt(journal, farm, plan, max_attempts, folder, staging, tracker, thumbnails)
+                if farm is not None:
+                    adopted = _adopt(journal, farm, plan, max_attempts, folder, staging, tracker, thumbnails)
                 to_run = set(journal.to_run(max_attempts=max_attempts))
                 work = [(batch, job) for batch, job in zip(plan.batches, plan.jobs)
                         if any(cell.index in to_run for cell in batch.cells)]
-                _run(journal, farm, work, to_run, folder, staging, tracker, thumbnails)
+                if queue is not None:
+                    _run_queued(journal, queue, sweep, work, to_run, folder, staging, tracker, thumbnails,
+                                detach=detach)
+                else:
+                    assert farm is not None
+                    _run(journal, farm, work, to_run, folder, staging, tracker, thumbnails)
         finally:
             ran = time.monotonic()
             jsonl, table = journal.write_manifests()  # after Ctrl-C too: the manifest shows what is done
@@ -192,7 +213,8 @@ def run_sweep(
                        failed=counts[CellStatus.FAILED], ran=len(work), skipped=skipped,
                        elapsed_s=finished - started, manifest=jsonl, manifest_csv=table,
                        grids=tuple(grids), page=page, failures=failures, adopted=adopted,
-                       phases={name: round(seconds, 3) for name, seconds in phases.items()})
+                       phases={name: round(seconds, 3) for name, seconds in phases.items()},
+                       waiting=len(plan.cells) - counts[CellStatus.DONE] - counts[CellStatus.FAILED])
 
 
 def _canonical(definition: Mapping[str, Any]) -> str:
@@ -364,18 +386,57 @@ def _run(journal: Journal, farm: Farm, work: Sequence[tuple[Batch, Job]], to_run
                 pass
 
     for outcome in farm.run((job for _, job in work), out_dir=staging, on_event=on_event):
-        batch = by_label[outcome.job.label]
+        _record_outcome(journal, by_label[outcome.job.label], to_run, outcome, folder, tracker, thumbnails)
+
+
+def _run_queued(journal: Journal, queue: CeleryQueue, sweep: Sweep, work: Sequence[tuple[Batch, Job]],
+                to_run: set[int], folder: Path, staging: Path, tracker: _Tracker, thumbnails: _Thumbnailer, *,
+                detach: bool) -> None:
+    """Put the cells on the queue (or find the tasks an earlier run queued) and collect their outcomes."""
+    from comfy_orchestrator.queue import QueueNote, TaskLost, TaskQueued, TaskStarted
+
+    by_label = {job.label: batch for batch, job in work}
+    statuses = {record.index: record.status for record in journal.records()}
+    known = journal.tasks()
+    tasks: dict[str, str] = {}
+    for batch, job in work:
         cells = _open_cells(batch, to_run)
-        if isinstance(outcome, JobFailed):
-            server = outcome.servers[-1] if outcome.servers else None
-            journal.mark_failed([c.index for c in cells], error=str(outcome.error), server=server)
-            tracker.finished(cells, failed=True)
-            logger.warning("cells %s failed: %s", ", ".join(str(c.index) for c in cells), outcome.error)
-        else:
-            for image in _record_result(journal, batch, cells, outcome, folder):
-                thumbnails.make(image)
-            tracker.finished(cells, failed=False)
-        journal.settle_cells([c.index for c in cells])
+        ids = {known.get(cell.index) for cell in cells}
+        if len(ids) == 1 and None not in ids and all(statuses[c.index] is CellStatus.RUNNING for c in cells):
+            tasks[job.label] = str(ids.pop())  # queued by an earlier run: collect it, do not queue it again
+
+    def on_event(event: QueueEvent) -> None:
+        match event:
+            case TaskQueued(job=job, task_id=task_id):
+                journal.record_task([c.index for c in _open_cells(by_label[job.label], to_run)], task_id)
+            case TaskStarted(job=job, worker=worker, server=server):
+                tracker.running(_open_cells(by_label[job.label], to_run), f"{worker}/{server}")
+            case TaskLost(job=job, reason=reason):
+                tracker.note(f"{job.label}: {reason}; queued again")
+            case QueueNote(message=message):
+                tracker.note(message)
+
+    sweep_id = journal.queue_id(lambda: uuid.uuid4().hex[:16])
+    title = f"{sweep.template.name}: " + " × ".join(f"{a.name} ({len(a.values)})" for a in sweep.run_axes)
+    for outcome in queue.run([job for _, job in work], sweep_id=sweep_id, title=f"{title} -> {folder.name}",
+                             tasks=tasks, out_dir=staging, detach=detach, on_event=on_event):
+        _record_outcome(journal, by_label[outcome.job.label], to_run, outcome, folder, tracker, thumbnails)
+
+
+def _record_outcome(journal: Journal, batch: Batch, to_run: set[int], outcome: JobResult | JobFailed, folder: Path,
+                    tracker: _Tracker, thumbnails: _Thumbnailer) -> None:
+    """Record one prompt's outcome for its open cells: images in place and done, or failed."""
+    cells = _open_cells(batch, to_run)
+    if isinstance(outcome, JobFailed):
+        server = outcome.servers[-1] if outcome.servers else None
+        journal.mark_failed([c.index for c in cells], error=str(outcome.error), server=server)
+        tracker.finished(cells, failed=True)
+        logger.warning("cells %s failed: %s", ", ".join(str(c.index) for c in cells), outcome.error)
+    else:
+        for image in _record_result(journal, batch, cells, outcome, folder):
+            thumbnails.make(image)
+        tracker.finished(cells, failed=False)
+    journal.settle_cells([c.index for c in cells])
 
 
 class _Thumbnailer:

@@ -1,0 +1,239 @@
+"""Sweeps through the queue, end to end: a real redis-server, `comfy-orch worker` processes, simulated servers.
+
+Every cell must end with exactly one outcome while a worker is killed, while the submitter is
+killed and run again, and when a detached sweep is collected later; sweeps submitted together
+progress side by side; a worker never takes cells it cannot run.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from comfy_orchestrator.cli import main
+from comfy_orchestrator.journal import JOURNAL_NAME
+from comfy_orchestrator.params import DEFAULT_CHECKPOINT
+from comfy_orchestrator.queue import CeleryQueue, QueueTimeouts
+from comfy_orchestrator.sweep import Sweep, parse_axis
+from comfy_orchestrator.sweep_run import SweepProgress, run_sweep
+from comfy_orchestrator.templates import Templates
+from tests.queue.conftest import TEST_LEASE_S, cli_environment, sim_costs, wait_for
+
+AXES_40 = ("denoise=0.1:0.8:0.1", "cfg=4,5,6,7,8")  # 8 x 5 cells
+TIMEOUTS = QueueTimeouts(lease_s=TEST_LEASE_S, audit_s=0.5)
+
+
+def _sweep(library: Templates, image: Path, axes: tuple[str, ...] = AXES_40, **fixed: Any) -> Sweep:
+    return Sweep(library.get("img2img"), tuple(parse_axis(a) for a in axes), {"image": str(image), "seed": 7, **fixed})
+
+
+def _manifest(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / "manifest.jsonl").read_text("utf-8").splitlines()]
+
+
+def _done_cells(out: Path) -> int:
+    path = out / JOURNAL_NAME
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(path, timeout=5.0)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM cell WHERE status = 'done'").fetchone()[0])
+    except sqlite3.OperationalError:  # not made yet
+        return 0
+    finally:
+        db.close()
+
+
+def _assert_every_cell_once(out: Path, total: int) -> list[dict[str, Any]]:
+    rows = _manifest(out)
+    assert len(rows) == total and all(row["status"] == "done" for row in rows), \
+        [row for row in rows if row["status"] != "done"][:3]
+    files = sorted(name for row in rows for name in row["files"])
+    assert len(files) == len(set(files)) == total  # one image a cell, none shared, none twice
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(Path(f).name for f in files)
+    return rows
+
+
+def _prompts_run(servers: list[Any]) -> int:
+    return sum(server.counters.prompts_finished for server in servers)
+
+
+def test_a_40_cell_sweep_survives_a_worker_killed_mid_sweep(
+        sim: Callable[..., list[Any]], start_worker: Callable[..., Any], broker_url: str, library: Templates,
+        sample_image: Path, tmp_path: Path) -> None:
+    one, two, three = sim(3, costs=sim_costs(), checkpoints=(DEFAULT_CHECKPOINT,))
+    doomed = start_worker(broker_url, [one.url], name="doomed")
+    start_worker(broker_url, [two.url, three.url], name="steady")
+    notes: list[str] = []
+
+    def watch(progress: SweepProgress) -> None:
+        notes.append(progress.message)
+        # mid-sweep, and while the doomed worker holds cells: they must come back through the queue
+        if progress.done >= 8 and "doomed/" in " ".join(progress.running.values()) and doomed.process.poll() is None:
+            doomed.kill()
+
+    out = tmp_path / "out"
+    report = run_sweep(_sweep(library, sample_image), out, queue=CeleryQueue(broker_url, timeouts=TIMEOUTS),
+                       on_progress=watch)
+
+    assert doomed.process.returncode == -signal.SIGKILL
+    assert (report.total, report.done, report.failed, report.waiting) == (40, 40, 0, 0)
+    rows = _assert_every_cell_once(out, 40)
+    assert any("doomed stopped renewing its lease" in note for note in notes)  # its cells came back
+    assert {row["server"].split("/")[0] for row in rows} <= {"doomed", "steady"}
+    assert (out / "grid.jpg").exists() and (out / "index.html").exists()
+    keys = redis.Redis.from_url(broker_url).keys("comfy-orch:sweep:*")
+    assert keys == []  # a collected sweep leaves nothing behind on the broker
+
+
+def test_a_killed_submitter_run_again_collects_without_running_anything_twice(
+        sim: Callable[..., list[Any]], start_worker: Callable[..., Any], broker_url: str, sample_image: Path,
+        tmp_path: Path) -> None:
+    servers = sim(3, costs=sim_costs(), checkpoints=(DEFAULT_CHECKPOINT,))
+    start_worker(broker_url, [servers[0].url, servers[1].url], name="a")
+    start_worker(broker_url, [servers[2].url], name="b")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "comfy_orchestrator.cli", "sweep", "img2img", "--broker", broker_url,
+               "--set", f"image={sample_image}", "--set", "seed=7", "--out", str(out)]
+    for axis in AXES_40:
+        command += ["--axis", axis]
+    submitter = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_environment())
+    wait_for(lambda: _done_cells(out) >= 8 or submitter.poll() is not None, timeout_s=60.0, what="8 cells done")
+    submitter.send_signal(signal.SIGKILL)
+    submitter.communicate(timeout=30)
+    done_at_kill = _done_cells(out)
+    assert 8 <= done_at_kill < 40, "the submitter should be cut off midway"
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120, env=cli_environment())
+
+    assert again.returncode == 0, again.stderr
+    assert "40 of 40 cells done, 0 failed" in again.stdout
+    _assert_every_cell_once(out, 40)
+    assert _prompts_run(servers) == 40  # the workers went on; the rerun collected, nothing ran twice
+
+
+def test_a_detached_sweep_is_collected_by_a_later_command(
+        sim: Callable[..., list[Any]], start_worker: Callable[..., Any], broker_url: str, sample_image: Path,
+        tmp_path: Path) -> None:
+    servers = sim(2, costs=sim_costs(), checkpoints=(DEFAULT_CHECKPOINT,))
+    out = tmp_path / "out"
+    arguments = ["sweep", "img2img", "--broker", broker_url, "--set", f"image={sample_image}", "--axis",
+                 "denoise=0.2:0.8:0.2", "--axis", "cfg=5,7", "--out", str(out)]
+    runner = CliRunner()
+
+    detached = runner.invoke(main, [*arguments, "--detach"])
+    assert detached.exit_code == 0, detached.output
+    assert "0 of 8 cells done" in detached.output and "8 cells wait on the queue" in detached.output
+    status = runner.invoke(main, ["queue", "status", "--broker", broker_url, "--json"])
+    assert status.exit_code == 0, status.output
+    (listed,) = json.loads(status.output)["sweeps"]
+    assert (listed["total"], listed["collected"], listed["queued"]) == (8, 0, 8)
+    assert listed["title"].startswith("img2img: denoise (4) × cfg (2)")
+
+    start_worker(broker_url, [servers[0].url], name="late-a")
+    start_worker(broker_url, [servers[1].url], name="late-b")
+    wait_for(lambda: _prompts_run(servers) == 8, timeout_s=60.0, what="the workers to run the 8 cells")
+    collected = runner.invoke(main, arguments)
+
+    assert collected.exit_code == 0, collected.output
+    assert "8 of 8 cells done, 0 failed" in collected.output
+    _assert_every_cell_once(out, 8)
+    assert _prompts_run(servers) == 8
+
+
+def test_two_sweeps_submitted_together_progress_side_by_side(
+        sim: Callable[..., list[Any]], start_worker: Callable[..., Any], broker_url: str, library: Templates,
+        sample_image: Path, tmp_path: Path) -> None:
+    (server,) = sim(1, costs=sim_costs(), checkpoints=(DEFAULT_CHECKPOINT,))
+    queue = CeleryQueue(broker_url, timeouts=TIMEOUTS)
+    axes = ("denoise=0.1:0.5:0.1", "cfg=4,5,6,7")  # 20 cells each
+    first = _sweep(library, sample_image, axes, positive="the first sweep")
+    second = _sweep(library, sample_image, axes, positive="the second sweep")
+    for sweep, folder in ((first, tmp_path / "first"), (second, tmp_path / "second")):
+        assert run_sweep(sweep, folder, queue=queue, detach=True).waiting == 20
+
+    start_worker(broker_url, [server.url], name="shared")
+    reports = [run_sweep(sweep, folder, queue=queue) for sweep, folder in ((first, tmp_path / "first"),
+                                                                         (second, tmp_path / "second"))]
+
+    assert [r.done for r in reports] == [20, 20]
+    order = _execution_order(server)
+    assert len(order) == 40
+    # the first 20 prompts the server ran mixed both sweeps: neither waited for the other to finish
+    assert order[:20].count("the first sweep") >= 5 and order[:20].count("the second sweep") >= 5, order
+
+
+def _execution_order(server: Any) -> list[str]:
+    """The positive prompt of each prompt the server ran, in the order it started them."""
+    import requests
+
+    history = requests.get(f"{server.url}/history", timeout=10).json()
+
+    def started(entry: dict[str, Any]) -> int:
+        messages = entry["status"]["messages"]
+        return int(next(data["timestamp"] for kind, data in messages if kind == "execution_start"))
+
+    entries = sorted(history.values(), key=started)
+    texts = []
+    for entry in entries:
+        graph = entry["prompt"][2]
+        texts.append(next(node["inputs"]["text"] for node in graph.values() if node["class_type"] == "CLIPTextEncode"
+                          and "sweep" in str(node["inputs"]["text"])))
+    return texts
+
+
+def test_a_worker_that_lacks_the_checkpoint_never_takes_its_cells(
+        sim: Callable[..., list[Any]], start_worker: Callable[..., Any], broker_url: str, library: Templates,
+        sample_image: Path, tmp_path: Path) -> None:
+    (able,) = sim(1, costs=sim_costs(), checkpoints=(DEFAULT_CHECKPOINT,))
+    (other,) = sim(1, costs=sim_costs(), checkpoints=("another-model.safetensors",))
+    start_worker(broker_url, [other.url], name="lacking")
+    start_worker(broker_url, [able.url], name="able")
+
+    report = run_sweep(_sweep(library, sample_image, ("denoise=0.2:0.8:0.2", "cfg=5,7")), tmp_path / "out",
+                       queue=CeleryQueue(broker_url, timeouts=TIMEOUTS))
+
+    assert (report.done, report.failed) == (8, 0)
+    assert {row["server"].split("/")[0] for row in _manifest(tmp_path / "out")} == {"able"}
+    assert other.counters.prompts_started == 0
+
+
+def test_a_sweep_no_worker_can_run_fails_clearly_instead_of_waiting(
+        sim: Callable[..., list[Any]], start_worker: Callable[..., Any], broker_url: str, sample_image: Path,
+        tmp_path: Path) -> None:
+    (other,) = sim(1, checkpoints=("another-model.safetensors",))
+    start_worker(broker_url, [other.url], name="lacking")
+
+    result = CliRunner().invoke(main, ["sweep", "img2img", "--broker", broker_url, "--set", f"image={sample_image}",
+                                       "--axis", "cfg=5,7", "--out", str(tmp_path / "out")])
+
+    assert result.exit_code == 1, result.output
+    assert "2 of 2 cells failed" in result.output
+    assert "no worker can run this cell (worker lacking:" in result.output
+    assert f"lacks CheckpointLoaderSimple.ckpt_name '{DEFAULT_CHECKPOINT}'" in result.output
+    assert other.counters.prompts_started == 0
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://127.0.0.1:6379/0", "must start with redis://"),
+    ("redis://127.0.0.1:6379/zero", "must be a database number"),
+    ("redis://", "names no host"),
+])
+def test_a_bad_broker_url_is_one_line_and_exit_code_2(url: str, message: str, tmp_path: Path) -> None:
+    for arguments in (["queue", "status", "--broker", url],
+                      ["sweep", "img2img", "--broker", url, "--axis", "cfg=5,7", "--out", str(tmp_path / "o")],
+                      ["worker", "--broker", url, "--server", "http://127.0.0.1:8188"]):
+        result = CliRunner().invoke(main, arguments)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and result.output.count("\n") == 1, result.output
+        assert not (tmp_path / "o").exists()  # nothing started before the broker was checked
