@@ -19,21 +19,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from comfy_orchestrator.client import RetryPolicy
+from comfy_orchestrator.dispatch import Attempt, Capability, JobNeeds, affinity, decide_retry, job_needs
 from comfy_orchestrator.errors import ComfyError, JobTimedOut, NoServerAvailable
-from comfy_orchestrator.farm import (
-    Attempt,
-    Capability,
-    ClientLink,
-    JobNeeds,
-    RunningJob,
-    ServerConfig,
-    ServerLink,
-    affinity,
-    decide_retry,
-    job_needs,
-)
+from comfy_orchestrator.farm import ClientLink, RunningJob, ServerLink
 from comfy_orchestrator.jobs import Job, JobResult
+from comfy_orchestrator.limits import FARM_TIMEOUTS
+from comfy_orchestrator.retry import RetryPolicy
+from comfy_orchestrator.servers import ServerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +83,8 @@ class Box:
 
     def __init__(self, servers: Sequence[ServerConfig], *, policy: RetryPolicy = RetryPolicy(),
                  connect: Callable[[ServerConfig], ServerLink] | None = None, job_timeout_s: float = 600.0) -> None:
-        connect = connect or (lambda config: ClientLink(config, job_timeout_s=job_timeout_s))
+        timeouts = replace(FARM_TIMEOUTS, job_s=job_timeout_s)
+        connect = connect or (lambda config: ClientLink(config, timeouts=timeouts))
         self.servers = [BoxServer(config, connect(config)) for config in servers]
         self.policy = policy
         self.job_timeout_s = job_timeout_s

@@ -16,7 +16,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from comfy_orchestrator.farm import JobNeeds
+from comfy_orchestrator.dispatch import JobNeeds
 from comfy_orchestrator.queue.broker import QUEUE_PREFIX
 
 

@@ -34,7 +34,8 @@ from celery import Celery
 
 from comfy_orchestrator.client import safe_filename
 from comfy_orchestrator.errors import NoServerAvailable, ParameterError, WorkerJobFailed
-from comfy_orchestrator.farm import JobFailed, JobOutcome, job_needs
+from comfy_orchestrator.dispatch import job_needs
+from comfy_orchestrator.farm import JobFailed, JobOutcome
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.queue.broker import TASK_NAME, Broker, Keys, QueueTimeouts, as_text, make_app
 from comfy_orchestrator.queue.payload import TaskFailure, job_to_json, read_result

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from comfy_orchestrator.client import RetryPolicy
+from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.errors import ExecutionFailed
-from comfy_orchestrator.farm import ServerConfig, job_needs
+from comfy_orchestrator.dispatch import job_needs
+from comfy_orchestrator.servers import ServerConfig
 from comfy_orchestrator.params import DEFAULT_CHECKPOINT
 from comfy_orchestrator.queue.box import Box
 

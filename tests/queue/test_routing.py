@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from comfy_orchestrator.farm import JobNeeds, job_needs
+from comfy_orchestrator.dispatch import JobNeeds, job_needs
 from comfy_orchestrator.queue.routing import OfferedQueue, choose_queues, needs_from_json, needs_to_json, queue_name
 
 
