@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
+from tests.conftest import free_port
 
 from comfy_orchestrator.client import Client
 from comfy_orchestrator.limits import Timeouts

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import free_port
+from tests.conftest import free_port
 
 from comfy_orchestrator.servers import load_farm
 

@@ -10,7 +10,7 @@ import pytest
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.validation import check_prompt
 
-from conftest import REFERENCE
+from tests.conftest import REFERENCE
 
 
 
