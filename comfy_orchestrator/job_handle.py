@@ -149,53 +149,54 @@ class JobHandle:
             self._on_progress(progress)
 
     def _stream(self, deadline: float, limit_s: float) -> Iterator[Event]:
-        """The raw events of this prompt, with the watchdog, reconciliation and deletion checks."""
-        feed, silence_s = self._feed, self._timeouts.silence_s
+        """The raw events of this prompt; read its record when the socket may have missed its end.
+
+        That is when the socket was silent `silence_s` (then a running prompt also gets a new
+        socket), when it reconnected, and when the queue shrank before the prompt started
+        (a prompt deleted from the queue sends nothing but that broadcast).
+        """
         checked_at = time.monotonic()
         started = False
         remaining: int | None = None
         while True:
-            now = time.monotonic()
-            if now >= deadline:
-                raise JobTimedOut(self.prompt_id, timeout_s=limit_s, server=self._server.url)
-            quiet_since = max(feed.last_frame_at, checked_at)
-            try:
-                event = self._events.get(timeout=max(0.0, min(deadline - now, quiet_since + silence_s - now)))
-            except queue.Empty:
-                if time.monotonic() - max(feed.last_frame_at, checked_at) >= silence_s:
-                    checked_at = time.monotonic()
-                    log.info("%s: no websocket message for %.1f s; checking prompt %s", self._server.url,
-                             silence_s, self.prompt_id)
-                    yield from self._reconcile(recycle=True)
-                    if self._entry is not None:
-                        return
-                continue
-            if isinstance(event, Reconnected):
-                checked_at = time.monotonic()
-                yield from self._reconcile(recycle=False)
-                if self._entry is not None:
-                    return
+            event = self._next_event(deadline, limit_s, checked_at)
+            check = False
+            if event is None or isinstance(event, Reconnected):
+                check = True
             elif isinstance(event, Disconnected):
                 log.info("%s: websocket lost while prompt %s is pending", self._server.url, self.prompt_id)
             elif isinstance(event, QueueStatus):
-                # A prompt deleted from the queue sends nothing but this broadcast; look when the queue shrinks.
-                if not started and remaining is not None and event.queue_remaining < remaining:
-                    checked_at = time.monotonic()
-                    yield from self._reconcile(recycle=False)
-                    if self._entry is not None:
-                        return
+                check = not started and remaining is not None and event.queue_remaining < remaining
                 remaining = event.queue_remaining
             else:
-                if event.prompt_id == self.prompt_id:
-                    started = True
+                started = started or event.prompt_id == self.prompt_id
                 if isinstance(event, NodeExecuting) and event.node is None and event.prompt_id == self.prompt_id:
                     self._entry = self._server.history_entry(self.prompt_id)
                     if self._entry is None:
                         raise ServerError(f"prompt {self.prompt_id} ended but has no history entry",
                                           server=self._server.url)
-                    yield event
-                    return
                 yield event
+            if check:
+                checked_at = time.monotonic()
+                yield from self._reconcile(recycle=event is None)
+            if self._entry is not None:
+                return
+
+    def _next_event(self, deadline: float, limit_s: float, checked_at: float) -> Event | None:
+        """The next event for this prompt; None once the socket, and we, were silent `silence_s`."""
+        silence_s = self._timeouts.silence_s
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise JobTimedOut(self.prompt_id, timeout_s=limit_s, server=self._server.url)
+            quiet_since = max(self._feed.last_frame_at, checked_at)
+            try:
+                return self._events.get(timeout=max(0.0, min(deadline - now, quiet_since + silence_s - now)))
+            except queue.Empty:
+                if time.monotonic() - max(self._feed.last_frame_at, checked_at) >= silence_s:
+                    log.info("%s: no websocket message for %.1f s; checking prompt %s", self._server.url,
+                             silence_s, self.prompt_id)
+                    return None
 
     def _reconcile(self, *, recycle: bool) -> Iterator[Event]:
         """Ask the server where the prompt is; on a finished record, replay its ending."""
