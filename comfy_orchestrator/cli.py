@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
@@ -34,10 +34,18 @@ from comfy_orchestrator.errors import (
     WorkflowImportError,
 )
 from comfy_orchestrator.grid import DEFAULT_GRID_FORMAT, GRID_FORMATS
+from comfy_orchestrator.limits import Timeouts
 from comfy_orchestrator.params import DENOISE_GUIDE, FamilyFinding, denoise_band, find_family
 from comfy_orchestrator.settings import Settings
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.templates import Template, Templates, default_user_folder, import_workflow, parse_assignments
+
+if TYPE_CHECKING:  # imported where used, so that a command loads only what it needs
+    from comfy_orchestrator.client import Client
+    from comfy_orchestrator.queue import CeleryQueue
+    from comfy_orchestrator.servers import ServerConfig
+    from comfy_orchestrator.sweep import Sweep
+    from comfy_orchestrator.sweep_run import SweepReport
 
 BAD_INPUT = (ParameterError, TemplateError, GraphInvalid, SweepError, WorkflowImportError, FarmFileInvalid,
              BrokerError)
@@ -95,8 +103,9 @@ def settings() -> Settings:
 
 
 def library(ctx: click.Context) -> Templates:
+    """The templates: --templates folders, then $COMFY_ORCH_TEMPLATES's, then the per-user and built-in ones."""
     folders: Sequence[str] = ctx.find_root().params.get("templates_dir") or ()
-    return Templates.default(folders)
+    return Templates.default([*folders, *settings().template_folders()])
 
 
 def template_values(sets: Sequence[str]) -> dict[str, str]:
@@ -154,7 +163,7 @@ def broker_options(*, required: bool) -> Callable[[Callable[..., Any]], Callable
     return add
 
 
-def _queue(broker: str, ca_cert: str | None) -> Any:
+def _queue(broker: str, ca_cert: str | None) -> CeleryQueue:
     """A CeleryQueue on `broker`, checked now so that a bad URL or password fails before any work."""
     try:
         from comfy_orchestrator.queue import CeleryQueue
@@ -332,7 +341,7 @@ def sim(host: str, port: int, profile_name: str, checkpoints: Sequence[str], lor
 
 
 def _sweep_of(template: Template, axes: Sequence[str], sets: Sequence[str], *, zipped: bool, batch_seeds: bool,
-              seed_source: int | None, read_family: FamilyReader = find_family) -> Any:
+              seed_source: int | None, read_family: FamilyReader = find_family) -> Sweep:
     """Build a Sweep from --axis and --set; image paths are made absolute so a resume finds them.
 
     The model family of each checkpoint comes from `read_family` (a server's metadata) unless set.
@@ -389,9 +398,9 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_sweep_with_progress(sweep: Any, out_dir: Path, servers: Sequence[Any], *, max_attempts: int,
-                             thumbnail_px: int, grid_format: str = DEFAULT_GRID_FORMAT, queue: Any = None,
-                             detach: bool = False) -> Any:
+def _run_sweep_with_progress(sweep: Sweep, out_dir: Path, servers: Sequence[ServerConfig | str], *,
+                             max_attempts: int, thumbnail_px: int, grid_format: str = DEFAULT_GRID_FORMAT,
+                             queue: CeleryQueue | None = None, detach: bool = False) -> SweepReport:
     """Run a sweep over a farm (or through a queue) with a progress bar; Ctrl-C stops it, resumable."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -424,7 +433,7 @@ def _run_sweep_with_progress(sweep: Any, out_dir: Path, servers: Sequence[Any], 
             fail(f"{how}; run the same command again to finish the sweep in {out_dir}", code)
 
 
-def _print_report(report: Any) -> None:
+def _print_report(report: SweepReport) -> None:
     stdout.print(f"{report.done} of {report.total} cells done, {report.failed} failed "
                  f"({report.ran} prompts run, "
                  + (f"{report.adopted} adopted from an earlier run, " if report.adopted else "")
@@ -439,11 +448,29 @@ def _print_report(report: Any) -> None:
         stderr.print(line((f"cell {index} failed:", "red"), f" {error}"))
 
 
+def farm_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The --server URL (repeatable) and --farm FILE options: the servers a command runs on."""
+    function = click.option("--farm", "farm_file", type=click.Path(exists=True, dir_okay=False),
+                            help="a farm file (TOML)")(function)
+    return click.option("--server", "servers", multiple=True, metavar="URL",
+                        help="a ComfyUI server; repeat for a farm (default $COMFY_URL or http://127.0.0.1:8188; "
+                             "token from $COMFY_TOKEN)")(function)
+
+
+def farm_servers(servers: Sequence[str], farm_file: str | None) -> list[ServerConfig]:
+    """The servers --farm and --server name, $COMFY_URL without either; URLs carry $COMFY_TOKEN."""
+    from comfy_orchestrator.servers import ServerConfig, load_farm, servers_from_urls
+
+    config = settings()
+    configs = list(load_farm(farm_file)) if farm_file else []
+    urls = servers_from_urls(list(servers) or ([] if farm_file else [config.comfy_url]))
+    configs += [ServerConfig.model_validate({**url.model_dump(), "token": config.token()}) for url in urls]
+    return configs
+
+
 @main.command("sweep")
 @click.argument("template_name", metavar="TEMPLATE")
-@click.option("--server", "servers", multiple=True, metavar="URL",
-              help="a ComfyUI server; repeat for a farm (default $COMFY_URL or http://127.0.0.1:8188)")
-@click.option("--farm", "farm_file", type=click.Path(exists=True, dir_okay=False), help="a farm file (TOML)")
+@farm_options
 @click.option("--axis", "axes", multiple=True, required=True, metavar="NAME=VALUES",
               help="a swept parameter: cfg=6,8,10 | denoise=0.3:0.9:0.1 | 'denoise=0.3-0.9 [7]' | "
                    "'steps=10-30 (+5)' | seed=random:4 | positive=@prompts.txt | positive=sr:cat,dog; repeat")
@@ -479,26 +506,23 @@ def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str]
         fail("--broker sends the cells to the queue's workers, --server/--farm to servers directly: give one",
              EXIT_BAD_INPUT)
     template = library(ctx).get(template_name)
-    from comfy_orchestrator.servers import load_farm
-
-    farm_servers: list[Any] = list(load_farm(farm_file)) if farm_file else []
-    farm_servers += list(servers) or ([] if farm_file else [settings().comfy_url])
-    read_family = find_family if dry_run else _family_reader(farm_servers[0])
+    configs = farm_servers(servers, farm_file)
+    read_family = find_family if dry_run else _family_reader(configs[0])
     sweep = _sweep_of(template, axes, sets, zipped=zipped, batch_seeds=batch_seeds, seed_source=seed_source,
                       read_family=read_family)
     if dry_run:
         from comfy_orchestrator.sweep_run import plan_sweep
 
-        plan = plan_sweep(sweep, servers=len(farm_servers))
+        plan = plan_sweep(sweep, servers=len(configs))
         for cell in plan.cells[:50]:
             stdout.print(f"{cell.index:5d}  {cell.label}")
         if len(plan.cells) > 50:
             stdout.print(f"  ... {len(plan.cells) - 50} more")
-        stdout.print(f"{len(plan.cells)} cells in {len(plan.jobs)} prompts on {len(farm_servers)} server(s); "
+        stdout.print(f"{len(plan.cells)} cells in {len(plan.jobs)} prompts on {len(configs)} server(s); "
                      f"about {_duration(plan.estimate_s)} on a fast GPU (SD1.5, 512x512); nothing submitted")
         return
     queue = _queue(broker, ca_cert) if broker is not None else None
-    report = _run_sweep_with_progress(sweep, Path(out_dir), farm_servers, max_attempts=max_attempts,
+    report = _run_sweep_with_progress(sweep, Path(out_dir), configs, max_attempts=max_attempts,
                                       thumbnail_px=thumbnail_px, grid_format=grid_format, queue=queue, detach=detach)
     _print_report(report)
     if queue is not None and report.waiting:
@@ -533,8 +557,8 @@ def demo(out_dir: str, servers: Sequence[str], checkpoint: str | None) -> None:
     sweep = _sweep_of(template, ["denoise=0.3:0.9:0.3", "cfg=4,7,10"], sets, zipped=False, batch_seeds=False,
                       seed_source=None)
     with ExitStack() as stack:
-        urls = list(servers)
-        if not urls:
+        chosen: list[ServerConfig | str] = list(farm_servers(servers, None)) if servers else []
+        if not chosen:
             try:
                 from comfy_orchestrator.sim.costs import profile
                 from comfy_orchestrator.sim import SimServer
@@ -545,8 +569,8 @@ def demo(out_dir: str, servers: Sequence[str], checkpoint: str | None) -> None:
             server = stack.enter_context(SimServer(costs=profile("realistic").scaled(10.0),
                                                    checkpoints=(checkpoint or DEFAULT_CHECKPOINT,)))
             stdout.print(f"started a simulated ComfyUI at {server.url} (no GPU needed)")
-            urls = [server.url]
-        report = _run_sweep_with_progress(sweep, folder, urls, max_attempts=3, thumbnail_px=256)
+            chosen = [server.url]
+        report = _run_sweep_with_progress(sweep, folder, chosen, max_attempts=3, thumbnail_px=256)
     _print_report(report)
     if report.failed:
         fail(f"{report.failed} of {report.total} cells failed; see {report.manifest}", EXIT_FAILED)
@@ -555,27 +579,24 @@ def demo(out_dir: str, servers: Sequence[str], checkpoint: str | None) -> None:
 
 
 def server_option(function: Callable[..., Any]) -> Callable[..., Any]:
-    """The --server URL option: default $COMFY_URL, then http://127.0.0.1:8188."""
+    """The --server URL option of the commands that talk to one server: default $COMFY_URL, then the local one."""
     return click.option("--server", "server", metavar="URL", default=None,
                         help="the ComfyUI server (default: $COMFY_URL, then http://127.0.0.1:8188); "
                              "token from $COMFY_TOKEN")(function)
 
 
-def _client(server: str | None) -> Any:
+def _client(server: str | None) -> Client:
+    """A client of --server, else $COMFY_URL, with $COMFY_TOKEN."""
     from comfy_orchestrator.client import Client
 
     config = settings()
-    token = config.comfy_token.get_secret_value() if config.comfy_token is not None else None
-    return Client(server or config.comfy_url, token=token)
+    return Client(server or config.comfy_url, token=config.token())
 
 
-def _family_reader(server: Any) -> FamilyReader:
+def _family_reader(server: ServerConfig) -> FamilyReader:
     """Read model families from a sweep's first server; where it cannot answer, guess from the name."""
     def read(checkpoint: str) -> FamilyFinding:
         try:
-            if isinstance(server, str):
-                with _client(server) as client:
-                    return client.model_family(checkpoint)  # type: ignore[no-any-return]
             from comfy_orchestrator.client import Client
 
             with Client(server.url, headers=server.headers, token=server.token) as client:
@@ -595,7 +616,7 @@ def _family_reader(server: Any) -> FamilyReader:
               help="folder for the outputs")
 @click.option("--from", "from_image", type=click.Path(dir_okay=False, exists=True),
               help="run the job recorded in an image we saved again (--set overrides its parameters)")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=3600.0, show_default=True,
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=Timeouts().job_s, show_default=True,
               help="seconds the job may take")
 @click.pass_context
 def run_command(ctx: click.Context, template_name: str | None, server: str | None, sets: Sequence[str],
@@ -807,10 +828,8 @@ def _gib(size: int) -> str:
 
 
 @farm_group.command("status")
-@click.option("--server", "servers", multiple=True, metavar="URL",
-              help="a ComfyUI server; repeat for a farm (default $COMFY_URL or http://127.0.0.1:8188)")
-@click.option("--farm", "farm_file", type=click.Path(exists=True, dir_okay=False), help="a farm file (TOML)")
-@click.option("--timeout", "timeout_s", default=10.0, show_default=True, type=click.FloatRange(0.1, 600),
+@farm_options
+@click.option("--timeout", "timeout_s", default=Timeouts().status_s, show_default=True, type=click.FloatRange(0.1, 600),
               help="seconds to wait for each server")
 @click.option("--json", "as_json", is_flag=True, help="print the status as JSON")
 def farm_status(servers: Sequence[str], farm_file: str | None, timeout_s: float, as_json: bool) -> None:
@@ -818,14 +837,8 @@ def farm_status(servers: Sequence[str], farm_file: str | None, timeout_s: float,
     import dataclasses
 
     from comfy_orchestrator.farm import Farm
-    from comfy_orchestrator.servers import ServerConfig, load_farm, servers_from_urls
 
-    config = settings()
-    token = config.comfy_token.get_secret_value() if config.comfy_token is not None else None
-    configs = list(load_farm(farm_file)) if farm_file else []
-    urls = servers_from_urls(list(servers) or ([] if farm_file else [config.comfy_url]))
-    configs += [ServerConfig.model_validate({**url.model_dump(), "token": token}) for url in urls]  # $COMFY_TOKEN
-    statuses = Farm(configs).status(timeout_s=timeout_s)
+    statuses = Farm(farm_servers(servers, farm_file)).status(timeout_s=timeout_s)
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(status) for status in statuses], indent=2))
     else:
@@ -851,10 +864,7 @@ def farm_status(servers: Sequence[str], farm_file: str | None, timeout_s: float,
 
 @main.command("worker")
 @broker_options(required=True)
-@click.option("--server", "servers", multiple=True, metavar="URL",
-              help="a ComfyUI server of this box; repeat for more (default $COMFY_URL or http://127.0.0.1:8188)")
-@click.option("--farm", "farm_file", type=click.Path(exists=True, dir_okay=False),
-              help="a farm file (TOML) listing this box's servers")
+@farm_options
 @click.option("--name", default=None, help="this worker's name in results and 'queue status' (default: the host name)")
 @click.option("--lease", "lease_s", type=click.FloatRange(1.0, 3600.0), default=30.0, show_default=True,
               help="seconds after which a silent worker's cells are queued again")
@@ -868,13 +878,8 @@ def worker_command(broker: str, ca_cert: str | None, servers: Sequence[str], far
     _queue(broker, ca_cert)  # one clear line for a bad URL, an unreachable broker or a wrong password
     from comfy_orchestrator.queue.broker import Broker, QueueTimeouts
     from comfy_orchestrator.queue.worker import default_worker_name, run_worker
-    from comfy_orchestrator.servers import ServerConfig, load_farm, servers_from_urls
 
-    config = settings()
-    token = config.comfy_token.get_secret_value() if config.comfy_token is not None else None
-    configs = list(load_farm(farm_file)) if farm_file else []
-    urls = servers_from_urls(list(servers) or ([] if farm_file else [config.comfy_url]))
-    configs += [ServerConfig.model_validate({**url.model_dump(), "token": token}) for url in urls]  # $COMFY_TOKEN
+    configs = farm_servers(servers, farm_file)
     checked = Broker.parse(broker, ca_cert=ca_cert)
     name = name or default_worker_name()
     stderr.print(f"worker {name} takes cells from {checked.display} for {len(configs)} server(s): "

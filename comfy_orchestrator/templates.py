@@ -44,7 +44,6 @@ from comfy_orchestrator.workflow_import import (
 
 TEMPLATE_SUFFIX = ".json.j2"
 DECLARATION_SUFFIX = ".params.json"
-USER_FOLDER_VARIABLE = "COMFY_ORCH_TEMPLATES"
 ParameterKind = Literal["int", "float", "str", "bool", "choice", "image"]
 
 
@@ -297,12 +296,8 @@ class Templates:
 
     @classmethod
     def default(cls, user_folders: Sequence[Path | str] = ()) -> Templates:
-        """User folders (arguments, then $COMFY_ORCH_TEMPLATES, then the per-user folder), then the built-in one."""
-        folders: list[Path | str] = list(user_folders)
-        env = os.environ.get(USER_FOLDER_VARIABLE, "")
-        folders += [p for p in env.split(os.pathsep) if p]
-        folders.append(default_user_folder())
-        return cls([*folders, builtin_folder()])
+        """The user folders given (the CLI adds $COMFY_ORCH_TEMPLATES's), the per-user folder, the built-in one."""
+        return cls([*user_folders, default_user_folder(), builtin_folder()])
 
     @property
     def user_folder(self) -> Path | None:

@@ -108,3 +108,24 @@ def test_wrong_password_is_auth_failed(proxy: str) -> None:
         with pytest.raises(AuthFailed) as caught:
             client.queue()
     assert "nope" not in str(caught.value)
+
+
+@pytest.mark.parametrize("command", ["sweep", "farm status"])
+def test_farm_commands_take_url_and_token_from_the_environment(command: str, proxy: str, sample_image: Path,
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sweep` and `farm status` honour $COMFY_URL and $COMFY_TOKEN as `run` does."""
+    from click.testing import CliRunner
+
+    from comfy_orchestrator.cli import main
+
+    args = {"sweep": ["sweep", "img2img", "--axis", "denoise=0.3,0.6", "--set", f"image={sample_image}",
+                      "--set", "steps=2", "--out", str(tmp_path / "out")],
+            "farm status": ["farm", "status"]}[command]
+    monkeypatch.setenv("COMFY_URL", proxy)  # the proxy answers 401 to a request without the token
+    if command == "farm status":  # a sweep would wait out the farm's no-server timeout instead
+        refused = CliRunner().invoke(main, args)
+        assert refused.exit_code == 1 and "401" in refused.output, refused.output
+    monkeypatch.setenv("COMFY_TOKEN", TOKEN)
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    assert TOKEN not in done.output

@@ -87,3 +87,18 @@ def test_denoise_guide(runner) -> None:
     for name in ("minimal", "moderate", "significant", "major", "new"):
         assert name in done.stdout
     assert "0.3-0.5" in runner.invoke(main, ["denoise-guide", "moderate"]).stdout
+
+
+def test_templates_folder_comes_from_the_environment(runner, tmp_path, monkeypatch) -> None:
+    """$COMFY_ORCH_TEMPLATES (read through the CLI's settings) names user folders, searched first."""
+    (tmp_path / "mine.json.j2").write_text('{"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": '
+                                           '{{ prefix }}}}}')
+    (tmp_path / "mine.params.json").write_text(json.dumps(
+        {"description": "a template of my own", "parameters": [{"name": "prefix", "type": "str", "default": "m"}]}))
+    monkeypatch.setenv("COMFY_ORCH_TEMPLATES", str(tmp_path))
+    done = runner.invoke(main, ["templates", "--json"])
+    assert done.exit_code == 0, done.output
+    assert "mine" in {t["name"] for t in json.loads(done.stdout)}
+    monkeypatch.delenv("COMFY_ORCH_TEMPLATES")
+    done = runner.invoke(main, ["templates", "--json"])
+    assert "mine" not in {t["name"] for t in json.loads(done.stdout)}

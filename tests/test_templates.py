@@ -226,11 +226,10 @@ def test_a_template_using_an_undeclared_name_is_refused_at_load(tmp_path) -> Non
         Templates.default([tmp_path]).get("typo")
 
 
-def test_user_folder_is_searched_before_the_builtin_one(tmp_path, sample_image, monkeypatch) -> None:
+def test_user_folder_is_searched_before_the_builtin_one(tmp_path, sample_image) -> None:
     builtin = Templates.default().get("img2img").source.read_text()
     (tmp_path / "img2img.json.j2").write_text(builtin.replace('"comfy-orch"', '"mine"'))
-    monkeypatch.setenv("COMFY_ORCH_TEMPLATES", str(tmp_path))
-    library = Templates.default()
+    library = Templates.default([tmp_path])
     assert library.folders[0] == tmp_path
     assert library.get("img2img").source == tmp_path / "img2img.json.j2"
 
