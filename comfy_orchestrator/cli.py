@@ -38,7 +38,8 @@ from comfy_orchestrator.limits import Timeouts
 from comfy_orchestrator.params import DENOISE_GUIDE, FamilyFinding, denoise_band, find_family
 from comfy_orchestrator.settings import Settings
 from comfy_orchestrator.schema import Schema
-from comfy_orchestrator.templates import Template, Templates, default_user_folder, import_workflow, parse_assignments
+from comfy_orchestrator.template_import import import_workflow
+from comfy_orchestrator.templates import Template, Templates, default_user_folder, parse_assignments
 
 if TYPE_CHECKING:  # imported where used, so that a command loads only what it needs
     from comfy_orchestrator.client import Client

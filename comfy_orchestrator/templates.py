@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import json
 import os
-import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,17 +29,8 @@ from comfy_orchestrator.errors import GraphInvalid, ParameterError, TemplateBrok
 from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.jobs import Job, content_name
 from comfy_orchestrator.params import WORKFLOWS, ImageFile, Params
-from comfy_orchestrator.schema import FILE_INPUTS, Schema
+from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.validation import check_prompt
-from comfy_orchestrator.workflow_import import (
-    Target,
-    detect_format,
-    parse_workflow,
-    propose_parameters,
-    resolve_target,
-    titles_of,
-    to_api,
-)
 
 TEMPLATE_SUFFIX = ".json.j2"
 DECLARATION_SUFFIX = ".params.json"
@@ -363,95 +353,3 @@ def parse_assignments(pairs: Sequence[str]) -> dict[str, str]:
             raise ParameterError(f"--set expects NAME=VALUE, got {pair!r}", parameter=name or None)
         values[name.strip()] = value
     return values
-
-
-@dataclass(frozen=True)
-class Imported:
-    """The outcome of importing a saved workflow as a template."""
-
-    template: Template
-    format: str
-    parameters: Mapping[str, Target]
-    notes: tuple[str, ...]  # what could not be carried over, and why
-    account: tuple[str, ...]  # how proposed parameters were chosen
-
-
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-_JINJA_OPENERS = re.compile(r"\{(?=[{%#])")  # '{{', '{%' and '{#' start Jinja tags; JSON never needs them
-
-
-def _declaration(name: str, spec: Any, value: Any, class_type: str) -> dict[str, Any]:
-    """Declare a parameter from the server's description of the input it sets."""
-    entry: dict[str, Any] = {"name": name, "description": f"{class_type}.{spec.name}"}
-    if FILE_INPUTS.get(class_type) == spec.name == "image":
-        return {**entry, "type": "image", "description": "a local picture, uploaded for you"}
-    if spec.type in ("INT", "FLOAT"):
-        entry.update(type=spec.type.lower(), min=spec.options.get("min"), max=spec.options.get("max"))
-    elif spec.type == "BOOLEAN":
-        entry["type"] = "bool"
-    elif spec.type == "COMBO" and spec.choices is not None and FILE_INPUTS.get(class_type) != spec.name:
-        entry.update(type="choice", choices=list(spec.choices))
-    else:
-        entry["type"] = "str"
-    return {**entry, "default": value}
-
-
-def import_workflow(text: str | bytes, *, name: str, folder: Path, schema: Schema,
-                    parameters: Mapping[str, str] | None = None, description: str = "") -> Imported:
-    """Turn a saved workflow (API export or editor format) into a template in `folder`.
-
-    `parameters` maps parameter names to targets (NODE.INPUT, NODE being an id, a title or a
-    class one node has); without it the usual parameters are proposed.
-    """
-    if not _NAME.match(name):
-        raise ParameterError(f"template name {name!r}: use lower-case letters, digits, '-' and '_'",
-                             parameter="name")
-    if name in WORKFLOWS:
-        raise ParameterError(f"{name!r} is a built-in template; choose another name", parameter="name")
-    data = parse_workflow(text)
-    kind = detect_format(data)
-    notes: tuple[str, ...] = ()
-    if kind == "editor":
-        converted = to_api(data, schema)
-        prompt, titles, notes = converted.prompt, converted.titles, converted.notes
-    else:
-        prompt, titles = {k: dict(v) for k, v in data.items()}, titles_of(data, schema)
-    structure = _structure_problems(prompt, schema)
-    if structure:
-        raise GraphInvalid(structure, template=name)
-    account: tuple[str, ...] = ()
-    if parameters:
-        targets = {param: resolve_target(prompt, titles, spec) for param, spec in parameters.items()}
-    else:
-        proposal = propose_parameters(prompt, schema, titles)
-        targets, account = dict(proposal), proposal.account
-    declarations = []
-    marked = json.loads(json.dumps(prompt))
-    for param, target in targets.items():
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", param):
-            raise ParameterError(f"parameter name {param!r} must be a Python identifier", parameter=param)
-        node = prompt[target.node_id]
-        spec = schema[node["class_type"]].inputs.get(target.input_name) if node["class_type"] in schema else None
-        value = node["inputs"][target.input_name]
-        if spec is None:
-            declarations.append({"name": param, "type": "str", "default": value, "description": str(target)})
-        else:
-            declarations.append(_declaration(param, spec, value, node["class_type"]))
-        marked[target.node_id]["inputs"][target.input_name] = f"{_TRACE}{param}{_TRACE}"
-    body = _JINJA_OPENERS.sub(r"\\u007b", json.dumps(marked, indent=2, ensure_ascii=False))
-    for param in targets:
-        body = body.replace(json.dumps(f"{_TRACE}{param}{_TRACE}"), "{{ " + param + " }}")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / (name + TEMPLATE_SUFFIX)).write_text(body + "\n", encoding="utf-8")
-    declaration = {"description": description or f"imported from a saved {kind}-format workflow",
-                   "parameters": declarations}
-    (folder / (name + DECLARATION_SUFFIX)).write_text(json.dumps(declaration, indent=2) + "\n", encoding="utf-8")
-    template = Templates([folder, builtin_folder()]).get(name)
-    return Imported(template, kind, targets, tuple(notes), tuple(account))
-
-
-def _structure_problems(prompt: Mapping[str, Any], schema: Schema) -> list[str]:
-    verdict = check_prompt(prompt, schema)
-    if verdict.error and not verdict.node_errors:
-        return [f"{verdict.error['message']} {verdict.error['details']}".strip()]
-    return []

@@ -1,4 +1,4 @@
-"""Saved ComfyUI workflows: editor format to API format, and naming their parameters.
+"""Saved ComfyUI workflows: reading them, and the editor format to the API format.
 
 Everything here is pure: it takes parsed JSON (or JSON text) and a Schema and returns data.
 
@@ -23,27 +23,20 @@ Public API
     editor-only.
 ``titles_of(prompt, schema=None) -> dict[str, str]``
     Node titles of an API-format prompt (its ``_meta.title``, else the class's display name).
-``resolve_target(prompt, titles, spec) -> Target``
-    ``NODE.INPUT`` (or ``NODE.inputs.INPUT``) to (node_id, input_name); NODE is a node id,
-    a title, or a class_type that exactly one node has.
-``Target``
-    A NamedTuple (node_id, input_name); ``str(target)`` is "node_id.input_name".
-``propose_parameters(prompt, schema, titles=None) -> Proposal``
-    The usual parameters (seed, steps, cfg, sampler, scheduler, denoise, prompt,
-    negative_prompt, image, checkpoint): a mapping name -> Target whose ``account`` says
-    what was chosen and why.
+
+Naming a workflow's parameters and writing it as a template is template_import.py.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from comfy_orchestrator.errors import WorkflowImportError
 from comfy_orchestrator.graph import is_link
-from comfy_orchestrator.schema import CHECKPOINT_LOADERS, NodeSchema, Schema
+from comfy_orchestrator.schema import NodeSchema, Schema
 
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 CONTROL_VALUES = frozenset({"fixed", "randomize", "increment", "decrement"})
@@ -58,16 +51,6 @@ MAX_SUBGRAPH_DEPTH = 32
 Format = Literal["api", "editor"]
 
 
-class Target(NamedTuple):
-    """One input of one node: where a template parameter goes."""
-
-    node_id: str
-    input_name: str
-
-    def __str__(self) -> str:
-        return f"{self.node_id}.{self.input_name}"
-
-
 @dataclass(frozen=True)
 class Converted:
     """An editor-format workflow in API format, with what could not be carried over."""
@@ -75,26 +58,6 @@ class Converted:
     prompt: dict[str, dict[str, Any]]
     titles: dict[str, str]
     notes: tuple[str, ...]
-
-
-class Proposal(Mapping[str, Target]):
-    """Proposed parameters (name -> Target) and an account of how they were chosen."""
-
-    def __init__(self, targets: Mapping[str, Target], account: Sequence[str]) -> None:
-        self._targets = dict(targets)
-        self.account = tuple(account)
-
-    def __getitem__(self, name: str) -> Target:
-        return self._targets[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._targets)
-
-    def __len__(self) -> int:
-        return len(self._targets)
-
-    def __repr__(self) -> str:
-        return f"Proposal({self._targets!r})"
 
 
 # ---------------------------------------------------------------- reading and detecting
@@ -142,7 +105,7 @@ def titles_of(prompt: Mapping[str, Mapping[str, Any]], schema: Schema | None = N
     for node_id, node in prompt.items():
         meta = node.get("_meta")
         title = meta.get("title") if isinstance(meta, Mapping) else None
-        titles[node_id] = str(title) if title else _display_name(schema, str(node["class_type"]))
+        titles[node_id] = str(title) if title else display_name(schema, str(node["class_type"]))
     return titles
 
 
@@ -245,11 +208,11 @@ class _Converter:
         definition = self.definitions.get(placed.class_type)
         if definition is not None:
             return str(definition.get("name") or placed.class_type)
-        return _display_name(self.schema, placed.class_type)
+        return display_name(self.schema, placed.class_type)
 
     def _describe(self, placed: _Placed) -> str:
         title = self._title(placed)
-        if title in (placed.class_type, _display_name(self.schema, placed.class_type)):
+        if title in (placed.class_type, display_name(self.schema, placed.class_type)):
             return f"node {placed.node_id} ({placed.class_type})"
         return f"node {placed.node_id} ({placed.class_type} {title!r})"
 
@@ -294,7 +257,7 @@ class _Converter:
             del prompt[node_id], titles[node_id]
             left_out[node_id] = "left out"
         self._drop_dangling(prompt, titles, left_out)
-        ordered = sorted(prompt, key=_natural_key)
+        ordered = sorted(prompt, key=natural_key)
         return Converted(
             prompt={k: prompt[k] for k in ordered},
             titles={k: titles[k] for k in ordered},
@@ -636,206 +599,13 @@ def _wrap(value: Any) -> Any:
     return {"__value__": value} if isinstance(value, list) else value
 
 
-def _natural_key(node_id: str) -> tuple[tuple[int, str], ...]:
+def natural_key(node_id: str) -> tuple[tuple[int, str], ...]:
+    """Sort key for node ids in natural order: 2 before 10, a subgraph's "40:9" after 40."""
     return tuple((int(part), "") if part.isdigit() else (1 << 62, part) for part in node_id.split(":"))
 
 
-def _display_name(schema: Schema | None, class_type: str) -> str:
+def display_name(schema: Schema | None, class_type: str) -> str:
+    """The name the editor shows for a class: its display_name, else the class itself."""
     if schema is not None and class_type in schema:
         return str(schema.raw[class_type].get("display_name") or class_type)
     return class_type
-
-
-# ---------------------------------------------------------------- naming parameters
-
-
-def resolve_target(prompt: Mapping[str, Mapping[str, Any]], titles: Mapping[str, str],
-                   spec: str) -> Target:
-    """Find the input that `spec` (NODE.INPUT, or NODE.inputs.INPUT) names."""
-    node_ref, dot, input_name = spec.strip().rpartition(".")
-    if not dot or not node_ref or not input_name:
-        raise WorkflowImportError(
-            f"parameter target {spec!r} is not NODE.INPUT (NODE: a node id, a node title or a "
-            "class that one node has; e.g. 3.denoise, KSampler.denoise)")
-    node_id = _find_node(prompt, titles, node_ref)
-    if node_id is None and node_ref.endswith(".inputs"):
-        node_id = _find_node(prompt, titles, node_ref[: -len(".inputs")])
-    if node_id is None:
-        listing = "; ".join(f"{nid} {titles.get(nid, '')!r} ({node['class_type']})"
-                            for nid, node in prompt.items())
-        raise WorkflowImportError(f"parameter target {spec!r}: no node has the id, title or class "
-                                  f"{node_ref!r}; nodes: {listing}")
-    inputs = prompt[node_id].get("inputs") or {}
-    if input_name not in inputs:
-        values = ", ".join(name for name, value in inputs.items() if not is_link(value))
-        raise WorkflowImportError(
-            f"parameter target {spec!r}: {prompt[node_id]['class_type']} has no input "
-            f"{input_name!r} set; its value inputs: {values or 'none'}", node_id=node_id)
-    if is_link(inputs[input_name]):
-        source = inputs[input_name][0]
-        raise WorkflowImportError(
-            f"parameter target {spec!r}: input {input_name!r} is linked from node {source}, "
-            "so it holds no value to make a parameter of", node_id=node_id)
-    return Target(node_id, input_name)
-
-
-def _find_node(prompt: Mapping[str, Mapping[str, Any]], titles: Mapping[str, str],
-               ref: str) -> str | None:
-    if ref in prompt:
-        return ref
-    for matches, what in (
-        ([nid for nid in prompt if titles.get(nid) == ref], "title"),
-        ([nid for nid, node in prompt.items() if node.get("class_type") == ref], "class"),
-    ):
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            candidates = ", ".join(f"{nid} ({prompt[nid]['class_type']} {titles.get(nid, '')!r})"
-                                   for nid in sorted(matches, key=_natural_key))
-            raise WorkflowImportError(f"{len(matches)} nodes have the {what} {ref!r}: "
-                                      f"{candidates}; name one by its id or give it its own title")
-    return None
-
-
-_SAMPLER_INPUTS = (
-    ("seed", ("seed", "noise_seed")),
-    ("steps", ("steps",)),
-    ("cfg", ("cfg",)),
-    ("sampler", ("sampler_name",)),
-    ("scheduler", ("scheduler",)),
-    ("denoise", ("denoise",)),
-)
-
-
-def propose_parameters(prompt: Mapping[str, Mapping[str, Any]], schema: Schema,
-                       titles: Mapping[str, str] | None = None) -> Proposal:
-    """Propose the usual parameters of a workflow and say what was chosen."""
-    titles = titles if titles is not None else titles_of(prompt, schema)
-    targets: dict[str, Target] = {}
-    account: list[str] = []
-
-    def describe(node_id: str) -> str:
-        kind = str(prompt[node_id]["class_type"])
-        title = titles.get(node_id, kind)
-        same = title in (kind, _display_name(schema, kind))
-        return f"node {node_id} ({kind})" if same else f"node {node_id} ({kind} {title!r})"
-
-    def propose(name: str, target: Target, why: str) -> None:
-        targets[name] = target
-        value = prompt[target.node_id]["inputs"][target.input_name]
-        account.append(f"{name} = {target} ({why}; now {value!r})")
-
-    samplers = [nid for nid, node in prompt.items() if _is_sampler(node, schema)]
-    samplers.sort(key=_natural_key)
-    upstream = {nid: _ancestors(prompt, nid) for nid in samplers}
-    first = [nid for nid in samplers if not any(other in upstream[nid] for other in samplers)]
-    if not samplers:
-        account.append("no sampler (a node with positive and negative inputs and steps or a "
-                       "seed): no seed, steps, cfg, sampler, scheduler, denoise or prompts proposed")
-    else:
-        main = (first or samplers)[0]
-        others = [nid for nid in samplers if nid != main]
-        if others:
-            account.append(
-                f"{len(samplers)} samplers: the sampler parameters are those of {describe(main)}, "
-                "the first in the flow; " + ", ".join(describe(nid) for nid in others)
-                + " keep their values (add --param for their inputs if needed)")
-        inputs = prompt[main]["inputs"]
-        for name, candidates in _SAMPLER_INPUTS:
-            for input_name in candidates:
-                if input_name not in inputs:
-                    continue
-                if is_link(inputs[input_name]):
-                    account.append(f"{name}: not proposed, {input_name} of {describe(main)} is "
-                                   f"linked from node {inputs[input_name][0]}")
-                else:
-                    propose(name, Target(main, input_name), f"{input_name} of {describe(main)}")
-                break
-        sources = {}
-        for side in ("positive", "negative"):
-            link = inputs.get(side)
-            source = _text_source(prompt, schema, link) if is_link(link) else None
-            sources[side] = source
-            if source is None:
-                account.append(f"{side} prompt: no text input found upstream of {side} of "
-                               f"{describe(main)}")
-        if sources["positive"] is not None:
-            propose("prompt", sources["positive"],
-                    f"text of {describe(sources['positive'].node_id)}, which feeds positive of "
-                    f"{describe(main)}")
-        negative = sources["negative"]
-        if negative is not None and negative == sources["positive"]:
-            account.append("negative_prompt: not proposed, the same text feeds positive and negative")
-        elif negative is not None:
-            propose("negative_prompt", negative,
-                    f"text of {describe(negative.node_id)}, which feeds negative of {describe(main)}")
-    loaders = [(nid, name) for nid, node in prompt.items() for name in _upload_inputs(node, schema)]
-    for index, (node_id, input_name) in enumerate(sorted(loaders, key=lambda t: _natural_key(t[0]))):
-        name = "image" if index == 0 else f"image_{index + 1}"
-        propose(name, Target(node_id, input_name), f"{input_name} of {describe(node_id)}")
-    checkpoints = sorted((nid for nid, node in prompt.items()
-                          if CHECKPOINT_LOADERS.get(str(node["class_type"])) in node.get("inputs", {})),
-                         key=_natural_key)
-    for index, node_id in enumerate(checkpoints):
-        input_name = CHECKPOINT_LOADERS[str(prompt[node_id]["class_type"])]
-        if is_link(prompt[node_id]["inputs"][input_name]):
-            continue
-        name = "checkpoint" if index == 0 else f"checkpoint_{index + 1}"
-        propose(name, Target(node_id, input_name), f"{input_name} of {describe(node_id)}")
-    return Proposal(targets, account)
-
-
-def _is_sampler(node: Mapping[str, Any], schema: Schema) -> bool:
-    kind = str(node.get("class_type"))
-    if kind not in schema:
-        return False
-    declared = schema[kind].inputs
-    conditioning = all(declared.get(side) is not None and declared[side].type == "CONDITIONING"
-                       for side in ("positive", "negative"))
-    return conditioning and any(name in declared for name in ("steps", "seed", "noise_seed"))
-
-
-def _ancestors(prompt: Mapping[str, Mapping[str, Any]], node_id: str) -> set[str]:
-    seen: set[str] = set()
-    stack = [node_id]
-    while stack:
-        for value in (prompt.get(stack.pop(), {}).get("inputs") or {}).values():
-            if is_link(value) and value[0] not in seen:
-                seen.add(value[0])
-                stack.append(value[0])
-    return seen
-
-
-def _text_source(prompt: Mapping[str, Mapping[str, Any]], schema: Schema,
-                 link: list[Any]) -> Target | None:
-    """The text input that makes a conditioning: follow CONDITIONING links upstream."""
-    queue = [str(link[0])]
-    seen: set[str] = set()
-    while queue:
-        node_id = queue.pop(0)
-        if node_id in seen or node_id not in prompt:
-            continue
-        seen.add(node_id)
-        node = prompt[node_id]
-        inputs = node.get("inputs") or {}
-        kind = str(node.get("class_type"))
-        declared = schema[kind].inputs if kind in schema else {}
-        texts = [name for name, value in inputs.items() if isinstance(value, str)
-                 and name in declared and declared[name].type == "STRING"
-                 and (name == "text" or declared[name].options.get("multiline"))]
-        if texts:
-            return Target(node_id, "text" if "text" in texts else texts[0])
-        for name, value in inputs.items():
-            if is_link(value) and name in declared and declared[name].type == "CONDITIONING":
-                queue.append(value[0])
-    return None
-
-
-def _upload_inputs(node: Mapping[str, Any], schema: Schema) -> list[str]:
-    kind = str(node.get("class_type"))
-    if kind not in schema:
-        return []
-    inputs = node.get("inputs") or {}
-    return [name for name, config in schema[kind].inputs.items()
-            if config.options.get("image_upload") and name in inputs and not is_link(inputs[name])]
-

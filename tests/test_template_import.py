@@ -1,4 +1,4 @@
-"""Saved workflows become templates: `comfy-orch template import`."""
+"""Saved workflows become templates: parameters named or proposed, `comfy-orch template import`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ from click.testing import CliRunner
 from comfy_orchestrator.cli import main
 from comfy_orchestrator.errors import ParameterError, WorkflowImportError
 from comfy_orchestrator.schema import Schema
-from comfy_orchestrator.templates import Templates, import_workflow
+from comfy_orchestrator.template_import import (
+    Target,
+    import_workflow,
+    propose_parameters,
+    resolve_target,
+)
+from comfy_orchestrator.templates import Templates
+from comfy_orchestrator.workflow_import import Converted, titles_of
+from tests.test_workflow_import import SCHEMA, convert, recorded_prompt
 
 
 @pytest.fixture
@@ -109,3 +117,119 @@ def test_cli_imports_the_editor_format(tmp_path, sample_image, recorded) -> None
                                                "--set", "denoise=0.6"]).stdout)
     reference = recorded("post_prompt_valid_a")["request"]["body"]["prompt"]
     assert {k: v["inputs"] for k, v in rendered.items()} == {k: v["inputs"] for k, v in reference.items()}
+
+
+# ---------------------------------------------------------------- naming parameters
+
+
+@pytest.fixture(scope="module")
+def hires() -> Converted:
+    return convert("hires_c.json")
+
+
+@pytest.mark.parametrize(("spec", "target"), [
+    ("6.denoise", ("6", "denoise")),
+    ("10.inputs.denoise", ("10", "denoise")),  # the API-export form of issue 2
+    ("Second Pass.denoise", ("10", "denoise")),  # a title the user gave
+    ("Positive Prompt.text", ("2", "text")),
+    ("Upscale Latent.width", ("9", "width")),  # a default title (the display name)
+    ("LatentUpscale.width", ("9", "width")),  # the only node of its class
+    ("EmptyLatentImage.inputs.height", ("4", "height")),
+    ("  CheckpointLoaderSimple.ckpt_name ", ("1", "ckpt_name")),
+])
+def test_resolve_target(hires: Converted, spec: str, target: tuple[str, str]) -> None:
+    assert resolve_target(hires.prompt, hires.titles, spec) == Target(*target)
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("KSampler.denoise", r"2 nodes have the class 'KSampler': 6 \(KSampler 'First Pass'\), "
+                         r"10 \(KSampler 'Second Pass'\)"),
+    ("CLIPTextEncode.text", "2 nodes have the class 'CLIPTextEncode'"),
+    ("Nowhere.seed", "no node has the id, title or class 'Nowhere'; nodes: 1 'Load Checkpoint'"),
+    ("6.denoize", "KSampler has no input 'denoize' set; its value inputs: seed, steps"),
+    ("6.model", "input 'model' is linked from node 1"),
+    ("denoise", "is not NODE.INPUT"),
+    ("6.", "is not NODE.INPUT"),
+])
+def test_resolve_target_errors(hires: Converted, spec: str, message: str) -> None:
+    with pytest.raises(WorkflowImportError, match=message):
+        resolve_target(hires.prompt, hires.titles, spec)
+
+
+def test_ambiguous_title_lists_the_candidates() -> None:
+    blend = convert("blend_f.json")
+    with pytest.raises(WorkflowImportError, match=r"2 nodes have the title 'VAE Encode': 5 \(VAEEncode "
+                                                  r"'VAE Encode'\), 12 \(VAEEncode 'VAE Encode'\)"):
+        resolve_target(blend.prompt, blend.titles, "VAE Encode.pixels")
+
+
+def test_title_with_dots() -> None:
+    prompt = {"3": {"class_type": "KSampler", "inputs": {"steps": 20}}}
+    assert resolve_target(prompt, {"3": "SD v1.5 sampler"}, "SD v1.5 sampler.steps") == Target("3", "steps")
+
+
+def test_resolve_target_on_an_api_prompt_uses_meta_titles() -> None:
+    prompt = recorded_prompt("post_prompt_valid_a")
+    prompt["2"]["_meta"] = {"title": "Positive"}
+    assert resolve_target(prompt, titles_of(prompt, SCHEMA), "Positive.text") == Target("2", "text")
+    assert resolve_target(prompt, titles_of(prompt, SCHEMA), "Save Image.filename_prefix") == Target("8", "filename_prefix")
+
+
+def test_propose_parameters_for_img2img() -> None:
+    converted = convert("img2img_a.json")
+    proposal = propose_parameters(converted.prompt, SCHEMA, converted.titles)
+    assert dict(proposal) == {
+        "seed": ("6", "seed"), "steps": ("6", "steps"), "cfg": ("6", "cfg"),
+        "sampler": ("6", "sampler_name"), "scheduler": ("6", "scheduler"), "denoise": ("6", "denoise"),
+        "prompt": ("2", "text"), "negative_prompt": ("3", "text"),
+        "image": ("4", "image"), "checkpoint": ("1", "ckpt_name"),
+    }
+    assert any(line.startswith("prompt = 2.text") and "feeds positive of node 6" in line
+               for line in proposal.account)
+
+
+def test_propose_parameters_follows_links_not_titles() -> None:
+    converted = convert("img2img_a.json")
+    prompt = json.loads(json.dumps(converted.prompt))
+    sampler = prompt["6"]["inputs"]
+    sampler["positive"], sampler["negative"] = sampler["negative"], sampler["positive"]
+    proposal = propose_parameters(prompt, SCHEMA, converted.titles)
+    assert proposal["prompt"] == ("3", "text")  # titled "Negative Prompt", but it feeds positive
+    assert proposal["negative_prompt"] == ("2", "text")
+
+
+def test_propose_parameters_through_conditioning_nodes() -> None:
+    prompt = recorded_prompt("post_prompt_valid_a")
+    prompt["20"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["2", 0]}}
+    prompt["6"]["inputs"]["negative"] = ["20", 0]
+    proposal = propose_parameters(prompt, SCHEMA)
+    assert proposal["prompt"] == ("2", "text")
+    assert "negative_prompt" not in proposal
+    assert any("same text feeds positive and negative" in line for line in proposal.account)
+
+
+def test_propose_parameters_with_two_samplers_and_two_images() -> None:
+    hires = convert("hires_c.json")
+    proposal = propose_parameters(hires.prompt, SCHEMA, hires.titles)
+    assert proposal["seed"] == ("6", "seed")  # the first pass
+    assert any("node 10 (KSampler 'Second Pass')" in line for line in proposal.account)
+    blend = convert("blend_f.json")
+    proposal = propose_parameters(blend.prompt, SCHEMA, blend.titles)
+    assert (proposal["image"], proposal["image_2"]) == (("4", "image"), ("11", "image"))
+
+
+def test_propose_parameters_skips_linked_inputs_and_says_so() -> None:
+    prompt = recorded_prompt("post_prompt_valid_a")
+    prompt["20"] = {"class_type": "PrimitiveInt", "inputs": {"value": 7}}
+    prompt["6"]["inputs"]["seed"] = ["20", 0]
+    proposal = propose_parameters(prompt, SCHEMA)
+    assert "seed" not in proposal
+    assert "seed: not proposed, seed of node 6 (KSampler) is linked from node 20" in proposal.account
+
+
+def test_propose_parameters_without_a_sampler() -> None:
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+              "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
+    proposal = propose_parameters(prompt, SCHEMA)
+    assert dict(proposal) == {"image": ("1", "image")}
+    assert proposal.account[0].startswith("no sampler")
