@@ -64,7 +64,6 @@ from PIL import Image
 from comfy_orchestrator.client import Client
 from comfy_orchestrator.dispatch import Dispatch, RoundRobin, SoonestFinish
 from comfy_orchestrator.farm import Farm, JobFailed
-from comfy_orchestrator.servers import servers_from_urls
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.sim import SimServer, profile

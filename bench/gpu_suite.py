@@ -55,7 +55,7 @@ import tempfile
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,8 +66,8 @@ from PIL import Image
 from comfy_orchestrator.client import Client
 from comfy_orchestrator.dispatch import Dispatch, RoundRobin, SoonestFinish
 from comfy_orchestrator.farm import Farm, JobFailed
-from comfy_orchestrator.servers import ServerConfig
 from comfy_orchestrator.jobs import Job, JobResult
+from comfy_orchestrator.servers import ServerConfig
 from comfy_orchestrator.sweep import Sweep, parse_axis
 from comfy_orchestrator.sweep_run import SweepProgress, plan_sweep, run_sweep
 from comfy_orchestrator.templates import Templates

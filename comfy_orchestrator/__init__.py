@@ -1,5 +1,6 @@
 """comfy_orchestrator: run ComfyUI workflows at scale."""
 
+from comfy_orchestrator.client import Client
 from comfy_orchestrator.errors import (
     AuthFailed,
     BrokerAuthFailed,
@@ -32,7 +33,6 @@ from comfy_orchestrator.errors import (
     WorkerJobFailed,
     WorkflowImportError,
 )
-from comfy_orchestrator.client import Client
 from comfy_orchestrator.farm import Farm, JobFailed
 from comfy_orchestrator.graph import Graph, Node
 from comfy_orchestrator.job_handle import JobHandle

@@ -36,8 +36,8 @@ from comfy_orchestrator.errors import (
 from comfy_orchestrator.grid import DEFAULT_GRID_FORMAT, GRID_FORMATS
 from comfy_orchestrator.limits import Timeouts
 from comfy_orchestrator.params import DENOISE_GUIDE, FamilyFinding, denoise_band, find_family
-from comfy_orchestrator.settings import Settings
 from comfy_orchestrator.schema import Schema
+from comfy_orchestrator.settings import Settings
 from comfy_orchestrator.template_import import import_workflow
 from comfy_orchestrator.templates import Template, Templates, default_user_folder, parse_assignments
 
@@ -561,8 +561,8 @@ def demo(out_dir: str, servers: Sequence[str], checkpoint: str | None) -> None:
         chosen: list[ServerConfig | str] = list(farm_servers(servers, None)) if servers else []
         if not chosen:
             try:
-                from comfy_orchestrator.sim.costs import profile
                 from comfy_orchestrator.sim import SimServer
+                from comfy_orchestrator.sim.costs import profile
             except ImportError as exc:
                 fail(f"the demo's simulated server needs the [sim] extra: "
                      f"pip install 'comfy-orchestrator[sim]' ({exc})")

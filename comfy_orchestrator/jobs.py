@@ -11,6 +11,7 @@ from typing import Any
 
 from comfy_orchestrator.graph import Graph
 
+
 def content_name(path: Path) -> str:
     """The name an input file gets on a server: its stem and a hash of its bytes.
 

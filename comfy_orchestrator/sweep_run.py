@@ -24,14 +24,15 @@ import shutil
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image, UnidentifiedImageError
 
+from comfy_orchestrator.errors import ComfyError, GridFailed
 from comfy_orchestrator.farm import (
     Farm,
     FarmEvent,
@@ -44,7 +45,6 @@ from comfy_orchestrator.farm import (
     ServerDown,
     ServerLink,
 )
-from comfy_orchestrator.errors import ComfyError, GridFailed
 from comfy_orchestrator.grid import (
     DEFAULT_GRID_FORMAT,
     IMAGE_THREADS,

@@ -138,8 +138,8 @@ def import_comfy(comfyui_dir: Path, *, cpu: bool) -> Any:
     import comfy.cldm.cldm
     import comfy.clip_model
     import comfy.ldm.models.autoencoder
-    import comfy.lora
     import comfy.ldm.modules.diffusionmodules.openaimodel
+    import comfy.lora
     import comfy.model_detection
     import comfy.ops
     import comfy.supported_models

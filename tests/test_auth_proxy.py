@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import free_port
 
 from comfy_orchestrator.client import Client
-from comfy_orchestrator.limits import Timeouts
-from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.errors import AuthFailed
 from comfy_orchestrator.jobs import Job
+from comfy_orchestrator.limits import Timeouts
 from comfy_orchestrator.provenance import read_provenance
+from comfy_orchestrator.retry import RetryPolicy
+from tests.conftest import free_port
 
 TOKEN = "tok-7f3a9c2e5b1d"
 PASSWORD = "s3cret-pw"

@@ -13,9 +13,6 @@ import requests
 from PIL import Image
 
 from comfy_orchestrator.client import Client, safe_filename
-from comfy_orchestrator.limits import Timeouts
-from comfy_orchestrator.listener import connect_websocket
-from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.errors import (
     ExecutionFailed,
     Interrupted,
@@ -27,6 +24,8 @@ from comfy_orchestrator.errors import (
 )
 from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.jobs import Job
+from comfy_orchestrator.limits import Timeouts
+from comfy_orchestrator.listener import connect_websocket
 from comfy_orchestrator.protocol import (
     Event,
     NodeExecuted,
@@ -36,6 +35,7 @@ from comfy_orchestrator.protocol import (
     PromptSucceeded,
 )
 from comfy_orchestrator.provenance import png_text, read_provenance
+from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.sim.costs import Costs
 
 

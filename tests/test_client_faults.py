@@ -10,9 +10,6 @@ from typing import Any
 import pytest
 
 from comfy_orchestrator.client import Client
-from comfy_orchestrator.limits import Timeouts
-from comfy_orchestrator.listener import connect_websocket
-from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.errors import (
     ConnectionFailed,
     JobLost,
@@ -23,7 +20,10 @@ from comfy_orchestrator.errors import (
 )
 from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.jobs import Job
+from comfy_orchestrator.limits import Timeouts
+from comfy_orchestrator.listener import connect_websocket
 from comfy_orchestrator.params import DEFAULT_CHECKPOINT
+from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.sim.costs import Costs
 
 QUICK = RetryPolicy(max_attempts=3, first_delay_s=0.05, max_delay_s=0.2)

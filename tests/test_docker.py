@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.conftest import free_port
 
 from comfy_orchestrator.servers import load_farm
+from tests.conftest import free_port
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 PROXY = DOCKER / "proxy"

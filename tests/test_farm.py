@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from comfy_orchestrator.cli import main
-from comfy_orchestrator.errors import NoServerAvailable, OutOfMemory
 from comfy_orchestrator.dispatch import Dispatch, RoundRobin, SoonestFinish
+from comfy_orchestrator.errors import NoServerAvailable, OutOfMemory
 from comfy_orchestrator.farm import (
     DuplicateDiscarded,
     Farm,

@@ -8,16 +8,6 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from comfy_orchestrator.errors import (
-    ConnectionFailed,
-    ExecutionFailed,
-    FarmFileInvalid,
-    JobLost,
-    JobTimedOut,
-    MissingModel,
-    OutOfMemory,
-    PromptRejected,
-)
 from comfy_orchestrator.dispatch import (
     Attempt,
     Capability,
@@ -34,11 +24,21 @@ from comfy_orchestrator.dispatch import (
     estimate_finish_s,
     job_needs,
 )
-from comfy_orchestrator.retry import RetryPolicy
-from comfy_orchestrator.servers import load_farm, parse_farm, servers_from_urls
+from comfy_orchestrator.errors import (
+    ConnectionFailed,
+    ExecutionFailed,
+    FarmFileInvalid,
+    JobLost,
+    JobTimedOut,
+    MissingModel,
+    OutOfMemory,
+    PromptRejected,
+)
 from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.jobs import Job
+from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.schema import Schema
+from comfy_orchestrator.servers import load_farm, parse_farm, servers_from_urls
 
 CKPT = "random-sd15.safetensors"
 

@@ -6,11 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFont
 
 from comfy_orchestrator.errors import GridFailed
-from PIL import ImageFont
-
 from comfy_orchestrator.grid import (
     MAX_GRID_SIDE_PX,
     GridAxis,

@@ -1,8 +1,12 @@
 """The package's public surface."""
 
 import importlib
+import inspect
+import re
 import subprocess
 import sys
+import typing
+from pathlib import Path
 
 import comfy_orchestrator
 
@@ -11,6 +15,26 @@ def test_all_is_sorted_and_importable() -> None:
     assert comfy_orchestrator.__all__ == sorted(comfy_orchestrator.__all__)
     for name in comfy_orchestrator.__all__:
         assert getattr(comfy_orchestrator, name) is not None, name
+
+
+def test_all_is_complete() -> None:
+    """Every error, every name the README imports, and every value Client and Farm take is exported."""
+    errors = importlib.import_module("comfy_orchestrator.errors")
+    wanted = {name for name, value in vars(errors).items()
+              if isinstance(value, type) and issubclass(value, Exception) and value.__module__ == errors.__name__}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text("utf-8")
+    for names in re.findall(r"^from comfy_orchestrator import (.+)$", readme, re.MULTILINE):
+        wanted |= {name.strip() for name in names.split(",")}
+    for function in (comfy_orchestrator.Client.__init__, comfy_orchestrator.Farm.__init__):
+        hints = list(typing.get_type_hints(function).values())
+        while hints:
+            value = hints.pop()
+            hints += typing.get_args(value)
+            if inspect.isclass(value) and value.__module__.startswith("comfy_orchestrator") \
+                        and not getattr(value, "_is_protocol", False):
+                    wanted.add(value.__name__)
+    assert wanted >= {"MalformedMessage", "Timeouts", "RetryPolicy", "ServerConfig", "load_farm"}
+    assert sorted(wanted - set(comfy_orchestrator.__all__)) == []
 
 
 def test_every_error_derives_from_comfy_error() -> None:

@@ -9,9 +9,7 @@ import pytest
 
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.validation import check_prompt
-
 from tests.conftest import REFERENCE
-
 
 
 def _validation_answers() -> list[str]:

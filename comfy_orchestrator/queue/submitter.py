@@ -25,7 +25,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,8 @@ import redis
 from celery import Celery
 
 from comfy_orchestrator.client import safe_filename
-from comfy_orchestrator.errors import NoServerAvailable, ParameterError, WorkerJobFailed
 from comfy_orchestrator.dispatch import job_needs
+from comfy_orchestrator.errors import NoServerAvailable, ParameterError, WorkerJobFailed
 from comfy_orchestrator.farm import JobFailed, JobOutcome
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.queue.broker import TASK_NAME, Broker, Keys, QueueTimeouts, as_text, make_app

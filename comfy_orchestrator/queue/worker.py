@@ -36,11 +36,11 @@ from celery.signals import task_postrun
 from celery.worker.consumer import Consumer
 
 from comfy_orchestrator.errors import ComfyError, MalformedMessage
-from comfy_orchestrator.servers import ServerConfig
 from comfy_orchestrator.queue.box import Box
 from comfy_orchestrator.queue.broker import IDLE_QUEUE, TASK_NAME, Broker, Keys, QueueTimeouts, as_text, make_app
 from comfy_orchestrator.queue.payload import failure_to_json, job_from_json, result_to_json
 from comfy_orchestrator.queue.routing import OfferedQueue, choose_queues, needs_from_json
+from comfy_orchestrator.servers import ServerConfig
 
 logger = logging.getLogger(__name__)
 

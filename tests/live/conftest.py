@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from comfy_orchestrator.client import Client
-from comfy_orchestrator.limits import Timeouts
-from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.jobs import Job, content_name
+from comfy_orchestrator.limits import Timeouts
+from comfy_orchestrator.retry import RetryPolicy
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

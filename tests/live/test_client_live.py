@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from comfy_orchestrator.client import Client
-from comfy_orchestrator.limits import Timeouts
-from comfy_orchestrator.listener import connect_websocket
 from comfy_orchestrator.errors import ExecutionFailed, Interrupted, JobLost, MissingModel, PromptRejected
 from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.jobs import Job
+from comfy_orchestrator.limits import Timeouts
+from comfy_orchestrator.listener import connect_websocket
 from comfy_orchestrator.protocol import NodeProgress, PreviewImage
 from comfy_orchestrator.provenance import png_text, read_provenance
 

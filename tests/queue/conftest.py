@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import redis
 
 REPO = Path(__file__).resolve().parents[2]

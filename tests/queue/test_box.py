@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from comfy_orchestrator.retry import RetryPolicy
-from comfy_orchestrator.errors import ExecutionFailed
 from comfy_orchestrator.dispatch import job_needs
-from comfy_orchestrator.servers import ServerConfig
+from comfy_orchestrator.errors import ExecutionFailed
 from comfy_orchestrator.params import DEFAULT_CHECKPOINT
 from comfy_orchestrator.queue.box import Box
+from comfy_orchestrator.retry import RetryPolicy
+from comfy_orchestrator.servers import ServerConfig
 
 QUICK = RetryPolicy(max_attempts=3, first_delay_s=0.05, max_delay_s=0.2)
 

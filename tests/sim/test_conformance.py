@@ -16,8 +16,6 @@ from typing import Any
 
 import pytest
 import requests
-
-from comfy_orchestrator.sim import Costs, SimServer
 from transcripts import (
     TIMEOUT_S,
     Listener,
@@ -28,6 +26,8 @@ from transcripts import (
     replay_request,
     upload_inputs,
 )
+
+from comfy_orchestrator.sim import Costs, SimServer
 
 LIVE_URL = os.environ.get("COMFY_URL", "").rstrip("/")
 pytestmark = [pytest.mark.live] if LIVE_URL else []

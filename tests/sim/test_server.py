@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+from transcripts import REFERENCE, TIMEOUT_S, Listener, reference_inputs
 
 from comfy_orchestrator.errors import ParameterError
 from comfy_orchestrator.sim import Costs, SimServer
-from transcripts import REFERENCE, TIMEOUT_S, Listener, reference_inputs
-
 
 StartSims = Callable[..., list[SimServer]]
 
