@@ -1,0 +1,270 @@
+"""The farm's engine driven through stub ServerLinks: every step waits on what the engine did, never on a clock.
+
+Each stub job ends only when the test releases it, so the engine's choices (what it
+submits, when it refills, which copy it keeps) are checked in an order the test sets.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from comfy_orchestrator.errors import ComfyError, ConnectionFailed, Interrupted
+from comfy_orchestrator.farm import (
+    DuplicateDiscarded,
+    Farm,
+    FarmEvent,
+    JobDone,
+    JobOutcome,
+    JobRetrying,
+    RunningJob,
+    ServerDown,
+    ServerStatus,
+)
+from comfy_orchestrator.graph import Graph
+from comfy_orchestrator.jobs import Job, JobResult
+from comfy_orchestrator.protocol import Progress
+from comfy_orchestrator.retry import RetryPolicy
+from comfy_orchestrator.schema import Schema
+from comfy_orchestrator.servers import ServerConfig
+
+SCHEMA = Schema.recorded()
+QUICK = RetryPolicy(max_attempts=3, first_delay_s=0.01, max_delay_s=0.05)
+PATIENCE_S = 10.0  # how long a step may take before the test calls the engine stuck
+
+
+def jobs(count: int) -> Iterator[Job]:
+    """Jobs that any server of the recorded schema can run, labelled job-0, job-1, ..."""
+    for index in range(count):
+        graph = Graph.from_api({"1": {"class_type": "EmptyLatentImage",
+                                      "inputs": {"width": 64 + 8 * index, "height": 64, "batch_size": 1}}})
+        yield Job(graph=graph, label=f"job-{index}")
+
+
+class StubJob:
+    """A job queued on a stub server; it ends when the test finishes or fails it."""
+
+    def __init__(self, link: StubLink, job: Job, prompt_id: str) -> None:
+        self.link = link
+        self.job = job
+        self.prompt_id = prompt_id
+        self.cancelled = False
+        self._ended = threading.Event()
+        self._outcome: JobResult | ComfyError | None = None
+
+    def finish(self) -> None:
+        self._end(JobResult(job=self.job, prompt_id=self.prompt_id, server=self.link.name))
+
+    def fail(self, error: ComfyError) -> None:
+        self._end(error)
+
+    def _end(self, outcome: JobResult | ComfyError) -> None:
+        if not self._ended.is_set():
+            self._outcome = outcome
+            self._ended.set()
+
+    def wait(self, timeout_s: float) -> JobResult:
+        if not self._ended.wait(PATIENCE_S):
+            raise AssertionError(f"{self.job.label} on {self.link.name} was never ended by the test")
+        self.link.note("reaped", self)
+        if isinstance(self._outcome, ComfyError):
+            raise self._outcome
+        assert self._outcome is not None
+        return self._outcome
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.fail(Interrupted(self.prompt_id, server=self.link.name))
+
+
+class StubLink:
+    """A ServerLink whose server answers as the test says: up once `opened`, down while `unwell`."""
+
+    def __init__(self, name: str, *, opened: bool = True, finish_at_once: bool = False) -> None:
+        self.name = name
+        self.opened = threading.Event()
+        self.unwell = threading.Event()
+        self.finish_at_once = finish_at_once
+        self.queued: list[StubJob] = []
+        self.log: list[tuple[str, str, int]] = []  # (what happened, job label, jobs held after it)
+        self._held = 0
+        self._changed = threading.Condition()
+        if opened:
+            self.opened.set()
+
+    def note(self, what: str, job: StubJob) -> None:
+        with self._changed:
+            self._held += {"submitted": 1, "reaped": -1}[what]
+            self.log.append((what, job.job.label, self._held))
+            self._changed.notify_all()
+
+    def wait_for(self, what: Callable[[StubLink], bool], doing: str) -> None:
+        with self._changed:
+            if not self._changed.wait_for(lambda: what(self), PATIENCE_S):
+                raise AssertionError(f"{self.name} never {doing}; its log: {self.log}")
+
+    def probe(self) -> Schema:
+        if not self.opened.wait(0.2) or self.unwell.is_set():
+            raise ConnectionFailed("not answering", server=self.name)
+        return SCHEMA
+
+    def check(self) -> None:
+        if self.unwell.is_set():
+            raise ConnectionFailed("not answering", server=self.name)
+
+    def submit(self, job: Job, *, prompt_id: str | None = None,
+               on_progress: Callable[[Progress], None] | None = None) -> RunningJob:
+        queued = StubJob(self, job, prompt_id or f"{self.name}-{len(self.queued)}")
+        self.queued.append(queued)
+        self.note("submitted", queued)
+        if self.finish_at_once:
+            queued.finish()
+        return queued
+
+    def locate(self, prompt_id: str) -> tuple[str, Mapping[str, Any] | None]:
+        queued = next((q for q in self.queued if q.prompt_id == prompt_id), None)
+        return ("unknown", None) if queued is None else ("running", None)
+
+    def cancel(self, prompt_id: str) -> None:
+        for queued in self.queued:
+            if queued.prompt_id == prompt_id:
+                queued.cancel()
+
+    def save(self, result: JobResult, out_dir: Path) -> JobResult:
+        return result
+
+    def withdraw(self, job: RunningJob) -> bool:
+        return False  # it had started: it stays where it is
+
+    def status(self) -> ServerStatus:
+        return ServerStatus(name=self.name, url=f"http://{self.name}", up=not self.unwell.is_set())
+
+    def close(self) -> None:
+        pass
+
+
+class Recorder:
+    """The events of a run, and a way to wait for one."""
+
+    def __init__(self) -> None:
+        self.events: list[FarmEvent] = []
+        self._changed = threading.Condition()
+
+    def __call__(self, event: FarmEvent) -> None:
+        with self._changed:
+            self.events.append(event)
+            self._changed.notify_all()
+
+    def wait_for(self, kind: type, server: str) -> FarmEvent:
+        def found() -> FarmEvent | None:
+            return next((e for e in self.events if isinstance(e, kind) and getattr(e, "server") == server), None)
+
+        with self._changed:
+            event = self._changed.wait_for(found, PATIENCE_S)
+        assert event is not None, f"no {kind.__name__} from {server}; events: {self.events}"
+        return event
+
+
+class Run:
+    """A farm's run consumed on its own thread (the engine starts at the first outcome asked for)."""
+
+    def __init__(self, farm: Farm, count: int, events: Callable[[FarmEvent], None] = lambda event: None) -> None:
+        self._outcomes: queue.Queue[JobOutcome | BaseException | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._consume, args=(farm, count, events), daemon=True)
+        self._thread.start()
+
+    def _consume(self, farm: Farm, count: int, events: Callable[[FarmEvent], None]) -> None:
+        try:
+            for outcome in farm.run(jobs(count), on_event=events):
+                self._outcomes.put(outcome)
+        except BaseException as exc:
+            self._outcomes.put(exc)
+        self._outcomes.put(None)
+
+    def next(self) -> JobOutcome:
+        item = self._outcomes.get(timeout=PATIENCE_S)
+        if isinstance(item, BaseException):
+            raise item
+        assert item is not None, "the run ended early"
+        return item
+
+    def rest(self) -> list[JobOutcome]:
+        """The outcomes still to come, once the run ends."""
+        items: list[JobOutcome] = []
+        while (item := self._outcomes.get(timeout=PATIENCE_S)) is not None:
+            assert not isinstance(item, BaseException), item
+            items.append(item)
+        self._thread.join(PATIENCE_S)
+        return items
+
+
+def farm_of(*links: StubLink, queue_ahead: int = 0, health_interval_s: float = 3600.0) -> Farm:
+    by_name = {link.name: link for link in links}
+    configs = [ServerConfig(url=f"http://{link.name}", queue_ahead=queue_ahead) for link in links]
+    return Farm(configs, policy=QUICK, connect=lambda config: by_name[config.name],
+                health_interval_s=health_interval_s)
+
+
+def test_a_server_keeps_one_running_and_queue_ahead_waiting_refilled_as_each_ends() -> None:
+    link = StubLink("a.test")
+    run = Run(farm_of(link, queue_ahead=2), 6)
+    outcomes: list[JobOutcome] = []
+    for index in range(6):
+        link.wait_for(lambda stub: len(stub.queued) >= min(index + 3, 6), f"held {min(index + 3, 6)} jobs")
+        link.queued[index].finish()
+        outcomes.append(run.next())
+    assert run.rest() == []
+    submitted = [(label, held) for what, label, held in link.log if what == "submitted"]
+    # three at once, then each one that ends is replaced straight away: the server never holds more or less
+    assert submitted == [("job-0", 1), ("job-1", 2), ("job-2", 3), ("job-3", 3), ("job-4", 3), ("job-5", 3)]
+    assert [o.job.label for o in outcomes] == [f"job-{i}" for i in range(6)]
+    assert all(isinstance(o, JobResult) and o.server == "a.test" for o in outcomes)
+
+
+def test_the_jobs_of_a_server_lost_mid_job_run_again_on_another() -> None:
+    lost, spare = StubLink("lost.test"), StubLink("spare.test", opened=False, finish_at_once=True)
+    events = Recorder()
+    run = Run(farm_of(lost, spare, queue_ahead=1), 2, events)
+    lost.wait_for(lambda stub: len(stub.queued) == 2, "took both jobs")
+    spare.opened.set()  # only now: both jobs must start on the server that will be lost
+    lost.unwell.set()
+    lost.queued[0].fail(ConnectionFailed("connection reset mid-job", server="lost.test"))
+    outcomes = run.rest()
+    assert sorted((o.job.label, o.server) for o in outcomes if isinstance(o, JobResult)) == [
+        ("job-0", "spare.test"), ("job-1", "spare.test")]
+    down = events.wait_for(ServerDown, "lost.test")
+    assert isinstance(down, ServerDown) and down.moved == 1  # the job queued behind the one that failed
+    retrying = events.wait_for(JobRetrying, "lost.test")
+    assert isinstance(retrying, JobRetrying) and retrying.job.label == "job-0" and retrying.attempt == 1
+    assert sorted(label for what, label, _ in spare.log if what == "submitted") == ["job-0", "job-1"]
+
+
+def test_a_job_that_finishes_twice_keeps_the_first_result() -> None:
+    slow, fast = StubLink("slow.test"), StubLink("fast.test", opened=False, finish_at_once=True)
+    events = Recorder()
+    run = Run(farm_of(slow, fast, health_interval_s=0.01), 1, events)
+    slow.wait_for(lambda stub: len(stub.queued) == 1, "took the job")
+    fast.opened.set()
+    slow.unwell.set()  # the health watch marks it down; its job moves, but its copy runs on
+    outcome = run.next()
+    assert isinstance(outcome, JobResult) and outcome.server == "fast.test"
+    events.wait_for(JobDone, "fast.test")
+    slow.queued[0].finish()  # the first copy finishes after all
+    discarded = events.wait_for(DuplicateDiscarded, "slow.test")
+    assert isinstance(discarded, DuplicateDiscarded) and discarded.job.label == "job-0"
+    assert run.rest() == []  # one outcome for the job, never two
+    assert not slow.queued[0].cancelled  # it was running: nothing to take off
+    assert sum(isinstance(e, JobDone) for e in events.events) == 1
+
+
+@pytest.mark.parametrize("queue_ahead", [0, 1, 3])
+def test_a_server_never_holds_more_than_one_plus_queue_ahead(queue_ahead: int) -> None:
+    link = StubLink("a.test", finish_at_once=True)
+    outcomes = list(farm_of(link, queue_ahead=queue_ahead).run(jobs(12)))
+    assert len(outcomes) == 12 and all(isinstance(o, JobResult) for o in outcomes)
+    assert max(held for what, _, held in link.log if what == "submitted") <= 1 + queue_ahead
