@@ -53,7 +53,7 @@ from comfy_orchestrator.params import FamilyFinding, find_family
 from comfy_orchestrator.provenance import PngTextAppender, provenance_chunk, provenance_record
 from comfy_orchestrator.retry import RetryPolicy, call_with_retries
 from comfy_orchestrator.schema import Schema
-from comfy_orchestrator.validation import check_prompt
+from comfy_orchestrator.validation import check_prompt, describe_rejection, node_problems
 
 __all__ = ["DEFAULT_URL", "MODEL_INPUTS", "Client", "ImageSource", "safe_filename"]
 
@@ -372,22 +372,11 @@ class Client:
 
     def _rejection(self, job: Job, error: Mapping[str, Any], node_errors: Mapping[str, Any], *,
                    checked_locally: bool) -> PromptRejected:
-        parameters: dict[str, str] = {}
-        lines: list[str] = []
-        missing_model = False
-        for node_id, entry in node_errors.items():
-            for problem in (entry or {}).get("errors") or ():
-                input_name = str((problem.get("extra_info") or {}).get("input_name") or "")
-                parameter = job.parameter_for(str(node_id), input_name) if input_name else None
-                if parameter:
-                    parameters[f"{node_id}.{input_name}"] = parameter
-                if problem.get("type") == "value_not_in_list" and input_name in MODEL_INPUTS:
-                    missing_model = True
-                where = f"parameter {parameter!r}" if parameter else \
-                    f"node {node_id} ({entry.get('class_type', '?')})" + (f" input {input_name!r}" if input_name else "")
-                lines.append(f"{where}: {problem.get('message', '')}: {problem.get('details', '')}".rstrip(": "))
-        if not lines:
-            lines.append(f"{error.get('message', 'rejected')} {error.get('details', '')}".strip())
+        parameters = {f"{p.node_id}.{p.input_name}": parameter for p in node_problems(node_errors)
+                      if p.input_name and (parameter := job.parameter_for(p.node_id, p.input_name))}
+        missing_model = any(p.error.get("type") == "value_not_in_list" and p.input_name in MODEL_INPUTS
+                            for p in node_problems(node_errors))
+        lines = describe_rejection(error, node_errors, job.parameter_for) or ["rejected"]
         prefix = "prompt rejected by local check against the server's object_info" if checked_locally \
             else "prompt rejected"
         kind = MissingModel if missing_model else PromptRejected

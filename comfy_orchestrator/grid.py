@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from comfy_orchestrator.errors import GridFailed
-from comfy_orchestrator.sweep import Value, format_value
+from comfy_orchestrator.sweep import Value, file_slug, format_value
 
 MAX_GRID_SIDE_PX = 8192  # a grid wider or taller than this gets smaller thumbnails
 MIN_THUMBNAIL_PX = 64
@@ -106,7 +106,7 @@ def grid_images(
     for page_values in itertools.product(*(axis.values for axis in pages)):
         page = dict(zip((axis.name for axis in pages), page_values))
         title = ", ".join(f"{n} = {format_value(v)}" for n, v in page.items())
-        suffix = "_".join(f"{_safe(n)}-{_safe(format_value(v))}" for n, v in page.items())
+        suffix = "_".join(f"{file_slug(n)}-{file_slug(format_value(v))}" for n, v in page.items())
         for part, (x_part, y_part) in enumerate(itertools.product(x_parts, y_parts), start=1):
             split = f"part-{part}" if len(x_parts) * len(y_parts) > 1 else ""
             stem = "_".join(s for s in (name, suffix, split) if s)
@@ -449,7 +449,3 @@ def _key(values: Mapping[str, Value], axes: Sequence[GridAxis]) -> tuple[Any, ..
 def _comparable(value: Value | None) -> Any:
     # JSON round trips turn 6.0 into 6 and back; compare numbers by value, text by text
     return ("n", float(value)) if isinstance(value, (int, float)) else ("s", value)
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"

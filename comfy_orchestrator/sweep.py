@@ -38,7 +38,7 @@ from comfy_orchestrator.jobs import Job
 Value = int | float | str
 T = TypeVar("T")
 
-SEED_MAX = 2**32 - 1  # drawn seeds stay within what every UI and ComfyUI accept
+DRAWN_SEED_MAX = 2**32 - 1  # seed=random:N draws below this, what every UI accepts (params.SEED_MAX is ComfyUI's)
 BATCH_AXIS = "batch_index"  # the axis a batched seed axis becomes: position in one prompt's batch
 BATCH_PARAMETERS = ("batch_size", "amount", "batch")  # template parameters that set a batch's size
 _NUMBER = r"-?(?:\d+(?:\.\d*)?|\.\d+)"
@@ -100,7 +100,7 @@ class Cell:
     def slug(self) -> str:
         """A file-name-safe name: the index and the axis values."""
         parts = [f"{self.index:05d}"]
-        parts += [f"{_safe(name)}-{_safe(format_value(value))[:40]}" for name, value in self.values.items()]
+        parts += [f"{file_slug(name)}-{file_slug(format_value(value))[:40]}" for name, value in self.values.items()]
         return "_".join(parts)
 
 
@@ -359,7 +359,8 @@ def _value_key(value: Value) -> tuple[str, Value]:
     return (type(value).__name__ if isinstance(value, str) else "number", value)
 
 
-def _safe(text: str) -> str:
+def file_slug(text: str) -> str:
+    """A piece of a file name: letters, digits and . + - kept, every other run of characters one '-'."""
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
 
 
@@ -408,7 +409,7 @@ def _random_values(axis: str, count: int, rng: random.Random | None) -> tuple[Va
     rng = rng or random.Random()
     drawn: list[Value] = []
     while len(drawn) < count:
-        seed = rng.randint(0, SEED_MAX)
+        seed = rng.randint(0, DRAWN_SEED_MAX)
         if seed not in drawn:
             drawn.append(seed)
     return tuple(drawn)

@@ -30,7 +30,7 @@ from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.jobs import Job, content_name
 from comfy_orchestrator.params import WORKFLOWS, ImageFile, Params
 from comfy_orchestrator.schema import Schema
-from comfy_orchestrator.validation import check_prompt
+from comfy_orchestrator.validation import check_prompt, describe_rejection
 
 TEMPLATE_SUFFIX = ".json.j2"
 DECLARATION_SUFFIX = ".params.json"
@@ -197,15 +197,8 @@ class Template:
         if verdict.ok and not verdict.node_errors:
             return
         mapping = self.parameter_map(params)
-        issues = []
-        if verdict.error and not verdict.node_errors:
-            issues.append(f"{verdict.error['message']} {verdict.error['details']}".strip())
-        for node_id, entry in verdict.node_errors.items():
-            for error in entry["errors"]:
-                input_name = error.get("extra_info", {}).get("input_name", "")
-                parameter = mapping.get(f"{node_id}.{input_name}")
-                where = f"parameter {parameter!r}" if parameter else f"node {node_id} ({entry['class_type']}) {input_name}"
-                issues.append(f"{where}: {error['message']} ({error['details']})")
+        issues = describe_rejection(verdict.error, verdict.node_errors,
+                                    lambda node_id, input_name: mapping.get(f"{node_id}.{input_name}"))
         raise GraphInvalid(issues, template=self.name)
 
     def parameter_map(self, params: Params, *, image_names: Mapping[str, str] | None = None) -> dict[str, str]:

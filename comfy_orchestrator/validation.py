@@ -237,3 +237,41 @@ def check_prompt(
         error = _error("prompt_outputs_failed_validation", "Prompt outputs failed validation", details)
         return PromptCheck(error, node_errors, ())
     return PromptCheck(None, node_errors, tuple(good))
+
+
+@dataclass(frozen=True)
+class NodeProblem:
+    """One problem in a `node_errors` answer: which node and input, and the server's error entry."""
+
+    node_id: str
+    class_type: str
+    input_name: str  # "" when the problem is the node's, not one input's
+    error: Mapping[str, Any]
+
+
+def node_problems(node_errors: Mapping[str, Any]) -> list[NodeProblem]:
+    """Every problem of a `node_errors` answer (ours or a server's), tolerating missing keys."""
+    problems = []
+    for node_id, entry in node_errors.items():
+        entry = entry if isinstance(entry, Mapping) else {}
+        for error in entry.get("errors") or ():
+            if isinstance(error, Mapping):
+                extra = error.get("extra_info")
+                input_name = str((extra if isinstance(extra, Mapping) else {}).get("input_name") or "")
+                problems.append(NodeProblem(str(node_id), str(entry.get("class_type", "?")), input_name, error))
+    return problems
+
+
+def describe_rejection(error: Mapping[str, Any] | None, node_errors: Mapping[str, Any],
+                       parameter_for: Callable[[str, str], str | None] = lambda node_id, input_name: None,
+                       ) -> list[str]:
+    """One line per problem, naming the template parameter responsible where `parameter_for` knows it."""
+    lines = []
+    for problem in node_problems(node_errors):
+        parameter = parameter_for(problem.node_id, problem.input_name) if problem.input_name else None
+        where = f"parameter {parameter!r}" if parameter else f"node {problem.node_id} ({problem.class_type})" + (
+            f" input {problem.input_name!r}" if problem.input_name else "")
+        lines.append(f"{where}: {problem.error.get('message', '')}: {problem.error.get('details', '')}".rstrip(": "))
+    if not lines and error:
+        lines.append(f"{error.get('message', 'rejected')} {error.get('details', '')}".strip())
+    return lines
