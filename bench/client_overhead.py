@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
+import importlib.util
 import io
 import json
 import multiprocessing
@@ -48,20 +50,22 @@ CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 FARM_SERVERS = 4
 
 
+@functools.cache
+def reference_prompt() -> Callable[..., dict[str, Any]]:
+    """img2img_prompt of docker/smoke_test.py, the one copy of the reference img2img prompt."""
+    spec = importlib.util.spec_from_file_location("smoke_test", Path(__file__).resolve().parents[1] / "docker"
+                                                  / "smoke_test.py")
+    assert spec is not None and spec.loader is not None
+    smoke_test = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smoke_test)
+    made: Callable[..., dict[str, Any]] = smoke_test.img2img_prompt
+    return made
+
+
 def prompt(image: str, seed: int) -> dict[str, Any]:
     """The img2img prompt of the img2img template, in API format."""
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse", "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
-        "4": {"class_type": "LoadImage", "inputs": {"image": image}},
-        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["4", 0], "vae": ["1", 2]}},
-        "6": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["5", 0], "seed": seed,
-            "steps": 20, "cfg": 8.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 0.6}},
-        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
-        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "bench"}},
-    }
+    return reference_prompt()(image, seed=seed, checkpoint=CHECKPOINT, prefix="bench", positive="a lighthouse",
+                              negative="blurry")
 
 
 # -- the simulated servers, one process each

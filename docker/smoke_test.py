@@ -52,18 +52,26 @@ def make_png(size: int, seed: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"".join(rows), 6)) + chunk(b"IEND", b""))
 
 
-def img2img_prompt(image: str, *, seed: int, steps: int, checkpoint: str, prefix: str) -> dict[str, Any]:
-    """The reference img2img prompt (a) in API format, node ids as recorded."""
+POSITIVE = "a photograph of a lighthouse at dusk, detailed"
+NEGATIVE = "blurry, low quality"
+
+
+def img2img_prompt(image: str, *, seed: int, steps: int = 20, checkpoint: str = CHECKPOINT, prefix: str = "smoke",
+                   positive: str = POSITIVE, negative: str = NEGATIVE, sampler: str = "euler") -> dict[str, Any]:
+    """The reference img2img prompt (a) in API format, node ids as recorded.
+
+    The one copy of this graph: the tests and the benchmarks load it from here, since
+    this file must stand alone on a GPU box.
+    """
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
-        "2": {"class_type": "CLIPTextEncode",
-              "inputs": {"text": "a photograph of a lighthouse at dusk, detailed", "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, low quality", "clip": ["1", 1]}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": positive, "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": negative, "clip": ["1", 1]}},
         "4": {"class_type": "LoadImage", "inputs": {"image": image}},
         "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["4", 0], "vae": ["1", 2]}},
         "6": {"class_type": "KSampler",
               "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["5", 0],
-                         "seed": seed, "steps": steps, "cfg": 8.0, "sampler_name": "euler",
+                         "seed": seed, "steps": steps, "cfg": 8.0, "sampler_name": sampler,
                          "scheduler": "normal", "denoise": 0.6}},
         "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
         "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": prefix}},

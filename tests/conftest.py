@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import os
 import shutil
@@ -11,12 +12,26 @@ import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 from PIL import Image
 
 from comfy_orchestrator.templates import Templates
+
+
+def _smoke_test() -> ModuleType:
+    """docker/smoke_test.py, which holds the one copy of the reference img2img prompt."""
+    path = Path(__file__).resolve().parents[1] / "docker" / "smoke_test.py"
+    spec = importlib.util.spec_from_file_location("smoke_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+img2img_prompt: Callable[..., dict[str, Any]] = _smoke_test().img2img_prompt
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "comfyui-reference"  # recorded from ComfyUI 0.8.0; see its README
 
@@ -103,18 +118,8 @@ def img2img_job(sample_image: Path) -> Any:
     from comfy_orchestrator.params import DEFAULT_CHECKPOINT
 
     image = content_name(sample_image)
-    graph = Graph.from_api({
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": DEFAULT_CHECKPOINT}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse at dusk", "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
-        "4": {"class_type": "LoadImage", "inputs": {"image": image}},
-        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["4", 0], "vae": ["1", 2]}},
-        "6": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["5", 0], "seed": 1234,
-            "steps": 20, "cfg": 8.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 0.6}},
-        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
-        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "comfy-orch"}},
-    })
+    graph = Graph.from_api(img2img_prompt(image, seed=1234, checkpoint=DEFAULT_CHECKPOINT, prefix="comfy-orch",
+                                          positive="a lighthouse at dusk", negative="blurry"))
     parameter_map = {"1.ckpt_name": "checkpoint", "2.text": "positive", "3.text": "negative", "4.image": "image",
                      "6.seed": "seed", "6.steps": "steps", "6.cfg": "cfg", "6.sampler_name": "sampler",
                      "6.denoise": "denoise"}

@@ -39,25 +39,15 @@ from comfy_orchestrator.jobs import Job
 from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.servers import load_farm, parse_farm, servers_from_urls
+from conftest import img2img_prompt
 
 CKPT = "random-sd15.safetensors"
 
 
 def img2img_job(*, ckpt: str = CKPT, image: str = "in.png", text: str = "a lighthouse", seed: int = 1,
                 sampler: str = "euler", upload: bool = True) -> Job:
-    graph = Graph.from_api({
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
-        "4": {"class_type": "LoadImage", "inputs": {"image": image}},
-        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["4", 0], "vae": ["1", 2]}},
-        "6": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["5", 0],
-            "seed": seed, "steps": 20, "cfg": 8.0, "sampler_name": sampler, "scheduler": "normal",
-            "denoise": 0.6}},
-        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
-        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "farm"}},
-    })
+    graph = Graph.from_api(img2img_prompt(image, seed=seed, checkpoint=ckpt, prefix="farm", positive=text,
+                                          negative="blurry", sampler=sampler))
     return Job(graph=graph, inputs={image: Path(image)} if upload else {})
 
 
