@@ -2,6 +2,9 @@
 
 Exit codes: 0 success, 1 a job or server failed, 2 bad input (a parameter, a
 template, a file). Errors are one line on stderr, never a traceback.
+
+Past 600 lines because it is one command per screen, each thin over the library: the
+options, one call, and how the answer is shown.
 """
 
 from __future__ import annotations

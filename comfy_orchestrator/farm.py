@@ -38,6 +38,11 @@ How jobs move (the policy is pure and lives in dispatch.py):
   runs out of `RetryPolicy.max_attempts`, or that no server can run, is reported as
   `JobFailed`. If a moved job finishes twice, the first result is kept and the second
   discarded (`DuplicateDiscarded`).
+
+This module is past 600 lines on purpose: the engine `_Run` is one idea (a run's waiting
+list, its servers' threads and its outcomes, all under one lock) and its methods read
+each other's state; the pure decisions it asks are dispatch.py's, and its servers are
+reached only through `ServerLink`, so tests drive it with stub links.
 """
 
 from __future__ import annotations
