@@ -92,6 +92,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_JOB_S = 1.0  # a guess for a server that has not finished a job yet
 SCAN_AT_LEAST = 32  # waiting jobs a server looks over for its next one (SoonestFinish's lookahead)
+# How often the engine's waits wake to look around; none of these is a limit on the work.
+CHECK_EVERY_S = 0.5  # the caller's loop: is any server up at all?
+IDLE_WAKE_S = 0.25  # a server with nothing to take: anything new?
+PROBE_WAKE_S = 1.0  # a resting server: did the run stop?
+THREAD_EXIT_S = 10.0  # at the end, how long each of the run's threads is given to finish
+LINK_RETRY = RetryPolicy(max_attempts=2, first_delay_s=0.5, max_delay_s=2.0)  # fail over rather than retry long
 
 
 # ---------------------------------------------------------------------------
@@ -265,7 +271,7 @@ class ClientLink:
     def __init__(self, config: ServerConfig, *, timeouts: Timeouts = FARM_TIMEOUTS) -> None:
         self.config = config
         self.client = Client(config.url, headers=config.headers, token=config.token, timeouts=timeouts,
-                             retry=RetryPolicy(max_attempts=2, first_delay_s=0.5, max_delay_s=2.0))
+                             retry=LINK_RETRY)
 
     def probe(self) -> Schema:
         self.client.system_stats()
@@ -488,7 +494,7 @@ class _Run:
                 thread.start()
             while True:
                 try:
-                    item = self.results.get(timeout=0.5)
+                    item = self.results.get(timeout=CHECK_EVERY_S)
                 except queue.Empty:
                     self.check_no_server()
                     continue
@@ -518,7 +524,7 @@ class _Run:
             self.cancel(server, flight)
         for thread in threads:
             if thread.is_alive():
-                thread.join(10.0)
+                thread.join(THREAD_EXIT_S)
         for server in self.servers:
             server.link.close()
 
@@ -785,7 +791,7 @@ class _Run:
             with self.lock:
                 head = server.flights[0] if server.flights else None
                 if head is None and server.up and not self.stop.is_set():
-                    self.changed.wait(0.25)
+                    self.changed.wait(IDLE_WAKE_S)
             if head is not None:
                 self.await_job(server, head)
 
@@ -815,7 +821,7 @@ class _Run:
         """While down: rest (policy backoff), then ask /system_stats and object_info."""
         wait_s = server.next_probe_at - time.monotonic()
         if wait_s > 0:
-            self.stop.wait(min(wait_s, 1.0))
+            self.stop.wait(min(wait_s, PROBE_WAKE_S))
             return
         try:
             schema = server.link.probe()
