@@ -39,7 +39,7 @@ from comfy_orchestrator.jobs import Job
 from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.servers import load_farm, parse_farm, servers_from_urls
-from conftest import img2img_prompt
+from tests.conftest import img2img_prompt
 
 CKPT = "random-sd15.safetensors"
 
