@@ -346,7 +346,7 @@ def sim(host: str, port: int, profile_name: str, checkpoints: Sequence[str], lor
 
 def _sweep_of(template: Template, axes: Sequence[str], sets: Sequence[str], *, zipped: bool, batch_seeds: bool,
               seed_source: int | None, read_family: FamilyReader = find_family) -> Sweep:
-    """Build a Sweep from --axis and --set; image paths are made absolute so a resume finds them.
+    """Build a Sweep from --axis and --set (input files are recorded by name and content, not path).
 
     The model family of each checkpoint comes from `read_family` (a server's metadata) unless set.
     """
@@ -358,7 +358,7 @@ def _sweep_of(template: Template, axes: Sequence[str], sets: Sequence[str], *, z
     fixed: dict[str, Any] = dict(template_values(sets))
     for parameter in template.parameters():
         if parameter.type == "image" and parameter.name in fixed:
-            fixed[parameter.name] = str(Path(fixed[parameter.name]).expanduser().resolve())
+            fixed[parameter.name] = str(Path(fixed[parameter.name]).expanduser())
     parsed = tuple(parse_axis(text, rng=rng, read_text=lambda name: Path(name).read_text("utf-8"))
                    for text in axes)
     template = with_families(template, fixed, read_family, parsed)
@@ -635,12 +635,17 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
 
     values: dict[str, Any] = {}
     graph: Graph | None = None
+    uploads: dict[str, Path] = {}
     if from_image is not None:
         record = read_provenance(Path(from_image).read_bytes())
         if record is None:
             fail(f"{from_image} carries no comfy-orch provenance (was it saved by comfy-orch run?)", EXIT_BAD_INPUT)
         template_name = template_name or record.get("template")
         values = dict(record.get("parameters") or {})
+        given = set(template_values(sets))
+        for parameter, (upload, path) in _find_inputs(record, Path(from_image), given).items():
+            _set_dotted(values, parameter, str(path))
+            uploads[upload] = path
         if not template_name:
             graph = Graph.from_api(record["graph"])
     if template_name is None and graph is None:
@@ -648,7 +653,7 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
     values.update(template_values(sets))
     with _client(server) as client:
         if graph is not None:
-            job = Job(graph=graph)
+            job = Job(graph=graph, inputs=uploads)
         else:
             assert template_name is not None
             template = with_families(library(ctx).get(template_name), values, client.model_family)
@@ -674,6 +679,53 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
         stdout.print(str(path))
     if not result.files:
         stderr.print("the job finished without output files")
+
+
+def _find_inputs(record: Mapping[str, Any], image: Path, given: set[str]) -> dict[str, tuple[str, Path]]:
+    """Each input file an image's record names (unless --set gives it), found by name and checked by content.
+
+    It is looked for here, beside the image and in the image folder's parents, so `run --from` works
+    from any folder with the files where they were: {parameter: (upload name, local path)}.
+    """
+    from comfy_orchestrator.jobs import name_by_content
+
+    inputs = record.get("inputs") or {}
+    if not isinstance(inputs, Mapping):
+        fail(f"{image}: its record's inputs are not a table", EXIT_BAD_INPUT)
+    places = list(dict.fromkeys(path.resolve() for path in (Path.cwd(), image.parent, image.parent.parent,
+                                                            image.parent.parent.parent)))
+    found: dict[str, tuple[str, Path]] = {}
+    for parameter, entry in inputs.items():
+        if parameter in given or parameter.split(".")[0] in given:
+            continue
+        name, content = (entry.get("file"), entry.get("content")) if isinstance(entry, Mapping) else (None, None)
+        if not isinstance(name, str) or not isinstance(content, str) or Path(name).name != name:
+            fail(f"{image}: its record names input {parameter} oddly ({entry!r})", EXIT_BAD_INPUT)
+        other = []
+        for place in places:
+            candidate = place / name
+            if candidate.is_file():
+                if name_by_content(candidate.read_bytes(), candidate.stem, candidate.suffix.lower() or ".png") == content:
+                    found[parameter] = (content, candidate)
+                    break
+                other.append(str(candidate))
+        else:
+            differs = f" ({', '.join(other)} has other content)" if other else ""
+            fail(f"{image} was made from {name!r} ({parameter}), which is not in {', '.join(map(str, places))}"
+                 f"{differs}; give it with --set {parameter}=PATH", EXIT_BAD_INPUT)
+    return found
+
+
+def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set a nested parameter named with dots ("more_controls.0.image") in JSON values."""
+    *parents, last = dotted.split(".")
+    holder: Any = values
+    for part in parents:
+        holder = holder[int(part)] if isinstance(holder, list) else holder.setdefault(part, {})
+    if isinstance(holder, list):
+        holder[int(last)] = value
+    else:
+        holder[last] = value
 
 
 @main.group("queue", invoke_without_command=True)

@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
@@ -33,7 +34,7 @@ from pydantic import BaseModel
 
 from comfy_orchestrator.errors import ParameterError, SweepError
 from comfy_orchestrator.graph import Graph, is_link
-from comfy_orchestrator.jobs import Job
+from comfy_orchestrator.jobs import Job, content_name
 
 Value = int | float | str
 T = TypeVar("T")
@@ -235,10 +236,16 @@ class Sweep:
         return [Batch(tuple(group), self._batched_params(group)) for group in groups.values()]
 
     def definition(self) -> dict[str, Any]:
-        """The sweep as JSON values: what a journal stores to recognise and rebuild it."""
+        """The sweep as JSON values: what a journal stores to recognise and rebuild it.
+
+        A fixed input file is written by its name and content ({"file": "photo.png", "content":
+        "photo-<sha256 prefix>.png"}), never its path: the same command run from another folder is
+        the same sweep, and no path of this machine is kept in the journal or the grid.
+        """
+        fixed = self._portable_fixed()
         return {
             "template": self.template.name,
-            "fixed": {k: self.fixed[k] for k in sorted(self.fixed)},
+            "fixed": {k: fixed[k] for k in sorted(fixed)},
             "axes": [{"name": a.name, "spec": a.spec, "values": list(a.values), "replaces": a.replaces}
                      for a in self.axes],
             "zip": self.zip,
@@ -262,6 +269,29 @@ class Sweep:
         axes = tuple(Axis(a["name"], tuple(a["values"]), a["spec"], a["replaces"]) for a in definition["axes"])
         return cls(template, axes, dict(definition["fixed"]), bool(definition["zip"]),
                    bool(definition["batch_seeds"]))
+
+    def with_stored_axes(self, definition: Mapping[str, Any]) -> Sweep:
+        """This sweep with the axis values a stored definition holds (the seeds drawn when it began).
+
+        The fixed values stay this run's: the definition names their files by content only.
+        """
+        return Sweep.from_definition(self.template, {**definition, "fixed": dict(self.fixed)})
+
+    def _portable_fixed(self) -> dict[str, Any]:
+        """The fixed values, with each local input file named by its file name and content."""
+        first = next(iter(self.combinations()), None)
+        if first is None:
+            return dict(self.fixed)
+        try:
+            params = self._params(dict(zip((axis.name for axis in self.run_axes), first)))
+        except ParameterError:
+            return dict(self.fixed)  # a sweep whose cells are invalid never runs; cells() says why
+        files: Mapping[str, Path] = getattr(params, "image_fields", dict)()
+        portable = dict(self.fixed)
+        for name, path in files.items():
+            if name in portable:
+                portable[name] = {"file": path.name, "content": content_name(path)}
+        return portable
 
     def _merged(self, values: Mapping[str, Value]) -> dict[str, Any]:
         """One cell's parameter values before validation: fixed ones, then the axes'."""

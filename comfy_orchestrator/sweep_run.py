@@ -55,6 +55,7 @@ from comfy_orchestrator.grid import (
     write_results_page,
 )
 from comfy_orchestrator.jobs import Job, JobResult
+from comfy_orchestrator.provenance import portable_params
 from comfy_orchestrator.journal import CellPlan, CellRecord, CellStatus, Journal, PromptRecord
 from comfy_orchestrator.protocol import outcome_from_history, outputs_from_history
 from comfy_orchestrator.sweep import (
@@ -174,7 +175,7 @@ def run_sweep(
     with Journal.open(folder, digest=sweep.digest(), definition=sweep.definition()) as journal:
         if _canonical(journal.definition) != _canonical(sweep.definition()):
             # the stored definition wins: it holds the seeds drawn when the sweep began
-            sweep = Sweep.from_definition(sweep.template, journal.definition)
+            sweep = sweep.with_stored_axes(journal.definition)
             plan = plan_sweep(sweep, servers=servers)
         journal.add(_cell_plans(plan))
         _check_done_files(journal, folder)
@@ -513,7 +514,7 @@ def _label(batch: Batch) -> str:
 
 def _cell_plans(plan: SweepPlan) -> Iterator[CellPlan]:
     for batch, job in zip(plan.batches, plan.jobs):
-        params = batch.params.model_dump(mode="json")
+        params, _ = portable_params(batch.params.model_dump(mode="json"), job.inputs)  # no local paths kept
         for cell in batch.cells:
             yield CellPlan(cell.index, cell.label, plan.sweep.template.name, dict(cell.values), params,
                            job.graph.digest(), cell.batch_index)

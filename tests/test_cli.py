@@ -87,3 +87,24 @@ def test_a_server_answer_is_printed_as_it_came(markup_server: str) -> None:
     assert done.exit_code == 1, done.output
     assert "[/x] broke at [bold]step[/bold] :fire:" in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+def test_a_sweep_keeps_no_absolute_path_of_this_machine(comfy: Any, sample_image: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    done = invoke("sweep", "img2img", "--server", comfy.url, "--set", f"image={sample_image.name}",
+                  "--axis", "cfg=6,8", "--out", "out")
+    assert done.exit_code == 0, done.output
+    here = str(tmp_path).encode()
+    files = [path for path in (tmp_path / "out").rglob("*") if path.is_file()]
+    assert {p.name for p in files} >= {"journal.sqlite", "manifest.jsonl", "manifest.csv", "index.html", "grid.jpg"}
+    leaks = [str(path.relative_to(tmp_path)) for path in files if here in path.read_bytes()]
+    assert leaks == []
+    assert str(tmp_path) not in done.output
+    # the same sweep resumed from another folder, the input typed another way: nothing to run again
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    again = invoke("sweep", "img2img", "--server", comfy.url, "--set", f"image=../{sample_image.name}",
+                   "--axis", "cfg=6,8", "--out", "../out")
+    assert again.exit_code == 0, again.output
+    assert "0 prompts run, 2 cells already done" in again.stdout

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from PIL import Image
 
 from comfy_orchestrator.cli import main
 from comfy_orchestrator.provenance import read_provenance
@@ -83,3 +84,34 @@ def test_missing_model_is_reported_with_the_parameter(comfy: Any, sample_image: 
     result = invoke("run", "img2img", "--server", comfy.url, "--set", f"image={sample_image}",
                     "--set", "checkpoint=absent.safetensors")
     assert result.exit_code == 1 and "parameter 'checkpoint'" in result.output
+
+
+def test_run_from_works_in_any_folder_and_finds_the_input_by_content(comfy: Any, saved: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    relative = Path("..") / saved.relative_to(tmp_path)
+    result = invoke("run", "--from", str(relative), "--server", comfy.url, "--out", "again")
+    assert result.exit_code == 0, result.output
+    again = read_provenance((elsewhere / result.stdout.strip().splitlines()[-1]).read_bytes())
+    original = read_provenance(saved.read_bytes())
+    assert again is not None and original is not None
+    assert again["parameters"] == original["parameters"] and again["inputs"] == original["inputs"]
+    assert again["graph"] == original["graph"]  # the same upload, so the same prompt
+
+
+def test_run_from_says_which_input_is_missing_and_where_it_looked(comfy: Any, saved: Path, sample_image: Path,
+                                                                  tmp_path: Path) -> None:
+    sample_image.rename(tmp_path / "moved.png")
+    result = invoke("run", "--from", str(saved), "--server", comfy.url, "--out", str(tmp_path / "again"))
+    assert result.exit_code == 2
+    assert f"was made from {sample_image.name!r} (image), which is not in" in result.stderr
+    assert str(tmp_path) in result.stderr and "--set image=PATH" in result.stderr
+    other = Image.new("RGB", (8, 8), (0, 0, 0))
+    other.save(sample_image)  # the same name, other pixels: not taken for the input
+    result = invoke("run", "--from", str(saved), "--server", comfy.url, "--out", str(tmp_path / "again"))
+    assert result.exit_code == 2 and "has other content" in result.stderr
+    fixed = invoke("run", "--from", str(saved), "--server", comfy.url, "--set", f"image={tmp_path / 'moved.png'}",
+                   "--out", str(tmp_path / "again"))
+    assert fixed.exit_code == 0, fixed.output

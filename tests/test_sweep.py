@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from decimal import Decimal
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from PIL import Image
 
 from comfy_orchestrator.errors import ParameterError, SweepError
 from comfy_orchestrator.graph import Graph
@@ -191,9 +193,27 @@ def test_malformed_sweeps_are_refused(img2img: Any, axes: tuple[Axis, ...], fixe
 def test_definition_round_trips_with_drawn_seeds(img2img: Any, sample_image: Path) -> None:
     sweep = Sweep(img2img, (parse_axis("seed=random:3", rng=random.Random(1)), parse_axis("cfg=6,8")),
                   {"image": str(sample_image)})
-    again = Sweep.from_definition(img2img, sweep.definition())
+    again = Sweep(img2img, (parse_axis("seed=random:3"), parse_axis("cfg=6,8")),
+                  {"image": str(sample_image)}).with_stored_axes(sweep.definition())
     assert again.axes == sweep.axes
     assert [c.params for c in again.cells()] == [c.params for c in sweep.cells()]
+
+
+def test_definition_names_input_files_by_content_not_path(img2img: Any, sample_image: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def sweep(image: str) -> Sweep:
+        return Sweep(img2img, (parse_axis("cfg=6,8"),), {"image": image})
+
+    absolute = sweep(str(sample_image))
+    monkeypatch.chdir(sample_image.parent)
+    relative = sweep(sample_image.name)
+    fixed = absolute.definition()["fixed"]["image"]
+    assert fixed["file"] == sample_image.name and fixed["content"].startswith(sample_image.stem + "-")
+    assert str(tmp_path) not in json.dumps(absolute.definition())
+    before = absolute.digest()
+    assert relative.digest() == before  # the same file, typed from another folder: the same sweep
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(sample_image)
+    assert sweep(str(sample_image)).digest() != before  # other pixels under the same name: not
 
 
 def test_digest_ignores_drawn_seeds_but_not_other_values(img2img: Any) -> None:
