@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -706,7 +707,8 @@ def _find_inputs(record: Mapping[str, Any], image: Path, given: set[str]) -> dic
             candidate = place / name
             if candidate.is_file():
                 if name_by_content(candidate.read_bytes(), candidate.stem, candidate.suffix.lower() or ".png") == content:
-                    found[parameter] = (content, candidate)
+                    nearby = Path(os.path.relpath(candidate))  # as short as it can be said from here
+                    found[parameter] = (content, candidate if nearby.parts[:1] == ("..",) else nearby)
                     break
                 other.append(str(candidate))
         else:
@@ -817,6 +819,8 @@ def advise_command(ctx: click.Context, template_name: str | None, symptom: str |
                  EXIT_BAD_INPUT)
         template_name = template_name or record["template"]
         values = dict(record.get("parameters") or {})
+        for parameter, (_, path) in _find_inputs(record, Path(from_image), set(template_values(sets))).items():
+            _set_dotted(values, parameter, str(path))
     if template_name is None:
         fail("name a TEMPLATE (see 'comfy-orch templates') or give --from IMAGE", EXIT_BAD_INPUT)
     values.update(template_values(sets))
