@@ -510,9 +510,11 @@ def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str]
     if broker is not None and (servers or farm_file):
         fail("--broker sends the cells to the queue's workers, --server/--farm to servers directly: give one",
              EXIT_BAD_INPUT)
+    queue = _queue(broker, ca_cert) if broker is not None and not dry_run else None
     template = library(ctx).get(template_name)
     configs = farm_servers(servers, farm_file)
-    read_family = find_family if dry_run else _family_reader(configs[0])
+    # Through the queue no server of ours is at hand: the family comes from --set or the name.
+    read_family = find_family if dry_run or broker is not None else _family_reader(configs[0])
     sweep = _sweep_of(template, axes, sets, zipped=zipped, batch_seeds=batch_seeds, seed_source=seed_source,
                       read_family=read_family)
     if dry_run:
@@ -526,7 +528,6 @@ def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str]
         stdout.print(f"{len(plan.cells)} cells in {len(plan.jobs)} prompts on {len(configs)} server(s); "
                      f"about {_duration(plan.estimate_s)} on a fast GPU (SD1.5, 512x512); nothing submitted")
         return
-    queue = _queue(broker, ca_cert) if broker is not None else None
     report = _run_sweep_with_progress(sweep, Path(out_dir), configs, max_attempts=max_attempts,
                                       thumbnail_px=thumbnail_px, grid_format=grid_format, queue=queue, detach=detach)
     _print_report(report)
