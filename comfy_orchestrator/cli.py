@@ -39,7 +39,7 @@ from comfy_orchestrator.errors import (
 )
 from comfy_orchestrator.grid import DEFAULT_GRID_FORMAT, GRID_FORMATS
 from comfy_orchestrator.limits import Timeouts
-from comfy_orchestrator.params import DENOISE_GUIDE, FamilyFinding, denoise_band, find_family
+from comfy_orchestrator.params import DENOISE_GUIDE, FamilyFinding, Params, denoise_band, find_family
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.settings import Settings
 from comfy_orchestrator.template_import import import_workflow
@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # imported where used, so that a command loads only what it n
     from comfy_orchestrator.client import Client
     from comfy_orchestrator.queue import CeleryQueue
     from comfy_orchestrator.servers import ServerConfig
-    from comfy_orchestrator.sweep import Sweep
+    from comfy_orchestrator.sweep import Axis, Sweep
     from comfy_orchestrator.sweep_run import SweepReport
 
 BAD_INPUT = (ParameterError, TemplateError, GraphInvalid, SweepError, WorkflowImportError, FarmFileInvalid,
@@ -131,7 +131,7 @@ FamilyReader = Callable[[str], FamilyFinding]
 
 
 def with_families(template: Template, values: Mapping[str, Any], read: FamilyReader = find_family,
-                  axes: Sequence[Any] = ()) -> Template:
+                  axes: Sequence[Axis] = ()) -> Template:
     """The template told the model family of each checkpoint the job or sweep names, unless it is given.
 
     `read` asks a server (its /view_metadata); guesses from a name are said aloud.
@@ -150,7 +150,7 @@ def with_families(template: Template, values: Mapping[str, Any], read: FamilyRea
     return template.with_families(families)
 
 
-def warn_about_size(params: Any) -> None:
+def warn_about_size(params: Params) -> None:
     """Say so when the picture is far from the model family's native size."""
     note = params.size_note() if hasattr(params, "size_note") else ""
     if note:
