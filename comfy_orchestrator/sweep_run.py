@@ -55,9 +55,9 @@ from comfy_orchestrator.grid import (
     write_results_page,
 )
 from comfy_orchestrator.jobs import Job, JobResult
-from comfy_orchestrator.provenance import portable_params
 from comfy_orchestrator.journal import CellPlan, CellRecord, CellStatus, Journal, PromptRecord
 from comfy_orchestrator.protocol import outcome_from_history, outputs_from_history
+from comfy_orchestrator.provenance import portable_params
 from comfy_orchestrator.sweep import (
     BATCH_AXIS,
     Batch,
