@@ -985,5 +985,18 @@ def queue_status(broker: str, ca_cert: str | None, as_json: bool) -> None:
     stdout.print(workers if status.workers else "no worker is listening")
 
 
+@queue_command.command("cancel")
+@click.argument("sweep_id", metavar="SWEEP")
+@broker_options(required=True)
+def queue_cancel(sweep_id: str, broker: str, ca_cert: str | None) -> None:
+    """Take SWEEP (an id from 'queue status') off the queue: its waiting cells go; running ones finish unheard."""
+    queue = _queue(broker, ca_cert)
+    known = [sweep.sweep_id for sweep in queue.status().sweeps]
+    if sweep_id not in known:
+        fail(f"no sweep {sweep_id!r} on {queue.display}; 'comfy-orch queue status' lists them", EXIT_BAD_INPUT)
+    queue.forget(sweep_id)
+    stdout.print(f"sweep {sweep_id} is off the queue; running the sweep command again queues what it lacks")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

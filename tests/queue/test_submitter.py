@@ -151,6 +151,28 @@ def test_a_detached_sweep_is_collected_by_a_later_command(
     assert _prompts_run(servers) == 8
 
 
+def test_a_cancelled_sweep_leaves_the_queue_and_a_rerun_queues_it_again(broker_url: str, sample_image: Path,
+                                                                        tmp_path: Path) -> None:
+    arguments = ["sweep", "img2img", "--broker", broker_url, "--set", f"image={sample_image}", "--axis", "cfg=5,7",
+                 "--out", str(tmp_path / "out"), "--detach"]
+    runner = CliRunner()
+    assert runner.invoke(main, arguments).exit_code == 0
+    (listed,) = json.loads(runner.invoke(main, ["queue", "status", "--broker", broker_url, "--json"]).output)["sweeps"]
+
+    cancelled = runner.invoke(main, ["queue", "cancel", listed["sweep_id"], "--broker", broker_url])
+    unknown = runner.invoke(main, ["queue", "cancel", "no-such-sweep", "--broker", broker_url])
+
+    assert cancelled.exit_code == 0, cancelled.output
+    assert unknown.exit_code == 2 and "no sweep 'no-such-sweep'" in unknown.output
+    assert json.loads(runner.invoke(main, ["queue", "status", "--broker", broker_url, "--json"]).output)["sweeps"] == []
+    client = redis.Redis.from_url(broker_url)
+    assert not [key for key in client.keys("comfy-orch.*") if b"binding" not in key]  # no cell waits any more
+    again = runner.invoke(main, arguments)
+    assert again.exit_code == 0 and "2 cells wait on the queue" in again.output
+    (requeued,) = json.loads(runner.invoke(main, ["queue", "status", "--broker", broker_url, "--json"]).output)["sweeps"]
+    assert requeued["queued"] == 2
+
+
 def test_two_sweeps_submitted_together_progress_side_by_side(
         sim: Callable[..., list[Any]], start_worker: Callable[..., Any], broker_url: str, library: Templates,
         sample_image: Path, tmp_path: Path) -> None:
