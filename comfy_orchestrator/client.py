@@ -24,6 +24,7 @@ import threading
 import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -53,6 +54,7 @@ from comfy_orchestrator.params import FamilyFinding, find_family
 from comfy_orchestrator.provenance import PngTextAppender, provenance_chunk, provenance_record
 from comfy_orchestrator.retry import RetryPolicy, call_with_retries
 from comfy_orchestrator.schema import Schema
+from comfy_orchestrator.tls import Trust, certificate_rejection, in_clear
 from comfy_orchestrator.validation import check_prompt, describe_rejection, node_problems
 
 __all__ = ["DEFAULT_URL", "MODEL_INPUTS", "Client", "ImageSource", "safe_filename"]
@@ -122,7 +124,13 @@ class Client:
         client_id: str | None = None,
         session: requests.Session | None = None,
         connect: Connect | None = None,
+        ca_cert: str | Path | None = None,
+        allow_plain_http: bool = False,
     ) -> None:
+        """`ca_cert` is a PEM file of the authority that signed the server's certificate (else
+        $REQUESTS_CA_BUNDLE, else the usual ones); certificates are always verified, for HTTP and
+        the websocket alike. Credentials are refused over plain http to a host that is not
+        loopback unless `allow_plain_http`, which then warns each time a client is made."""
         self.url, url_user, url_password = _split_credentials(url)
         self.ws_url = self.url.replace("http", "ws", 1) + "/ws"
         user, password = username or url_user, password or url_password
@@ -131,7 +139,8 @@ class Client:
         self.keep_previews = keep_previews
         self.validate = validate
         self.client_id = client_id or uuid.uuid4().hex  # random: a clientId works like a bearer token
-        self.connect = connect or connect_websocket
+        self.trust = Trust.load(ca_cert)
+        self.connect = connect or partial(connect_websocket, tls=self.trust.context)
         self._own_session = session is None
         self.session = session or requests.Session()
         self._headers = dict(headers or {})
@@ -140,18 +149,33 @@ class Client:
         elif user is not None:
             pair = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
             self._headers["Authorization"] = f"Basic {pair}"
+        self._refuse_credentials_in_clear(allow_plain_http)
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._schema: Schema | None = None
         self._system_stats: dict[str, Any] | None = None
         self._uploaded: set[str] = set()
         self.listener = Listener(server=self.url, url=f"{self.ws_url}?clientId={quote(self.client_id)}",
-                                 headers=self._headers, connect=self.connect, timeouts=timeouts,
+                                 headers=self._headers, connect=self.connect, trust=self.trust, timeouts=timeouts,
                                  retry=self.retry, keep_previews=keep_previews,
                                  name=f"comfy-ws-{self.client_id[:8]}")
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"  # never the credentials
+
+    def _refuse_credentials_in_clear(self, allowed: bool) -> None:
+        """A token or password must not cross a network unencrypted, unless the caller says so."""
+        if not any(name.lower() in ("authorization", "proxy-authorization") for name in self._headers):
+            return
+        if not in_clear(self.url):
+            return
+        if not allowed:
+            raise ParameterError(f"{self.url}: refusing to send credentials over plain http to a host that is "
+                                 "not loopback, where anyone on the way can read them; use https:// (the farm's "
+                                 "proxy serves it), or accept the risk with --allow-plain-http "
+                                 "(allow_plain_http = true in a farm file)", parameter="allow_plain_http")
+        log.warning("%s: sending credentials over plain http; anyone on the network can read them (use https://)",
+                    self.url)
 
     def __enter__(self) -> Client:
         return self
@@ -172,7 +196,14 @@ class Client:
         """One HTTP request; library errors become ours, with no URL credentials or headers in them."""
         try:
             response = self.session.request(method, self.url + path, headers=self._headers, stream=stream,
-                                            timeout=self.timeouts.http, **kwargs)
+                                            timeout=self.timeouts.http, verify=self.trust.verify, **kwargs)
+        except requests.exceptions.SSLError as exc:
+            rejection = certificate_rejection(exc, server=self.url, trust=self.trust,
+                                              timeout_s=self.timeouts.connect_s)
+            if rejection is not None:
+                raise rejection from exc
+            raise ConnectionFailed(f"{method} {path.split('?')[0]}: TLS handshake failed ({type(exc).__name__}); "
+                                   "does the server speak https on that port?", server=self.url) from exc
         except requests.Timeout as exc:
             raise RequestTimedOut(f"{method} {path.split('?')[0]} timed out after {self.timeouts.read_s:g} s",
                                   server=self.url) from exc

@@ -17,6 +17,7 @@
     │   ├── RequestTimedOut         yes  the server did not answer in time
     │   └── MalformedMessage        yes  a websocket frame or answer is not what ComfyUI sends
     ├── AuthFailed                  no   401/403 from the server or its proxy
+    ├── CertificateRejected         no   the server's TLS certificate did not verify
     ├── PromptRejected              no   the server refused the prompt (node_errors)
     │   └── MissingModel            yes  the server lacks a model the prompt names
     ├── ExecutionFailed             no   a node raised while the prompt ran
@@ -135,6 +136,20 @@ class MalformedMessage(ServerError):
 
     def __init__(self, message: str, *, server: str = "") -> None:
         super().__init__(message, server=server or "server")
+
+
+class CertificateRejected(ComfyError):
+    """The server's TLS certificate did not verify: `reason` is what did not match.
+
+    `reason` is "unknown authority", "wrong host name", "expired", "not yet valid" or
+    "not trusted"; `detail` is OpenSSL's own words. Retrying will not help.
+    """
+
+    def __init__(self, reason: str, *, server: str, detail: str, hint: str) -> None:
+        super().__init__(f"{server}: TLS certificate rejected, {reason} ({detail}): {hint}")
+        self.server = server
+        self.reason = reason
+        self.detail = detail
 
 
 class AuthFailed(ComfyError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +30,7 @@ from comfy_orchestrator.errors import (
 from comfy_orchestrator.limits import Timeouts
 from comfy_orchestrator.protocol import FEATURE_FLAGS_FRAME, Event, FeatureFlags, PreviewImage, QueueStatus, parse_event
 from comfy_orchestrator.retry import RetryPolicy, jitter
+from comfy_orchestrator.tls import Trust, certificate_rejection
 
 __all__ = ["Connect", "Disconnected", "Listener", "Reconnected", "WebSocketLike", "connect_websocket"]
 
@@ -49,15 +51,18 @@ class WebSocketLike(Protocol):
 Connect = Callable[[str, Mapping[str, str], float], WebSocketLike]
 
 
-def connect_websocket(url: str, headers: Mapping[str, str], timeout_s: float) -> WebSocketLike:
+def connect_websocket(url: str, headers: Mapping[str, str], timeout_s: float, *,
+                      tls: ssl.SSLContext | None = None) -> WebSocketLike:
     """Open a websocket with websocket-client; no Origin header (ComfyUI refuses foreign ones).
 
+    A wss:// URL is verified with `tls` (the client's Trust), else with a default context.
     websocket-client puts no limit on a frame's size, so full-size PNG frames of
     SaveImageWebsocket (hundreds of KB, more for big images) arrive whole.
     """
     socket: WebSocketLike = websocket.create_connection(
         url, timeout=timeout_s, header=[f"{k}: {v}" for k, v in headers.items()],
-        suppress_origin=True, enable_multithread=True)
+        suppress_origin=True, enable_multithread=True,
+        sslopt={"context": tls or ssl.create_default_context()})
     return socket
 
 
@@ -78,11 +83,13 @@ class Listener:
     """The client's one websocket: connects, reads, routes events, reconnects with backoff."""
 
     def __init__(self, *, server: str, url: str, headers: Mapping[str, str], connect: Connect,
-                 timeouts: Timeouts, retry: RetryPolicy, keep_previews: bool, name: str) -> None:
+                 timeouts: Timeouts, retry: RetryPolicy, keep_previews: bool, name: str,
+                 trust: Trust | None = None) -> None:
         self._server = server  # names the server in logs and errors, without credentials
         self._url = url
         self._headers = dict(headers)
         self._connect = connect
+        self._trust = trust or Trust.load()
         self._timeouts = timeouts
         self._retry = retry
         self._keep_previews = keep_previews
@@ -153,6 +160,13 @@ class Listener:
                               status=exc.status_code) from exc
         except websocket.WebSocketTimeoutException as exc:
             raise RequestTimedOut("websocket did not open in time", server=self._server) from exc
+        except ssl.SSLError as exc:
+            rejection = certificate_rejection(exc, server=self._server, trust=self._trust,
+                                              timeout_s=self._timeouts.connect_s)
+            if rejection is not None:
+                raise rejection from exc
+            raise ConnectionFailed(f"websocket TLS handshake failed ({type(exc).__name__})",
+                                   server=self._server) from exc
         except (websocket.WebSocketException, OSError) as exc:
             raise ConnectionFailed(f"websocket could not connect ({type(exc).__name__})",
                                    server=self._server) from exc
