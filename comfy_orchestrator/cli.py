@@ -29,6 +29,7 @@ from rich.text import Text
 
 from comfy_orchestrator.errors import (
     BrokerError,
+    CertificateRejected,
     ComfyError,
     FarmFileInvalid,
     GraphInvalid,
@@ -53,7 +54,7 @@ if TYPE_CHECKING:  # imported where used, so that a command loads only what it n
     from comfy_orchestrator.sweep_run import SweepReport
 
 BAD_INPUT = (ParameterError, TemplateError, GraphInvalid, SweepError, WorkflowImportError, FarmFileInvalid,
-             BrokerError)
+             BrokerError, CertificateRejected)
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as shells report them
 
@@ -161,7 +162,8 @@ def broker_options(*, required: bool) -> Callable[[Callable[..., Any]], Callable
     """--broker URL (default $COMFY_BROKER, so a password stays off the command line) and --ca-cert FILE."""
     def add(function: Callable[..., Any]) -> Callable[..., Any]:
         function = click.option("--ca-cert", "ca_cert", type=click.Path(dir_okay=False), metavar="FILE",
-                                help="with rediss://: trust this CA certificate for the broker's TLS")(function)
+                                help="trust this certificate authority (PEM): the broker's with rediss://, and "
+                                     "https servers' (a farm's own CA or its proxy's tls.crt)")(function)
         return click.option("--broker", metavar="URL", envvar="COMFY_BROKER", required=required,
                             help="the queue's Redis: redis://[:PASSWORD@]HOST:6379/0, or rediss:// for TLS "
                                  "(default $COMFY_BROKER)")(function)
@@ -177,6 +179,21 @@ def _queue(broker: str, ca_cert: str | None) -> CeleryQueue:
     queue = CeleryQueue(broker, ca_cert=ca_cert)
     queue.connect().close()
     return queue
+
+
+def plain_http_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    """--allow-plain-http: a token or password may cross the network in clear (warned)."""
+    return click.option("--allow-plain-http", is_flag=True,
+                        help="send a token or password over plain http to a host that is not loopback "
+                             "(anyone on the network can read it; warned on every run)")(function)
+
+
+def transport_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """--ca-cert FILE and --allow-plain-http: how a command may talk to its servers."""
+    return click.option("--ca-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
+                        help="trust this certificate authority (PEM) for https servers: the farm's own CA or "
+                             "its proxy's self-signed tls.crt (default: $REQUESTS_CA_BUNDLE, then the "
+                             "usual authorities)")(plain_http_option(function))
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -462,14 +479,18 @@ def farm_options(function: Callable[..., Any]) -> Callable[..., Any]:
                              "token from $COMFY_TOKEN)")(function)
 
 
-def farm_servers(servers: Sequence[str], farm_file: str | None) -> list[ServerConfig]:
-    """The servers --farm and --server name, $COMFY_URL without either; URLs carry $COMFY_TOKEN."""
-    from comfy_orchestrator.servers import ServerConfig, load_farm, servers_from_urls
+def farm_servers(servers: Sequence[str], farm_file: str | None, *, ca_cert: Path | None = None,
+                 allow_plain_http: bool = False) -> list[ServerConfig]:
+    """The servers --farm and --server name, $COMFY_URL without either; URLs carry $COMFY_TOKEN.
+
+    `ca_cert` (--ca-cert) serves every URL and the farm file's servers that name none.
+    """
+    from comfy_orchestrator.servers import load_farm, servers_from_urls
 
     config = settings()
-    configs = list(load_farm(farm_file)) if farm_file else []
-    urls = servers_from_urls(list(servers) or ([] if farm_file else [config.comfy_url]))
-    configs += [ServerConfig.model_validate({**url.model_dump(), "token": config.token()}) for url in urls]
+    configs = list(load_farm(farm_file, ca_cert=ca_cert)) if farm_file else []
+    configs += servers_from_urls(list(servers) or ([] if farm_file else [config.comfy_url]), token=config.token(),
+                                 ca_cert=ca_cert, allow_plain_http=allow_plain_http)
     return configs
 
 
@@ -495,24 +516,28 @@ def farm_servers(servers: Sequence[str], farm_file: str | None) -> list[ServerCo
               help="the grid image's format: jpg is written 6-9x faster and smaller; png is lossless")
 @broker_options(required=False)
 @click.option("--detach", is_flag=True, help="with --broker: queue the cells and exit; the same command again collects")
+@plain_http_option
 @click.pass_context
 def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str], farm_file: str | None,
                   axes: Sequence[str], zipped: bool, sets: Sequence[str], out_dir: str, dry_run: bool,
                   batch_seeds: bool, max_attempts: int, seed_source: int | None, thumbnail_px: int,
-                  grid_format: str, broker: str | None, ca_cert: str | None, detach: bool) -> None:
+                  grid_format: str, broker: str | None, ca_cert: str | None, detach: bool,
+                  allow_plain_http: bool) -> None:
     """Run TEMPLATE over a grid of parameter values; results, manifest, grid and page go to --out.
 
     With --broker the cells go through the durable queue to 'comfy-orch worker's on GPU boxes
     instead of to --server/--farm.
     """
-    if broker is None and (detach or ca_cert):
-        fail("--detach and --ca-cert go with --broker redis://HOST:6379/0", EXIT_BAD_INPUT)
+    if broker is None and detach:
+        fail("--detach goes with --broker redis://HOST:6379/0", EXIT_BAD_INPUT)
     if broker is not None and (servers or farm_file):
         fail("--broker sends the cells to the queue's workers, --server/--farm to servers directly: give one",
              EXIT_BAD_INPUT)
     queue = _queue(broker, ca_cert) if broker is not None and not dry_run else None
     template = library(ctx).get(template_name)
-    configs = farm_servers(servers, farm_file)
+    # one --ca-cert: the broker's authority with --broker, the servers' with --server/--farm
+    server_ca = Path(ca_cert) if ca_cert and broker is None else None
+    configs = farm_servers(servers, farm_file, ca_cert=server_ca, allow_plain_http=allow_plain_http)
     # Through the queue no server of ours is at hand: the family comes from --set or the name.
     read_family = find_family if dry_run or broker is not None else _family_reader(configs[0])
     sweep = _sweep_of(template, axes, sets, zipped=zipped, batch_seeds=batch_seeds, seed_source=seed_source,
@@ -591,22 +616,26 @@ def server_option(function: Callable[..., Any]) -> Callable[..., Any]:
                              "token from $COMFY_TOKEN")(function)
 
 
-def _client(server: str | None) -> Client:
-    """A client of --server, else $COMFY_URL, with $COMFY_TOKEN."""
+def _client(server: str | None, ca_cert: Path | None = None, allow_plain_http: bool = False) -> Client:
+    """A client of --server, else $COMFY_URL, with $COMFY_TOKEN, trusting --ca-cert."""
     from comfy_orchestrator.client import Client
 
     config = settings()
-    return Client(server or config.comfy_url, token=config.token())
+    return Client(server or config.comfy_url, token=config.token(), ca_cert=ca_cert,
+                  allow_plain_http=allow_plain_http)
 
 
 def _family_reader(server: ServerConfig) -> FamilyReader:
     """Read model families from a sweep's first server; where it cannot answer, guess from the name."""
     def read(checkpoint: str) -> FamilyFinding:
-        try:
-            from comfy_orchestrator.client import Client
+        from comfy_orchestrator.client import Client
 
-            with Client(server.url, headers=server.headers, token=server.token) as client:
+        try:
+            with Client(server.url, headers=server.headers, token=server.token, ca_cert=server.ca_cert,
+                        allow_plain_http=server.allow_plain_http) as client:
                 return client.model_family(checkpoint)
+        except CertificateRejected:
+            raise  # the sweep cannot run either: say so once, now
         except ComfyError as exc:
             warn(f"could not read the model family of {checkpoint!r} from the server ({exc})")
             return find_family(checkpoint)
@@ -617,6 +646,7 @@ def _family_reader(server: ServerConfig) -> FamilyReader:
 @main.command("run")
 @click.argument("template_name", metavar="TEMPLATE", required=False)
 @server_option
+@transport_options
 @set_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="outputs", show_default=True,
               help="folder for the outputs")
@@ -625,8 +655,9 @@ def _family_reader(server: ServerConfig) -> FamilyReader:
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=Timeouts().job_s, show_default=True,
               help="seconds the job may take")
 @click.pass_context
-def run_command(ctx: click.Context, template_name: str | None, server: str | None, sets: Sequence[str],
-                out_dir: str, from_image: str | None, timeout_s: float) -> None:
+def run_command(ctx: click.Context, template_name: str | None, server: str | None, ca_cert: Path | None,
+                allow_plain_http: bool, sets: Sequence[str], out_dir: str, from_image: str | None,
+                timeout_s: float) -> None:
     """Run TEMPLATE once on a server with a progress bar; print where the outputs are."""
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
@@ -653,7 +684,7 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
     if template_name is None and graph is None:
         fail("name a TEMPLATE (see 'comfy-orch templates') or give --from IMAGE", EXIT_BAD_INPUT)
     values.update(template_values(sets))
-    with _client(server) as client:
+    with _client(server, ca_cert, allow_plain_http) as client:
         if graph is not None:
             job = Job(graph=graph, inputs=uploads)
         else:
@@ -733,12 +764,13 @@ def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
 
 @main.group("queue", invoke_without_command=True)
 @server_option
+@transport_options
 @click.pass_context
-def queue_command(ctx: click.Context, server: str | None) -> None:
+def queue_command(ctx: click.Context, server: str | None, ca_cert: Path | None, allow_plain_http: bool) -> None:
     """Show the server's running and waiting prompts ('queue status --broker URL': the durable queue)."""
     if ctx.invoked_subcommand is not None:
         return
-    with _client(server) as client:
+    with _client(server, ca_cert, allow_plain_http) as client:
         listing = client.queue()
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("state", "number", "prompt id", "nodes"):
@@ -756,9 +788,11 @@ def queue_command(ctx: click.Context, server: str | None) -> None:
 @click.argument("prompt_id", required=False)
 @click.option("--clear", is_flag=True, help="also empty the waiting list")
 @server_option
-def interrupt_command(prompt_id: str | None, clear: bool, server: str | None) -> None:
+@transport_options
+def interrupt_command(prompt_id: str | None, clear: bool, server: str | None, ca_cert: Path | None,
+                      allow_plain_http: bool) -> None:
     """Interrupt the running prompt (only PROMPT_ID, if given)."""
-    with _client(server) as client:
+    with _client(server, ca_cert, allow_plain_http) as client:
         if clear:
             client.clear_queue()
         client.interrupt(prompt_id)
@@ -768,11 +802,12 @@ def interrupt_command(prompt_id: str | None, clear: bool, server: str | None) ->
 @main.command("history")
 @click.option("--max", "max_items", type=click.IntRange(min=1), default=20, show_default=True)
 @server_option
-def history_command(max_items: int, server: str | None) -> None:
+@transport_options
+def history_command(max_items: int, server: str | None, ca_cert: Path | None, allow_plain_http: bool) -> None:
     """List the server's finished prompts, newest last, with their status and outputs."""
     from comfy_orchestrator.protocol import outputs_from_history
 
-    with _client(server) as client:
+    with _client(server, ca_cert, allow_plain_http) as client:
         entries = client.history(max_items=max_items)
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("prompt id", "status", "outputs"):
@@ -893,13 +928,16 @@ def _gib(size: int) -> str:
 @click.option("--timeout", "timeout_s", default=Timeouts().status_s, show_default=True, type=click.FloatRange(0.1, 600),
               help="seconds to wait for each server")
 @click.option("--json", "as_json", is_flag=True, help="print the status as JSON")
-def farm_status(servers: Sequence[str], farm_file: str | None, timeout_s: float, as_json: bool) -> None:
+@transport_options
+def farm_status(servers: Sequence[str], farm_file: str | None, timeout_s: float, as_json: bool,
+                ca_cert: Path | None, allow_plain_http: bool) -> None:
     """Show each server: up or down, queue, GPU and VRAM, checkpoints. Exits 1 if any is down."""
     import dataclasses
 
     from comfy_orchestrator.farm import Farm
 
-    statuses = Farm(farm_servers(servers, farm_file)).status(timeout_s=timeout_s)
+    configs = farm_servers(servers, farm_file, ca_cert=ca_cert, allow_plain_http=allow_plain_http)
+    statuses = Farm(configs).status(timeout_s=timeout_s)
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(status) for status in statuses], indent=2))
     else:

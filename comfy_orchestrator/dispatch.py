@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from comfy_orchestrator.errors import (
     AuthFailed,
+    CertificateRejected,
     ComfyError,
     ExecutionFailed,
     JobTimedOut,
@@ -37,7 +38,7 @@ from comfy_orchestrator.schema import CHECKPOINT_LOADERS, Schema
 __all__ = [
     "Attempt", "Capability", "CompletionLedger", "Dispatch", "JobNeeds", "JobTimes", "QueuedJob", "RetryDecision",
     "RoundRobin", "ServerView", "SoonestFinish", "WaitingJob", "affinity", "decide_retry", "estimate_finish_s",
-    "failure_reason", "has_loaded", "is_server_fault", "job_needs",
+    "failure_reason", "has_loaded", "is_refusal", "is_server_fault", "job_needs",
 ]
 
 _TEXT_ENCODERS = frozenset({"CLIPTextEncode", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner"})
@@ -327,9 +328,14 @@ def failure_reason(error: ComfyError) -> str:
     return type(error).__name__
 
 
+def is_refusal(error: ComfyError) -> bool:
+    """Whether the server will not talk to us as configured (its certificate, our credentials): waiting won't help."""
+    return isinstance(error, (AuthFailed, CertificateRejected))
+
+
 def is_server_fault(error: ComfyError) -> bool:
     """Whether the error says the server, not the job, is unwell (mark it down, probe it)."""
-    return isinstance(error, (ServerError, AuthFailed, JobTimedOut))
+    return isinstance(error, (ServerError, AuthFailed, CertificateRejected, JobTimedOut))
 
 
 def decide_retry(

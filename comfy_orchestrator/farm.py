@@ -72,6 +72,7 @@ from comfy_orchestrator.dispatch import (
     SoonestFinish,
     WaitingJob,
     decide_retry,
+    is_refusal,
     job_needs,
 )
 from comfy_orchestrator.errors import ComfyError, JobLost, NoServerAvailable
@@ -271,7 +272,7 @@ class ClientLink:
     def __init__(self, config: ServerConfig, *, timeouts: Timeouts = FARM_TIMEOUTS) -> None:
         self.config = config
         self.client = Client(config.url, headers=config.headers, token=config.token, timeouts=timeouts,
-                             retry=LINK_RETRY)
+                             retry=LINK_RETRY, ca_cert=config.ca_cert, allow_plain_http=config.allow_plain_http)
 
     def probe(self) -> Schema:
         self.client.system_stats()
@@ -830,7 +831,12 @@ class _Run:
                 server.failures += 1
                 server.last_error = exc
                 server.next_probe_at = time.monotonic() + self.policy.delay(server.failures, jitter())
+                # Every server refuses us (a certificate, credentials): no wait will change that, so say it now.
+                refused = all(not s.up and s.last_error is not None and is_refusal(s.last_error)
+                              for s in self.servers)
             logger.info("%s did not answer its probe: %s", server.name, exc)
+            if refused:
+                self.abort(exc)
             return
         with self.lock:
             server.up = True

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from comfy_orchestrator.errors import FarmFileInvalid
+from comfy_orchestrator.tls import in_clear
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,6 +38,15 @@ class ServerConfig(BaseModel):
     weight: float = Field(default=1.0, gt=0)  # relative speed before any job was timed
     tags: tuple[str, ...] = ()
     queue_ahead: int = Field(default=DEFAULT_QUEUE_AHEAD, ge=0, le=64)
+    ca_cert: Path | None = None  # PEM of the authority that signed an https server's certificate
+    allow_plain_http: bool = False  # send the token over plain http to a host that is not loopback (warned)
+
+    @field_validator("ca_cert")
+    @classmethod
+    def _check_ca_cert(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"no file {str(path)!r} (a PEM file of the farm's certificate authority)")
+        return path
 
     @field_validator("url")
     @classmethod
@@ -53,6 +63,16 @@ class ServerConfig(BaseModel):
             object.__setattr__(self, "name", parts.netloc + parts.path)
         return self
 
+    @model_validator(mode="after")
+    def _no_credentials_in_clear(self) -> ServerConfig:
+        has_credentials = any(name.lower() in ("authorization", "proxy-authorization")
+                              for name in self.request_headers())
+        if has_credentials and in_clear(self.url) and not self.allow_plain_http:
+            raise ValueError(f"{self.url}: refusing to send a token over plain http to a host that is not "
+                             "loopback; use https:// (the farm's proxy serves it), or accept the risk with "
+                             "allow_plain_http = true (--allow-plain-http)")
+        return self
+
     def request_headers(self) -> dict[str, str]:
         """The headers every request to this server carries."""
         headers = dict(self.headers)
@@ -61,15 +81,22 @@ class ServerConfig(BaseModel):
         return headers
 
 
-def servers_from_urls(urls: Sequence[str], *, queue_ahead: int = DEFAULT_QUEUE_AHEAD) -> tuple[ServerConfig, ...]:
+def servers_from_urls(urls: Sequence[str], *, queue_ahead: int = DEFAULT_QUEUE_AHEAD, token: str | None = None,
+                      ca_cert: Path | None = None, allow_plain_http: bool = False) -> tuple[ServerConfig, ...]:
     """Server configs for plain URLs, as --server gives them (none for none)."""
     if not urls:
         return ()
-    return checked_servers([{"url": url, "queue_ahead": queue_ahead} for url in urls], source="--server")
+    return checked_servers([{"url": url, "queue_ahead": queue_ahead, "token": token, "ca_cert": ca_cert,
+                             "allow_plain_http": allow_plain_http} for url in urls], source="--server")
 
 
-def parse_farm(text: str, *, source: str = "farm file") -> tuple[ServerConfig, ...]:
-    """Read a farm file's TOML text: one [[server]] table per server."""
+def parse_farm(text: str, *, source: str = "farm file", folder: Path | None = None,
+               ca_cert: Path | None = None) -> tuple[ServerConfig, ...]:
+    """Read a farm file's TOML text: one [[server]] table per server.
+
+    A relative `ca_cert` in a table is read from `folder` (the farm file's own); a server
+    without one gets `ca_cert` (--ca-cert on the command line).
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -81,17 +108,29 @@ def parse_farm(text: str, *, source: str = "farm file") -> tuple[ServerConfig, .
     tables = data.get("server")
     if not isinstance(tables, list) or not tables:
         raise FarmFileInvalid("no [[server]] tables", source=source)
-    return checked_servers(tables, source=source)
+    return checked_servers([_with_ca_cert(table, folder, ca_cert) for table in tables], source=source)
 
 
-def load_farm(path: str | Path) -> tuple[ServerConfig, ...]:
-    """Read a farm file (TOML, one [[server]] table per server)."""
+def _with_ca_cert(table: Any, folder: Path | None, default: Path | None) -> Any:
+    """A server table whose ca_cert is found beside the farm file, or the default one."""
+    if not isinstance(table, dict):
+        return table
+    given = table.get("ca_cert")
+    if isinstance(given, str) and folder is not None:
+        return {**table, "ca_cert": folder / Path(given).expanduser()}
+    if given is None and default is not None:
+        return {**table, "ca_cert": default}
+    return table
+
+
+def load_farm(path: str | Path, *, ca_cert: Path | None = None) -> tuple[ServerConfig, ...]:
+    """Read a farm file (TOML, one [[server]] table per server); `ca_cert` serves servers naming none."""
     path = Path(path)
     try:
         text = path.read_text("utf-8")
     except OSError as exc:
         raise FarmFileInvalid(f"cannot read it: {exc.strerror or exc}", source=str(path)) from exc
-    return parse_farm(text, source=str(path))
+    return parse_farm(text, source=str(path), folder=path.parent, ca_cert=ca_cert)
 
 
 def checked_servers(tables: Sequence[Any], *, source: str) -> tuple[ServerConfig, ...]:

@@ -11,10 +11,12 @@ import pytest
 
 from comfy_orchestrator.client import Client
 from comfy_orchestrator.errors import AuthFailed
+from comfy_orchestrator.farm import Farm
 from comfy_orchestrator.jobs import Job
 from comfy_orchestrator.limits import Timeouts
 from comfy_orchestrator.provenance import read_provenance
 from comfy_orchestrator.retry import RetryPolicy
+from comfy_orchestrator.servers import ServerConfig
 from tests.conftest import free_port
 
 TOKEN = "tok-7f3a9c2e5b1d"
@@ -129,3 +131,12 @@ def test_farm_commands_take_url_and_token_from_the_environment(command: str, pro
     done = CliRunner().invoke(main, args)
     assert done.exit_code == 0, done.output
     assert TOKEN not in done.output
+
+
+def test_a_farm_whose_every_server_refuses_the_token_stops_at_once(proxy: str, img2img_job: Job) -> None:
+    """Waiting cannot fix a refused token: the run raises it instead of waiting out Timeouts.no_server_s."""
+    farm = Farm([ServerConfig(url=proxy, token="wrong-token-value")],
+                timeouts=Timeouts(read_s=5, silence_s=1, job_s=30, no_server_s=600))
+    with pytest.raises(AuthFailed) as caught:
+        list(farm.run([img2img_job]))
+    assert caught.value.status == 401 and "wrong-token-value" not in str(caught.value)
