@@ -114,8 +114,8 @@ def certificate_rejection(error: BaseException, *, server: str, trust: Trust,
     detail = str(failure.verify_message or failure.reason or failure).rstrip(".")
     if code in _UNKNOWN_AUTHORITY:
         reason = "unknown authority"
-        where = "the authorities requests trusts by default" if trust.source == "default" else \
-            f"{trust.bundle} (from {trust.source})"
+        where = {"default": "the default bundle", "ca_cert": trust.bundle}.get(
+            trust.source, f"{trust.bundle} (from {trust.source})")
         fingerprint = peer_fingerprint(server, timeout_s=timeout_s)
         presented = f"; the server presents SHA-256 {fingerprint}" if fingerprint else ""
         hint = (f"no authority in {where} signed it{presented}; pass the farm's CA, or the proxy's "

@@ -55,7 +55,7 @@ def img2img_job(*, ckpt: str = CKPT, image: str = "in.png", text: str = "a light
 
 FARM_TOML = """
 [[server]]
-url = "http://10.0.0.5:8188/"
+url = "https://10.0.0.5:8188/"
 name = "gpu0-a"
 weight = 2.0
 tags = ["h200", "gpu0"]
@@ -71,7 +71,7 @@ headers = { "X-Team" = "art" }
 def test_farm_file_gives_frozen_server_configs() -> None:
     first, second = parse_farm(FARM_TOML)
     assert (first.name, first.url, first.weight, first.tags, first.queue_ahead) == (
-        "gpu0-a", "http://10.0.0.5:8188", 2.0, ("h200", "gpu0"), 3)
+        "gpu0-a", "https://10.0.0.5:8188", 2.0, ("h200", "gpu0"), 3)
     assert first.request_headers() == {"Authorization": "Bearer s3cret"}
     assert (second.name, second.queue_ahead, second.weight) == ("farm.example:443", 2, 1.0)
     assert second.request_headers() == {"X-Team": "art"}
@@ -94,6 +94,8 @@ def test_farm_file_is_read_from_disk(tmp_path: Path) -> None:
     ("[servers]\nurl = 'http://a:1'", "unknown top-level key"),
     ("", "no [[server]]"),
     ("[[server]\nurl=", "not valid TOML"),
+    ("[[server]]\nurl = 'http://box:8080'\ntoken = 't'", "refusing to send a token over plain http"),
+    ("[[server]]\nurl = 'https://box:8443'\nca_cert = 'absent-ca.pem'", "absent-ca.pem"),
 ])
 def test_bad_farm_files_are_refused_with_a_reason(text: str, complaint: str) -> None:
     with pytest.raises(FarmFileInvalid) as caught:
@@ -109,10 +111,10 @@ def test_the_shipped_farm_file_agrees() -> None:
 
 
 def test_servers_behind_one_proxy_get_names_of_their_own() -> None:
-    behind = parse_farm('[[server]]\nurl = "http://box:8080/gpu0/8188"\ntoken = "t"\n'
-                        '[[server]]\nurl = "http://box:8080/gpu0/8189/"\ntoken = "t"\n')
-    assert [s.name for s in behind] == ["box:8080/gpu0/8188", "box:8080/gpu0/8189"]
-    assert behind[1].url == "http://box:8080/gpu0/8189"
+    behind = parse_farm('[[server]]\nurl = "https://box:8443/gpu0/8188"\ntoken = "t"\n'
+                        '[[server]]\nurl = "https://box:8443/gpu0/8189/"\ntoken = "t"\n')
+    assert [s.name for s in behind] == ["box:8443/gpu0/8188", "box:8443/gpu0/8189"]
+    assert behind[1].url == "https://box:8443/gpu0/8189"
 
 
 def test_missing_farm_file_is_a_farm_error(tmp_path: Path) -> None:
@@ -345,3 +347,16 @@ def test_ledger_keeps_the_first_completion_only() -> None:
     assert ledger.winner(7) == "a"
     ledger.forget(7)
     assert ledger.winner(7) is None
+
+
+def test_a_farm_file_may_accept_a_token_in_clear_and_names_its_ca_beside_it(tmp_path: Path) -> None:
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "farm-ca.pem").write_text("a PEM\n")
+    path = tmp_path / "farm.toml"
+    path.write_text('[[server]]\nurl = "http://box:8080"\ntoken = "t"\nallow_plain_http = true\n'
+                    '[[server]]\nurl = "https://box:8443"\nca_cert = "certs/farm-ca.pem"\n'
+                    '[[server]]\nurl = "https://box2:8443"\n')
+    clear, own, default = load_farm(path, ca_cert=tmp_path / "certs" / "farm-ca.pem")
+    assert clear.allow_plain_http and own.ca_cert == tmp_path / "certs" / "farm-ca.pem"
+    assert default.ca_cert == tmp_path / "certs" / "farm-ca.pem"
+    assert load_farm(path)[2].ca_cert is None
