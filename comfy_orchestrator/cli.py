@@ -838,9 +838,11 @@ def _symptom_option(name: str, text: str) -> Callable[..., Any]:
 @click.option("--server", default=None, metavar="URL",
               help="read the checkpoint's family and the VAE files from this server (else guessed, none)")
 @click.option("--out", "out_dir", default=None, help="the suggested sweep's folder (default: advice-SYMPTOM)")
+@transport_options
 @click.pass_context
 def advise_command(ctx: click.Context, template_name: str | None, symptom: str | None, from_image: str | None,
-                   sets: Sequence[str], server: str | None, out_dir: str | None) -> None:
+                   sets: Sequence[str], server: str | None, out_dir: str | None, ca_cert: Path | None,
+                   allow_plain_http: bool) -> None:
     """Turn the guide's troubleshooting into next values for this job, and the sweep that tries them."""
     from comfy_orchestrator.advice import SYMPTOMS, advise
     from comfy_orchestrator.provenance import read_provenance
@@ -863,7 +865,7 @@ def advise_command(ctx: click.Context, template_name: str | None, symptom: str |
     template = library(ctx).get(template_name)
     vaes: tuple[str, ...] = ()
     if server is not None:
-        with _client(server) as client:
+        with _client(server, ca_cert, allow_plain_http) as client:
             template = with_families(template, values, client.model_family)
             vaes = tuple(str(name) for name in client.schema().choices("VAELoader", "vae_name"))
     else:
