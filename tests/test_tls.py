@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import Issued, TlsAuthority, free_port
+from tests.conftest import Issued, TlsAuthority, free_port
 
 from comfy_orchestrator.cli import main
 from comfy_orchestrator.client import Client
