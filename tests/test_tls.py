@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from tests.conftest import Issued, TlsAuthority, free_port
 
 from comfy_orchestrator.cli import main
 from comfy_orchestrator.client import Client
@@ -22,6 +21,7 @@ from comfy_orchestrator.jobs import Job
 from comfy_orchestrator.limits import Timeouts
 from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.tls import Trust, in_clear, peer_fingerprint
+from tests.conftest import Issued, TlsAuthority, free_port
 
 TOKEN = "tls-token-4be1f09c7d"
 QUICK = RetryPolicy(max_attempts=2, first_delay_s=0.05, max_delay_s=0.1)
