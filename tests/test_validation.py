@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from comfy_orchestrator.schema import Schema
-from comfy_orchestrator.validation import check_prompt
+from comfy_orchestrator.validation import check_prompt, describe_rejection, node_problems
 from tests.conftest import REFERENCE
 
 
@@ -90,3 +90,35 @@ def test_schema_with_checkpoints_lists_the_servers_files(recorded) -> None:
     verdict = check_prompt(prompt, schema)
     assert verdict.node_errors["1"]["errors"][0]["type"] == "value_not_in_list"
     assert Schema.recorded().checkpoints == ("random-sd15.safetensors",)
+
+
+NODE_ERRORS = {
+    "6": {"class_type": "KSampler", "dependent_outputs": ["9"], "errors": [
+        {"type": "value_smaller_than_min", "message": "Value 0 smaller than min of 1", "details": "steps",
+         "extra_info": {"input_name": "steps"}},
+        {"type": "value_not_in_list", "message": "Value not in list", "details": "sampler_name: 'x'",
+         "extra_info": {"input_name": "sampler_name"}}]},
+    "9": {"class_type": "SaveImage", "errors": [{"type": "required_input_missing", "message": "Required input is "
+                                                 "missing", "details": "images", "extra_info": {}}]},
+}
+
+
+@pytest.mark.parametrize(("parameter_of", "lines"), [
+    ({}, ["node 6 (KSampler) input 'steps': Value 0 smaller than min of 1: steps",
+          "node 6 (KSampler) input 'sampler_name': Value not in list: sampler_name: 'x'",
+          "node 9 (SaveImage): Required input is missing: images"]),
+    ({"6.steps": "steps"}, ["parameter 'steps': Value 0 smaller than min of 1: steps",
+                            "node 6 (KSampler) input 'sampler_name': Value not in list: sampler_name: 'x'",
+                            "node 9 (SaveImage): Required input is missing: images"]),
+])
+def test_node_errors_in_words_name_the_parameter_where_known(parameter_of: dict[str, str],
+                                                             lines: list[str]) -> None:
+    said = describe_rejection(None, NODE_ERRORS, lambda node, name: parameter_of.get(f"{node}.{name}"))
+    assert said == lines
+
+
+def test_a_rejection_without_node_errors_gives_its_own_message() -> None:
+    error = {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": ""}
+    assert describe_rejection(error, {}) == ["Prompt has no outputs"]
+    assert describe_rejection(None, {"1": "not a mapping", "2": {"errors": ["nor this"]}}) == []
+    assert [p.input_name for p in node_problems(NODE_ERRORS)] == ["steps", "sampler_name", ""]
