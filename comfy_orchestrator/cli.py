@@ -630,6 +630,9 @@ def _family_reader(server: ServerConfig) -> FamilyReader:
     def read(checkpoint: str) -> FamilyFinding:
         from comfy_orchestrator.client import Client
 
+        named = find_family(checkpoint)
+        if named.source == "known":  # an official file name: no need to ask
+            return named
         try:
             with Client(server.url, headers=server.headers, token=server.token, ca_cert=server.ca_cert,
                         allow_plain_http=server.allow_plain_http) as client:
