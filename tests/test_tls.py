@@ -7,6 +7,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -371,3 +372,18 @@ def test_a_token_over_plain_http_runs_with_a_warning_when_allowed(sim: Any, tmp_
     assert done.exit_code == 0, done.output
     warnings = [r.getMessage() for r in caplog.records if "sending credentials over plain http" in r.getMessage()]
     assert warnings and not any(TOKEN in message for message in warnings)
+
+
+def test_the_smoke_test_runs_over_https_with_ca_cert(farm_port: int, tls_authority: TlsAuthority) -> None:
+    """docker/smoke_test.py, the standard-library check of a new farm, verifies the proxy too."""
+    from comfy_orchestrator.params import DEFAULT_CHECKPOINT
+
+    script = Path(__file__).resolve().parents[1] / "docker" / "smoke_test.py"
+    command = [sys.executable, str(script), "--url", f"https://localhost:{farm_port}", "--token", TOKEN,
+               "--count", "1", "--steps", "2", "--size", "64", "--checkpoint", DEFAULT_CHECKPOINT, "--timeout-s", "20"]
+    done = subprocess.run([*command, "--ca-cert", str(tls_authority.cert)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '"summary"' in done.stdout
+    refused = subprocess.run([*command[:-1], "1"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in refused.stdout, refused.stdout
