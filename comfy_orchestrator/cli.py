@@ -48,6 +48,7 @@ from comfy_orchestrator.templates import Template, Templates, default_user_folde
 
 if TYPE_CHECKING:  # imported where used, so that a command loads only what it needs
     from comfy_orchestrator.client import Client
+    from comfy_orchestrator.job_handle import JobHandle
     from comfy_orchestrator.queue import CeleryQueue
     from comfy_orchestrator.servers import ServerConfig
     from comfy_orchestrator.sweep import Axis, Sweep
@@ -687,7 +688,7 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
     if template_name is None and graph is None:
         fail("name a TEMPLATE (see 'comfy-orch templates') or give --from IMAGE", EXIT_BAD_INPUT)
     values.update(template_values(sets))
-    with _client(server, ca_cert, allow_plain_http) as client:
+    with _client(server, ca_cert, allow_plain_http) as client, _terminate_as_interrupt():
         if graph is not None:
             job = Job(graph=graph, inputs=uploads)
         else:
@@ -697,24 +698,44 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
             warn_about_size(params)
             job = template.job(params)
         handle = client.submit(job)
-        with Progress(TextColumn("{task.description:>8}", markup=False), BarColumn(), TaskProgressColumn(),
-                      TextColumn("{task.fields[detail]}", markup=False), TimeElapsedColumn(), console=stderr,
-                      transient=False) as bar:
-            overall = bar.add_task("overall", total=1.0, detail=f"queued on {client.url}")
-            sampler = bar.add_task("sampler", total=1, detail="", visible=False)
-            for event in handle.events(timeout_s=timeout_s):
-                progress = handle.progress
-                bar.update(overall, completed=progress.fraction,
-                           detail=f"node {progress.node}" if progress.node else "")
-                if isinstance(event, NodeProgress):
-                    bar.update(sampler, visible=True, total=event.max, completed=event.value,
-                               detail=f"node {event.node} step {event.value}/{event.max}")
-            bar.update(overall, completed=1.0, detail="done")
-            result = client.save_outputs(handle.wait(), Path(out_dir))
+        try:
+            with Progress(TextColumn("{task.description:>8}", markup=False), BarColumn(), TaskProgressColumn(),
+                          TextColumn("{task.fields[detail]}", markup=False), TimeElapsedColumn(), console=stderr,
+                          transient=False) as bar:
+                overall = bar.add_task("overall", total=1.0, detail=f"queued on {client.url}")
+                sampler = bar.add_task("sampler", total=1, detail="", visible=False)
+                for event in handle.events(timeout_s=timeout_s):
+                    progress = handle.progress
+                    bar.update(overall, completed=progress.fraction,
+                               detail=f"node {progress.node}" if progress.node else "")
+                    if isinstance(event, NodeProgress):
+                        bar.update(sampler, visible=True, total=event.max, completed=event.value,
+                                   detail=f"node {event.node} step {event.value}/{event.max}")
+                bar.update(overall, completed=1.0, detail="done")
+                result = client.save_outputs(handle.wait(), Path(out_dir))
+        except KeyboardInterrupt as stop:
+            terminated = isinstance(stop, _Terminated)
+            fail(f"{'terminated' if terminated else 'interrupted'}: {_stop_prompt(client, handle)}",
+                 EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
     for path in result.files:
         stdout.print(str(path))
     if not result.files:
         stderr.print("the job finished without output files")
+
+
+_STOPPED = {"queued": "taken off the queue", "running": "interrupted", "done": "had already finished"}
+
+
+def _stop_prompt(client: Client, handle: JobHandle) -> str:
+    """Stop a prompt we started (off the queue if it waits, interrupted if it runs); say what happened."""
+    try:
+        state, _ = client.locate(handle.prompt_id)
+        if state != "done":
+            handle.cancel()
+    except ComfyError as exc:
+        return (f"could not stop prompt {handle.prompt_id} on {client.url} ({exc}); "
+                f"stop it with: comfy-orch interrupt {handle.prompt_id} --server {client.url}")
+    return f"prompt {handle.prompt_id} {_STOPPED.get(state, 'stopped')} on {client.url}"
 
 
 def _find_inputs(record: Mapping[str, Any], image: Path, given: set[str]) -> dict[str, tuple[str, Path]]:
@@ -794,12 +815,28 @@ def queue_command(ctx: click.Context, server: str | None, ca_cert: Path | None, 
 @transport_options
 def interrupt_command(prompt_id: str | None, clear: bool, server: str | None, ca_cert: Path | None,
                       allow_plain_http: bool) -> None:
-    """Interrupt the running prompt (only PROMPT_ID, if given)."""
+    """Stop PROMPT_ID: off the queue if it waits, interrupted if it runs (no PROMPT_ID: the running prompt)."""
     with _client(server, ca_cert, allow_plain_http) as client:
         if clear:
             client.clear_queue()
-        client.interrupt(prompt_id)
-    stdout.print("interrupt sent" + (" and queue cleared" if clear else ""))
+            stdout.print(f"queue cleared on {client.url}")
+        if prompt_id is None:
+            running = [str(item[1]) for item in client.queue().get("queue_running") or ()
+                       if isinstance(item, (list, tuple)) and len(item) > 1]
+            if not running:
+                stdout.print(f"nothing is running on {client.url}")
+                return
+            client.interrupt(running[0])
+            stdout.print(f"prompt {running[0]} interrupted on {client.url}")
+            return
+        state, _ = client.locate(prompt_id)
+        if state == "unknown":
+            fail(f"{client.url} has no prompt {prompt_id} in its queue or history", EXIT_BAD_INPUT)
+        if state == "queued":
+            client.delete([prompt_id])
+        elif state == "running":
+            client.interrupt(prompt_id)
+    stdout.print(f"prompt {prompt_id} {_STOPPED[state]} on {client.url}")
 
 
 @main.command("history")

@@ -23,6 +23,7 @@
     ├── ExecutionFailed             no   a node raised while the prompt ran
     │   └── OutOfMemory             no   ... because the GPU ran out of memory
     ├── Interrupted                 no   the prompt was interrupted
+    │   └── Cancelled               no   ... because we stopped it (taken off the queue or interrupted)
     ├── JobLost                     yes  the server no longer knows the prompt
     ├── JobTimedOut                 yes  the prompt did not finish by its deadline
     ├── UnsafeOutput                no   an output file name would escape its folder
@@ -237,6 +238,17 @@ class Interrupted(ComfyError):
         self.prompt_id = prompt_id
         self.node_id = node_id
         self.server = server
+
+
+class Cancelled(Interrupted):
+    """We stopped the prompt: it was taken off the queue, or interrupted while it ran."""
+
+    def __init__(self, prompt_id: str, *, how: str, node_id: str | None = None, server: str = "") -> None:
+        ComfyError.__init__(self, f"prompt {prompt_id} was cancelled ({how})")
+        self.prompt_id = prompt_id
+        self.node_id = node_id
+        self.server = server
+        self.how = how
 
 
 class JobLost(ComfyError):

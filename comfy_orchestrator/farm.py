@@ -868,11 +868,18 @@ class _Run:
             prompt_id = str(uuid.uuid4())
             self.emit(JobSubmitting(ticket.job, server.name, prompt_id, attempt))
             try:
-                flight.handle = server.link.submit(ticket.job, prompt_id=prompt_id,
-                                                   on_progress=self.progress_reporter(ticket.job, server))
+                handle = server.link.submit(ticket.job, prompt_id=prompt_id,
+                                            on_progress=self.progress_reporter(ticket.job, server))
             except ComfyError as exc:
                 self.failed(server, flight, exc)
                 continue
+            with self.lock:  # shut_down cancels the flights with a handle; one sent meanwhile is ours to stop
+                flight.handle = handle
+                stopped = self.stop.is_set() and not flight.cancelled
+                flight.cancelled = flight.cancelled or stopped
+            if stopped:
+                self.cancel(server, flight)
+                return
             self.emit(JobSubmitted(ticket.job, server.name, attempt))
 
     def await_job(self, server: _Server, flight: _Flight) -> None:

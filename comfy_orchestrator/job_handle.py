@@ -18,7 +18,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from comfy_orchestrator.advice import out_of_memory_advice
-from comfy_orchestrator.errors import ComfyError, JobLost, JobTimedOut, OutOfMemory, ServerError
+from comfy_orchestrator.errors import (
+    Cancelled,
+    ComfyError,
+    Interrupted,
+    JobLost,
+    JobTimedOut,
+    OutOfMemory,
+    ServerError,
+)
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.limits import Timeouts
 from comfy_orchestrator.listener import Disconnected, Reconnected
@@ -89,6 +97,7 @@ class JobHandle:
         self._error: ComfyError | None = None
         self._cached: tuple[str, ...] = ()
         self._timings: dict[str, float] = {"submitted": time.time()}
+        self._cancelled = False
 
     @property
     def progress(self) -> Progress:
@@ -120,6 +129,13 @@ class JobHandle:
                     yield event
                 self._note(NodeExecuting(self.prompt_id, None))  # track() keeps the closing message
                 self._result = self._finish()
+            except Interrupted as exc:
+                if self._cancelled and not isinstance(exc, Cancelled):  # we stopped it: say so
+                    self._error = Cancelled(self.prompt_id, how="interrupted", node_id=exc.node_id,
+                                            server=self._server.url)
+                    raise self._error from exc
+                self._error = exc
+                raise
             except ComfyError as exc:
                 if isinstance(exc, OutOfMemory) and self.job.template:
                     exc.advise(out_of_memory_advice(self.job.template, self.job.params) or exc.advice)
@@ -130,8 +146,12 @@ class JobHandle:
                     self._feed.unsubscribe(self.prompt_id)
 
     def cancel(self) -> None:
-        """Take the prompt off the queue if it waits, interrupt it if it runs."""
-        self._server.delete([self.prompt_id])
+        """Take the prompt off the queue if it waits, interrupt it if it runs (this prompt only).
+
+        Waiting for it afterwards raises Cancelled, not JobLost or Interrupted.
+        """
+        self._cancelled = True
+        self._server.delete([self.prompt_id])  # first: a prompt deleted while it starts is then interrupted
         self._server.interrupt(self.prompt_id)
 
     def _note(self, event: Event) -> None:
@@ -201,6 +221,8 @@ class JobHandle:
     def _reconcile(self, *, recycle: bool) -> Iterator[Event]:
         """Ask the server where the prompt is; on a finished record, replay its ending."""
         state, entry = self._server.locate(self.prompt_id)
+        if state == "unknown" and self._cancelled:
+            raise Cancelled(self.prompt_id, how="taken off the queue", server=self._server.url)
         if state == "unknown":
             raise JobLost(self.prompt_id, server=self._server.url)
         if state != "done" or entry is None:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from comfy_orchestrator.client import Client, safe_filename
 from comfy_orchestrator.errors import (
+    Cancelled,
     ExecutionFailed,
     Interrupted,
     JobLost,
@@ -184,12 +185,30 @@ def test_interrupt_stops_the_running_job(sim: Any, img2img_job: Job) -> None:
     long_job = with_input(img2img_job, "6", "steps", 500)
     with Client(server.url, timeouts=Timeouts(read_s=5)) as client:
         handle = client.submit(long_job)
-        with pytest.raises(Interrupted) as caught:
+        with pytest.raises(Cancelled) as caught:
             for event in handle.events():
                 if isinstance(event, NodeProgress) and event.value == 2:
                     handle.cancel()
-        assert caught.value.node_id == "6"
+        assert caught.value.node_id == "6" and "cancelled (interrupted)" in str(caught.value)
         assert client.history_entry(handle.prompt_id)["status"]["status_str"] == "error"  # type: ignore[index]
+
+
+def test_a_cancelled_waiting_job_is_reported_cancelled_and_never_runs(sim: Any, img2img_job: Job) -> None:
+    (server,) = sim(checkpoints=("v1-5-pruned-emaonly.safetensors",), costs=Costs(step_s=0.02))
+    with Client(server.url, timeouts=Timeouts(read_s=5, silence_s=30, job_s=20)) as client:
+        running = client.submit(with_input(img2img_job, "6", "steps", 500))
+        queued = client.submit(with_input(img2img_job, "6", "seed", 7))
+        assert client.locate(queued.prompt_id)[0] == "queued"
+        queued.cancel()
+        with pytest.raises(Cancelled, match="cancelled \\(taken off the queue\\)") as caught:
+            queued.wait()
+        assert not caught.value.retryable
+        assert client.locate(running.prompt_id)[0] == "running"  # the other prompt was left alone
+        running.cancel()
+        with pytest.raises(Cancelled):
+            running.wait()
+        assert server.wait_idle(10)
+        assert queued.prompt_id not in client.history() and client.locate(queued.prompt_id)[0] == "unknown"
 
 
 def test_deleted_queued_job_is_noticed_not_waited_for(sim: Any, img2img_job: Job) -> None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +16,9 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from comfy_orchestrator.cli import main
+from comfy_orchestrator.errors import Interrupted
 from comfy_orchestrator.provenance import read_provenance
+from comfy_orchestrator.templates import Templates
 
 
 def invoke(*args: str) -> Result:
@@ -115,3 +123,90 @@ def test_run_from_says_which_input_is_missing_and_where_it_looked(comfy: Any, sa
     fixed = invoke("run", "--from", str(saved), "--server", comfy.url, "--set", f"image={tmp_path / 'moved.png'}",
                    "--out", str(tmp_path / "again"))
     assert fixed.exit_code == 0, fixed.output
+
+
+def _running_and_pending(url: str) -> tuple[list[str], list[str]]:
+    from comfy_orchestrator.client import Client
+
+    with Client(url) as client:
+        listing = client.queue()
+    return ([item[1] for item in listing["queue_running"]], [item[1] for item in listing["queue_pending"]])
+
+
+@pytest.mark.parametrize(("stop", "busy", "code"), [(signal.SIGINT, False, 130), (signal.SIGTERM, True, 143)])
+def test_stopping_run_stops_its_prompt_on_the_server(sim: Any, sample_image: Path, tmp_path: Path,
+                                                     stop: signal.Signals, busy: bool, code: int) -> None:
+    from comfy_orchestrator.client import Client
+    from comfy_orchestrator.params import DEFAULT_CHECKPOINT
+    from comfy_orchestrator.sim.costs import Costs
+
+    (server,) = sim(checkpoints=(DEFAULT_CHECKPOINT,), costs=Costs(step_s=5.0))  # 0.1 s a step at this size
+    other = None
+    neighbour = Client(server.url)
+    if busy:  # someone else's long prompt runs, so ours waits in the queue
+        template = Templates.default().get("img2img")
+        other = neighbour.submit(template.job(template.params({"image": str(sample_image), "steps": 400,
+                                                               "seed": 5})))
+    command = [sys.executable, "-m", "comfy_orchestrator.cli", "run", "img2img", "--server", server.url,
+               "--set", f"image={sample_image}", "--set", "steps=400", "--out", str(tmp_path / "out")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            running, pending = _running_and_pending(server.url)
+            ours = pending if busy else [p for p in running if other is None or p != other.prompt_id]
+            if ours and (not busy or server.counters.sampler_steps > 0):
+                break
+            threading.Event().wait(0.05)
+        else:
+            pytest.fail(f"the prompt never reached the server: {running} {pending} {process.poll()}")
+        (prompt_id,) = ours
+        process.send_signal(stop)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == code, err
+        said = "taken off the queue" if busy else "interrupted"
+        how = "terminated" if stop == signal.SIGTERM else "interrupted"
+        assert err.strip().splitlines()[-1] == f"error: {how}: prompt {prompt_id} {said} on {server.url}"
+        assert "Traceback" not in err and "Aborted" not in err
+        running, pending = _running_and_pending(server.url)
+        assert prompt_id not in running and prompt_id not in pending
+        if busy:
+            assert other is not None and running == [other.prompt_id]  # only our prompt was touched
+            assert prompt_id not in server.history
+        else:
+            assert server.wait_idle(10)
+            entry = server.history[prompt_id]
+            assert entry["status"]["status_str"] == "error"
+            assert any(message[0] == "execution_interrupted" for message in entry["status"]["messages"])
+    finally:
+        process.kill()
+        process.communicate()
+        if other is not None:
+            other.cancel()
+        neighbour.close()
+
+
+def test_interrupt_of_a_waiting_prompt_takes_it_off_the_queue(sim: Any, sample_image: Path) -> None:
+    from comfy_orchestrator.client import Client
+    from comfy_orchestrator.params import DEFAULT_CHECKPOINT
+    from comfy_orchestrator.sim.costs import Costs
+
+    (server,) = sim(checkpoints=(DEFAULT_CHECKPOINT,), costs=Costs(step_s=5.0))  # 0.1 s a step at this size
+    template = Templates.default().get("img2img")
+    with Client(server.url) as client:
+        running = client.submit(template.job(template.params({"image": str(sample_image), "steps": 400})))
+        waiting = client.submit(template.job(template.params({"image": str(sample_image), "seed": 9})))
+        assert client.locate(waiting.prompt_id)[0] == "queued"
+        done = invoke("interrupt", waiting.prompt_id, "--server", server.url)
+        assert done.exit_code == 0 and done.stdout.strip() == (f"prompt {waiting.prompt_id} taken off the queue "
+                                                               f"on {server.url}")
+        assert client.locate(waiting.prompt_id)[0] == "unknown"
+        assert client.locate(running.prompt_id)[0] == "running"
+        done = invoke("interrupt", "--server", server.url)
+        assert done.stdout.strip() == f"prompt {running.prompt_id} interrupted on {server.url}"
+        with pytest.raises(Interrupted):
+            running.wait()
+        assert invoke("interrupt", "--server", server.url).stdout.strip() == f"nothing is running on {server.url}"
+        unknown = invoke("interrupt", "no-such-prompt", "--server", server.url)
+        assert unknown.exit_code == 2 and "has no prompt no-such-prompt" in unknown.stderr

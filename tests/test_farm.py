@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from click.testing import CliRunner
 
 from comfy_orchestrator.cli import main
@@ -225,6 +226,22 @@ def test_jobs_are_read_lazily(sim: Any, cells: Any, tmp_path: Path) -> None:
     assert read <= 8 + 3 + 2  # the window, one server's slots, and what the caller took
     outcomes.close()  # stopping early cancels what is queued
     assert server.wait_idle(timeout_s=10)
+
+
+def test_closing_the_run_early_stops_every_prompt_it_started(sim: Any, cells: Any, tmp_path: Path) -> None:
+    server = sim(1, costs=Costs(step_s=12.0), checkpoints=CHECKPOINTS, preview_method="none")[0]  # 0.3 s a step
+    outcomes = Farm([server.url]).run(cells(6), out_dir=tmp_path / "out")
+    first = next(outcomes)
+    assert isinstance(first, JobResult)
+    started = set(server.history)
+    outcomes.close()
+    assert server.wait_idle(timeout_s=5)
+    snapshot = json.loads(requests.get(f"{server.url}/queue", timeout=5).text)
+    assert snapshot == {"queue_running": [], "queue_pending": []}
+    # the waiting prompts were deleted and the running one interrupted: had they run, 5 more would have succeeded
+    stopped = [entry for prompt_id, entry in server.history.items() if prompt_id not in started]
+    assert [entry["status"]["status_str"] for entry in stopped] == ["error"]  # the one that ran was interrupted
+    assert server.counters.prompts_finished == 2  # the first, and the interrupted one; the rest never ran
 
 
 def test_farm_status_reads_each_server(sim: Any) -> None:
