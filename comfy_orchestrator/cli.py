@@ -246,7 +246,7 @@ def _print_template(template: Template, *, detailed: bool) -> None:
         elif p.choices:
             limits = f"{len(p.choices)} choices"
         recommended = f"{p.recommended[0]:g}..{p.recommended[1]:g}" if p.recommended else ""
-        default = "(required)" if p.default is None else json.dumps(p.default)
+        default = "(required)" if p.required else json.dumps(p.default)
         table.add_row(p.name, p.type, default, limits, recommended, p.description)
     stdout.print(table)
 

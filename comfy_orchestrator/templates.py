@@ -99,9 +99,11 @@ class ParameterInfo:
     max: float | None = None
     choices: tuple[Any, ...] | None = None
     recommended: tuple[float, float] | None = None
+    required: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.type, "default": self.default, "min": self.min, "max": self.max,
+        return {"name": self.name, "type": self.type, "default": self.default, "required": self.required,
+                "min": self.min, "max": self.max,
                 "choices": list(self.choices) if self.choices is not None else None,
                 "description": self.description,
                 "recommended": list(self.recommended) if self.recommended else None}
@@ -128,13 +130,20 @@ def describe_parameters(model: type[Params]) -> list[ParameterInfo]:
         elif choices is not None:
             kind = "choice"
         else:
-            kind = {"integer": "int", "number": "float", "boolean": "bool"}.get(prop.get("type", ""), "str")  # type: ignore[assignment]
+            json_type = next((o["type"] for o in options if o.get("type") not in (None, "null")), "")
+            kind = {"integer": "int", "number": "float", "boolean": "bool"}.get(json_type, "str")  # type: ignore[assignment]
         recommended = extra.get("recommended")
         infos.append(ParameterInfo(
             name=name, type=kind, default=None if field_info.is_required() else prop.get("default"),
-            description=field_info.description or "", min=prop.get("minimum"), max=prop.get("maximum"),
-            choices=choices, recommended=tuple(recommended) if recommended else None))  # type: ignore[arg-type]
+            description=field_info.description or "", min=_first_of(options, "minimum"), max=_first_of(options, "maximum"),
+            choices=choices, recommended=tuple(recommended) if recommended else None,  # type: ignore[arg-type]
+            required=field_info.is_required()))
     return infos
+
+
+def _first_of(options: list[dict[str, Any]], key: str) -> Any:
+    """A JSON schema keyword of a field, or of the first of its anyOf alternatives that has it."""
+    return next((option[key] for option in options if key in option), None)
 
 
 @dataclass(frozen=True)

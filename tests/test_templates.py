@@ -332,3 +332,12 @@ def test_size_conditioning_encodes_the_prompts_with_clip_text_encode_sdxl(name, 
         assert (node.inputs["target_width"], node.inputs["target_height"]) == (width, height)
     assert job.graph["2"].inputs["text_g"] == job.graph["2"].inputs["text_l"] == "a lighthouse"
     assert job.parameter_map["2.text_g"] == "positive"
+
+
+def test_optional_parameters_are_described_by_their_own_type_and_range() -> None:
+    infos = {info.name: info for info in describe_parameters(WORKFLOWS["img2img"])}
+    family = infos["model_family"]
+    assert (family.type, family.choices, family.default, family.required) == ("choice", ("sd15", "sdxl"), None, False)
+    clip = infos["lora_clip_strength"]
+    assert (clip.type, clip.min, clip.max, clip.required) == ("float", -100, 100, False)
+    assert infos["image"].required and not infos["vae"].required
