@@ -238,8 +238,10 @@ def test_reads_and_control_calls(client: Client, img2img_job: Job) -> None:
     assert client.locate("never-submitted") == ("unknown", None)
     client.free()
     client.interrupt()  # idle: no effect, no error
+    # The server frees between prompts, as ComfyUI's worker does: before the next one, or right after it.
     again = client.run(with_input(img2img_job, "6", "seed", 5))
-    assert "1" not in again.cached_nodes  # /free dropped the cache
+    third = client.run(with_input(img2img_job, "6", "seed", 6))
+    assert "1" not in again.cached_nodes or "1" not in third.cached_nodes  # /free dropped the cache
 
 
 def test_object_info_is_read_once_per_client(comfy: Any, img2img_job: Job) -> None:
