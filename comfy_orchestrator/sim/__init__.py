@@ -37,6 +37,7 @@ Faults (``server.faults``; every switch is thread-safe, ``faults.clear()`` undoe
     faults.slow_downloads(bytes_per_s)   # /view trickles
     faults.hostile_filenames("../../x.png")  # saved images are reported under this name
     faults.drop_prompts(1)               # POST answers 200, then the prompt vanishes silently
+    faults.hold_queue()                  # prompts queue up but none starts until release_queue()
     faults.fail_next(message=..., node_type="KSampler")  # one execution_error (server.fail_next too)
     faults.crash_on("KSampler", step=3)  # the server crashes there (server.crashed is set)
     server.crash(); server.restart()     # die now; come back on the same port, empty

@@ -44,6 +44,7 @@ class Faults:
         self._lock = threading.Lock()
         self._on_release: list[Callable[[], None]] = []
         self._on_refuse: list[Callable[[bool], None]] = []
+        self._on_hold: list[Callable[[bool], None]] = []
         self._reset()
 
     def _reset(self) -> None:
@@ -58,6 +59,7 @@ class Faults:
         self.crash_node_type: str | None = None
         self.crash_step: int | None = None
         self.refusing = False
+        self.queue_held = False
 
     def close_websocket_after(self, messages: int) -> None:
         """Close every websocket (present and future) once it has been sent `messages` messages."""
@@ -127,16 +129,33 @@ class Faults:
         for listener in listeners:
             listener(False)
 
-    def clear(self) -> None:
-        """Switch every fault off and release hanging requests."""
+    def hold_queue(self) -> None:
+        """Accept prompts but start none until `release_queue()` (a client's slow start, made certain)."""
+        self._set_held(True)
+
+    def release_queue(self) -> None:
+        """Start the held prompts, in queue order."""
+        self._set_held(False)
+
+    def _set_held(self, held: bool) -> None:
         with self._lock:
-            refusing = self.refusing
+            self.queue_held = held
+            listeners = list(self._on_hold)
+        for listener in listeners:
+            listener(held)
+
+    def clear(self) -> None:
+        """Switch every fault off, release hanging requests and a held queue."""
+        with self._lock:
+            refusing, held = self.refusing, self.queue_held
             self._reset()
             releases = list(self._on_release)
         for release in releases:
             release()
         if refusing:
             self.accept_connections()
+        if held:
+            self.release_queue()
 
     def route_fault(self, path: str) -> RouteFault | None:
         """The fault for a request path, counting it down; None when the route behaves."""
@@ -178,11 +197,17 @@ class Faults:
         with self._lock:
             self._on_refuse.append(callback)
 
+    def on_hold(self, callback: Callable[[bool], None]) -> None:
+        """Call `callback(held)` when the queue is to be held or released."""
+        with self._lock:
+            self._on_hold.append(callback)
+
     def forget_listeners(self) -> None:
         """Drop the callbacks of a server that stopped."""
         with self._lock:
             self._on_release.clear()
             self._on_refuse.clear()
+            self._on_hold.clear()
 
 
 def _route_key(path: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ class SocketHub:
         self.loop = loop
         self.faults = faults
         self.sockets: dict[str, Socket] = {}
+        self.changed = threading.Condition()  # notified when a socket connects or goes
         self.messages: asyncio.Queue[tuple[str | bytes, Any, str | None]] = asyncio.Queue()
 
     # Outbox, called from any thread
@@ -40,6 +42,23 @@ class SocketHub:
 
     def send_binary(self, payload: bytes, sid: str | None) -> None:
         self.loop.call_soon_threadsafe(self.messages.put_nowait, (payload, None, sid))
+
+    def add(self, sid: str, socket: Socket) -> None:
+        """Register a connected socket under its client id."""
+        with self.changed:
+            self.sockets[sid] = socket
+            self.changed.notify_all()
+
+    def remove(self, sid: str) -> None:
+        """Forget a client id's socket (as ComfyUI does when any socket of that id closes)."""
+        with self.changed:
+            self.sockets.pop(sid, None)
+            self.changed.notify_all()
+
+    def wait_for(self, sid: str, timeout_s: float) -> bool:
+        """Wait until a socket of client id `sid` is connected; False at the deadline."""
+        with self.changed:
+            return self.changed.wait_for(lambda: sid in self.sockets, timeout_s)
 
     def supports_preview_metadata(self, sid: str | None) -> bool:
         socket = self.sockets.get(sid) if sid is not None else None

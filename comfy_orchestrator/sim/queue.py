@@ -26,6 +26,7 @@ class PromptQueue:
         self.history: dict[str, dict[str, Any]] = {}
         self.flags: dict[str, bool] = {}
         self.stopped = False
+        self.held = False  # a fault: prompts wait until released
         self.idle = threading.Event()  # nothing pending and nothing running
         self.idle.set()
 
@@ -45,7 +46,7 @@ class PromptQueue:
     def get(self) -> tuple[QueueItem, int] | None:
         """The next prompt, or None when woken for flags or to stop."""
         with self.not_empty:
-            while not self.queue:
+            while not self.queue or self.held:
                 if self.stopped or self.flags:
                     return None
                 self.not_empty.wait()
@@ -107,6 +108,12 @@ class PromptQueue:
                     if max_items is not None and len(out) >= max_items:
                         break
             return out
+
+    def hold(self, held: bool) -> None:
+        """Start no prompt while `held`."""
+        with self.mutex:
+            self.held = held
+            self.not_empty.notify()
 
     def set_flag(self, name: str) -> None:
         with self.mutex:

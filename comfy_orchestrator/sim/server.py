@@ -122,6 +122,7 @@ class SimServer:
             raise ServerError("event loop did not start", server=f"http://{self.host}:{self.port}")
         self.faults.on_release(self._release_hanging)
         self.faults.on_refuse(self._set_refusing)
+        self.faults.on_hold(self._hold_queue)
         self._call(self._open())
         return self
 
@@ -183,6 +184,10 @@ class SimServer:
         """Wait until no prompt runs or waits; False if that did not happen within `timeout_s`."""
         return self._live_state().queue.idle.wait(timeout_s)
 
+    def wait_for_client(self, client_id: str, timeout_s: float) -> bool:
+        """Wait until a websocket with `client_id` is connected; False if none came within `timeout_s`."""
+        return self._live_state().hub.wait_for(client_id, timeout_s)
+
     def add_input(self, name: str, data: bytes) -> Path:
         """Put a file into the input folder, as an upload would."""
         path = self.input_dir / name
@@ -227,6 +232,7 @@ class SimServer:
             hub.send("status", {"status": {"exec_info": {"queue_remaining": queue.remaining()}}}, None)
 
         queue = PromptQueue(on_queue_change)
+        queue.hold(self.faults.queue_held)
         executor = Executor(schema=self.schema, outbox=hub, costs=self.costs, faults=self.faults,
                             counters=self.counters, input_dir=self.input_dir, output_dir=self.output_dir,
                             temp_dir=self.temp_dir, preview_method=self.preview_method,
@@ -298,6 +304,11 @@ class SimServer:
                 self._released = asyncio.Event()
 
         loop.call_soon_threadsafe(release)
+
+    def _hold_queue(self, held: bool) -> None:
+        state = self._state
+        if state is not None:
+            state.queue.hold(held)
 
     def _set_refusing(self, refusing: bool) -> None:
         if self._state is None or self._loop is None:

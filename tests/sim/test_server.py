@@ -5,7 +5,12 @@ from __future__ import annotations
 import copy
 import io
 import json
+import re
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -223,6 +228,21 @@ def test_silent_websocket_stays_open_but_says_nothing(server: SimServer) -> None
         listener.close()
 
 
+def test_held_queue_starts_nothing_until_released(server: SimServer) -> None:
+    server.faults.hold_queue()
+    listener = Listener(f"{server.ws_url}?clientId=tester")
+    try:
+        prompt_id = submit(server, img2img())
+        queued = requests.get(f"{server.url}/queue", timeout=TIMEOUT_S).json()
+        assert [item[1] for item in queued["queue_pending"]] == [prompt_id] and queued["queue_running"] == []
+        assert not any(f.get("type") == "execution_start" for f in listener.frames)
+        server.faults.release_queue()
+        assert listener.wait(finished(prompt_id))
+    finally:
+        listener.close()
+    assert server.history[prompt_id]["status"]["status_str"] == "success"
+
+
 def test_failing_route_answers_500_then_recovers(server: SimServer) -> None:
     server.faults.fail_route("/history", times=2)
     answers = [requests.get(f"{server.url}/api/history", timeout=TIMEOUT_S) for _ in range(3)]
@@ -317,6 +337,33 @@ def test_fail_next_raises_in_the_named_node(server: SimServer) -> None:
     assert (error["node_id"], error["exception_message"]) == ("6", "deliberate\n")
     frames, entry = run(server, img2img())
     assert entry["status"]["status_str"] == "success"
+
+
+def test_cli_sim_serves_previews_when_asked(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "comfy_orchestrator.cli", "sim", "--port", "0", "--root", str(tmp_path),
+               "--checkpoint", "random-sd15.safetensors", "--preview-method", "latent2rgb", "--preview-size", "128"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as process:
+        try:
+            assert process.stdout is not None
+            found = re.search(r"http://127\.0\.0\.1:(\d+)", process.stdout.readline())
+            assert found, "comfy-orch sim did not say where it listens"
+            url = found[0]
+            upload = requests.post(f"{url}/upload/image", timeout=TIMEOUT_S,
+                                   files={"image": ("ref_input_a.png", reference_inputs()["ref_input_a.png"])})
+            assert upload.status_code == 200
+            listener = Listener(f"{url.replace('http', 'ws', 1)}/ws?clientId=cli")
+            try:
+                answer = requests.post(f"{url}/prompt", json={"prompt": img2img(steps=2), "client_id": "cli"},
+                                       timeout=TIMEOUT_S).json()
+                assert listener.wait(finished(answer["prompt_id"]))
+                previews = list(listener.binary)
+            finally:
+                listener.close()
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=TIMEOUT_S)
+    assert len(previews) == 2 and Image.open(io.BytesIO(previews[0][8:])).size == (128, 128)
+    assert list((tmp_path / "output").glob("*.png"))
 
 
 def test_cli_sim_command_is_registered() -> None:

@@ -23,12 +23,10 @@ class SocketRoutes(RouteGroup):
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         sid = request.rel_url.query.get("clientId", "")
-        if sid:
-            hub.sockets.pop(sid, None)
-        else:
+        if not sid:
             sid = uuid.uuid4().hex
         socket = Socket(ws, request.transport)
-        hub.sockets[sid] = socket
+        hub.add(sid, socket)
         try:
             await hub.deliver(socket, "status", {"status": queue_info(current), "sid": sid})
             last_node = current.executor.last_node_id
@@ -48,5 +46,5 @@ class SocketRoutes(RouteGroup):
                 first = False
         finally:
             # as in ComfyUI: a replaced socket closing removes its successor's entry too
-            hub.sockets.pop(sid, None)
+            hub.remove(sid)
         return ws
