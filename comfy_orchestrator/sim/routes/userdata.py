@@ -202,10 +202,9 @@ class UserdataRoutes(RouteGroup):
         path = self._request_path(request)
         if not isinstance(path, str):
             return path
-        overwrite = request.query.get("overwrite", "true") != "false"
-        full_info = request.query.get("full_info", "false").lower() == "true"
-        if not overwrite and os.path.exists(path):
-            return web.Response(status=409, text="File already exists")
+        refused = _refused_overwrite(request, path)
+        if refused is not None:
+            return refused
         body = await request.read()
         try:
             with open(path, "wb") as file:
@@ -214,7 +213,7 @@ class UserdataRoutes(RouteGroup):
             logger.warning("Error saving file '%s': %s", path, exc)
             return web.Response(status=400, reason="Invalid filename. Please avoid special characters like "
                                                    ":\\/*?\"<>|")
-        return json_answer(file_info(path, self.user_root) if full_info else os.path.relpath(path, self.user_root))
+        return self._written(request, path)
 
     async def delete_userdata(self, request: web.Request) -> web.Response:
         path = self._request_path(request, check_exists=True)
@@ -230,9 +229,21 @@ class UserdataRoutes(RouteGroup):
         dest = self._request_path(request, param="dest")
         if not isinstance(dest, str):
             return dest
-        overwrite = request.query.get("overwrite", "true") != "false"
-        full_info = request.query.get("full_info", "false").lower() == "true"
-        if not overwrite and os.path.exists(dest):
-            return web.Response(status=409, text="File already exists")
+        refused = _refused_overwrite(request, dest)
+        if refused is not None:
+            return refused
         shutil.move(source, dest)
-        return json_answer(file_info(dest, self.user_root) if full_info else os.path.relpath(dest, self.user_root))
+        return self._written(request, dest)
+
+    def _written(self, request: web.Request, path: str) -> web.Response:
+        """The answer to a write: the file's path in the user folder, or its full info when asked."""
+        if request.query.get("full_info", "false").lower() == "true":
+            return json_answer(file_info(path, self.user_root))
+        return json_answer(os.path.relpath(path, self.user_root))
+
+
+def _refused_overwrite(request: web.Request, path: str) -> web.Response | None:
+    """409 when the request says overwrite=false and `path` exists."""
+    if request.query.get("overwrite", "true") == "false" and os.path.exists(path):
+        return web.Response(status=409, text="File already exists")
+    return None
