@@ -17,6 +17,7 @@ Start one::
         server.add_input("a.png", png_bytes)  # or POST /upload/image
         ...                                  # drive it over HTTP + websocket
         server.wait_idle(timeout_s=5)        # queue empty, worker idle
+        server.wait_for_client("id", 5)      # a websocket with that clientId is connected
         server.history                       # GET /history, as a dict
         server.counters.node_executions      # {"KSampler": 3, ...}; also checkpoint_loads,
                                              # sampler_steps, images_saved, prompts_started/finished

@@ -17,7 +17,6 @@ from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.sim import SimServer, generic
 
 
-
 @pytest.fixture
 def server(sim: Any) -> SimServer:
     started: SimServer = sim(1)[0]
