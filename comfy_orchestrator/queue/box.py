@@ -170,8 +170,7 @@ class Box:
                         and waiter.avoid.get(s.name, 0.0) <= now]
                 free = [s for s in able if s.busy < s.slots]
                 if free:
-                    best = max(free, key=lambda s: (affinity(needs, s.last), s.slots - s.busy,
-                                                    -self.servers.index(s)))
+                    best = max(free, key=lambda s: _preference(needs, s, self.servers.index(s)))
                     best.busy += 1
                     best.last = needs
                     return best
@@ -249,6 +248,14 @@ class Box:
                 logger.info("%s: could not cancel prompt %s: %s", server.name, handle.prompt_id, exc)
         for server in self.servers:
             server.link.close()
+
+
+def _preference(needs: JobNeeds, server: BoxServer, order: int) -> tuple[bool, bool, int, int, int]:
+    """How much a free server suits a job: its checkpoint loaded there, then no other checkpoint pushed out
+    (an idle server loads it rather than one that keeps another warm), then the farm's affinity, free slots."""
+    loaded = server.last is not None and server.last.checkpoint == needs.checkpoint
+    spares = server.last is None or loaded
+    return loaded, spares, affinity(needs, server.last), server.slots - server.busy, -order
 
 
 def _summary(server: BoxServer) -> ServerSummary:

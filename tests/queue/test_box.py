@@ -75,3 +75,22 @@ def test_a_failure_that_repeats_on_a_second_server_ends_the_job(
     finally:
         box.close()
     assert first.counters.prompts_started + second.counters.prompts_started == 2
+
+
+def test_a_box_keeps_each_checkpoint_warm_on_its_own_server(sim: Callable[..., list[Any]], library: Any,
+                                                             sample_image: Path, tmp_path: Path) -> None:
+    checkpoints = ("model-a.safetensors", "model-b.safetensors")
+    first, second = sim(2, checkpoints=checkpoints)
+    box = Box([ServerConfig(url=first.url, queue_ahead=0), ServerConfig(url=second.url, queue_ahead=0)],
+              policy=QUICK, job_timeout_s=30.0)
+    box.probe_due()
+    template = library.get("img2img")
+    jobs = [template.job(template.params({"image": str(sample_image), "checkpoint": checkpoints[n % 2], "seed": n}))
+            for n in range(6)]
+    try:
+        servers = [box.run(job, tmp_path).server for job in jobs]
+    finally:
+        box.close()
+    names = [ServerConfig(url=server.url).name for server in (first, second)]
+    assert servers == [names[0], names[1]] * 3  # A stays on the first, B goes to the idle second and stays
+    assert (first.counters.checkpoint_loads, second.counters.checkpoint_loads) == (1, 1)

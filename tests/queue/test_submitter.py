@@ -21,6 +21,7 @@ import redis
 from click.testing import CliRunner
 
 from comfy_orchestrator.cli import main
+from comfy_orchestrator.jobs import content_name
 from comfy_orchestrator.journal import JOURNAL_NAME
 from comfy_orchestrator.params import DEFAULT_CHECKPOINT
 from comfy_orchestrator.queue import CeleryQueue, QueueTimeouts
@@ -92,8 +93,11 @@ def test_a_40_cell_sweep_survives_a_worker_killed_mid_sweep(
     assert any("doomed stopped renewing its lease" in note for note in notes)  # its cells came back
     assert {row["server"].split("/")[0] for row in rows} <= {"doomed", "steady"}
     assert (out / "grid.jpg").exists() and (out / "index.html").exists()
-    keys = redis.Redis.from_url(broker_url).keys("comfy-orch:sweep:*")
-    assert keys == []  # a collected sweep leaves nothing behind on the broker
+    client = redis.Redis.from_url(broker_url)
+    assert client.keys("comfy-orch:sweep:*") == [] and client.keys("celery-task-meta-*") == []  # all collected
+    assert len(client.keys("comfy-orch:input:*")) == 1  # the one input image, stored once for 40 cells
+    for server in (one, two, three):  # each server holds the one upload, under its content name
+        assert [path.name for path in server.input_dir.iterdir()] == [content_name(sample_image)]
 
 
 def test_a_killed_submitter_run_again_collects_without_running_anything_twice(
@@ -143,12 +147,43 @@ def test_a_detached_sweep_is_collected_by_a_later_command(
     start_worker(broker_url, [servers[0].url], name="late-a")
     start_worker(broker_url, [servers[1].url], name="late-b")
     wait_for(lambda: _prompts_run(servers) == 8, timeout_s=60.0, what="the workers to run the 8 cells")
+    shown = runner.invoke(main, ["queue", "status", "--broker", broker_url])
+    assert shown.exit_code == 0 and "late-a" in shown.output and "late-b" in shown.output, shown.output
+    assert "0/8" in shown.output  # none collected yet
     collected = runner.invoke(main, arguments)
 
     assert collected.exit_code == 0, collected.output
     assert "8 of 8 cells done, 0 failed" in collected.output
-    _assert_every_cell_once(out, 8)
+    rows = _assert_every_cell_once(out, 8)
     assert _prompts_run(servers) == 8
+    assert {row["server"].split("/")[0] for row in rows} <= {"late-a", "late-b"}
+    journal = sqlite3.connect(out / JOURNAL_NAME)
+    try:  # each cell's task id was recorded before it was sent
+        assert journal.execute("SELECT COUNT(DISTINCT idx), COUNT(DISTINCT task_id) FROM queue_task").fetchone() == (8, 8)
+    finally:
+        journal.close()
+
+
+def test_results_that_expired_before_collection_are_queued_again(
+        sim: Callable[..., list[Any]], start_worker: Callable[..., Any], broker_url: str, library: Templates,
+        sample_image: Path, tmp_path: Path) -> None:
+    (server,) = sim(1, checkpoints=(DEFAULT_CHECKPOINT,))
+    queue = CeleryQueue(broker_url, timeouts=TIMEOUTS)
+    sweep = _sweep(library, sample_image, ("cfg=4,5,6,7",))
+    assert run_sweep(sweep, tmp_path / "out", queue=queue, detach=True).waiting == 4
+    start_worker(broker_url, [server.url], name="forgotten")
+    client = redis.Redis.from_url(broker_url)
+    wait_for(lambda: len(client.keys("celery-task-meta-*")) == 4, timeout_s=60.0, what="4 stored results")
+    for key in client.keys("celery-task-meta-*")[:3]:
+        client.delete(key)  # what the backend's expiry does to results nobody collected in time
+    notes: list[str] = []
+
+    report = run_sweep(sweep, tmp_path / "out", queue=queue, on_progress=lambda p: notes.append(p.message))
+
+    assert (report.done, report.failed) == (4, 0)
+    assert server.counters.prompts_finished == 7  # the 3 expired cells ran again, the kept one did not
+    assert any("its result expired before it was collected" in note for note in notes)
+    _assert_every_cell_once(tmp_path / "out", 4)
 
 
 def test_a_cancelled_sweep_leaves_the_queue_and_a_rerun_queues_it_again(broker_url: str, sample_image: Path,
