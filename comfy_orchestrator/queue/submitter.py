@@ -97,6 +97,7 @@ class _Task:
     lost: int = 0
     failed: int = 0
     started: bool = False
+    missing: int = 0  # audits in a row that found its message nowhere
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,7 @@ class _Collection:
             self.by_id.pop(task.task_id, None)
         task.task_id = uuid.uuid4().hex
         task.started = False
+        task.missing = 0
         self.by_id[task.task_id] = task
         self.on_event(TaskQueued(task.job, task.task_id, task.queue))
         expires = int(self.timeouts.state_expires_s)
@@ -322,6 +324,7 @@ class _Collection:
             pipe.exists(Keys.lease(task.task_id))
         answers = pipe.execute()
         delivered: dict[str, float] | None = None
+        waiting: dict[str, int] = {}
         now = time.time()
         for index, task in enumerate(tasks):
             has_result, raw_state, leased = answers[3 * index: 3 * index + 3]
@@ -332,10 +335,20 @@ class _Collection:
             if state is not None and state.get("state") == "queued" and not leased:
                 if delivered is None:
                     delivered = _delivered(self.redis)
+                    waiting = self.waiting_counts()
                 taken_at = delivered.get(task.task_id)
-                if taken_at is not None and now - taken_at > self.timeouts.lease_s:
-                    # a worker holds only what it runs at once: one that took a task and never began it died
-                    yield from self.requeue(task, "the worker that took it stopped before it began")
+                if taken_at is not None:
+                    task.missing = 0
+                    if now - taken_at > self.timeouts.lease_s:
+                        # a worker holds only what it runs at once: one that took a task and never began it died
+                        yield from self.requeue(task, "the worker that took it stopped before it began")
+                elif waiting.get(task.queue, 1) == 0:
+                    # neither waiting in its queue nor held by a worker: a worker killed as it took the message
+                    # (between the transport's pop and its record of the delivery). Twice, for a worker that
+                    # is just recording it.
+                    task.missing += 1
+                    if task.missing >= 2:
+                        yield from self.requeue(task, "its message was lost as a worker took it")
                 continue
             if state is None:
                 yield from self.requeue(task, "its task's record is gone (never sent, or expired)")
@@ -347,6 +360,14 @@ class _Collection:
                 task.started = True
                 self.on_event(TaskStarted(task.job, str(state.get("worker", "")), str(state["server"])))
         yield from self.check_workers()
+
+    def waiting_counts(self) -> dict[str, int]:
+        """How many messages wait in each of this sweep's queues."""
+        queues = sorted({task.queue for task in self.tasks.values()})
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in queues:
+            pipe.llen(queue)
+        return {queue: int(length) for queue, length in zip(queues, pipe.execute())}
 
     def check_workers(self) -> Iterable[JobOutcome]:
         """Fail the jobs no live worker can run; note when no worker listens at all."""
