@@ -10,6 +10,8 @@ verdicts, and input images by content. The password in a URL never leaves this m
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from comfy_orchestrator.errors import BrokerAuthFailed, BrokerUnreachable, BrokerURLInvalid
 
@@ -124,6 +127,15 @@ class Broker:
             raise BrokerUnreachable(f"the broker answered with an error: {exc}", broker=self.display) from exc
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise BrokerUnreachable(f"cannot reach the broker: {_reason(exc)}", broker=self.display) from exc
+
+
+@contextmanager
+def broker_errors(broker: Broker, doing: str) -> Iterator[None]:
+    """Turn a connection to the broker lost while `doing` something into one BrokerUnreachable."""
+    try:
+        yield
+    except (redis.RedisError, OperationalError, ConnectionError) as exc:
+        raise BrokerUnreachable(f"lost the broker while {doing}: {_reason(exc)}", broker=broker.display) from exc
 
 
 def as_text(value: bytes | str | None) -> str:

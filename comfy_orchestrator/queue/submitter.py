@@ -37,7 +37,15 @@ from comfy_orchestrator.dispatch import job_needs
 from comfy_orchestrator.errors import NoServerAvailable, ParameterError, WorkerJobFailed
 from comfy_orchestrator.farm import JobFailed, JobOutcome
 from comfy_orchestrator.jobs import Job, JobResult
-from comfy_orchestrator.queue.broker import TASK_NAME, Broker, Keys, QueueTimeouts, as_text, make_app
+from comfy_orchestrator.queue.broker import (
+    TASK_NAME,
+    Broker,
+    Keys,
+    QueueTimeouts,
+    as_text,
+    broker_errors,
+    make_app,
+)
 from comfy_orchestrator.queue.payload import TaskFailure, job_to_json, read_result
 from comfy_orchestrator.queue.routing import needs_to_json, queue_name
 
@@ -172,7 +180,8 @@ class CeleryQueue:
         """The sweeps on offer with their progress, and the live workers with their servers."""
         client = self.connect()
         try:
-            return _read_status(client, self.display)
+            with broker_errors(self.broker, "reading the queue's status"):
+                return _read_status(client, self.display)
         finally:
             client.close()
 
@@ -180,7 +189,8 @@ class CeleryQueue:
         """Take a sweep off the queue: its queues, records and waiting cells (running ones finish unheard)."""
         client = self.connect()
         try:
-            _remove_sweep(client, sweep_id)
+            with broker_errors(self.broker, f"taking sweep {sweep_id} off the queue"):
+                _remove_sweep(client, sweep_id)
         finally:
             client.close()
 
@@ -212,21 +222,23 @@ class _Collection:
     # -- the caller's side
     def outcomes(self, *, detach: bool) -> Generator[JobOutcome, None, None]:
         try:
-            self.register()
-            for task in self.tasks.values():
-                if not task.task_id:
-                    self.submit(task)
-            yield from self.audit()
-            while self.tasks and not detach:
-                deadline = time.monotonic() + self.timeouts.audit_s
-                while self.tasks and time.monotonic() < deadline:
-                    popped = self.redis.blpop([Keys.events(self.sweep_id)],
-                                              timeout=max(deadline - time.monotonic(), 0.05))
-                    if popped is not None:
-                        yield from self.heard(as_text(popped[1]))
+            with broker_errors(self.owner.broker, "queueing the sweep (what was queued stays on the queue: "
+                                                  "run the same command again to go on)"):
+                self.register()
+                for task in self.tasks.values():
+                    if not task.task_id:
+                        self.submit(task)
                 yield from self.audit()
-            if not self.tasks:
-                _remove_sweep(self.redis, self.sweep_id)
+                while self.tasks and not detach:
+                    deadline = time.monotonic() + self.timeouts.audit_s
+                    while self.tasks and time.monotonic() < deadline:
+                        popped = self.redis.blpop([Keys.events(self.sweep_id)],
+                                                  timeout=max(deadline - time.monotonic(), 0.05))
+                        if popped is not None:
+                            yield from self.heard(as_text(popped[1]))
+                    yield from self.audit()
+                if not self.tasks:
+                    _remove_sweep(self.redis, self.sweep_id)
         finally:
             self.redis.close()
 

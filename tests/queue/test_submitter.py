@@ -21,6 +21,7 @@ import redis
 from click.testing import CliRunner
 
 from comfy_orchestrator.cli import main
+from comfy_orchestrator.errors import BrokerUnreachable
 from comfy_orchestrator.jobs import content_name
 from comfy_orchestrator.journal import JOURNAL_NAME
 from comfy_orchestrator.params import DEFAULT_CHECKPOINT
@@ -28,7 +29,7 @@ from comfy_orchestrator.queue import CeleryQueue, QueueTimeouts
 from comfy_orchestrator.sweep import Sweep, parse_axis
 from comfy_orchestrator.sweep_run import SweepProgress, run_sweep
 from comfy_orchestrator.templates import Templates
-from tests.queue.conftest import TEST_LEASE_S, cli_environment, sim_costs, wait_for
+from tests.queue.conftest import TEST_LEASE_S, cli_environment, sim_costs, start_redis, wait_for
 
 AXES_40 = ("denoise=0.1:0.8:0.1", "cfg=4,5,6,7,8")  # 8 x 5 cells
 TIMEOUTS = QueueTimeouts(lease_s=TEST_LEASE_S, audit_s=0.5)
@@ -300,6 +301,27 @@ def test_a_sweep_no_worker_can_run_fails_clearly_instead_of_waiting(
     assert "no worker can run this cell (worker lacking:" in result.output
     assert f"lacks CheckpointLoaderSimple.ckpt_name '{DEFAULT_CHECKPOINT}'" in result.output
     assert other.counters.prompts_started == 0
+
+
+def test_a_broker_lost_mid_sweep_is_one_clear_error_and_the_journal_keeps_what_was_queued(
+        library: Templates, sample_image: Path, tmp_path: Path) -> None:
+    private = start_redis(tmp_path / "redis")
+    queue = CeleryQueue(private.url(), timeouts=TIMEOUTS)
+
+    def pull_the_plug(progress: SweepProgress) -> None:
+        if "no worker is listening" in progress.message and private.process.poll() is None:
+            private.stop()  # the cells are queued and the submitter waits for workers
+
+    try:
+        with pytest.raises(BrokerUnreachable) as caught:
+            run_sweep(_sweep(library, sample_image, ("cfg=4,5",)), tmp_path / "out", queue=queue,
+                      on_progress=pull_the_plug)
+    finally:
+        private.stop()
+    assert str(caught.value).startswith(f"redis://127.0.0.1:{private.port}/0: lost the broker while queueing")
+    assert "run the same command again" in str(caught.value)
+    rows = _manifest(tmp_path / "out")  # written on the way out, as after Ctrl-C
+    assert [row["status"] for row in rows] == ["running", "running"]
 
 
 @pytest.mark.parametrize("url, message", [
