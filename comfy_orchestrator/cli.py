@@ -425,6 +425,8 @@ def _run_sweep_with_progress(sweep: Sweep, out_dir: Path, servers: Sequence[Serv
                              max_attempts: int, thumbnail_px: int, grid_format: str = DEFAULT_GRID_FORMAT,
                              queue: CeleryQueue | None = None, detach: bool = False) -> SweepReport:
     """Run a sweep over a farm (or through a queue) with a progress bar; Ctrl-C stops it, resumable."""
+    size_note = _size_note(sweep)
+    said = threading.Lock()  # taken once: the note is shown at the first progress, from whichever thread
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from comfy_orchestrator.farm import Farm
@@ -436,6 +438,8 @@ def _run_sweep_with_progress(sweep: Sweep, out_dir: Path, servers: Sequence[Serv
         task = bar.add_task("", total=None, line=Text(""))
 
         def show(progress: SweepProgress) -> None:
+            if size_note and said.acquire(blocking=False):  # every cell is valid by now
+                warn(size_note)
             running = list(progress.running.items())
             current = "; ".join(_with_steps(label, progress.steps) for label, _ in running[:2])
             current += " ..." if len(running) > 2 else ""
@@ -454,6 +458,16 @@ def _run_sweep_with_progress(sweep: Sweep, out_dir: Path, servers: Sequence[Serv
             how, code = ("terminated", EXIT_TERMINATED) if isinstance(stop, _Terminated) else ("interrupted",
                                                                                              EXIT_INTERRUPTED)
             fail(f"{how}; run the same command again to finish the sweep in {out_dir}", code)
+
+
+def _size_note(sweep: Sweep) -> str:
+    """The first cell's warning about its picture's size against the model family's, or ''."""
+    first = {axis.name: axis.values[0] for axis in sweep.axes if axis.replaces is None}
+    try:
+        params = sweep.template.params({**sweep.fixed, **first})
+    except ParameterError:
+        return ""  # run_sweep checks every cell first and names the axis value at fault
+    return params.size_note() if hasattr(params, "size_note") else ""
 
 
 def _print_report(report: SweepReport) -> None:

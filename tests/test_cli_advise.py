@@ -122,3 +122,18 @@ def test_out_of_memory_says_what_to_try_in_numbers(server, picture, tmp_path) ->
         in message
     assert "scale the input down from 1024x1024: width 512, 768" in message
     assert "comfy-orch sweep tiled" in message
+
+
+def test_a_sweep_warns_once_when_its_picture_is_far_from_the_native_size(server, sample_image, tmp_path) -> None:
+    result = invoke("sweep", "img2img", "--server", server.url, "--set", f"image={sample_image}", "--set",
+                    f"checkpoint={SDXL}", "--axis", "denoise=0.3,0.6", "--axis", "seed=1,2", "--out",
+                    str(tmp_path / "sweep"))
+    assert result.exit_code == 0, result.output
+    assert " ".join(result.stderr.split()).count("the picture is 96x64, far from SDXL's native 1024x1024") == 1
+
+
+def test_a_bad_sweep_says_only_what_is_wrong(server, sample_image, tmp_path) -> None:
+    result = invoke("sweep", "img2img", "--server", server.url, "--set", f"image={sample_image}", "--set",
+                    f"checkpoint={SDXL}", "--axis", "denoise=0.3,1.5", "--out", str(tmp_path / "sweep"))
+    assert result.exit_code == 2, result.output
+    assert "far from" not in result.stderr and "denoise=1.5" in result.stderr
