@@ -40,7 +40,7 @@ from comfy_orchestrator.graph import Graph, Node
 from comfy_orchestrator.job_handle import JobHandle
 from comfy_orchestrator.jobs import Job, JobResult, Output
 from comfy_orchestrator.journal import Journal
-from comfy_orchestrator.limits import Timeouts
+from comfy_orchestrator.limits import Limits, Timeouts
 from comfy_orchestrator.params import DENOISE_GUIDE, WORKFLOWS, Params
 from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.schema import Schema
@@ -79,6 +79,7 @@ __all__ = [
     "JobTimedOut",
     "Journal",
     "JournalFailed",
+    "Limits",
     "MalformedMessage",
     "MissingModel",
     "NoServerAvailable",

@@ -21,9 +21,11 @@ import logging
 import os
 import re
 import threading
+import time
 import unicodedata
 import uuid
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -31,7 +33,8 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import requests
-from PIL import Image
+import urllib3
+from PIL import Image, UnidentifiedImageError
 
 from comfy_orchestrator.errors import (
     AuthFailed,
@@ -48,16 +51,26 @@ from comfy_orchestrator.errors import (
 from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.job_handle import EventCallback, JobHandle, ProgressCallback
 from comfy_orchestrator.jobs import Job, JobResult, Output, name_by_content
-from comfy_orchestrator.limits import Timeouts
+from comfy_orchestrator.limits import Limits, Timeouts, describe_bytes
 from comfy_orchestrator.listener import Connect, Listener, connect_websocket
 from comfy_orchestrator.params import FamilyFinding, find_family
+from comfy_orchestrator.protocol import (
+    HISTORY,
+    OBJECT_INFO,
+    PromptAccepted,
+    PromptRefused,
+    QueueAnswer,
+    SystemStats,
+    UploadAnswer,
+    check_answer,
+)
 from comfy_orchestrator.provenance import PngTextAppender, provenance_chunk, provenance_record
 from comfy_orchestrator.retry import RetryPolicy, call_with_retries
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.tls import Trust, certificate_rejection, in_clear
 from comfy_orchestrator.validation import check_prompt, describe_rejection, node_problems
 
-__all__ = ["DEFAULT_URL", "MODEL_INPUTS", "Client", "ImageSource", "safe_filename"]
+__all__ = ["DEFAULT_URL", "MODEL_INPUTS", "Client", "ImageSource", "open_image", "safe_filename"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +131,7 @@ class Client:
         password: str | None = None,
         headers: Mapping[str, str] | None = None,
         timeouts: Timeouts = Timeouts(),
+        limits: Limits = Limits(),
         retry: RetryPolicy | None = None,
         keep_previews: bool = False,
         validate: bool = True,
@@ -135,12 +149,14 @@ class Client:
         self.ws_url = self.url.replace("http", "ws", 1) + "/ws"
         user, password = username or url_user, password or url_password
         self.timeouts = timeouts
+        self.limits = limits
         self.retry = retry or RetryPolicy()
         self.keep_previews = keep_previews
         self.validate = validate
         self.client_id = client_id or uuid.uuid4().hex  # random: a clientId works like a bearer token
         self.trust = Trust.load(ca_cert)
-        self.connect = connect or partial(connect_websocket, tls=self.trust.context)
+        self.connect = connect or partial(connect_websocket, tls=self.trust.context,
+                                          max_frame_bytes=limits.websocket_frame_bytes)
         self._own_session = session is None
         self.session = session or requests.Session()
         self._headers = dict(headers or {})
@@ -234,38 +250,84 @@ class Client:
         log.info("%s: %s; retry %d in %.2f s", self.url, error, attempt, delay_s)
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._call(method, path, **kwargs)
-        if response.status_code != 200:
-            raise ServerError(f"{method} {path} answered {response.status_code}", server=self.url,
-                              status=response.status_code)
+        """An answer's JSON, read within `limits.json_bytes` (decompressed) and the read timeout."""
+        response = self._call(method, path, stream=True, **kwargs)
+        with response:
+            if response.status_code != 200:
+                raise ServerError(f"{method} {path.split('?')[0]} answered {response.status_code}",
+                                  server=self.url, status=response.status_code)
+            return self._parse_json(response, f"{method} {path.split('?')[0]}")
+
+    def _parse_json(self, response: requests.Response, route: str) -> Any:
+        body = bytearray()
+        deadline = time.monotonic() + self.timeouts.read_s
+        for piece in self._body(response, route, limit=self.limits.json_bytes, deadline=deadline,
+                                limit_name="json_bytes"):
+            body += piece
+        if not body:
+            return None
         try:
-            return response.json() if response.content else None
-        except ValueError as exc:
-            raise MalformedMessage(f"{method} {path} did not answer JSON", server=self.url) from exc
+            return json.loads(body)
+        except ValueError as exc:  # UnicodeDecodeError and RecursionError's kin included
+            raise MalformedMessage(f"{route} did not answer JSON", server=self.url) from exc
+        except RecursionError as exc:
+            raise MalformedMessage(f"{route} answered JSON nested too deep", server=self.url) from exc
+
+    def _body(self, response: requests.Response, what: str, *, limit: int, deadline: float,
+              limit_name: str) -> Iterator[bytes]:
+        """A body's pieces as they arrive, decompressed; refused past `limit` bytes or `deadline`.
+
+        Reads what the socket has (read1), so a body that trickles in is cut at its deadline,
+        and a compressed one is inflated a piece at a time.
+        """
+        announced = response.headers.get("Content-Length", "")
+        if announced.isdigit() and "Content-Encoding" not in response.headers and int(announced) > limit:
+            raise ServerError(f"{what}: the answer is {describe_bytes(int(announced))}, over the limit of "
+                              f"{describe_bytes(limit)} (Limits.{limit_name})", server=self.url)
+        total = 0
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    raise RequestTimedOut(f"{what}: the answer did not arrive within its time "
+                                          f"({total} bytes so far)", server=self.url)
+                piece = response.raw.read1(_CHUNK_BYTES, decode_content=True)
+                if not piece:
+                    return
+                total += len(piece)
+                if total > limit:
+                    raise ServerError(f"{what}: the answer is over the limit of {describe_bytes(limit)} "
+                                      f"(Limits.{limit_name})", server=self.url)
+                yield piece
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ConnectionFailed(f"{what}: the answer broke off ({type(exc).__name__})", server=self.url) from exc
 
     # -- reads
     def queue(self) -> dict[str, Any]:
         """GET /queue: {"queue_running": [...], "queue_pending": [...]}."""
-        answer: dict[str, Any] = self._json("GET", "/queue")
-        return answer
+        answer = self._json("GET", "/queue")
+        check_answer(QueueAnswer, answer, route="GET /queue", server=self.url)
+        return dict(answer)
 
     def history(self, max_items: int | None = None) -> dict[str, Any]:
         """GET /history (newest last), at most `max_items` entries."""
         query = f"?max_items={max_items}" if max_items is not None else ""
-        answer: dict[str, Any] = self._json("GET", "/history" + query)
-        return answer
+        answer = self._json("GET", "/history" + query) or {}
+        check_answer(HISTORY, answer, route="GET /history", server=self.url)
+        return dict(answer)
 
     def history_entry(self, prompt_id: str) -> dict[str, Any] | None:
         """GET /history/{prompt_id}: the one prompt's record, or None while it has none."""
         answer = self._json("GET", f"/history/{quote(prompt_id, safe='')}") or {}
+        check_answer(HISTORY, answer, route="GET /history/{id}", server=self.url)
         entry = answer.get(prompt_id)
         return dict(entry) if isinstance(entry, Mapping) else None
 
     def system_stats(self) -> dict[str, Any]:
-        answer: dict[str, Any] = self._json("GET", "/system_stats")
+        answer = self._json("GET", "/system_stats")
+        check_answer(SystemStats, answer, route="GET /system_stats", server=self.url)
         with self._lock:
-            self._system_stats = answer
-        return answer
+            self._system_stats = dict(answer)
+        return dict(answer)
 
     def comfyui_version(self) -> str | None:
         """The server's ComfyUI version, from /system_stats (read once)."""
@@ -274,8 +336,9 @@ class Client:
         return str(version) if version is not None else None
 
     def object_info(self) -> dict[str, Any]:
-        answer: dict[str, Any] = self._json("GET", "/object_info")
-        return answer
+        answer = self._json("GET", "/object_info")
+        check_answer(OBJECT_INFO, answer, route="GET /object_info", server=self.url)
+        return dict(answer)
 
     def model_metadata(self, folder: str, filename: str) -> dict[str, str] | None:
         """GET /view_metadata/{folder}: a safetensors model file's metadata; None when it has none.
@@ -283,20 +346,16 @@ class Client:
         ComfyUI answers 404 both for a file it lacks and for a file without metadata.
         """
         path = f"/view_metadata/{quote(folder, safe='')}?filename={quote(filename, safe='')}"
-        response = self._call("GET", path)
-        if response.status_code == 404:
-            return None
-        if response.status_code != 200:
-            raise ServerError(f"GET /view_metadata/{folder} answered {response.status_code}", server=self.url,
-                              status=response.status_code)
-        try:
-            answer = response.json()
-        except ValueError as exc:
-            raise MalformedMessage(f"GET /view_metadata/{folder} did not answer JSON", server=self.url) from exc
-        if not isinstance(answer, Mapping):
-            raise MalformedMessage(f"GET /view_metadata/{folder} answered {type(answer).__name__}, not an object",
-                                   server=self.url)
-        return {str(key): str(value) for key, value in answer.items()}
+        response = self._call("GET", path, stream=True)
+        with response:
+            if response.status_code == 404:
+                return None
+            if response.status_code != 200:
+                raise ServerError(f"GET /view_metadata/{folder} answered {response.status_code}", server=self.url,
+                                  status=response.status_code)
+            answer = self._parse_json(response, f"GET /view_metadata/{folder}")
+        metadata = check_answer(dict[str, Any], answer, route=f"GET /view_metadata/{folder}", server=self.url)
+        return {str(key): str(value) for key, value in metadata.items()}
 
     def model_family(self, checkpoint: str) -> FamilyFinding:
         """A checkpoint's model family: from its metadata on this server, else its name (a guess, said so)."""
@@ -324,12 +383,7 @@ class Client:
         return ("done", entry) if entry is not None else ("unknown", None)
 
     def _queue_state(self, prompt_id: str) -> str | None:
-        listing = self.queue()
-        for state, key in (("running", "queue_running"), ("queued", "queue_pending")):
-            for item in listing.get(key) or ():
-                if isinstance(item, (list, tuple)) and len(item) > 1 and item[1] == prompt_id:
-                    return state
-        return None
+        return check_answer(QueueAnswer, self.queue(), route="GET /queue", server=self.url).state_of(prompt_id)
 
     # -- control
     def interrupt(self, prompt_id: str | None = None) -> None:
@@ -361,7 +415,7 @@ class Client:
             files = {"image": (name, data, "application/octet-stream")}
             answer = self._json("POST", "/upload/image", files=files,
                                 data={"type": "input", "subfolder": subfolder, "overwrite": "true"})
-            got = (answer or {}).get("name")
+            got = check_answer(UploadAnswer, answer, route="POST /upload/image", server=self.url).name
             if got != name:
                 raise ServerError(f"upload of {name!r} was stored as {got!r}", server=self.url)
         with self._lock:
@@ -462,24 +516,22 @@ class Client:
         def post(attempt: int) -> requests.Response | None:
             if attempt > 1 and self._got_in(prompt_id):
                 return None
-            return self._once("POST", "/prompt", json=body)
+            return self._once("POST", "/prompt", json=body, stream=True)
 
         response = call_with_retries(post, self.retry, rest=self._closed.wait, on_retry=self._log_retry)
         if response is None:
             log.info("%s: prompt %s was accepted before the answer was lost", self.url, prompt_id)
             return {"prompt_id": prompt_id, "number": None, "node_errors": {}}
-        try:
-            answer = response.json()
-        except ValueError as exc:
-            raise MalformedMessage(f"POST /prompt answered {response.status_code} without JSON",
-                                   server=self.url) from exc
-        if response.status_code == 200 and isinstance(answer, dict):
-            return answer
-        if response.status_code == 400 and isinstance(answer, dict):
-            raise self._rejection(job, answer.get("error") or {}, answer.get("node_errors") or {},
-                                  checked_locally=False)
-        raise ServerError(f"POST /prompt answered {response.status_code}", server=self.url,
-                          status=response.status_code)
+        with response:
+            if response.status_code not in (200, 400):
+                raise ServerError(f"POST /prompt answered {response.status_code}", server=self.url,
+                                  status=response.status_code)
+            answer = self._parse_json(response, f"POST /prompt ({response.status_code})")
+        if response.status_code == 200:
+            return check_answer(PromptAccepted, answer, route="POST /prompt", server=self.url).model_dump()
+        refusal = check_answer(PromptRefused, answer, route="POST /prompt (400)", server=self.url)
+        error = refusal.error if isinstance(refusal.error, dict) else {"message": refusal.error}
+        raise self._rejection(job, error, refusal.node_errors, checked_locally=False)
 
     def _got_in(self, prompt_id: str) -> bool:
         """Whether a prompt whose POST answer was lost is on the server; False when that cannot be told."""
@@ -516,46 +568,93 @@ class Client:
         return response
 
     def fetch(self, output: Output) -> bytes:
-        """One output's bytes, in memory, as the server has it."""
+        """One output's bytes, in memory, as the server has it (within `limits.download_bytes`)."""
         with self._view(output) as response:
-            return bytes(response.content)
+            return b"".join(self._download(response, output))
 
     def fetch_image(self, output: Output) -> Image.Image:
-        """One output as a loaded PIL image."""
-        image = Image.open(io.BytesIO(self.fetch(output)))
+        """One output as a loaded PIL image (within `limits.image_pixels`)."""
+        image = open_image(io.BytesIO(self.fetch(output)), limits=self.limits, what=output.filename, server=self.url)
         image.load()
         return image
 
-    def save_outputs(self, result: JobResult, out_dir: Path, *, provenance: bool = True) -> JobResult:
-        """Stream every output to `out_dir` under a safe, new name; PNGs get our provenance added."""
+    def save_outputs(self, result: JobResult, out_dir: Path, *, provenance: bool = True,
+                     timeout_s: float | None = None) -> JobResult:
+        """Stream every output to `out_dir` under a safe, new name; PNGs get our provenance added.
+
+        Each file is written under a temporary name and appears under its own only when whole;
+        each download must end within `timeout_s` (default `timeouts.download_s`).
+        """
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         chunk = b""
         if provenance:
             chunk = provenance_chunk(provenance_record(result.job, prompt_id=result.prompt_id, server=self.url,
                                                        comfyui_version=self.comfyui_version()))
-        files = [self._save(output, out_dir, chunk, index) for index, output in enumerate(result.outputs)]
+        deadline = time.monotonic() + (self.timeouts.download_s if timeout_s is None else timeout_s)
+        files = [self._save(output, out_dir, chunk, index, deadline) for index, output in enumerate(result.outputs)]
         return JobResult(job=result.job, prompt_id=result.prompt_id, server=result.server, outputs=result.outputs,
                          files=result.files + tuple(files), timings=result.timings, cached_nodes=result.cached_nodes)
 
-    def _save(self, output: Output, out_dir: Path, chunk: bytes, index: int) -> Path:
+    def _download(self, response: requests.Response, output: Output, deadline: float | None = None) -> Iterator[bytes]:
+        limit_s = self.timeouts.download_s
+        return self._body(response, f"GET /view of {output.filename!r}", limit=self.limits.download_bytes,
+                          deadline=deadline if deadline is not None else time.monotonic() + limit_s,
+                          limit_name="download_bytes")
+
+    def _save(self, output: Output, out_dir: Path, chunk: bytes, index: int, deadline: float) -> Path:
         name = safe_filename(output.filename, fallback=f"output-{output.node_id}-{index}")
         with self._view(output) as response:
-            path, handle = _create_new(out_dir, name)
+            part, handle = _create_new(out_dir, f".{name}.part")
             appender = PngTextAppender(chunk)
             try:
                 with handle:
-                    for piece in response.iter_content(_CHUNK_BYTES):
+                    for piece in self._download(response, output, deadline):
                         handle.write(appender.feed(piece))
                     handle.write(appender.finish())
-            except requests.RequestException as exc:
-                path.unlink()
-                raise ConnectionFailed(f"download of {output.filename!r} broke off ({type(exc).__name__})",
-                                       server=self.url) from exc
-            except BaseException:
-                path.unlink()
-                raise
-        return path
+                return _claim(part, out_dir, name)
+            finally:
+                part.unlink(missing_ok=True)
+
+
+def open_image(source: Any, *, limits: Limits, what: str, server: str | None = None) -> Image.Image:
+    """Open an image without decoding it; refuse one that is unreadable or past `limits.image_pixels`.
+
+    The refusal is a ServerError when `server` sent the image, else a ParameterError (a user's file).
+    """
+    def refuse(message: str) -> ComfyError:
+        return ServerError(message, server=server) if server else ParameterError(message, parameter="image")
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, below
+            image = Image.open(source)
+    except Image.DecompressionBombError as exc:
+        raise refuse(f"{what} has too many pixels to decode (limit {limits.image_pixels}, "
+                     "Limits.image_pixels)") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise refuse(f"{what} is not a readable image ({type(exc).__name__})") from exc
+    width, height = image.size
+    if width * height > limits.image_pixels:
+        image.close()
+        raise refuse(f"{what} is {width}x{height} pixels, over the limit of {limits.image_pixels} "
+                     "(Limits.image_pixels)")
+    return image
+
+
+def _claim(part: Path, folder: Path, name: str) -> Path:
+    """Give a whole download its own name (name, name (1), ...), never replacing a file; the part stays."""
+    stem, dot, suffix = name.rpartition(".")
+    if not dot:
+        stem, suffix = name, ""
+    for number in range(10_000):
+        target = folder.resolve() / (name if number == 0 else f"{stem} ({number}){dot}{suffix}")
+        try:
+            os.link(part, target)
+        except FileExistsError:
+            continue
+        return target
+    raise UnsafeOutput(name)
 
 
 def _create_new(folder: Path, name: str) -> tuple[Path, io.BufferedWriter]:

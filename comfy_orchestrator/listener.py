@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import websocket
+from websocket import _abnf
 
 from comfy_orchestrator.errors import (
     AuthFailed,
@@ -27,7 +28,7 @@ from comfy_orchestrator.errors import (
     RequestTimedOut,
     ServerError,
 )
-from comfy_orchestrator.limits import Timeouts
+from comfy_orchestrator.limits import Limits, Timeouts, describe_bytes
 from comfy_orchestrator.protocol import FEATURE_FLAGS_FRAME, Event, FeatureFlags, PreviewImage, QueueStatus, parse_event
 from comfy_orchestrator.retry import RetryPolicy, jitter
 from comfy_orchestrator.tls import Trust, certificate_rejection
@@ -52,19 +53,44 @@ Connect = Callable[[str, Mapping[str, str], float], WebSocketLike]
 
 
 def connect_websocket(url: str, headers: Mapping[str, str], timeout_s: float, *,
-                      tls: ssl.SSLContext | None = None) -> WebSocketLike:
+                      tls: ssl.SSLContext | None = None,
+                      max_frame_bytes: int = Limits().websocket_frame_bytes) -> WebSocketLike:
     """Open a websocket with websocket-client; no Origin header (ComfyUI refuses foreign ones).
 
     A wss:// URL is verified with `tls` (the client's Trust), else with a default context.
-    websocket-client puts no limit on a frame's size, so full-size PNG frames of
-    SaveImageWebsocket (hundreds of KB, more for big images) arrive whole.
+    websocket-client puts no limit on a message's size; ours refuses one past `max_frame_bytes`
+    (its fragments together) as soon as its header announces it, before reading it.
     """
-    socket: WebSocketLike = websocket.create_connection(
+    socket = websocket.create_connection(
         url, timeout=timeout_s, header=[f"{k}: {v}" for k, v in headers.items()],
         suppress_origin=True, enable_multithread=True,
         sslopt={"context": tls or ssl.create_default_context()})
-    return socket
+    socket.frame_buffer = _BoundedFrames(socket._recv, socket.frame_buffer.skip_utf8_validation, max_frame_bytes)
+    bounded: WebSocketLike = socket
+    return bounded
 
+
+class FrameTooLarge(websocket.WebSocketPayloadException):
+    """A websocket message is larger than Limits.websocket_frame_bytes."""
+
+
+class _BoundedFrames(_abnf.frame_buffer):
+    """websocket-client's frame reader, refusing a message whose announced size is past a limit."""
+
+    def __init__(self, recv: Callable[[int], bytes], skip_utf8_validation: bool, limit: int) -> None:
+        super().__init__(recv, skip_utf8_validation)
+        self._limit = limit
+        self._message_bytes = 0  # of the fragments read so far of an unfinished message
+
+    def recv_length(self) -> None:
+        super().recv_length()
+        fin = self.header[0] if self.header else 1
+        size = self._message_bytes + (self.length or 0)
+        if size > self._limit:
+            self._message_bytes = 0
+            raise FrameTooLarge(f"a websocket message of {describe_bytes(size)} is over the limit of "
+                                f"{describe_bytes(self._limit)} (Limits.websocket_frame_bytes)")
+        self._message_bytes = 0 if fin else size
 
 
 class ConnectionMarker(Event):

@@ -5,6 +5,10 @@ Nothing here does I/O. `parse_event` turns one text or binary frame into an `Eve
 `executing` with `node: null` (the server sends it after it wrote the history entry);
 `outputs_from_history` reads a `/history/{id}` entry; `ProgressTracker` turns events
 into overall progress that counts cached nodes and every sampler's steps.
+
+Every answer and message is checked against the shape ComfyUI sends (the pydantic models
+below, after server.py): `check_answer` turns valid JSON of the wrong shape into
+MalformedMessage naming the route and the field, a server fault like any other.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import json
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, TypeAdapter, ValidationError
 
 from comfy_orchestrator.errors import ExecutionFailed, Interrupted, MalformedMessage, OutOfMemory
 from comfy_orchestrator.jobs import Output
@@ -29,6 +35,105 @@ FEATURE_FLAGS_FRAME = json.dumps({"type": "feature_flags", "data": {"supports_pr
 
 # Samplers whose step count the graph states; other nodes that report progress are learnt from `max`.
 _OOM_MARKERS = ("out of memory", "outofmemory", "allocation on device")
+# A count a server sends (queue length, sampler step): ComfyUI's are far below this; past it is garbage.
+Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
+
+class ServerAnswer(BaseModel):
+    """A ComfyUI answer as we read it: the fields we use are checked; others are ignored, since
+    newer servers and custom nodes add their own."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class QueueAnswer(ServerAnswer):
+    """GET /queue: each item is [number, prompt_id, prompt, extra_data, outputs_to_execute]."""
+
+    queue_running: list[Annotated[list[Any], Field(min_length=2)]] = []
+    queue_pending: list[Annotated[list[Any], Field(min_length=2)]] = []
+
+    def state_of(self, prompt_id: str) -> str | None:
+        """"running", "queued", or None where the queue does not hold the prompt."""
+        for state, items in (("running", self.queue_running), ("queued", self.queue_pending)):
+            if any(item[1] == prompt_id for item in items):
+                return state
+        return None
+
+
+class HistoryStatus(ServerAnswer):
+    """A history entry's status: how the prompt ended, and the messages that say why."""
+
+    status_str: StrictStr = ""
+    completed: bool = False
+    messages: list[tuple[StrictStr, dict[str, Any]]] = []
+
+
+class HistoryEntry(ServerAnswer):
+    """One prompt's record under GET /history/{id}: its outputs by node, and its status."""
+
+    outputs: dict[str, dict[str, Any]] = {}
+    status: HistoryStatus | None = None
+
+
+class SystemStats(ServerAnswer):
+    """GET /system_stats: the server's versions and its devices."""
+
+    system: dict[str, Any] = {}
+    devices: list[dict[str, Any]] = []
+
+
+class PromptAccepted(ServerAnswer):
+    """POST /prompt's 200 answer."""
+
+    prompt_id: StrictStr | None = None
+    number: float | None = None
+    node_errors: dict[str, Any] = {}
+
+
+class PromptRefused(ServerAnswer):
+    """POST /prompt's 400 answer: the error and each node's errors."""
+
+    error: dict[str, Any] | str = {}
+    node_errors: dict[str, Any] = {}
+
+
+class UploadAnswer(ServerAnswer):
+    """POST /upload/image: the name the file was stored under."""
+
+    name: StrictStr
+
+
+HISTORY = TypeAdapter(dict[str, HistoryEntry])
+OBJECT_INFO = TypeAdapter(dict[str, dict[str, Any]])
+Answer = TypeVar("Answer")
+
+
+def check_answer(shape: type[Answer] | TypeAdapter[Answer], data: Any, *, route: str, server: str) -> Answer:
+    """`data` read as `shape`; MalformedMessage naming the route and the first wrong field otherwise."""
+    adapter = shape if isinstance(shape, TypeAdapter) else TypeAdapter(shape)
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field_name = ".".join(str(part) for part in error["loc"]) or "the answer"
+        raise MalformedMessage(f"{route} answered an unexpected shape: {field_name}: {error['msg']}",
+                               server=server) from exc
+
+
+class _StatusData(ServerAnswer):
+    class _Status(ServerAnswer):
+        class _ExecInfo(ServerAnswer):
+            queue_remaining: Count = 0
+
+        exec_info: _ExecInfo = _ExecInfo()
+
+    status: _Status | None = None
+    sid: StrictStr | None = None
+
+
+class _ProgressData(ServerAnswer):
+    value: Count
+    max: Count
 
 
 @dataclass(frozen=True)
@@ -174,9 +279,9 @@ def _text_event(kind: str, data: Mapping[str, Any]) -> Event:
     prompt_id = _str_or_none(data.get("prompt_id"))
     match kind:
         case "status":
-            info = data.get("status") or {}
-            remaining = (info.get("exec_info") or {}).get("queue_remaining", 0)
-            return QueueStatus(None, queue_remaining=int(remaining), sid=_str_or_none(data.get("sid")))
+            status = _StatusData.model_validate(data)
+            remaining = status.status.exec_info.queue_remaining if status.status is not None else 0
+            return QueueStatus(None, queue_remaining=remaining, sid=status.sid)
         case "feature_flags":
             return FeatureFlags(None, flags=dict(data))
         case "execution_start":
@@ -187,8 +292,8 @@ def _text_event(kind: str, data: Mapping[str, Any]) -> Event:
             return NodeExecuting(prompt_id, node=_str_or_none(data.get("node")),
                                  display_node=_str_or_none(data.get("display_node")))
         case "progress":
-            return NodeProgress(prompt_id, node=_str_or_none(data.get("node")),
-                                value=int(data["value"]), max=int(data["max"]))
+            steps = _ProgressData.model_validate(data)
+            return NodeProgress(prompt_id, node=_str_or_none(data.get("node")), value=steps.value, max=steps.max)
         case "progress_state":
             return ProgressState(prompt_id, nodes=dict(data.get("nodes") or {}))
         case "executed":
@@ -258,7 +363,11 @@ def parse_event(frame: str | bytes) -> Event:
         data = {}
     try:
         return _text_event(message["type"], data)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field_name = ".".join(str(part) for part in error["loc"])
+        raise MalformedMessage(f"{message['type']} message is malformed: {field_name}: {error['msg']}") from exc
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise MalformedMessage(f"{message['type']} message is malformed: {exc!r}") from exc
 
 
