@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -423,16 +424,28 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 def _run_sweep_with_progress(sweep: Sweep, out_dir: Path, servers: Sequence[ServerConfig | str], *,
                              max_attempts: int, thumbnail_px: int, grid_format: str = DEFAULT_GRID_FORMAT,
-                             queue: CeleryQueue | None = None, detach: bool = False) -> SweepReport:
+                             queue: CeleryQueue | None = None, detach: bool = False, timeout_s: float | None = None,
+                             wait_for_servers_s: float | None = None) -> SweepReport:
     """Run a sweep over a farm (or through a queue) with a progress bar; Ctrl-C stops it, resumable."""
-    size_note = _size_note(sweep)
-    said = threading.Lock()  # taken once: the note is shown at the first progress, from whichever thread
+    import dataclasses
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from comfy_orchestrator.farm import Farm
+    from comfy_orchestrator.limits import FARM_TIMEOUTS
+    from comfy_orchestrator.retry import RetryPolicy
     from comfy_orchestrator.sweep_run import SweepProgress, run_sweep
 
-    farm = Farm(servers) if queue is None else None
+    size_note = _size_note(sweep)
+    said = threading.Lock()  # taken once: the note is shown at the first progress, from whichever thread
+    timeouts = FARM_TIMEOUTS
+    if timeout_s is not None:
+        timeouts = dataclasses.replace(timeouts, job_s=timeout_s, download_s=timeout_s)
+    if wait_for_servers_s is not None:
+        timeouts = dataclasses.replace(timeouts, no_server_s=wait_for_servers_s)
+    # the farm tries a job no more often in one run than the cell may be tried at all
+    farm = Farm(servers, timeouts=timeouts, policy=RetryPolicy(max_attempts=min(
+        max_attempts, RetryPolicy.max_attempts))) if queue is None else None
     columns = (TextColumn("cells", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), LineColumn())
     with Progress(*columns, console=stderr, transient=False) as bar:
         task = bar.add_task("", total=None, line=Text(""))
@@ -443,10 +456,10 @@ def _run_sweep_with_progress(sweep: Sweep, out_dir: Path, servers: Sequence[Serv
             running = list(progress.running.items())
             current = "; ".join(_with_steps(label, progress.steps) for label, _ in running[:2])
             current += " ..." if len(running) > 2 else ""
-            note = f"  {progress.message}" if queue is not None and progress.message else ""
+            note = progress.message if queue is not None or not progress.running else ""
             text = line((f"{progress.done} done", "green"), " ", (f"{progress.failed} failed", "red"),
                         f" {len(progress.running)} running  ETA {_duration(progress.eta_s)}  ", (current, "dim"),
-                        (note, "yellow"))
+                        (f"  {note[:160]}" if note else "", "yellow"))
             bar.update(task, total=progress.total, completed=progress.done + progress.failed, line=text)
 
         try:
@@ -532,12 +545,16 @@ def farm_servers(servers: Sequence[str], farm_file: str | None, *, ca_cert: Path
 @broker_options(required=False)
 @click.option("--detach", is_flag=True, help="with --broker: queue the cells and exit; the same command again collects")
 @plain_http_option
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=600.0, show_default=True,
+              help="seconds one prompt may take on its server, and each of its downloads")
+@click.option("--wait-for-servers", "wait_for_servers_s", type=click.FloatRange(min=0), default=120.0,
+              show_default=True, help="seconds to wait while no server answers before the cells left fail")
 @click.pass_context
 def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str], farm_file: str | None,
                   axes: Sequence[str], zipped: bool, sets: Sequence[str], out_dir: str, dry_run: bool,
                   batch_seeds: bool, max_attempts: int, seed_source: int | None, thumbnail_px: int,
                   grid_format: str, broker: str | None, ca_cert: str | None, detach: bool,
-                  allow_plain_http: bool) -> None:
+                  allow_plain_http: bool, timeout_s: float, wait_for_servers_s: float) -> None:
     """Run TEMPLATE over a grid of parameter values; results, manifest, grid and page go to --out.
 
     With --broker the cells go through the durable queue to 'comfy-orch worker's on GPU boxes
@@ -569,7 +586,8 @@ def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str]
                      f"about {_duration(plan.estimate_s)} on a fast GPU (SD1.5, 512x512); nothing submitted")
         return
     report = _run_sweep_with_progress(sweep, Path(out_dir), configs, max_attempts=max_attempts,
-                                      thumbnail_px=thumbnail_px, grid_format=grid_format, queue=queue, detach=detach)
+                                      thumbnail_px=thumbnail_px, grid_format=grid_format, queue=queue, detach=detach,
+                                      timeout_s=timeout_s, wait_for_servers_s=wait_for_servers_s)
     _print_report(report)
     if queue is not None and report.waiting:
         stdout.print(f"{report.waiting} cells wait on the queue at {queue.display}; run the same command again "
@@ -702,6 +720,7 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
     if template_name is None and graph is None:
         fail("name a TEMPLATE (see 'comfy-orch templates') or give --from IMAGE", EXIT_BAD_INPUT)
     values.update(template_values(sets))
+    started = time.monotonic()
     with _client(server, ca_cert, allow_plain_http) as client, _terminate_as_interrupt():
         if graph is not None:
             job = Job(graph=graph, inputs=uploads)
@@ -726,7 +745,9 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
                         bar.update(sampler, visible=True, total=event.max, completed=event.value,
                                    detail=f"node {event.node} step {event.value}/{event.max}")
                 bar.update(overall, completed=1.0, detail="done")
-                result = client.save_outputs(handle.wait(), Path(out_dir))
+                # the downloads are inside --timeout too
+                left_s = max(1.0, timeout_s - (time.monotonic() - started))
+                result = client.save_outputs(handle.wait(), Path(out_dir), timeout_s=left_s)
         except KeyboardInterrupt as stop:
             terminated = isinstance(stop, _Terminated)
             fail(f"{'terminated' if terminated else 'interrupted'}: {_stop_prompt(client, handle)}",

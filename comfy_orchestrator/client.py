@@ -166,6 +166,7 @@ class Client:
             pair = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
             self._headers["Authorization"] = f"Basic {pair}"
         self._refuse_credentials_in_clear(allow_plain_http)
+        self.credentials = _describe_credentials(self._headers, token=bool(token), basic=user is not None)
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._schema: Schema | None = None
@@ -232,9 +233,8 @@ class Client:
                               server=self.url) from exc
         if response.status_code in (401, 403, 407):
             response.close()
-            raise AuthFailed(f"{method} {path.split('?')[0]} answered {response.status_code}: credentials "
-                             "missing or refused (a proxy in front of ComfyUI? pass a token or user/password)",
-                             server=self.url, status=response.status_code)
+            raise AuthFailed(f"{method} {path.split('?')[0]} answered {response.status_code}: "
+                             f"{_refusal(self.credentials)}", server=self.url, status=response.status_code)
         if response.status_code >= 500:
             text = response.text[:200].strip().replace("\n", " ")
             raise ServerError(f"{method} {path.split('?')[0]} answered {response.status_code}: {text}",
@@ -311,13 +311,15 @@ class Client:
     def history(self, max_items: int | None = None) -> dict[str, Any]:
         """GET /history (newest last), at most `max_items` entries."""
         query = f"?max_items={max_items}" if max_items is not None else ""
-        answer = self._json("GET", "/history" + query) or {}
+        answer = self._json("GET", "/history" + query)
+        answer = {} if answer is None else answer
         check_answer(HISTORY, answer, route="GET /history", server=self.url)
         return dict(answer)
 
     def history_entry(self, prompt_id: str) -> dict[str, Any] | None:
         """GET /history/{prompt_id}: the one prompt's record, or None while it has none."""
-        answer = self._json("GET", f"/history/{quote(prompt_id, safe='')}") or {}
+        answer = self._json("GET", f"/history/{quote(prompt_id, safe='')}")
+        answer = {} if answer is None else answer
         check_answer(HISTORY, answer, route="GET /history/{id}", server=self.url)
         entry = answer.get(prompt_id)
         return dict(entry) if isinstance(entry, Mapping) else None
@@ -615,6 +617,26 @@ class Client:
                 return _claim(part, out_dir, name)
             finally:
                 part.unlink(missing_ok=True)
+
+
+def _describe_credentials(headers: Mapping[str, str], *, token: bool, basic: bool) -> str:
+    """Which credentials a client sends, by kind and header name, never by value."""
+    if token:
+        return "a bearer token"
+    if basic:
+        return "basic auth (a user and password)"
+    if headers:
+        return "the header" + ("s " if len(headers) > 1 else " ") + ", ".join(sorted(headers))
+    return ""
+
+
+def _refusal(credentials: str) -> str:
+    """One line on a 401/403: what was tried, and how to give credentials."""
+    if credentials:
+        return (f"the server or its proxy refused {credentials}; check it ($COMFY_TOKEN, the farm file's "
+                "token or headers, or user:password in the URL)")
+    return ("the server or its proxy wants credentials and none were sent; give a token ($COMFY_TOKEN or "
+            "the farm file's token) or user:password in the URL")
 
 
 def open_image(source: Any, *, limits: Limits, what: str, server: str | None = None) -> Image.Image:

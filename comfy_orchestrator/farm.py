@@ -75,7 +75,7 @@ from comfy_orchestrator.dispatch import (
     is_refusal,
     job_needs,
 )
-from comfy_orchestrator.errors import ComfyError, JobLost, NoServerAvailable
+from comfy_orchestrator.errors import AuthFailed, ComfyError, JobLost, NoServerAvailable
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.limits import FARM_TIMEOUTS, Timeouts
 from comfy_orchestrator.protocol import Progress
@@ -85,8 +85,8 @@ from comfy_orchestrator.servers import ServerConfig, checked_servers
 
 __all__ = [
     "ClientLink", "Device", "DuplicateDiscarded", "Farm", "FarmEvent", "JobDone", "JobFailed", "JobOutcome",
-    "JobProgress", "JobRetrying", "JobSubmitted", "RunningJob", "ServerDown", "ServerLink", "ServerStatus",
-    "ServerUp",
+    "JobProgress", "JobRetrying", "JobSubmitted", "JobSubmitting", "NoServerUp", "RunningJob", "ServerDown",
+    "ServerLink", "ServerStatus", "ServerUp",
 ]
 
 logger = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ IDLE_WAKE_S = 0.25  # a server with nothing to take: anything new?
 PROBE_WAKE_S = 1.0  # a resting server: did the run stop?
 THREAD_EXIT_S = 10.0  # at the end, how long each of the run's threads is given to finish
 LINK_RETRY = RetryPolicy(max_attempts=2, first_delay_s=0.5, max_delay_s=2.0)  # fail over rather than retry long
+NO_SERVER_NOTICE_S = 5.0  # while no server is up, how often the farm says what it waits for
 
 
 # ---------------------------------------------------------------------------
@@ -133,6 +134,19 @@ class ServerDown:
     error: ComfyError
     retry_in_s: float
     moved: int = 0  # jobs it held that went back to the waiting list
+
+
+@dataclass(frozen=True)
+class NoServerUp:
+    """No server of the farm is up: what the farm waits for, how long so far, and for how long at most."""
+
+    waited_s: float
+    limit_s: float
+    reasons: str
+
+    @property
+    def message(self) -> str:
+        return (f"waiting for a server to answer ({self.waited_s:.0f} of {self.limit_s:g} s): {self.reasons}")
 
 
 @dataclass(frozen=True)
@@ -190,7 +204,7 @@ class DuplicateDiscarded:
     server: str
 
 
-FarmEvent = ServerUp | ServerDown | JobSubmitting | JobSubmitted | JobProgress | JobRetrying | JobDone | DuplicateDiscarded
+FarmEvent = ServerUp | ServerDown | NoServerUp | JobSubmitting | JobSubmitted | JobProgress | JobRetrying | JobDone | DuplicateDiscarded
 
 
 @dataclass(frozen=True)
@@ -478,6 +492,7 @@ class _Run:
         self.results: queue.Queue[JobOutcome | _End] = queue.Queue()
         self.unread = 0  # outcomes put and not yet taken by the caller
         self.no_server_since: float | None = None
+        self.no_server_said_at = 0.0
         self.idle_with_nothing = False  # the last take() found no waiting job the server may run
         self.servers = [_Server(config=config, order=order, link=farm._connect(config))
                         for order, config in enumerate(farm.servers)]
@@ -748,23 +763,40 @@ class _Run:
         return True
 
     def check_no_server(self) -> None:
-        """Fail what is left once no server has been up for `Timeouts.no_server_s`."""
+        """Say what the farm waits for while no server is up; fail what is left after `Timeouts.no_server_s`.
+
+        A farm whose every server refused our credentials fails at once: waiting does not help.
+        """
+        notice: NoServerUp | None = None
         with self.lock:
             if any(server.up for server in self.servers):
                 self.no_server_since = None
                 return
             now = time.monotonic()
             if self.no_server_since is None:
-                self.no_server_since = now
-            if now - self.no_server_since < self.farm.timeouts.no_server_s:
-                return
+                self.no_server_since = self.no_server_said_at = now
+            waited_s, limit_s = now - self.no_server_since, self.farm.timeouts.no_server_s
             reasons = "; ".join(f"{s.name}: {s.last_error}" for s in self.servers if s.last_error is not None)
-            error = NoServerAvailable(f"no server of the farm answered for {self.farm.timeouts.no_server_s:g} s"
-                                      + (f" ({reasons})" if reasons else ""))
-            for server in self.servers:
-                for flight in server.flights:
-                    self.give_up(flight.ticket, error)
-            self.give_up_waiting(error)
+            refused = [s.last_error for s in self.servers if isinstance(s.last_error, AuthFailed)]
+            error: ComfyError | None = None
+            if len(refused) == len(self.servers):
+                error = refused[0] if len(refused) == 1 else NoServerAvailable(
+                    f"every server of the farm refused our credentials ({reasons})")
+            elif waited_s >= limit_s:
+                error = NoServerAvailable(f"no server of the farm answered for {limit_s:g} s"
+                                          + (f" ({reasons})" if reasons else ""))
+            elif reasons and now - self.no_server_said_at >= NO_SERVER_NOTICE_S:
+                self.no_server_said_at = now
+                notice = NoServerUp(waited_s, limit_s, reasons)
+            if error is not None:
+                for server in self.servers:
+                    for flight in server.flights:
+                        self.give_up(flight.ticket, error)
+                self.give_up_waiting(error)
+                return
+        if notice is not None:
+            logger.warning("%s", notice.message)
+            self.emit(notice)
 
     def give_up_waiting(self, error: ComfyError) -> None:
         """Report every waiting job, and every job still to be read, as failed with `error`."""

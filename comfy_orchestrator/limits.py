@@ -48,14 +48,16 @@ class Limits:
 
     The defaults are far above what a real ComfyUI sends and far below what would hurt:
     the recorded /object_info is ~0.6 MB and a history entry a few KB; a SaveImageWebsocket
-    frame holds one PNG; ComfyUI's largest image side is 16384 pixels.
+    frame holds one PNG.
     """
 
     json_bytes: int = 64 * MIB  # one JSON answer (/object_info, /history, /queue ...), decompressed
     websocket_frame_bytes: int = 64 * MIB  # one websocket message, all its fragments together
     download_bytes: int = 1024 * MIB  # one output file from /view
     text_chunk_bytes: int = 8 * MIB  # one PNG text chunk, inflated (our provenance is a few KB)
-    image_pixels: int = 16384 * 16384  # one image's width x height, checked before it is decoded
+    # one image's width x height, checked before it is decoded: twice an 8192-pixel square, below the
+    # 179 MP at which Pillow itself refuses
+    image_pixels: int = 2 * 8192 * 8192
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

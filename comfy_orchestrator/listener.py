@@ -180,8 +180,8 @@ class Listener:
             socket = self._connect(self._url, self._headers, self._timeouts.read_s)
         except websocket.WebSocketBadStatusException as exc:
             if exc.status_code in (401, 403):
-                raise AuthFailed("websocket refused our credentials", server=self._server,
-                                 status=exc.status_code) from exc
+                raise AuthFailed(f"the websocket upgrade answered {exc.status_code}: our credentials were "
+                                 "refused", server=self._server, status=exc.status_code) from exc
             raise ServerError(f"websocket upgrade answered {exc.status_code}", server=self._server,
                               status=exc.status_code) from exc
         except websocket.WebSocketTimeoutException as exc:
@@ -205,6 +205,9 @@ class Listener:
                 if isinstance(event, QueueStatus) and event.sid is not None:
                     break
             socket.settimeout(None)
+        except FrameTooLarge as exc:
+            socket.shutdown()
+            raise ServerError(f"during the websocket greeting, {exc}", server=self._server) from exc
         except (websocket.WebSocketException, OSError, UnicodeDecodeError) as exc:
             socket.shutdown()  # closes it: abort() alone leaves the descriptor open
             raise ConnectionFailed(f"websocket closed during the greeting ({type(exc).__name__})",

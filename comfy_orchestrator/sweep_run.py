@@ -30,9 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image, UnidentifiedImageError
-
-from comfy_orchestrator.errors import ComfyError, GridFailed
 from comfy_orchestrator.farm import (
     Farm,
     FarmEvent,
@@ -42,9 +39,12 @@ from comfy_orchestrator.farm import (
     JobRetrying,
     JobSubmitted,
     JobSubmitting,
+    NoServerUp,
     ServerDown,
     ServerLink,
 )
+from comfy_orchestrator.client import open_image
+from comfy_orchestrator.errors import ComfyError, GridFailed
 from comfy_orchestrator.grid import (
     DEFAULT_GRID_FORMAT,
     IMAGE_THREADS,
@@ -55,6 +55,7 @@ from comfy_orchestrator.grid import (
     write_results_page,
 )
 from comfy_orchestrator.jobs import Job, JobResult
+from comfy_orchestrator.limits import Limits
 from comfy_orchestrator.journal import CellPlan, CellRecord, CellStatus, Journal, PromptRecord
 from comfy_orchestrator.protocol import outcome_from_history, outputs_from_history
 from comfy_orchestrator.provenance import portable_params
@@ -240,19 +241,21 @@ def _check_done_files(journal: Journal, folder: Path) -> None:
 
 
 def _file_problem(folder: Path, name: str) -> str:
-    """Why a done cell's file is unusable, or "" if it looks whole."""
+    """Why a cell's file is unusable, or "" if it looks whole: an image, not too large, not cut short."""
     path = folder / name
     if not name or not path.is_file():
         return "is missing"
     try:
-        with Image.open(path) as image:
+        with open_image(path, limits=Limits(), what=name) as image:
             image_format = image.format
         size = path.stat().st_size
         with path.open("rb") as handle:
             handle.seek(max(0, size - 12))
             tail = handle.read()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return "is not a readable image"
+    except ComfyError as exc:
+        return f"is refused: {exc}"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
     if image_format == "PNG" and not tail.endswith(b"IEND\xaeB`\x82"):
         return "is truncated"
     if image_format == "JPEG" and not tail.endswith(b"\xff\xd9"):
@@ -383,6 +386,8 @@ def _run(journal: Journal, farm: Farm, work: Sequence[tuple[Batch, Job]], to_run
                 tracker.note(f"{job.label} failed on {server}, retrying: {error}")
             case ServerDown(server=server, error=error):
                 tracker.note(f"{server} is down: {error}")
+            case NoServerUp():
+                tracker.note(event.message)
             case JobDone():
                 pass
 
@@ -473,6 +478,14 @@ def _record_result(journal: Journal, batch: Batch, cells: Sequence[Cell], result
         journal.mark_failed([c.index for c in cells], error=f"prompt {result.prompt_id} produced no files",
                             server=result.server, prompt_id=result.prompt_id)
         return []
+    for source in files:
+        problem = _file_problem(source.parent, source.name)
+        if problem:
+            journal.mark_failed([c.index for c in cells], server=result.server, prompt_id=result.prompt_id,
+                                error=f"the server's output {source.name} {problem}")
+            for leftover in files:
+                leftover.unlink(missing_ok=True)
+            return []
     batched = len(batch.cells) > 1
     if batched and len(files) != len(batch.cells):
         journal.mark_failed([c.index for c in cells], server=result.server, prompt_id=result.prompt_id,
