@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from comfy_orchestrator.client import open_image
+from comfy_orchestrator.errors import ComfyError, GridFailed
 from comfy_orchestrator.farm import (
     Farm,
     FarmEvent,
@@ -43,8 +45,6 @@ from comfy_orchestrator.farm import (
     ServerDown,
     ServerLink,
 )
-from comfy_orchestrator.client import open_image
-from comfy_orchestrator.errors import ComfyError, GridFailed
 from comfy_orchestrator.grid import (
     DEFAULT_GRID_FORMAT,
     IMAGE_THREADS,
@@ -55,8 +55,8 @@ from comfy_orchestrator.grid import (
     write_results_page,
 )
 from comfy_orchestrator.jobs import Job, JobResult
-from comfy_orchestrator.limits import Limits
 from comfy_orchestrator.journal import CellPlan, CellRecord, CellStatus, Journal, PromptRecord
+from comfy_orchestrator.limits import Limits
 from comfy_orchestrator.protocol import outcome_from_history, outputs_from_history
 from comfy_orchestrator.provenance import portable_params
 from comfy_orchestrator.sweep import (

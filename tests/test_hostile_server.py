@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from hostile import MARKUP, MODES, HostileServer
 
 MAX_RSS_MIB = 400  # a CLI process is ~100 MiB; every bad answer here is ten times that or more, unbounded
-MAX_WALL_S = 60
+MAX_WALL_S = 90
 
 # (exit code, what the one error line holds) for `run`; the sweep's cells fail with the same error, or succeed.
 EXPECTED: dict[str, tuple[int, str]] = {
@@ -80,12 +79,14 @@ def test_run_and_sweep_against_a_hostile_server(upstream: Any, mode: str, tmp_pa
     work.mkdir()
     before = _files(tmp_path)
     code, message = EXPECTED[mode]
+    # short deadlines only where the deadline is what is tested; elsewhere room for a loaded machine
+    run_s, sweep_s = ("4", "3") if mode == "view_slow" else ("30", "30")
     with HostileServer(upstream.url, mode) as hostile, ThreadPoolExecutor(2) as pool:  # the two at once
         running = pool.submit(_child, ["run", "img2img", "--server", hostile.url, "--set", f"image={sample_image}",
-                                       "--set", "positive=a lake", "--out", "run-out", "--timeout", "4"], work)
+                                       "--set", "positive=a lake", "--out", "run-out", "--timeout", run_s], work)
         sweeping = pool.submit(_child, ["sweep", "img2img", "--server", hostile.url, "--set",
                                         f"image={sample_image}", "--axis", "cfg=6,8", "--axis", "denoise=0.5,0.6",
-                                        "--out", "sweep-out", "--max-attempts", "1", "--timeout", "3",
+                                        "--out", "sweep-out", "--max-attempts", "1", "--timeout", sweep_s,
                                         "--wait-for-servers", "3"], work)
         run, sweep = running.result(), sweeping.result()
     for name, (returncode, out, err, rss_kib) in (("run", run), ("sweep", sweep)):
