@@ -8,10 +8,9 @@ server wrote shown verbatim, never read as markup.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -107,9 +106,9 @@ def test_run_and_sweep_against_a_hostile_server(upstream: Any, mode: str, tmp_pa
         assert returncode == 2 and message in err, err[-2000:]
     elif code == 1 or mode in SWEEP_FAILS:
         assert returncode == 1, f"sweep: {err[-2000:]}"
-        assert "error: 4 of 4 cells failed" in err or "error: " in err
-        assert (SWEEP_FAILS.get(mode) or message) in (work / "sweep-out" / "manifest.jsonl").read_text("utf-8") \
-            if (work / "sweep-out" / "manifest.jsonl").exists() else (SWEEP_FAILS.get(mode) or message) in err
+        manifest = work / "sweep-out" / "manifest.jsonl"
+        said = err + (manifest.read_text("utf-8") if manifest.exists() else "")  # the cells' errors, or the line
+        assert (SWEEP_FAILS.get(mode) or message) in said, said[-2000:]
     else:
         assert returncode == 0 and "4 of 4 cells done" in out, f"sweep: {err[-2000:]}"
     written = _files(tmp_path) - before
@@ -118,30 +117,34 @@ def test_run_and_sweep_against_a_hostile_server(upstream: Any, mode: str, tmp_pa
     assert outside == set()
 
 
+# Runs the CLI as its own child and writes that child's peak RSS (KiB) to argv[1]. A process forked
+# from this large test process would count our pages in its own peak; the launcher's child does not.
+_LAUNCHER = """
+import resource, subprocess, sys
+code = subprocess.call([sys.executable, "-m", "comfy_orchestrator.cli", *sys.argv[2:]])
+open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(code)
+"""
+
+
 def _child(command: list[str], cwd: Path) -> tuple[int, str, str, int]:
     """Run the CLI in a child process: exit code, stdout, stderr and its own peak RSS in KiB."""
     env = dict(os.environ, COLUMNS="400")
     env.pop("COMFY_TOKEN", None)
     env.pop("COMFY_URL", None)
-    out_path, err_path = cwd.parent / f"{command[0]}.stdout", cwd.parent / f"{command[0]}.stderr"
-    with out_path.open("w") as out_file, err_path.open("w") as err_file:
-        child = subprocess.Popen([sys.executable, "-m", "comfy_orchestrator.cli", *command], cwd=cwd, env=env,
-                                 stdout=out_file, stderr=err_file)
-        deadline, pause = time.monotonic() + MAX_WALL_S, threading.Event()
-        while True:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                child.kill()
-                os.wait4(child.pid, 0)
-                pytest.fail(f"{command[0]} ran past {MAX_WALL_S} s: {err_path.read_text()[-2000:]}")
-            pause.wait(0.05)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    out, err = out_path.read_text(), err_path.read_text()
-    out_path.unlink()
-    err_path.unlink()
-    return child.returncode, out, err, int(usage.ru_maxrss)
+    rss_path = cwd.parent / f"{command[0]}.rss"
+    with subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(rss_path), *command], cwd=cwd, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True) as child:
+        try:
+            out, err = child.communicate(timeout=MAX_WALL_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)  # the launcher and the CLI under it
+            out, err = child.communicate()
+            pytest.fail(f"{command[0]} ran past {MAX_WALL_S} s: {err[-2000:]}")
+    rss_kib = int(rss_path.read_text())
+    print(f"{command[0]}: exit {child.returncode}, peak RSS {rss_kib // 1024} MiB")
+    rss_path.unlink()
+    return child.returncode, out, err, rss_kib
 
 
 def test_an_endless_download_is_cut_at_the_limit_and_leaves_no_file(upstream: Any, img2img_job: Any,
