@@ -34,6 +34,7 @@ from comfy_orchestrator.errors import (
     ComfyError,
     FarmFileInvalid,
     GraphInvalid,
+    JournalFailed,
     ParameterError,
     SweepError,
     TemplateError,
@@ -56,7 +57,7 @@ if TYPE_CHECKING:  # imported where used, so that a command loads only what it n
     from comfy_orchestrator.sweep_run import SweepReport
 
 BAD_INPUT = (ParameterError, TemplateError, GraphInvalid, SweepError, WorkflowImportError, FarmFileInvalid,
-             BrokerError, CertificateRejected)
+             BrokerError, CertificateRejected, JournalFailed)  # a journal that cannot be used: a file at fault
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as shells report them
 

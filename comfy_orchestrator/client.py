@@ -112,7 +112,12 @@ def _split_credentials(url: str) -> tuple[str, str | None, str | None]:
         raise ParameterError("server URL has no host", parameter="server")
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    try:
+        port = parts.port
+    except ValueError as exc:  # out of range, or not a number
+        raise ParameterError(f"server URL {host!r} has a bad port ({exc}); ports are 1 to 65535",
+                             parameter="server") from exc
+    netloc = f"{host}:{port}" if port else host
     clean = urlunsplit((scheme, netloc, parts.path.rstrip("/"), "", ""))
     user = parts.username and unquote(parts.username)
     password = parts.password and unquote(parts.password)

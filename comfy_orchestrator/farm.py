@@ -323,7 +323,7 @@ class ClientLink:
                                vram_free=int(d.get("vram_free") or 0))
                         for d in stats.get("devices") or () if isinstance(d, Mapping))
         checkpoints = schema.checkpoints if "CheckpointLoaderSimple" in schema else ()
-        return ServerStatus(name=config.name, url=config.url, up=True,
+        return ServerStatus(name=config.name, url=config.display_url, up=True,
                             queue_running=len(listing.get("queue_running") or ()),
                             queue_pending=len(listing.get("queue_pending") or ()), devices=devices,
                             checkpoints=checkpoints,
@@ -453,7 +453,7 @@ class Farm:
             try:
                 answers[config.name] = link.status()
             except ComfyError as exc:
-                answers[config.name] = ServerStatus(name=config.name, url=config.url, up=False, error=str(exc),
+                answers[config.name] = ServerStatus(name=config.name, url=config.display_url, up=False, error=str(exc),
                                                     tags=config.tags)
             finally:
                 link.close()
@@ -466,7 +466,7 @@ class Farm:
         for thread in threads:
             thread.join(max(deadline - time.monotonic(), 0.0))
         return [answers.get(config.name) or ServerStatus(
-            name=config.name, url=config.url, up=False, error=f"no answer within {timeout_s:g} s", tags=config.tags)
+            name=config.name, url=config.display_url, up=False, error=f"no answer within {timeout_s:g} s", tags=config.tags)
             for config in self.servers]
 
 

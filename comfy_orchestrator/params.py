@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from comfy_orchestrator.errors import ParameterError
+from comfy_orchestrator.limits import Limits
 from comfy_orchestrator.schema import Schema
 
 DEFAULT_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
@@ -208,12 +209,24 @@ def _existing_image(path: Path) -> Path:
         raise ValueError(f"image file {str(path)!r} does not exist")
     if not path.is_file():
         raise ValueError(f"{str(path)!r} is not a file")
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
+    limit = Limits().image_pixels
     try:
-        with Image.open(path) as img:
-            img.verify()
-    except (UnidentifiedImageError, OSError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, below
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > limit:
+                    raise ValueError(f"{str(path)!r} is {width}x{height} pixels, over the limit of {limit} "
+                                     "(Limits.image_pixels); scale it down first")
+                img.verify()
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{str(path)!r} has too many pixels to decode (limit {limit}, Limits.image_pixels); "
+                         "scale it down first") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"{str(path)!r} is not an image Pillow can read ({exc})") from exc
     return path
 

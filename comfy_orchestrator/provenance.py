@@ -20,6 +20,7 @@ from typing import Any
 
 from comfy_orchestrator.errors import ParameterError
 from comfy_orchestrator.jobs import Job
+from comfy_orchestrator.limits import Limits, describe_bytes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IEND_CHUNK = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -220,16 +221,38 @@ def png_text(data: bytes) -> dict[str, str]:
             found[key.decode("latin-1")] = text.decode("latin-1")
         elif kind == b"zTXt" and b"\x00" in body:
             key, _, rest = body.partition(b"\x00")
-            found[key.decode("latin-1")] = zlib.decompress(rest[1:]).decode("latin-1")
+            found[key.decode("latin-1")] = _inflate(rest[1:], key).decode("latin-1")
         elif kind == b"iTXt" and b"\x00" in body:
             key, _, rest = body.partition(b"\x00")
             compressed, rest = rest[0], rest[2:]
             _language, _, rest = rest.partition(b"\x00")
             _translated, _, text = rest.partition(b"\x00")
-            found[key.decode("latin-1")] = (zlib.decompress(text) if compressed else text).decode("utf-8")
+            found[key.decode("latin-1")] = (_inflate(text, key) if compressed else text).decode("utf-8", "replace")
         elif kind == b"IEND":
             break
     return found
+
+
+def _inflate(data: bytes, key: bytes, limit: int = Limits().text_chunk_bytes) -> bytes:
+    """A compressed text chunk's text, refused past `limit` bytes (a small chunk can inflate to gigabytes)."""
+    inflater = zlib.decompressobj()
+    try:
+        text = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise ParameterError(f"the image's {key.decode('latin-1')!r} text chunk is corrupt ({exc})",
+                             parameter="image") from exc
+    if len(text) > limit or inflater.unconsumed_tail:
+        raise ParameterError(f"the image's {key.decode('latin-1')!r} text chunk inflates past "
+                             f"{describe_bytes(limit)} (Limits.text_chunk_bytes)", parameter="image")
+    return text
+
+
+# The fields of our record that `inspect` and `run --from` read, with the JSON type each must have.
+_RECORD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "template": (str, type(None)), "parameters": (dict, type(None)), "seeds": (dict, type(None)),
+    "graph": (dict, type(None)), "label": (str, type(None)), "server": (str, type(None)),
+    "prompt_id": (str, type(None)), "job_id": (str, type(None)), "comfyui_version": (str, type(None)),
+}
 
 
 def read_provenance(data: bytes) -> dict[str, Any] | None:
@@ -243,6 +266,10 @@ def read_provenance(data: bytes) -> dict[str, Any] | None:
         raise ParameterError(f"the image's {PROVENANCE_KEY} chunk is not JSON: {exc}", parameter="image") from exc
     if not isinstance(record, dict):
         raise ParameterError(f"the image's {PROVENANCE_KEY} chunk is not a JSON object", parameter="image")
+    for name, kinds in _RECORD_TYPES.items():
+        if not isinstance(record.get(name), kinds):
+            raise ParameterError(f"the image's {PROVENANCE_KEY} record has a {name!r} of the wrong type "
+                                 f"({type(record[name]).__name__}); was it edited?", parameter="image")
     return record
 
 

@@ -21,7 +21,8 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10
     import tomli as tomllib
 
-__all__ = ["DEFAULT_QUEUE_AHEAD", "ServerConfig", "checked_servers", "load_farm", "parse_farm", "servers_from_urls"]
+__all__ = ["DEFAULT_QUEUE_AHEAD", "ServerConfig", "checked_servers", "load_farm", "parse_farm", "servers_from_urls",
+           "without_credentials"]
 
 DEFAULT_QUEUE_AHEAD = 2
 
@@ -51,24 +52,49 @@ class ServerConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _check_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"{url!r} is not an http(s) URL such as http://127.0.0.1:8188")
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 -- raises ValueError for a port out of range
+        except ValueError as exc:
+            raise ValueError(f"{without_credentials(url)!r} is not a URL ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{without_credentials(url)!r} is not an http(s) URL such as http://127.0.0.1:8188")
         return url.rstrip("/")
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if any(c in name + value for c in "\r\n\0") or not name.strip():
+                # a line break would end the header and start another of the writer's choosing
+                raise ValueError(f"header {name.strip()!r} has a line break or is empty; one line each")
+        return headers
+
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, token: str | None) -> str | None:
+        if token is not None and any(c in token for c in "\r\n\0"):
+            raise ValueError("the token has a line break; it must be one line")
+        return token
 
     @model_validator(mode="after")
     def _default_name(self) -> ServerConfig:
-        if not self.name:  # a path tells apart the servers behind one proxy
+        if not self.name:  # a path tells apart the servers behind one proxy; never the credentials
             parts = urlsplit(self.url)
-            object.__setattr__(self, "name", parts.netloc + parts.path)
+            object.__setattr__(self, "name", parts.netloc.rpartition("@")[2] + parts.path)
         return self
+
+    @property
+    def display_url(self) -> str:
+        """The URL without any user:password, to show and to record."""
+        return without_credentials(self.url)
 
     @model_validator(mode="after")
     def _no_credentials_in_clear(self) -> ServerConfig:
         has_credentials = any(name.lower() in ("authorization", "proxy-authorization")
                               for name in self.request_headers())
         if has_credentials and in_clear(self.url) and not self.allow_plain_http:
-            raise ValueError(f"{self.url}: refusing to send a token over plain http to a host that is not "
+            raise ValueError(f"{self.display_url}: refusing to send a token over plain http to a host that is not "
                              "loopback; use https:// (the farm's proxy serves it), or accept the risk with "
                              "allow_plain_http = true (--allow-plain-http)")
         return self
@@ -79,6 +105,15 @@ class ServerConfig(BaseModel):
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
+
+
+def without_credentials(url: str) -> str:
+    """`url` with any user:password taken out of its host part."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url.rpartition("@")[2]
+    host, slash, path = rest.partition("/")
+    return f"{scheme}://{host.rpartition('@')[2]}{slash}{path}"
 
 
 def servers_from_urls(urls: Sequence[str], *, queue_ahead: int = DEFAULT_QUEUE_AHEAD, token: str | None = None,
@@ -130,6 +165,8 @@ def load_farm(path: str | Path, *, ca_cert: Path | None = None) -> tuple[ServerC
         text = path.read_text("utf-8")
     except OSError as exc:
         raise FarmFileInvalid(f"cannot read it: {exc.strerror or exc}", source=str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise FarmFileInvalid(f"is not UTF-8 text (byte {exc.start}); save it as UTF-8", source=str(path)) from exc
     return parse_farm(text, source=str(path), folder=path.parent, ca_cert=ca_cert)
 
 

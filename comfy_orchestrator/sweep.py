@@ -472,6 +472,9 @@ def _file_values(axis: str, name: str, read_text: Callable[[str], str] | None) -
         text = read_text(name)
     except OSError as exc:
         raise SweepError(f"axis {axis!r}: cannot read {name!r}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise SweepError(f"axis {axis!r}: {name!r} is not UTF-8 text (byte {exc.start}); one value a line, "
+                         "as text") from exc
     lines = tuple(line.strip() for line in text.splitlines() if line.strip())
     if not lines:
         raise SweepError(f"axis {axis!r}: {name!r} has no non-blank lines")

@@ -9,6 +9,7 @@ the models in params.py). User folders are searched before the built-in one.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import json
@@ -179,12 +180,18 @@ class Template:
         return params.template_values(names)
 
     def _render_text(self, values: Mapping[str, Any]) -> str:
+        budget = _BUDGET.set([RENDER_BUDGET])
         try:
             return self.environment.get_template(self.source.name).render(values)
+        except (OverflowError, RecursionError, MemoryError) as exc:
+            raise TemplateBroken(f"does more work than a template may ({type(exc).__name__}: {exc})",
+                                 template=self.name) from exc
         except jinja2.UndefinedError as exc:
             raise TemplateBroken(f"uses an undefined name: {exc.message}", template=self.name) from exc
         except jinja2.TemplateError as exc:
             raise TemplateBroken(f"does not render: {exc}", template=self.name) from exc
+        finally:
+            _BUDGET.reset(budget)
 
     def render(self, params: Params, *, image_names: Mapping[str, str] | None = None,
                schema: Schema | None = None) -> Graph:
@@ -241,8 +248,48 @@ class Template:
                    inputs=inputs, parameter_map=self.parameter_map(params, image_names=image_names), label=label)
 
 
+# What one render may do: loop steps from range() and items built by * on text or lists. Our templates
+# take a few hundred; a user's template that loops a billion times is refused, not run for minutes.
+RENDER_BUDGET = 1_000_000
+_BUDGET: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("render_budget", default=None)
+
+
+def _spend(units: int) -> None:
+    left = _BUDGET.get()
+    if left is None:  # outside Template._render_text: not a user's prompt render
+        return
+    left[0] -= units
+    if left[0] < 0:
+        raise OverflowError(f"past {RENDER_BUDGET} loop steps or built items in one render")
+
+
+def _bounded_range(*arguments: int) -> Iterator[int]:
+    for number in range(*arguments):
+        _spend(1)
+        yield number
+
+
+class _BoundedSandbox(SandboxedEnvironment):
+    """Jinja's sandbox with a budget on the work one render may do (range steps, repeated text or lists)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.globals["range"] = _bounded_range
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int) and abs(right) > 1024:
+            raise OverflowError(f"exponent {right} is too large")
+        if operator == "*":
+            for sequence, times in ((left, right), (right, left)):
+                if isinstance(sequence, (str, list, tuple)) and isinstance(times, int):
+                    _spend(max(0, len(sequence) * times))
+        return super().call_binop(context, operator, left, right)
+
+
 def _environment(folders: Sequence[Path]) -> jinja2.Environment:
-    return SandboxedEnvironment(
+    return _BoundedSandbox(
         loader=jinja2.FileSystemLoader([str(f) for f in folders]),
         undefined=jinja2.StrictUndefined,
         autoescape=True,  # with _json_literal: values are JSON-encoded, macro output is kept
