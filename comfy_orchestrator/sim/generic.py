@@ -20,7 +20,7 @@ import numpy as np
 from comfy_orchestrator.schema import NodeSchema
 from comfy_orchestrator.sim import images
 from comfy_orchestrator.sim.images import FloatArray
-from comfy_orchestrator.sim.registry import NodeContext, NodeResult, SimModel
+from comfy_orchestrator.sim.registry import NodeResult, SimModel
 
 STAND_IN_SIZE = 64  # pixels a side of a picture a node makes from nothing, when it names no width or height
 TINT_SHARE = 0.25  # how far a generic node moves an input picture toward its own colour
@@ -113,7 +113,7 @@ def _output(kind: str, inputs: Mapping[str, Any], schema: NodeSchema, digest: st
     return StandIn(kind, digest)
 
 
-def simulate(ctx: NodeContext, schema: NodeSchema, inputs: Mapping[str, Any]) -> NodeResult:
+def simulate(schema: NodeSchema, inputs: Mapping[str, Any]) -> NodeResult:
     """Run `schema`'s node on `inputs`: one stand-in per declared output; output nodes show nothing."""
     digest = fingerprint(schema.class_type, inputs)
     outputs = []

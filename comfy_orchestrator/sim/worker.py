@@ -401,7 +401,7 @@ class Executor:
         self.counters.count_node(class_type)
         function = NODES.get(class_type)
         result: NodeResult = (function(self, **kwargs) if function is not None
-                              else generic.simulate(self, self.schema[class_type], kwargs))
+                              else generic.simulate(self.schema[class_type], kwargs))
         results[node_id] = result.outputs
         ui = None
         if result.ui:

@@ -25,17 +25,12 @@ def server(sim: Any) -> SimServer:
     return started
 
 
-def _ctx() -> Any:
-    """generic.simulate takes the executor as its context but uses nothing of it."""
-    return None
-
-
 def test_every_advertised_node_has_outputs_of_its_declared_types() -> None:
     schema = Schema.recorded()
     wrong = []
     for class_type in schema:
         node = schema[class_type]
-        outputs = generic.simulate(_ctx(), node, {}).outputs
+        outputs = generic.simulate(node, {}).outputs
         if len(outputs) != len(node.outputs):
             wrong.append(f"{class_type}: {len(outputs)} outputs, not {len(node.outputs)}")
         for kind, value in zip(node.outputs, outputs):
@@ -62,9 +57,9 @@ def _has_type(kind: Any, value: Any) -> bool:
 def test_generic_outputs_depend_on_the_inputs_and_nothing_else() -> None:
     node = Schema.recorded()["ImageBlur"]
     picture = np.full((1, 16, 16, 3), 0.5, dtype=np.float32)
-    first = generic.simulate(_ctx(), node, {"image": picture, "blur_radius": 1, "sigma": 1.0}).outputs[0]
-    again = generic.simulate(_ctx(), node, {"image": picture.copy(), "blur_radius": 1, "sigma": 1.0}).outputs[0]
-    other = generic.simulate(_ctx(), node, {"image": picture, "blur_radius": 2, "sigma": 1.0}).outputs[0]
+    first = generic.simulate(node, {"image": picture, "blur_radius": 1, "sigma": 1.0}).outputs[0]
+    again = generic.simulate(node, {"image": picture.copy(), "blur_radius": 1, "sigma": 1.0}).outputs[0]
+    other = generic.simulate(node, {"image": picture, "blur_radius": 2, "sigma": 1.0}).outputs[0]
     assert first.shape == picture.shape
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
