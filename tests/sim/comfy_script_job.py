@@ -35,7 +35,8 @@ def main(url: str, prompt_path: Path, result_path: Path) -> None:
     namespace["Workflow"] = runtime.Workflow
     exec(compile(script, str(source), "exec"), namespace)  # noqa: S102  the script we just transpiled
     task = namespace["workflow"].task
-    print("QUEUED", task.prompt_id, flush=True)  # the test starts the server's queue now
+    sys.stdout.write(f"QUEUED {task.prompt_id}\n")  # one write: the runtime's threads print as well
+    sys.stdout.flush()  # the test starts the server's queue now
     result = task.wait_result(namespace["saved"])
     pictures = result.wait()
     result_path.write_text(json.dumps({

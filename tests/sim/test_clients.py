@@ -8,12 +8,16 @@ takes every binary frame for a result (comfy-api-simplified) still gets the save
 from __future__ import annotations
 
 import json
+import queue
+import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pytest
@@ -126,25 +130,63 @@ def test_comfy_script(server: SimServer, job: Job, tmp_path: Path) -> None:
     # that quick; the instant sim is, so its queue starts once the task is known and the socket open.
     server.faults.hold_queue()
     errors = tmp_path / "stderr.txt"
+    with errors.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, str(script), f"{server.url}/", str(prompt_path), str(result_path)],
+                                   stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
-        with errors.open("w") as stderr, subprocess.Popen(
-                [sys.executable, str(script), f"{server.url}/", str(prompt_path), str(result_path)],
-                stdout=subprocess.PIPE, stderr=stderr, text=True) as process:
-            assert process.stdout is not None
-            for line in process.stdout:
-                if line.startswith("QUEUED "):
-                    (item,) = requests.get(f"{server.url}/queue", timeout=JOB_TIMEOUT_S).json()["queue_pending"]
-                    assert server.wait_for_client(item[3]["client_id"], JOB_TIMEOUT_S)
-                    server.faults.release_queue()
-            process.wait(timeout=JOB_TIMEOUT_S)
+        for line in _lines(process, JOB_TIMEOUT_S, errors):
+            queued = re.search(r"QUEUED (\S+)", line)  # ComfyScript's threads print too, even mid-line
+            if queued:
+                client_id = _client_of(server, queued[1])
+                assert server.wait_for_client(client_id, JOB_TIMEOUT_S), f"{client_id} never opened its websocket"
+                server.faults.release_queue()
+        process.wait(timeout=JOB_TIMEOUT_S)
     finally:
         server.faults.release_queue()
+        if process.poll() is None:  # a failed check above: the helper would wait for the prompt forever
+            process.kill()
+            process.wait(timeout=JOB_TIMEOUT_S)
+        if process.stdout is not None:
+            process.stdout.close()
     assert process.returncode == 0, errors.read_text()[-2000:]
     result: dict[str, Any] = json.loads(result_path.read_text("utf-8"))
     assert "KSampler(model, " in result["script"]  # it ran ComfyScript's own transpilation of our prompt
     saved = saved_file(server, result["prompt_id"])
     assert [image["filename"] for image in result["images"]] == [saved.name]
     assert result["sizes"] == [list(INPUT_SIZE)]
+
+
+def _lines(process: subprocess.Popen[str], timeout_s: float, errors: Path) -> Iterator[str]:
+    """The lines a process prints until it closes its output; fails at the deadline instead of waiting on."""
+    assert process.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read(stream: IO[str]) -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, args=(process.stdout,), daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    seen: list[str] = []
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"no end of output from {process.args} in {timeout_s} s; it said:\n"
+                                 f"{''.join(seen)}{errors.read_text()[-3000:]}") from None
+        if line is None:
+            return
+        seen.append(line)
+        yield line
+
+
+def _client_of(server: SimServer, prompt_id: str) -> str:
+    """The client id the held prompt `prompt_id` was submitted with."""
+    pending = requests.get(f"{server.url}/queue", timeout=JOB_TIMEOUT_S).json()["queue_pending"]
+    ids = {item[1]: item[3].get("client_id") for item in pending}
+    assert isinstance(ids.get(prompt_id), str), f"{prompt_id} is not waiting with a client id: {pending}"
+    return str(ids[prompt_id])
 
 
 def test_our_client_on_both_profiles(server: SimServer, job: Job, tmp_path: Path) -> None:
