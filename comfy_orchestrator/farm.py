@@ -75,10 +75,18 @@ from comfy_orchestrator.dispatch import (
     is_refusal,
     job_needs,
 )
-from comfy_orchestrator.errors import AuthFailed, ComfyError, JobLost, NoServerAvailable
+from comfy_orchestrator.errors import (
+    AuthFailed,
+    ComfyError,
+    JobLost,
+    MalformedMessage,
+    NoServerAvailable,
+    RequestTimedOut,
+    ServerError,
+)
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.limits import FARM_TIMEOUTS, Timeouts
-from comfy_orchestrator.protocol import Progress
+from comfy_orchestrator.protocol import Progress, outcome_from_history, outputs_from_history
 from comfy_orchestrator.retry import RetryPolicy, jitter
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.servers import ServerConfig, checked_servers
@@ -98,6 +106,7 @@ CHECK_EVERY_S = 0.5  # the caller's loop: is any server up at all?
 IDLE_WAKE_S = 0.25  # a server with nothing to take: anything new?
 PROBE_WAKE_S = 1.0  # a resting server: did the run stop?
 THREAD_EXIT_S = 10.0  # at the end, how long each of the run's threads is given to finish
+RECOVER_ATTEMPTS = 3  # reads of a prompt's record, after a fault cut off its wait, before it is run again
 LINK_RETRY = RetryPolicy(max_attempts=2, first_delay_s=0.5, max_delay_s=2.0)  # fail over rather than retry long
 NO_SERVER_NOTICE_S = 5.0  # while no server is up, how often the farm says what it waits for
 
@@ -919,14 +928,61 @@ class _Run:
         assert flight.handle is not None
         try:
             result = flight.handle.wait(self.farm.timeouts.job_s)
+        except ComfyError as exc:
+            found = self.recover(server, flight, exc)
+            if found is None:
+                self.failed(server, flight, exc)
+                return
+            result = found
+        try:
             with self.lock:
                 duplicate = flight.ticket.settled
             if self.out_dir is not None and not duplicate:
-                result = server.link.save(result, self.out_dir)
+                result = self.save(server, flight, result)
         except ComfyError as exc:
             self.failed(server, flight, exc)
             return
         self.completed(server, flight, replace(result, server=server.name))
+
+    def save(self, server: _Server, flight: _Flight, result: JobResult) -> JobResult:
+        """Download a finished job's outputs; a download that fails is tried again, not the GPU work."""
+        assert self.out_dir is not None
+        try:
+            return server.link.save(result, self.out_dir)
+        except ComfyError as exc:
+            if self.recover(server, flight, exc) is None:
+                raise
+            return server.link.save(result, self.out_dir)
+
+    def recover(self, server: _Server, flight: _Flight, error: ComfyError) -> JobResult | None:
+        """The job's result from the server's own record, when a transient fault cut off the wait.
+
+        A 500 or a hang on /history after the prompt ran must not run it again: the record is
+        asked a few times (with the link's backoff) first. None when the prompt did not finish
+        well, or the server is gone (a refused connection, a lost prompt).
+        """
+        handle = flight.handle
+        if handle is None or type(error) not in (ServerError, RequestTimedOut, MalformedMessage):
+            return None
+        for attempt in range(1, RECOVER_ATTEMPTS + 1):
+            if self.stop.wait(LINK_RETRY.delay(attempt, jitter())):
+                return None
+            try:
+                state, entry = server.link.locate(handle.prompt_id)
+            except ComfyError as exc:
+                logger.info("%s: prompt %s's record could not be read (%s); asking again", server.name,
+                            handle.prompt_id, exc)
+                continue
+            if state != "done" or entry is None:
+                return None
+            outcome = outcome_from_history(entry, handle.prompt_id)
+            if outcome.failure is not None or outcome.interruption is not None or outcome.status == "error":
+                return None
+            logger.info("%s: prompt %s had finished; its result is read from the history (%s)", server.name,
+                        handle.prompt_id, error)
+            return JobResult(job=flight.ticket.job, prompt_id=handle.prompt_id, server=server.name,
+                             outputs=outputs_from_history(entry))
+        return None
 
     def completed(self, server: _Server, flight: _Flight, result: JobResult) -> None:
         ticket = flight.ticket

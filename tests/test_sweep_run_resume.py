@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import signal
@@ -186,3 +187,21 @@ def test_broken_results_the_server_forgot_run_again(comfy: Any, library: Templat
     assert comfy.counters.prompts_started == 3
     with Image.open(images[0]) as picture:
         picture.load()
+
+
+@pytest.mark.parametrize("fault", ["five 500s", "a hang"])
+def test_a_history_fault_after_a_prompt_ran_does_not_run_it_again(comfy: Any, library: Templates,
+                                                                  sample_image: Path, tmp_path: Path,
+                                                                  fault: str) -> None:
+    from comfy_orchestrator.limits import FARM_TIMEOUTS
+
+    if fault == "five 500s":
+        comfy.faults.fail_route("/history", status=500, times=5)
+    else:
+        comfy.faults.hang_route("/history", times=2)  # each answered by the read timeout, then served
+    sweep = Sweep(library.get("img2img"), (parse_axis("cfg=4,6,8,10"),), {"image": str(sample_image)})
+    farm = Farm([comfy.url], timeouts=dataclasses.replace(FARM_TIMEOUTS, read_s=1.0))
+    report = run_sweep(sweep, tmp_path / "out", farm)
+    comfy.faults.clear()
+    assert (report.done, report.failed) == (4, 0)
+    assert comfy.counters.prompts_started == 4  # each result was read again, not made again
