@@ -46,6 +46,7 @@ from comfy_orchestrator.params import DENOISE_GUIDE, FamilyFinding, Params, deno
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.settings import Settings
 from comfy_orchestrator.template_import import import_workflow
+from comfy_orchestrator.sweep import RANDOM_SEED, DRAWN_SEED_MAX, SEED_PARAMETERS
 from comfy_orchestrator.templates import Template, Templates, default_user_folder, parse_assignments
 
 if TYPE_CHECKING:  # imported where used, so that a command loads only what it needs
@@ -380,6 +381,11 @@ def _sweep_of(template: Template, axes: Sequence[str], sets: Sequence[str], *, z
     for parameter in template.parameters():
         if parameter.type == "image" and parameter.name in fixed:
             fixed[parameter.name] = str(Path(fixed[parameter.name]).expanduser())
+    axes = list(axes)
+    for name in SEED_PARAMETERS:  # --set seed=-1: a seed drawn once, kept like a drawn axis so a resume finds it
+        if str(fixed.get(name, "")).strip() == str(RANDOM_SEED):
+            del fixed[name]
+            axes.append(f"{name}={RANDOM_SEED}")
     parsed = tuple(parse_axis(text, rng=rng, read_text=lambda name: Path(name).read_text("utf-8"))
                    for text in axes)
     template = with_families(template, fixed, read_family, parsed)
@@ -721,6 +727,9 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
     if template_name is None and graph is None:
         fail("name a TEMPLATE (see 'comfy-orch templates') or give --from IMAGE", EXIT_BAD_INPUT)
     values.update(template_values(sets))
+    if graph is None:
+        assert template_name is not None
+        _draw_seeds(library(ctx).get(template_name), values)
     started = time.monotonic()
     with _client(server, ca_cert, allow_plain_http) as client, _terminate_as_interrupt():
         if graph is not None:
@@ -757,6 +766,17 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
         stdout.print(str(path))
     if not result.files:
         stderr.print("the job finished without output files")
+
+
+def _draw_seeds(template: Template, values: dict[str, Any]) -> None:
+    """A seed left out or given as -1 is drawn at random, as A1111 does, and said (so it can be given again)."""
+    import random
+
+    names = {parameter.name for parameter in template.parameters()}
+    for name in SEED_PARAMETERS:
+        if name in names and str(values.get(name, RANDOM_SEED)).strip() == str(RANDOM_SEED):
+            values[name] = random.SystemRandom().randint(0, DRAWN_SEED_MAX)
+            stderr.print(f"{name} {values[name]} (drawn at random; --set {name}={values[name]} gives it again)")
 
 
 _STOPPED = {"queued": "taken off the queue", "running": "interrupted", "done": "had already finished"}

@@ -7,7 +7,9 @@ An axis is written ``NAME=SPEC``:
   from the text so 0.3, 0.4 ... 0.9 come out exactly (``a:b`` steps by 1);
 * ``denoise=0.3-0.9 [7]`` -- 7 evenly spaced values; ``steps=10-30 (+5)`` -- a step;
 * ``seed=random:4`` -- 4 seeds drawn from the random generator passed in; the drawn
-  values are what the axis holds, so a stored definition reproduces them;
+  values are what the axis holds, so a stored definition reproduces them; as in A1111,
+  a seed of ``-1`` is drawn the same way (``seed=-1,-1,42``);
+* ``seed=1-4`` -- a range of whole numbers, ends included, as A1111 writes it;
 * ``positive=@prompts.txt`` -- one value a non-blank line of a file;
 * ``positive=sr:cat,dog,fox`` -- search and replace: each value replaces the first
   one wherever it occurs in the prompt the other parameters give.
@@ -47,6 +49,9 @@ _COUNT_RANGE = re.compile(rf"^\s*({_NUMBER})\s*-\s*({_NUMBER})\s*\[\s*(\d+)\s*\]
 _STEP_RANGE = re.compile(rf"^\s*({_NUMBER})\s*-\s*({_NUMBER})\s*\(\s*\+?({_NUMBER})\s*\)\s*$")
 _COLON_RANGE = re.compile(rf"^\s*({_NUMBER})\s*:\s*({_NUMBER})\s*(?::\s*({_NUMBER})\s*)?$")
 _RANDOM = re.compile(r"^\s*random\s*:\s*(\d+)\s*$")
+_INT_RANGE = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)\s*$")
+RANDOM_SEED = -1  # as in A1111: a seed of -1 means "draw one", and the drawn one is recorded
+SEED_PARAMETERS = ("seed", "noise_seed")
 _MAX_VALUES = 100_000
 # From the recorded timings (shared reference, H200): warm img2img 0.8-1.4 s for 20 steps,
 # a cold checkpoint load about 2 s, and each extra image of a batch adds about a tenth of a step.
@@ -163,7 +168,21 @@ def parse_axis(
     if match := _STEP_RANGE.match(spec):
         start, stop, step = (_decimal(match[i], name) for i in (1, 2, 3))
         return Axis(name, _stepped(name, start, stop, step), spec)
-    return Axis(name, tuple(_list_values(name, spec, numbers=True)), spec)
+    if match := _INT_RANGE.match(spec):  # A1111's "1-4": 1, 2, 3, 4
+        start, stop = _decimal(match[1], name), _decimal(match[2], name)
+        return Axis(name, _stepped(name, start, stop, Decimal(1 if stop >= start else -1)), spec)
+    values = _list_values(name, spec, numbers=True)
+    if name in SEED_PARAMETERS and RANDOM_SEED in values:  # A1111's -1: a random seed, drawn now and kept
+        drawn = iter(_random_values(name, values.count(RANDOM_SEED), rng))
+        values = [next(drawn) if value == RANDOM_SEED else value for value in values]
+    return Axis(name, tuple(values), spec)
+
+
+def draws_seeds(axis_name: str, spec: str) -> bool:
+    """Whether an axis's values are drawn at random (random:N, or -1 for a seed): a resume keeps the drawn ones."""
+    if _RANDOM.match(spec):
+        return True
+    return axis_name in SEED_PARAMETERS and str(RANDOM_SEED) in (item.strip() for item in spec.split(","))
 
 
 @dataclass(frozen=True)
@@ -256,7 +275,7 @@ class Sweep:
         """A hash of the definition, ignoring drawn seeds (so the same command matches its stored sweep)."""
         definition = self.definition()
         for axis in definition["axes"]:
-            if _RANDOM.match(axis["spec"]):
+            if draws_seeds(axis["name"], axis["spec"]):
                 axis["values"] = len(axis["values"])
         text = json.dumps(definition, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -210,3 +212,32 @@ def test_interrupt_of_a_waiting_prompt_takes_it_off_the_queue(sim: Any, sample_i
         assert invoke("interrupt", "--server", server.url).stdout.strip() == f"nothing is running on {server.url}"
         unknown = invoke("interrupt", "no-such-prompt", "--server", server.url)
         assert unknown.exit_code == 2 and "has no prompt no-such-prompt" in unknown.stderr
+
+
+@pytest.mark.parametrize("given", [(), ("--set", "seed=-1")])
+def test_run_without_a_seed_draws_one_says_it_and_records_it(comfy: Any, sample_image: Path, tmp_path: Path,
+                                                             given: tuple[str, ...]) -> None:
+    seeds = set()
+    for attempt in range(2):
+        result = invoke("run", "img2img", "--server", comfy.url, "--set", f"image={sample_image}", *given,
+                        "--out", str(tmp_path / f"out{attempt}"))
+        assert result.exit_code == 0, result.output
+        said = re.search(r"^seed (\d+) \(drawn at random; --set seed=\1 gives it again\)$", result.stderr, re.M)
+        assert said is not None, result.stderr
+        record = read_provenance(Path(result.stdout.strip().splitlines()[-1]).read_bytes())
+        assert record is not None and record["parameters"]["seed"] == int(said[1]) == record["seeds"]["6"]
+        seeds.add(int(said[1]))
+    assert len(seeds) == 2  # not always 0
+
+
+def test_a_sweep_with_seed_minus_one_draws_it_once_and_resumes(comfy: Any, sample_image: Path,
+                                                               tmp_path: Path) -> None:
+    args = ("sweep", "img2img", "--server", comfy.url, "--set", f"image={sample_image}", "--set", "seed=-1",
+            "--axis", "cfg=6,8", "--out", str(tmp_path / "out"))
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    rows = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text("utf-8").splitlines()]
+    (seed,) = {row["params"]["seed"] for row in rows}
+    assert seed >= 0
+    again = invoke(*args)
+    assert again.exit_code == 0 and "0 prompts run, 2 cells already done" in again.stdout

@@ -278,3 +278,25 @@ def test_real_template_cells_share_a_cache_key_across_cfg(img2img: Any, sample_i
     sweep = Sweep(img2img, (parse_axis("cfg=6,8"), parse_axis("positive=a,b")), {"image": sample_image})
     keys = [cache_key(img2img.job(c.params).graph) for c in sweep.cells()]
     assert keys[0] == keys[2] and keys[1] == keys[3] and keys[0] != keys[1]
+
+
+@pytest.mark.parametrize(("text", "values"), [
+    ("seed=1-4", (1, 2, 3, 4)),  # A1111's range of whole numbers
+    ("steps=30-27", (30, 29, 28, 27)),
+    ("seed=-5--3", (-5, -4, -3)),
+    ("seed=7", (7,)),
+])
+def test_a1111_integer_ranges(text: str, values: tuple[int, ...]) -> None:
+    assert parse_axis(text).values == values
+
+
+def test_a_seed_of_minus_one_is_drawn_and_kept(img2img: Any) -> None:
+    axis = parse_axis("seed=-1,-1,42", rng=random.Random(3))
+    assert axis.values[2] == 42 and all(isinstance(v, int) and v >= 0 for v in axis.values)
+    assert len(set(axis.values)) == 3
+    assert parse_axis("cfg=-1").values == (-1,)  # only a seed means "draw one"
+
+    def digest() -> str:
+        return Sweep(img2img, (parse_axis("seed=-1", rng=random.Random()), parse_axis("cfg=6,8"))).digest()
+
+    assert digest() == digest()  # the same command again is the same sweep, whatever was drawn
