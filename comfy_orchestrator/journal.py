@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from comfy_orchestrator.errors import JournalFailed, SweepError
+from comfy_orchestrator.sweep import definition_changes
 
 JOURNAL_NAME = "journal.sqlite"
 MANIFEST_JSONL = "manifest.jsonl"
@@ -199,8 +200,10 @@ class Journal:
                     raise JournalFailed(f"written by another version of the journal ({version})", path=str(path))
                 if stored_digest != digest:
                     db.close()
+                    changes = definition_changes(_loads(stored_text, path), definition)
+                    differs = "; ".join(changes) if changes else _describe(_loads(stored_text, path))
                     raise SweepError(
-                        f"{folder} holds a different sweep ({_describe(_loads(stored_text, path))}); "
+                        f"{folder} holds a different sweep ({differs}); "
                         "use another --out folder, or delete that one to start over")
                 stored = _loads(stored_text, path)
         except sqlite3.Error as exc:
