@@ -122,6 +122,14 @@ def template_values(sets: Sequence[str]) -> dict[str, str]:
     return parse_assignments(sets)
 
 
+def grid_format_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The --grid-format option of the commands that draw grids (sweep, demo)."""
+    return click.option("--grid-format", type=click.Choice(list(GRID_FORMATS)), default=DEFAULT_GRID_FORMAT,
+                        show_default=True,
+                        help="the grid image's format: jpg is written 6-9x faster and smaller; png is lossless"
+                        )(function)
+
+
 def set_option(function: Callable[..., Any]) -> Callable[..., Any]:
     """The --set NAME=VALUE option, given many times."""
     return click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
@@ -547,8 +555,7 @@ def farm_servers(servers: Sequence[str], farm_file: str | None, *, ca_cert: Path
 @click.option("--seed-source", type=int, help="draw seed=random:N from this generator seed, for repeatable draws")
 @click.option("--thumbnail", "thumbnail_px", default=256, show_default=True, type=click.IntRange(32, 2048),
               help="grid thumbnail size in pixels")
-@click.option("--grid-format", type=click.Choice(list(GRID_FORMATS)), default=DEFAULT_GRID_FORMAT, show_default=True,
-              help="the grid image's format: jpg is written 6-9x faster and smaller; png is lossless")
+@grid_format_option
 @broker_options(required=False)
 @click.option("--detach", is_flag=True, help="with --broker: queue the cells and exit; the same command again collects")
 @plain_http_option
@@ -609,7 +616,8 @@ def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str]
 @click.option("--server", "servers", multiple=True, metavar="URL",
               help="run on these ComfyUI servers instead of a built-in simulated one")
 @click.option("--checkpoint", default=None, help="checkpoint name on a real server")
-def demo(out_dir: str, servers: Sequence[str], checkpoint: str | None) -> None:
+@grid_format_option
+def demo(out_dir: str, servers: Sequence[str], checkpoint: str | None, grid_format: str) -> None:
     """A denoise x CFG sweep of img2img over a sample picture, on a simulated server started for it."""
     import shutil
     from contextlib import ExitStack
@@ -641,7 +649,8 @@ def demo(out_dir: str, servers: Sequence[str], checkpoint: str | None) -> None:
                                                    checkpoints=(checkpoint or DEFAULT_CHECKPOINT,)))
             stdout.print(f"started a simulated ComfyUI at {server.url} (no GPU needed)")
             chosen = [server.url]
-        report = _run_sweep_with_progress(sweep, folder, chosen, max_attempts=3, thumbnail_px=256)
+        report = _run_sweep_with_progress(sweep, folder, chosen, max_attempts=3, thumbnail_px=256,
+                                          grid_format=grid_format)
     _print_report(report)
     if report.failed:
         fail(f"{report.failed} of {report.total} cells failed; see {report.manifest}", EXIT_FAILED)

@@ -549,7 +549,7 @@ class Client:
             return False
         return state != "unknown"
 
-    def run(self, job: Job | Graph | Mapping[str, Any], *, out_dir: Path | None = None,
+    def run(self, job: Job | Graph | Mapping[str, Any], *, out_dir: Path | str | None = None,
             timeout_s: float | None = None, front: bool = False, extra_data: Mapping[str, Any] | None = None,
             on_event: EventCallback | None = None, on_progress: ProgressCallback | None = None) -> JobResult:
         """Run a job to completion; save its outputs under `out_dir` if given."""
@@ -585,7 +585,7 @@ class Client:
         image.load()
         return image
 
-    def save_outputs(self, result: JobResult, out_dir: Path, *, provenance: bool = True,
+    def save_outputs(self, result: JobResult, out_dir: Path | str, *, provenance: bool = True,
                      timeout_s: float | None = None) -> JobResult:
         """Stream every output to `out_dir` under a safe, new name; PNGs get our provenance added.
 

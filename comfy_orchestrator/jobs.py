@@ -28,7 +28,7 @@ def name_by_content(data: bytes, stem: str, suffix: str) -> str:
     return f"{clean}-{digest}{suffix}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Job:
     """One prompt to run: the graph, where it came from, and the local files it needs."""
 
@@ -38,6 +38,11 @@ class Job:
     inputs: Mapping[str, Path] = field(default_factory=dict)  # server input file name -> local file to upload
     parameter_map: Mapping[str, str] = field(default_factory=dict)  # "node_id.input" -> template parameter
     label: str = ""  # a human name, such as a sweep cell's
+
+    def __repr__(self) -> str:
+        """Short: a job's graph is kilobytes, and events that carry the job are printed whole."""
+        named = f"{self.label!r}, " if self.label else ""
+        return f"Job({named}template={self.template!r}, id={self.id[:12]!r})"
 
     @property
     def id(self) -> str:

@@ -151,7 +151,7 @@ def plan_sweep(sweep: Sweep, *, servers: int = 1) -> SweepPlan:
 
 def run_sweep(
     sweep: Sweep,
-    folder: Path,
+    folder: Path | str,
     farm: Farm | None = None,
     *,
     queue: CeleryQueue | None = None,

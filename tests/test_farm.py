@@ -360,3 +360,12 @@ def test_a_failing_event_callback_stops_the_run_with_its_error(sim: Any, cells: 
         for _ in Farm([server.url]).run(cells(5), out_dir=tmp_path / "out", on_event=broken):
             pass
     assert server.wait_idle(timeout_s=10)  # what was queued was taken off the server
+
+
+def test_events_print_as_one_short_line(sim: Any, cells: Any, tmp_path: Path) -> None:
+    server = sim(1, checkpoints=CHECKPOINTS, preview_method="none")[0]
+    seen: list[str] = []
+    for _ in Farm([server.url]).run(cells(2), out_dir=tmp_path / "out", on_event=lambda e: seen.append(str(e))):
+        pass
+    assert any(line.startswith("JobProgress(job=Job('cell-000', template='img2img'") for line in seen)
+    assert max(len(line) for line in seen) < 300  # the README's on_event=print, not a graph a step
