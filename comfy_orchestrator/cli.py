@@ -47,10 +47,17 @@ from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.settings import Settings
 from comfy_orchestrator.template_import import import_workflow
 from comfy_orchestrator.sweep import RANDOM_SEED, DRAWN_SEED_MAX, SEED_PARAMETERS
-from comfy_orchestrator.templates import Template, Templates, default_user_folder, parse_assignments
+from comfy_orchestrator.templates import (
+    ParameterInfo,
+    Template,
+    Templates,
+    default_user_folder,
+    parse_assignments,
+)
 
 if TYPE_CHECKING:  # imported where used, so that a command loads only what it needs
     from comfy_orchestrator.client import Client
+    from comfy_orchestrator.farm import ServerStatus
     from comfy_orchestrator.job_handle import JobHandle
     from comfy_orchestrator.queue import CeleryQueue
     from comfy_orchestrator.servers import ServerConfig
@@ -222,11 +229,23 @@ def main(templates_dir: Sequence[str], verbose: int) -> None:
 
 @main.command("templates")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list instead of tables")
+@click.option("--choices", "choices_of", metavar="PARAMETER", help="list every value PARAMETER may take, one a line")
 @click.argument("names", nargs=-1)
 @click.pass_context
-def templates_command(ctx: click.Context, as_json: bool, names: Sequence[str]) -> None:
-    """List the templates and their parameters."""
+def templates_command(ctx: click.Context, as_json: bool, choices_of: str | None, names: Sequence[str]) -> None:
+    """List the templates and their parameters (one TEMPLATE in detail; --choices for a parameter's values)."""
     chosen = [library(ctx).get(name) for name in names] if names else list(library(ctx))
+    if choices_of is not None:
+        if len(chosen) != 1:
+            fail("--choices needs one TEMPLATE: comfy-orch templates img2img --choices sampler", EXIT_BAD_INPUT)
+        parameters = {p.name: p for p in chosen[0].parameters()}
+        if choices_of not in parameters:
+            fail(f"{chosen[0].name} has no parameter {choices_of!r}; it has {', '.join(parameters)}", EXIT_BAD_INPUT)
+        if not parameters[choices_of].choices:
+            fail(f"{chosen[0].name}'s {choices_of} is a {_kind(parameters[choices_of])}, not a choice", EXIT_BAD_INPUT)
+        for choice in parameters[choices_of].choices or ():
+            click.echo(str(choice))
+        return
     if as_json:
         listing = [{"name": t.name, "description": t.description,
                     "parameters": [p.to_json() for p in t.parameters()]} for t in chosen]
@@ -240,26 +259,54 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
+def _kind(p: ParameterInfo) -> str:
+    """A parameter's type as a user reads it: 'float', 'float or none', 'list'."""
+    return f"{p.type} or none" if p.optional else p.type
+
+
 def _print_template(template: Template, *, detailed: bool) -> None:
+    """A template's parameters, one block each (name, type, range, default; its description below).
+
+    Blocks, not a table: they read at 80 columns and in a pipe, where a six-column table folded
+    every cell into a tower.
+    """
+    import textwrap
+
     origin = "" if template.builtin else f"  ({template.source.parent})"
-    stdout.print(line((template.name, "bold cyan"), f" - {template.description}", (origin, "dim")))
+    if detailed:  # the heading wraps with the blocks below it
+        heading = textwrap.wrap(f"{template.name} - {template.description}{origin}", max(stdout.width, 60),
+                                subsequent_indent="  ")
+        stdout.print(line((template.name, "bold cyan"), heading[0][len(template.name):]))
+        for more in heading[1:]:
+            stdout.print(more)
+    else:
+        stdout.print(line((template.name, "bold cyan"), f" - {template.description}", (origin, "dim")))
     if not detailed:
         names = ", ".join(p.name for p in template.parameters())
         stdout.print(line(("  parameters:", "dim"), f" {names}"))
         return
-    table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
-    for column in ("parameter", "type", "default", "range", "recommended", "description"):
-        table.add_column(column)
-    for p in template.parameters():
-        limits = f"{_number(p.min)}..{_number(p.max)}" if p.min is not None and p.max is not None else ""
+    parameters = template.parameters()
+    indent = min(max(len(p.name) for p in parameters), 20) + 4
+    width = max(stdout.width, 60)
+    for p in parameters:
+        facts = [_kind(p)]
         if p.choices and len(p.choices) <= 6:
-            limits = ", ".join(map(str, p.choices))
+            facts.append("one of " + ", ".join(map(str, p.choices)))
         elif p.choices:
-            limits = f"{len(p.choices)} choices"
-        recommended = f"{p.recommended[0]:g}..{p.recommended[1]:g}" if p.recommended else ""
-        default = "(required)" if p.required else json.dumps(p.default)
-        table.add_row(p.name, p.type, default, limits, recommended, p.description)
-    stdout.print(table)
+            facts.append(f"one of {len(p.choices)} (--choices {p.name})")
+        elif p.min is not None and p.max is not None:
+            facts.append(f"{_number(p.min)}..{_number(p.max)}")
+        if p.recommended:
+            facts.append(f"recommended {p.recommended[0]:g}..{p.recommended[1]:g}")
+        facts.append("required" if p.required else "not set by default" if p.default is None
+                     else f"default {json.dumps(p.default, ensure_ascii=False)}")
+        name = f"  {p.name}".ljust(indent) if len(p.name) <= indent - 4 else f"  {p.name}\n" + " " * indent
+        first = textwrap.wrap(", ".join(facts), width - indent, break_on_hyphens=False) or [""]
+        stdout.print(line((name, "bold"), first[0]))
+        for more in first[1:]:
+            stdout.print(" " * indent + more)
+        for described in textwrap.wrap(p.description, width - indent, break_on_hyphens=False):
+            stdout.print(line((" " * indent + described, "dim")))
 
 
 @main.command()
@@ -1026,6 +1073,30 @@ def farm_group() -> None:
     """Look at a farm of ComfyUI servers."""
 
 
+def _print_statuses(statuses: Sequence[ServerStatus]) -> None:
+    """One block a server: state and queue on its line, then GPUs, checkpoints and tags (80 columns, pipes)."""
+    import textwrap
+
+    width = max(stdout.width, 60)
+    for status in statuses:
+        tags = f"  [{', '.join(status.tags)}]" if status.tags else ""
+        if not status.up:
+            stdout.print(line((status.name, "bold"), "  ", ("down", "red"), tags))
+            continue
+        stdout.print(line((status.name, "bold"), "  ", ("up", "green"),
+                          f", {status.queue_running} running, {status.queue_pending} waiting{tags}"))
+        for device in status.devices:  # without the allocator's name
+            stdout.print(f"  {device.name.split(' : ')[0]}: {_gib(device.vram_free)} of "
+                         f"{_gib(device.vram_total)} GiB VRAM free")
+        listed = ", ".join(status.checkpoints) or "none"
+        for number, text in enumerate(textwrap.wrap(f"checkpoints: {listed}", width - 2, subsequent_indent="  ",
+                                                    break_on_hyphens=False)):
+            stdout.print("  " + text)
+    for status in statuses:
+        if not status.up:
+            stderr.print(line((f"{status.name} is down:", "red"), f" {status.error}"))
+
+
 def _gib(size: int) -> str:
     return f"{size / 2**30:.1f}"
 
@@ -1048,21 +1119,7 @@ def farm_status(servers: Sequence[str], farm_file: str | None, timeout_s: float,
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(status) for status in statuses], indent=2))
     else:
-        table = Table(title="farm", title_justify="left")
-        for column in ("server", "state", "run/wait", "GPU", "VRAM GiB free/total", "checkpoints", "tags"):
-            table.add_column(column, overflow="fold")
-        for status in statuses:
-            gpus = "\n".join(d.name.split(" : ")[0] for d in status.devices)  # without the allocator's name
-            vram = "\n".join(f"{_gib(d.vram_free)}/{_gib(d.vram_total)}" for d in status.devices)
-            models = ", ".join(status.checkpoints[:3]) + (f" (+{len(status.checkpoints) - 3})"
-                                                          if len(status.checkpoints) > 3 else "")
-            table.add_row(status.name, Text("up", "green") if status.up else Text("down", "red"),
-                          f"{status.queue_running}/{status.queue_pending}" if status.up else "",
-                          gpus, vram, models, ", ".join(status.tags))
-        stdout.print(table)
-        for status in statuses:
-            if not status.up:
-                stderr.print(line((f"{status.name} is down:", "red"), f" {status.error}"))
+        _print_statuses(statuses)
     down = [status.name for status in statuses if not status.up]
     if down:
         fail(f"{len(down)} of {len(statuses)} server(s) down: {', '.join(down)}", EXIT_FAILED)

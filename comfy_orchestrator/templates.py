@@ -35,7 +35,7 @@ from comfy_orchestrator.validation import check_prompt, describe_rejection
 
 TEMPLATE_SUFFIX = ".json.j2"
 DECLARATION_SUFFIX = ".params.json"
-ParameterKind = Literal["int", "float", "str", "bool", "choice", "image"]
+ParameterKind = Literal["int", "float", "str", "bool", "choice", "image", "list"]
 
 
 def default_user_folder() -> Path:
@@ -101,9 +101,11 @@ class ParameterInfo:
     choices: tuple[Any, ...] | None = None
     recommended: tuple[float, float] | None = None
     required: bool = False
+    optional: bool = False  # None is a value it takes (not set)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.type, "default": self.default, "required": self.required,
+                "optional": self.optional,
                 "min": self.min, "max": self.max,
                 "choices": list(self.choices) if self.choices is not None else None,
                 "description": self.description,
@@ -132,13 +134,15 @@ def describe_parameters(model: type[Params]) -> list[ParameterInfo]:
             kind = "choice"
         else:
             json_type = next((o["type"] for o in options if o.get("type") not in (None, "null")), "")
-            kind = {"integer": "int", "number": "float", "boolean": "bool"}.get(json_type, "str")  # type: ignore[assignment]
+            kind = {"integer": "int", "number": "float", "boolean": "bool",  # type: ignore[assignment]
+                    "array": "list"}.get(json_type, "str")
         recommended = extra.get("recommended")
         infos.append(ParameterInfo(
             name=name, type=kind, default=None if field_info.is_required() else prop.get("default"),
             description=field_info.description or "", min=_first_of(options, "minimum"), max=_first_of(options, "maximum"),
             choices=choices, recommended=tuple(recommended) if recommended else None,  # type: ignore[arg-type]
-            required=field_info.is_required()))
+            required=field_info.is_required(),
+            optional=any(option.get("type") == "null" for option in options)))
     return infos
 
 

@@ -30,7 +30,7 @@ def test_templates_json_lists_every_workflow_with_typed_parameters(runner) -> No
     for entry in listing:
         for p in entry["parameters"]:
             assert set(p) >= {"name", "type", "default", "min", "max", "choices", "description"}
-            assert p["type"] in {"int", "float", "str", "bool", "choice", "image"}
+            assert p["type"] in {"int", "float", "str", "bool", "choice", "image", "list"}
 
 
 def test_templates_shows_one_template_in_detail(runner) -> None:
@@ -102,3 +102,36 @@ def test_templates_folder_comes_from_the_environment(runner, tmp_path, monkeypat
     monkeypatch.delenv("COMFY_ORCH_TEMPLATES")
     done = runner.invoke(main, ["templates", "--json"])
     assert "mine" not in {t["name"] for t in json.loads(done.stdout)}
+
+
+@pytest.mark.parametrize("columns", ["80", "200"])
+def test_one_template_reads_well_at_80_columns_and_in_a_pipe(runner, columns: str) -> None:
+    done = runner.invoke(main, ["templates", "img2img"], env={"COLUMNS": columns})
+    assert done.exit_code == 0, done.output
+    lines = done.stdout.splitlines()
+    assert max(len(text) for text in lines) <= int(columns)
+    blocks = {text.split()[0]: text for text in lines if text.startswith("  ") and not text.startswith("    ")}
+    assert blocks["lora_clip_strength"].split(None, 1)[1].startswith("float or none, -100..100")
+    assert blocks["more_loras"].split(None, 1)[1].startswith("list")
+    assert "one of 44 (--choices sampler)" in blocks["sampler"] and 'default "euler"' in blocks["sampler"]
+    assert "recommended 0.3..0.7" in blocks["denoise"] and "required" in blocks["image"]
+    assert "18446744073709551615" in blocks["seed"]  # never cut
+
+
+def test_templates_json_says_which_parameters_take_none_and_lists(runner) -> None:
+    done = runner.invoke(main, ["templates", "--json", "img2img"])
+    params = {p["name"]: p for p in json.loads(done.stdout)[0]["parameters"]}
+    assert params["lora_clip_strength"]["type"] == "float" and params["lora_clip_strength"]["optional"]
+    assert params["more_loras"]["type"] == "list" and not params["denoise"]["optional"]
+
+
+def test_choices_lists_every_value_one_a_line(runner) -> None:
+    done = runner.invoke(main, ["templates", "img2img", "--choices", "sampler"])
+    assert done.exit_code == 0
+    assert "dpmpp_2m" in done.stdout.splitlines() and len(done.stdout.splitlines()) == 44
+    assert "karras" in runner.invoke(main, ["templates", "img2img", "--choices", "scheduler"]).stdout.split()
+    for args, message in ((["img2img", "--choices", "denoise"], "img2img's denoise is a float, not a choice"),
+                          (["img2img", "--choices", "nope"], "img2img has no parameter 'nope'"),
+                          (["--choices", "sampler"], "--choices needs one TEMPLATE")):
+        refused = runner.invoke(main, ["templates", *args])
+        assert refused.exit_code == 2 and message in refused.stderr

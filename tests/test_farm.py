@@ -267,10 +267,13 @@ def test_cli_farm_status_shows_each_server(sim: Any, tmp_path: Path) -> None:
     farm_file = tmp_path / "farm.toml"
     farm_file.write_text(f'[[server]]\nurl = "{up.url}"\nname = "gpu0-a"\ntags = ["gpu0"]\n')
 
-    result = CliRunner().invoke(main, ["farm", "status", "--farm", str(farm_file), "--server", down.url])
+    result = CliRunner().invoke(main, ["farm", "status", "--farm", str(farm_file), "--server", down.url],
+                                env={"COLUMNS": "80"})
 
     assert result.exit_code == 1
-    assert "gpu0-a" in result.stdout and "up" in result.stdout and "down" in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0] == "gpu0-a  up, 0 running, 0 waiting  [gpu0]" and lines[-1].endswith("  down")
+    assert f"  checkpoints: {', '.join(CHECKPOINTS)}" in lines and max(map(len, lines)) <= 80
     assert "cannot connect" in result.stderr and "1 of 2 server(s) down" in result.stderr
     assert "Traceback" not in result.output
 
