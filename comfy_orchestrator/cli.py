@@ -45,8 +45,8 @@ from comfy_orchestrator.limits import Timeouts
 from comfy_orchestrator.params import DENOISE_GUIDE, FamilyFinding, Params, denoise_band, find_family
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.settings import Settings
+from comfy_orchestrator.sweep import DRAWN_SEED_MAX, RANDOM_SEED, SEED_PARAMETERS
 from comfy_orchestrator.template_import import import_workflow
-from comfy_orchestrator.sweep import RANDOM_SEED, DRAWN_SEED_MAX, SEED_PARAMETERS
 from comfy_orchestrator.templates import (
     ParameterInfo,
     Template,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import socket
 import sqlite3
 import sys
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from comfy_orchestrator.errors import JournalFailed, SweepError
-from comfy_orchestrator.sweep import definition_changes
 
 JOURNAL_NAME = "journal.sqlite"
 MANIFEST_JSONL = "manifest.jsonl"
@@ -536,6 +536,47 @@ def _lock_file(handle: Any) -> None:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def definition_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two sweep definitions, as 'NAME: OLD before, NEW now' lines for a user."""
+    def shown(value: Any) -> str:
+        if isinstance(value, Mapping) and "file" in value:  # an input file, by name and content
+            return f"{value['file']} ({value.get('content', '?')})"
+        return "(not set)" if value is None else (str(value) if isinstance(value, (int, float, str))
+                                                  else json.dumps(value))
+
+    changes = []
+    if old.get("template") != new.get("template"):
+        changes.append(f"template: {old.get('template')} before, {new.get('template')} now")
+    old_fixed, new_fixed = dict(old.get("fixed") or {}), dict(new.get("fixed") or {})
+    for name in sorted(set(old_fixed) | set(new_fixed)):
+        if old_fixed.get(name) != new_fixed.get(name):
+            changes.append(f"{name}: {shown(old_fixed.get(name))} before, {shown(new_fixed.get(name))} now")
+    old_axes = {a["name"]: a for a in old.get("axes") or ()}
+    new_axes = {a["name"]: a for a in new.get("axes") or ()}
+    for name in list(old_axes) + [n for n in new_axes if n not in old_axes]:
+        before, now = old_axes.get(name), new_axes.get(name)
+        if before is None or now is None:
+            changes.append(f"axis {name}: {'(none)' if before is None else before['spec']} before, "
+                           f"{'(none)' if now is None else now['spec']} now")
+        elif before.get("spec") != now.get("spec") or (
+                before.get("values") != now.get("values") and not _drawn(name, str(now.get("spec")))):
+            changes.append(f"axis {name}: {before.get('spec')} before, {now.get('spec')} now")
+    for flag in ("zip", "batch_seeds"):
+        if bool(old.get(flag)) != bool(new.get(flag)):
+            changes.append(f"{flag}: {bool(old.get(flag))} before, {bool(new.get(flag))} now")
+    if [a["name"] for a in old.get("axes") or ()] != [a["name"] for a in new.get("axes") or ()] and \
+            set(old_axes) == set(new_axes):
+        changes.append(f"axis order: {', '.join(old_axes)} before, {', '.join(new_axes)} now")
+    return changes
+
+
+def _drawn(axis_name: str, spec: str) -> bool:
+    """Whether an axis's values were drawn at random (random:N, or a seed of -1): they differ run to run."""
+    if re.match(r"^\s*random\s*:", spec):
+        return True
+    return "seed" in axis_name and "-1" in (item.strip() for item in spec.split(","))
 
 
 def _describe(definition: Mapping[str, Any]) -> str:

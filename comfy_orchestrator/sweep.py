@@ -178,40 +178,6 @@ def parse_axis(
     return Axis(name, tuple(values), spec)
 
 
-def definition_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """What differs between two sweep definitions, as 'NAME: OLD before, NEW now' lines for a user."""
-    def shown(value: Any) -> str:
-        if isinstance(value, Mapping) and "file" in value:  # an input file, by name and content
-            return f"{value['file']} ({value.get('content', '?')})"
-        return "(not set)" if value is None else (format_value(value) if isinstance(value, (int, float, str))
-                                                  else json.dumps(value))
-
-    changes = []
-    if old.get("template") != new.get("template"):
-        changes.append(f"template: {old.get('template')} before, {new.get('template')} now")
-    old_fixed, new_fixed = dict(old.get("fixed") or {}), dict(new.get("fixed") or {})
-    for name in sorted(set(old_fixed) | set(new_fixed)):
-        if old_fixed.get(name) != new_fixed.get(name):
-            changes.append(f"{name}: {shown(old_fixed.get(name))} before, {shown(new_fixed.get(name))} now")
-    old_axes = {a["name"]: a for a in old.get("axes") or ()}
-    new_axes = {a["name"]: a for a in new.get("axes") or ()}
-    for name in list(old_axes) + [n for n in new_axes if n not in old_axes]:
-        before, now = old_axes.get(name), new_axes.get(name)
-        if before is None or now is None:
-            changes.append(f"axis {name}: {'(none)' if before is None else before['spec']} before, "
-                           f"{'(none)' if now is None else now['spec']} now")
-        elif before.get("spec") != now.get("spec") or (
-                before.get("values") != now.get("values") and not draws_seeds(name, str(now.get("spec")))):
-            changes.append(f"axis {name}: {before.get('spec')} before, {now.get('spec')} now")
-    for flag in ("zip", "batch_seeds"):
-        if bool(old.get(flag)) != bool(new.get(flag)):
-            changes.append(f"{flag}: {bool(old.get(flag))} before, {bool(new.get(flag))} now")
-    if [a["name"] for a in old.get("axes") or ()] != [a["name"] for a in new.get("axes") or ()] and \
-            set(old_axes) == set(new_axes):
-        changes.append(f"axis order: {', '.join(old_axes)} before, {', '.join(new_axes)} now")
-    return changes
-
-
 def draws_seeds(axis_name: str, spec: str) -> bool:
     """Whether an axis's values are drawn at random (random:N, or -1 for a seed): a resume keeps the drawn ones."""
     if _RANDOM.match(spec):

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from comfy_orchestrator.errors import JournalFailed, SweepError
-from comfy_orchestrator.journal import JOURNAL_NAME, CellPlan, CellStatus, Journal
+from comfy_orchestrator.journal import JOURNAL_NAME, CellPlan, CellStatus, Journal, definition_changes
 
 DEFINITION: dict[str, Any] = {"template": "img2img", "fixed": {}, "zip": False, "batch_seeds": False,
                               "axes": [{"name": "cfg", "spec": "6,8,10", "values": [6, 8, 10], "replaces": None}]}
@@ -199,3 +199,20 @@ def test_a_hand_edited_cell_is_one_error_naming_it(tmp_path: Path) -> None:
     db.close()
     with _open(tmp_path) as journal, pytest.raises(JournalFailed, match="cell 1 does not read back"):
         list(journal.records())
+
+
+def test_definition_changes_name_each_difference_old_and_new() -> None:
+    old = {"template": "img2img", "fixed": {"image": {"file": "a.png", "content": "a-1.png"}, "steps": 20},
+           "axes": [{"name": "cfg", "spec": "6,8", "values": [6, 8]},
+                    {"name": "seed", "spec": "random:2", "values": [5, 9]}], "zip": False, "batch_seeds": False}
+    new = {"template": "img2img", "fixed": {"image": {"file": "a.png", "content": "a-2.png"}, "sampler": "ddim"},
+           "axes": [{"name": "cfg", "spec": "6,9", "values": [6, 9]},
+                    {"name": "seed", "spec": "random:2", "values": [1, 2]}], "zip": True, "batch_seeds": False}
+    assert definition_changes(old, new) == [
+        "image: a.png (a-1.png) before, a.png (a-2.png) now",  # the same name, other pixels
+        "sampler: (not set) before, ddim now",
+        "steps: 20 before, (not set) now",
+        "axis cfg: 6,8 before, 6,9 now",  # drawn seeds are not a difference
+        "zip: False before, True now",
+    ]
+    assert definition_changes(old, old) == []

@@ -16,7 +16,6 @@ from PIL import Image
 from comfy_orchestrator.errors import ParameterError, SweepError
 from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.sweep import (
-    definition_changes,
     BATCH_AXIS,
     Axis,
     Sweep,
@@ -301,20 +300,3 @@ def test_a_seed_of_minus_one_is_drawn_and_kept(img2img: Any) -> None:
         return Sweep(img2img, (parse_axis("seed=-1", rng=random.Random()), parse_axis("cfg=6,8"))).digest()
 
     assert digest() == digest()  # the same command again is the same sweep, whatever was drawn
-
-
-def test_definition_changes_name_each_difference_old_and_new() -> None:
-    old = {"template": "img2img", "fixed": {"image": {"file": "a.png", "content": "a-1.png"}, "steps": 20},
-           "axes": [{"name": "cfg", "spec": "6,8", "values": [6, 8]},
-                    {"name": "seed", "spec": "random:2", "values": [5, 9]}], "zip": False, "batch_seeds": False}
-    new = {"template": "img2img", "fixed": {"image": {"file": "a.png", "content": "a-2.png"}, "sampler": "ddim"},
-           "axes": [{"name": "cfg", "spec": "6,9", "values": [6, 9]},
-                    {"name": "seed", "spec": "random:2", "values": [1, 2]}], "zip": True, "batch_seeds": False}
-    assert definition_changes(old, new) == [
-        "image: a.png (a-1.png) before, a.png (a-2.png) now",  # the same name, other pixels
-        "sampler: (not set) before, ddim now",
-        "steps: 20 before, (not set) now",
-        "axis cfg: 6,8 before, 6,9 now",  # drawn seeds are not a difference
-        "zip: False before, True now",
-    ]
-    assert definition_changes(old, old) == []
