@@ -344,14 +344,15 @@ def template_group() -> None:
 @click.option("--object-info", type=click.Path(exists=True, dir_okay=False),
               help="a server's saved /object_info answer to convert against (default: the recorded ComfyUI 0.8)")
 @click.option("--description", default="", help="one line shown by 'comfy-orch templates'")
+@click.option("--force", is_flag=True, help="replace a template of that name you imported before")
 @click.pass_context
 def template_import(ctx: click.Context, workflow_file: str, name: str, params: Sequence[str],
-                    object_info: str | None, description: str) -> None:
+                    object_info: str | None, description: str, force: bool) -> None:
     """Turn a saved workflow (API export or the editor's format) into a template."""
     schema = Schema(json.loads(Path(object_info).read_text("utf-8"))) if object_info else Schema.recorded()
     folder = library(ctx).user_folder or default_user_folder()
     imported = import_workflow(Path(workflow_file).read_bytes(), name=name, folder=folder, schema=schema,
-                               parameters=parse_assignments(params), description=description)
+                               parameters=parse_assignments(params), description=description, replace=force)
     stdout.print(line(f"imported {imported.format}-format workflow as ", (name, "bold cyan"), f" in {folder}"))
     for proposal in imported.account:
         stdout.print(f"  proposed {proposal}")

@@ -300,17 +300,23 @@ def _declaration(name: str, spec: Any, value: Any, class_type: str) -> dict[str,
 
 
 def import_workflow(text: str | bytes, *, name: str, folder: Path, schema: Schema,
-                    parameters: Mapping[str, str] | None = None, description: str = "") -> Imported:
+                    parameters: Mapping[str, str] | None = None, description: str = "",
+                    replace: bool = False) -> Imported:
     """Turn a saved workflow (API export or editor format) into a template in `folder`.
 
     `parameters` maps parameter names to targets (NODE.INPUT, NODE being an id, a title or a
-    class one node has); without it the usual parameters are proposed.
+    class one node has); without it the usual parameters are proposed. A template of that name
+    already in `folder` is replaced only when `replace` is set.
     """
     if not _NAME.match(name):
         raise ParameterError(f"template name {name!r}: use lower-case letters, digits, '-' and '_'",
                              parameter="name")
     if name in WORKFLOWS:
         raise ParameterError(f"{name!r} is a built-in template; choose another name", parameter="name")
+    existing = folder / (name + TEMPLATE_SUFFIX)
+    if existing.exists() and not replace:
+        raise ParameterError(f"a template {name!r} already exists ({existing}); pass --force to replace it, "
+                             "or choose another --name", parameter="name")
     data = parse_workflow(text)
     kind = detect_format(data)
     notes: tuple[str, ...] = ()

@@ -233,3 +233,16 @@ def test_propose_parameters_without_a_sampler() -> None:
     proposal = propose_parameters(prompt, SCHEMA)
     assert dict(proposal) == {"image": ("1", "image")}
     assert proposal.account[0].startswith("no sampler")
+
+
+def test_importing_onto_an_existing_name_asks_for_force(api_workflow, tmp_path) -> None:
+    runner = CliRunner()
+    args = ["--templates", str(tmp_path), "template", "import", str(api_workflow), "--name", "mine"]
+    assert runner.invoke(main, [*args, "--param", "denoise=6.denoise"]).exit_code == 0
+    before = (tmp_path / "mine.json.j2").read_text("utf-8")
+    again = runner.invoke(main, [*args, "--param", "steps=6.steps"])
+    assert again.exit_code == 2 and "a template 'mine' already exists" in again.stderr and "--force" in again.stderr
+    assert (tmp_path / "mine.json.j2").read_text("utf-8") == before  # nothing overwritten
+    forced = runner.invoke(main, [*args, "--param", "steps=6.steps", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert "{{ steps }}" in (tmp_path / "mine.json.j2").read_text("utf-8")
