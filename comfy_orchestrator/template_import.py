@@ -4,9 +4,9 @@
     ``NODE.INPUT`` (or ``NODE.inputs.INPUT``) to (node_id, input_name); NODE is a node id,
     a title, or a class_type that exactly one node has.
 ``propose_parameters(prompt, schema, titles=None) -> Proposal``
-    The usual parameters (seed, steps, cfg, sampler, scheduler, denoise, prompt,
-    negative_prompt, image, checkpoint): a mapping name -> Target whose ``account`` says
-    what was chosen and why.
+    The usual parameters, named as the built-in templates name them (seed, steps, cfg,
+    sampler, scheduler, denoise, positive, negative, image, checkpoint): a mapping
+    name -> Target whose ``account`` says what was chosen and why.
 ``import_workflow(text, name=, folder=, schema=, parameters=) -> Imported``
     A saved workflow (API export or editor format, converted by workflow_import) written
     into `folder` as NAME.json.j2 and NAME.params.json, then loaded back as a Template.
@@ -188,14 +188,14 @@ def propose_parameters(prompt: Mapping[str, Mapping[str, Any]], schema: Schema,
                 account.append(f"{side} prompt: no text input found upstream of {side} of "
                                f"{describe(main)}")
         if sources["positive"] is not None:
-            propose("prompt", sources["positive"],
+            propose("positive", sources["positive"],
                     f"text of {describe(sources['positive'].node_id)}, which feeds positive of "
                     f"{describe(main)}")
         negative = sources["negative"]
         if negative is not None and negative == sources["positive"]:
-            account.append("negative_prompt: not proposed, the same text feeds positive and negative")
+            account.append("negative: not proposed, the same text feeds positive and negative")
         elif negative is not None:
-            propose("negative_prompt", negative,
+            propose("negative", negative,
                     f"text of {describe(negative.node_id)}, which feeds negative of {describe(main)}")
     loaders = [(nid, name) for nid, node in prompt.items() for name in _upload_inputs(node, schema)]
     for index, (node_id, input_name) in enumerate(sorted(loaders, key=lambda t: natural_key(t[0]))):

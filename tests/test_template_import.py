@@ -63,9 +63,9 @@ def test_declared_ranges_come_from_the_schema(api_workflow, tmp_path) -> None:
 
 def test_without_params_the_usual_ones_are_proposed(api_workflow, tmp_path) -> None:
     imported = import_workflow(api_workflow.read_text(), name="auto", folder=tmp_path, schema=Schema.recorded())
-    assert {"seed", "steps", "cfg", "denoise", "prompt", "negative_prompt", "image", "checkpoint"} <= set(
+    assert {"seed", "steps", "cfg", "denoise", "positive", "negative", "image", "checkpoint"} <= set(
         imported.parameters)
-    assert any(line.startswith("prompt = 2.text") for line in imported.account)
+    assert any(line.startswith("positive = 2.text") for line in imported.account)
 
 
 @pytest.mark.parametrize(("name", "message"), [("Bad Name", "lower-case"), ("img2img", "built-in")])
@@ -181,10 +181,10 @@ def test_propose_parameters_for_img2img() -> None:
     assert dict(proposal) == {
         "seed": ("6", "seed"), "steps": ("6", "steps"), "cfg": ("6", "cfg"),
         "sampler": ("6", "sampler_name"), "scheduler": ("6", "scheduler"), "denoise": ("6", "denoise"),
-        "prompt": ("2", "text"), "negative_prompt": ("3", "text"),
+        "positive": ("2", "text"), "negative": ("3", "text"),
         "image": ("4", "image"), "checkpoint": ("1", "ckpt_name"),
     }
-    assert any(line.startswith("prompt = 2.text") and "feeds positive of node 6" in line
+    assert any(line.startswith("positive = 2.text") and "feeds positive of node 6" in line
                for line in proposal.account)
 
 
@@ -194,8 +194,8 @@ def test_propose_parameters_follows_links_not_titles() -> None:
     sampler = prompt["6"]["inputs"]
     sampler["positive"], sampler["negative"] = sampler["negative"], sampler["positive"]
     proposal = propose_parameters(prompt, SCHEMA, converted.titles)
-    assert proposal["prompt"] == ("3", "text")  # titled "Negative Prompt", but it feeds positive
-    assert proposal["negative_prompt"] == ("2", "text")
+    assert proposal["positive"] == ("3", "text")  # titled "Negative Prompt", but it feeds positive
+    assert proposal["negative"] == ("2", "text")
 
 
 def test_propose_parameters_through_conditioning_nodes() -> None:
@@ -203,8 +203,8 @@ def test_propose_parameters_through_conditioning_nodes() -> None:
     prompt["20"] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["2", 0]}}
     prompt["6"]["inputs"]["negative"] = ["20", 0]
     proposal = propose_parameters(prompt, SCHEMA)
-    assert proposal["prompt"] == ("2", "text")
-    assert "negative_prompt" not in proposal
+    assert proposal["positive"] == ("2", "text")
+    assert "negative" not in proposal
     assert any("same text feeds positive and negative" in line for line in proposal.account)
 
 
