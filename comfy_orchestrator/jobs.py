@@ -54,6 +54,17 @@ class Job:
         """The template parameter that sets a node's input, if any."""
         return self.parameter_map.get(f"{node_id}.{input_name}")
 
+    def picture_parameters(self) -> frozenset[str]:
+        """The template parameters that shape the picture: those setting an input of a node another node reads.
+
+        A node nothing reads (SaveImage) only receives the picture, so a parameter reaching
+        nothing else (filename_prefix) names a file; one that reaches no node at all (a 0 size
+        that means "keep", a LoRA strength with no LoRA) changes nothing.
+        """
+        read = {source for node in self.graph.values() for _, (source, _) in node.links()}
+        return frozenset(parameter for key, parameter in self.parameter_map.items()
+                         if key.rpartition(".")[0] in read)
+
 
 @dataclass(frozen=True)
 class Output:

@@ -24,7 +24,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,7 +206,7 @@ def run_sweep(
             ran = time.monotonic()
             jsonl, table = journal.write_manifests()  # after Ctrl-C too: the manifest shows what is done
             shutil.rmtree(staging, ignore_errors=True)
-        grids, page = _write_results(journal, sweep, folder, thumbnail_px, grid_format)
+        grids, page = _write_results(journal, plan, folder, thumbnail_px, grid_format)
         counts = journal.counts()
         failures = {r.index: r.error or "" for r in journal.records() if r.status is CellStatus.FAILED}
     finished = time.monotonic()
@@ -533,12 +533,15 @@ def _cell_plans(plan: SweepPlan) -> Iterator[CellPlan]:
                            job.graph.digest(), cell.batch_index)
 
 
-def _write_results(journal: Journal, sweep: Sweep, folder: Path, thumbnail_px: int,
+def _write_results(journal: Journal, plan: SweepPlan, folder: Path, thumbnail_px: int,
                    grid_format: str) -> tuple[list[Path], Path]:
+    sweep = plan.sweep
     axes = [GridAxis(axis.name, axis.values) for axis in sweep.run_axes]
     records = list(journal.records())
     cells = [_grid_cell(record) for record in records]
-    fixed = shared_parameters([record.params for record in records], exclude={axis.name for axis in axes})
+    shaping = set().union(*(job.picture_parameters() for job in plan.jobs))
+    fixed = shared_parameters([record.params for record in records], exclude={axis.name for axis in axes},
+                              shaping=shaping)
     grids = grid_images(folder, axes, cells, thumbnail_px=thumbnail_px, image_format=grid_format, fixed=fixed,
                         definition=sweep.definition()) if len(axes) <= 3 else []
     title = f"{sweep.template.name}: " + " × ".join(f"{a.name} ({len(a.values)})" for a in axes)
@@ -546,17 +549,32 @@ def _write_results(journal: Journal, sweep: Sweep, folder: Path, thumbnail_px: i
     return grids, page
 
 
-def shared_parameters(params: Sequence[Mapping[str, Any]], *, exclude: set[str]) -> dict[str, Any]:
-    """The parameters every cell has with the same value (not the axes, not the unset): the grid's header."""
+# What a reader looks for first in a header, as A1111 and SwarmUI print it; the rest follow in the model's order.
+ESSENTIAL_PARAMETERS = ("positive", "negative", "checkpoint", "seed", "steps", "sampler", "scheduler", "cfg",
+                        "denoise")
+
+
+def shared_parameters(params: Sequence[Mapping[str, Any]], *, exclude: set[str],
+                      shaping: Collection[str] | None = None) -> dict[str, Any]:
+    """The parameters every cell has with the same value (not the axes, not the unset): the grid's header.
+
+    With `shaping` (the parameters a rendered graph uses, Job.picture_parameters) a value is kept only
+    if it shapes the picture; a flag or list, which steers the graph's structure rather than one input,
+    only when it is set (True, not empty). The essentials come first.
+    """
     if not params:
         return {}
     shared = {}
     for name, value in params[0].items():
         if name in exclude or value is None or value == [] or value == "":
             continue
+        structural = isinstance(value, bool) or not isinstance(value, (int, float, str))
+        if shaping is not None and name not in shaping and not (structural and value):
+            continue
         if all(other.get(name) == value for other in params[1:]):
             shared[name] = value
-    return shared
+    first = [name for name in ESSENTIAL_PARAMETERS if name in shared]
+    return {name: shared[name] for name in [*first, *(n for n in shared if n not in first)]}
 
 
 def _grid_cell(record: CellRecord) -> GridCell:

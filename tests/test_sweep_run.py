@@ -72,6 +72,34 @@ def test_a_3x3_grid_gives_9_images_a_matching_manifest_and_a_labelled_grid(
     assert seen[-1].done == 9 and seen[-1].running == {} and not (out / ".incoming").exists()
 
 
+def _page_header(folder: Path) -> dict[str, str]:
+    """The results page's header of fixed parameters, read from the data the page embeds."""
+    text = (folder / "index.html").read_text("utf-8")
+    data = json.loads(re.search(r"const DATA = (.*?);\n", text).group(1).replace("<\\/", "</"))  # type: ignore[union-attr]
+    return dict(data["fixed"])
+
+
+def test_the_header_shows_what_shapes_the_picture_essentials_first(comfy: Any, library: Templates,
+                                                                   sample_image: Path, tmp_path: Path) -> None:
+    plain = Sweep(library.get("img2img"), (parse_axis("cfg=5,9"),), {"image": str(sample_image), "seed": 42})
+    run_sweep(plain, tmp_path / "plain", Farm([comfy.url]))
+    header = _page_header(tmp_path / "plain")
+    assert list(header)[:8] == ["positive", "negative", "checkpoint", "seed", "steps", "sampler", "scheduler",
+                                "denoise"]  # cfg is the axis
+    assert header["seed"] == "42" and header["image"] == sample_image.name
+    for unused in ("filename_prefix", "width", "height", "size_conditioning", "lora_strength", "upscale_method",
+                   "cfg"):
+        assert unused not in header, unused  # a file's name, a 0 size that keeps, a strength with no LoRA ...
+    # the same parameters shape the picture once the feature they belong to is on
+    resized = Sweep(library.get("img2img"), (parse_axis("cfg=5,9"),),
+                    {"image": str(sample_image), "width": 128, "lora": "detail.safetensors", "lora_strength": 0.7})
+    run_sweep(resized, tmp_path / "resized", Farm([comfy.url]))
+    header = _page_header(tmp_path / "resized")
+    assert header["width"] == "128" and header["upscale_method"] == "lanczos"
+    assert header["lora"] == "detail.safetensors" and header["lora_strength"] == "0.7"
+    assert "filename_prefix" not in header
+
+
 def test_progress_carries_the_running_cells_sampler_steps(comfy: Any, library: Templates, sample_image: Path,
                                                          tmp_path: Path) -> None:
     sweep = Sweep(library.get("img2img"), (parse_axis("cfg=5,9"),), {"image": str(sample_image), "steps": 7})
