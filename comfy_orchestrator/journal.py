@@ -372,9 +372,8 @@ class Journal:
     def write_manifests(self) -> tuple[Path, Path]:
         """Write manifest.jsonl and manifest.csv from the journal; return their paths."""
         jsonl, table = self.folder / MANIFEST_JSONL, self.folder / MANIFEST_CSV
+        # with batched seeds the seed column holds the one seed of each image's batch; batch_index says which image
         axes = [axis["name"] for axis in self.definition.get("axes", [])]
-        if self.definition.get("batch_seeds"):
-            axes = ["batch_index" if name == "seed" else name for name in axes]
         columns = ["index", "status", "attempts", *axes, "template", "graph_hash", "batch_index", "prompt_id",
                    "server", "seconds", "files", "error", "params"]
         with _replacing(jsonl) as lines, _replacing(table) as sheet:
@@ -383,7 +382,7 @@ class Journal:
             for record in self.records():
                 entry = record.manifest_entry()
                 lines.write(json.dumps(entry, sort_keys=False, default=str) + "\n")
-                row = dict(entry, **{name: record.values.get(name, "") for name in axes})
+                row = dict(entry, **{name: record.values.get(name, record.params.get(name, "")) for name in axes})
                 row["files"] = ";".join(record.files)
                 row["params"] = _dumps(record.params)
                 writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])

@@ -99,8 +99,10 @@ class Cell:
 
     @property
     def label(self) -> str:
-        """A short human name: the axis values in order."""
-        return ", ".join(f"{name}={format_value(value)}" for name, value in self.values.items())
+        """A short human name: the axis values in order, a batched image by its seed ('seed=42 #2')."""
+        seed = getattr(self.params, "seed", None)
+        shown = shown_values(self.values, seed) if isinstance(seed, int) else self.values
+        return ", ".join(f"{name}={format_value(value)}" for name, value in shown.items())
 
     @property
     def slug(self) -> str:
@@ -116,6 +118,20 @@ class Batch:
 
     cells: tuple[Cell, ...]
     params: BaseModel
+
+
+def batch_seed_label(seed: Value, batch_index: int) -> str:
+    """How a batched image is named: its seed and its place in the batch ('42 #2' is the second of seed 42).
+
+    ComfyUI draws a whole batch's noise from one seed, so that seed and the place say which image it is.
+    """
+    return f"{format_value(seed)} #{batch_index + 1}"
+
+
+def shown_values(values: Mapping[str, Value], seed: Value) -> dict[str, Value]:
+    """A cell's axis values as a user reads them: a batch index becomes the seed its image has."""
+    return {("seed" if name == BATCH_AXIS else name):
+            (batch_seed_label(seed, int(value)) if name == BATCH_AXIS else value) for name, value in values.items()}
 
 
 def format_value(value: Value) -> str:

@@ -64,10 +64,13 @@ from comfy_orchestrator.sweep import (
     Batch,
     Cell,
     Sweep,
+    Value,
+    batch_seed_label,
     cache_key,
     estimate_seconds,
     format_value,
     order_for_cache,
+    shown_values,
 )
 
 if TYPE_CHECKING:
@@ -536,9 +539,11 @@ def _cell_plans(plan: SweepPlan) -> Iterator[CellPlan]:
 def _write_results(journal: Journal, plan: SweepPlan, folder: Path, thumbnail_px: int,
                    grid_format: str) -> tuple[list[Path], Path]:
     sweep = plan.sweep
-    axes = [GridAxis(axis.name, axis.values) for axis in sweep.run_axes]
+    seed = next((axis.values[0] for axis in sweep.axes if axis.name == "seed"), 0) if sweep.batch_seeds else None
+    axes = [GridAxis(axis.name, axis.values) if axis.name != BATCH_AXIS or seed is None else
+            GridAxis("seed", tuple(batch_seed_label(seed, int(i)) for i in axis.values)) for axis in sweep.run_axes]
     records = list(journal.records())
-    cells = [_grid_cell(record) for record in records]
+    cells = [_grid_cell(record, seed) for record in records]
     shaping = set().union(*(job.picture_parameters() for job in plan.jobs))
     fixed = shared_parameters([record.params for record in records], exclude={axis.name for axis in axes},
                               shaping=shaping)
@@ -577,7 +582,9 @@ def shared_parameters(params: Sequence[Mapping[str, Any]], *, exclude: set[str],
     return {name: shared[name] for name in [*first, *(n for n in shared if n not in first)]}
 
 
-def _grid_cell(record: CellRecord) -> GridCell:
+def _grid_cell(record: CellRecord, batch_seed: Value | None) -> GridCell:
+    """A journal record as the grid and the page show it; a batched image by its seed, not its batch index."""
+    values = dict(record.values) if batch_seed is None else shown_values(record.values, batch_seed)
     details: dict[str, Any] = {"params": dict(record.params), "server": record.server,
                                "prompt_id": record.prompt_id, "graph_hash": record.graph_hash,
                                "batch_index": record.batch_index, "files": list(record.files),
@@ -585,7 +592,7 @@ def _grid_cell(record: CellRecord) -> GridCell:
     if record.finished_at is not None and record.started_at is not None:
         details["seconds"] = round(record.finished_at - record.started_at, 3)
     image = Path(record.files[0]) if record.status is CellStatus.DONE and record.files else None
-    return GridCell(record.index, dict(record.values), image, record.status.value, details)
+    return GridCell(record.index, values, image, record.status.value, details)
 
 
 class _Tracker:

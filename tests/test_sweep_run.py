@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -189,6 +190,20 @@ def test_batched_seeds_run_as_one_prompt_per_cfg_and_record_each_image(
     assert len(set(files)) == 8 and all(f.is_file() for f in files)
     with Image.open(files[0]) as first, Image.open(files[1]) as second:
         assert first.tobytes() != second.tobytes()  # each batch index is its own picture
+    # every image is named by the seed it really has and its place in that seed's batch, never 'batch_index'
+    assert [r["label"] for r in rows[:2]] == ["cfg=6, seed=100 #1", "cfg=6, seed=100 #2"]
+    with (tmp_path / "manifest.csv").open(encoding="utf-8", newline="") as sheet:
+        table = list(csv.DictReader(sheet))
+    header = (tmp_path / "manifest.csv").read_text("utf-8").splitlines()[0].split(",")
+    assert header.count("batch_index") == 1 and header.count("seed") == 1
+    assert [(r["seed"], r["batch_index"]) for r in table[:4]] == [("100", "0"), ("100", "1"), ("100", "2"),
+                                                                 ("100", "3")]
+    text = report.page.read_text("utf-8")
+    data = json.loads(re.search(r"const DATA = (.*?);\n", text).group(1))  # type: ignore[union-attr]
+    assert [(a["name"], a["labels"]) for a in data["axes"]] == [("cfg", ["6", "9"]),
+                                                                ("seed", ["100 #1", "100 #2", "100 #3", "100 #4"])]
+    assert data["cells"][1]["values"] == {"cfg": 6, "seed": "100 #2"} and "batch_index" not in text.split("const DATA")[0]
+    assert report.grids and not any("batch_index" in json.dumps(a) for a in data["axes"])
 
 
 def test_cells_sharing_a_prompt_run_back_to_back(comfy: Any, library: Templates, sample_image: Path,
