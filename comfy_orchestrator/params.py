@@ -111,6 +111,33 @@ def resolve_sampler(name: str) -> tuple[str, str | None]:
     raise ValueError(f"unknown sampler {name!r}{hint}")
 
 
+def split_sampler(data: Mapping[str, Any], *, has_scheduler: bool) -> dict[str, Any]:
+    """Parameter values with a sampler as users name it ('dpm++ 2m karras') split into ComfyUI's sampler
+    and scheduler; a name that is neither is left for the sampler field's own check to name.
+
+    Without a scheduler parameter (`has_scheduler` false), a name that implies one is refused.
+    """
+    data = dict(data)
+    sampler = data.get("sampler")
+    if not isinstance(sampler, str):
+        return data
+    try:
+        name, implied = resolve_sampler(sampler)
+    except ValueError:
+        return data
+    data["sampler"] = name
+    given = data.get("scheduler")
+    if implied is not None:
+        if not has_scheduler:
+            raise ValueError(f"sampler {sampler!r} implies scheduler {implied!r}, but this template has no "
+                             f"scheduler parameter; give the sampler alone ({name!r})")
+        if given is not None and given != implied:
+            raise ValueError(f"sampler {sampler!r} implies scheduler {implied!r}, "
+                             f"but scheduler={given!r} was given")
+        data["scheduler"] = implied
+    return data
+
+
 # -- model families ---------------------------------------------------------------------------
 
 ModelFamily = Literal["sd15", "sdxl"]
@@ -329,6 +356,17 @@ CONTROL_FIRST_ID = 30
 VAE_ID = "17"  # the VAELoader, when a separate VAE is given
 
 
+class DeclaredParams(Params):
+    """Base of an imported or hand-written template's parameters: takes sampler names as users say them."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _friendly_sampler(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "sampler" not in cls.model_fields:
+            return data
+        return split_sampler(data, has_scheduler="scheduler" in cls.model_fields)
+
+
 class LoraSpec(BaseModel):
     """One stacked LoRA: its file, its strength on the model and on CLIP."""
 
@@ -467,20 +505,7 @@ class Sampling(Params):
         """Split 'dpm++ 2m karras' into sampler and scheduler; turn 'moderate' into a denoise."""
         if not isinstance(data, dict):
             return data
-        data = dict(data)
-        sampler = data.get("sampler")
-        if isinstance(sampler, str):
-            try:
-                name, implied = resolve_sampler(sampler)
-            except ValueError:
-                return data  # the field's own check names the problem
-            data["sampler"] = name
-            given = data.get("scheduler")
-            if implied is not None:
-                if given is not None and given != implied:
-                    raise ValueError(f"sampler {sampler!r} implies scheduler {implied!r}, "
-                                     f"but scheduler={given!r} was given")
-                data["scheduler"] = implied
+        data = split_sampler(data, has_scheduler=True)
         denoise = data.get("denoise")
         if isinstance(denoise, str) and denoise.strip().lower() in {b.name for b in DENOISE_GUIDE}:
             data["denoise"] = denoise_band(denoise).middle

@@ -5,7 +5,7 @@
     a title, or a class_type that exactly one node has.
 ``propose_parameters(prompt, schema, titles=None) -> Proposal``
     The usual parameters, named as the built-in templates name them (seed, steps, cfg,
-    sampler, scheduler, denoise, positive, negative, image, checkpoint): a mapping
+    sampler, scheduler, denoise, width, height, positive, negative, image, checkpoint): a mapping
     name -> Target whose ``account`` says what was chosen and why.
 ``import_workflow(text, name=, folder=, schema=, parameters=) -> Imported``
     A saved workflow (API export or editor format, converted by workflow_import) written
@@ -187,6 +187,13 @@ def propose_parameters(prompt: Mapping[str, Mapping[str, Any]], schema: Schema,
             if source is None:
                 account.append(f"{side} prompt: no text input found upstream of {side} of "
                                f"{describe(main)}")
+        size = _size_source(prompt, schema, main)
+        if size is None:
+            account.append(f"width, height: not proposed, no node upstream of the latent of {describe(main)} "
+                           "sets both as values")
+        else:
+            for side in ("width", "height"):
+                propose(side, Target(size, side), f"{side} of {describe(size)}, the size {describe(main)} works at")
         if sources["positive"] is not None:
             propose("positive", sources["positive"],
                     f"text of {describe(sources['positive'].node_id)}, which feeds positive of "
@@ -232,6 +239,30 @@ def _ancestors(prompt: Mapping[str, Mapping[str, Any]], node_id: str) -> set[str
                 seen.add(value[0])
                 stack.append(value[0])
     return seen
+
+
+def _size_source(prompt: Mapping[str, Mapping[str, Any]], schema: Schema, sampler: str) -> str | None:
+    """The nearest node upstream of the sampler, along LATENT and IMAGE links, that sets width and height.
+
+    An empty latent (txt2img) or a resize before encoding (img2img); a text encoder's width and
+    height (CLIPTextEncodeSDXL) come through CONDITIONING, so they are never taken for the picture's.
+    """
+    queue = [sampler]
+    seen = {sampler}
+    while queue:
+        node_id = queue.pop(0)
+        inputs = prompt[node_id].get("inputs") or {}
+        if node_id != sampler and all(isinstance(inputs.get(side), int) and not isinstance(inputs.get(side), bool)
+                                      for side in ("width", "height")):
+            return node_id
+        kind = str(prompt[node_id].get("class_type"))
+        declared = schema[kind].inputs if kind in schema else {}
+        for name, value in inputs.items():
+            if (is_link(value) and value[0] in prompt and value[0] not in seen and name in declared
+                    and declared[name].type in ("LATENT", "IMAGE")):
+                seen.add(value[0])
+                queue.append(value[0])
+    return None
 
 
 def _text_source(prompt: Mapping[str, Mapping[str, Any]], schema: Schema,

@@ -29,7 +29,7 @@ from pydantic import Field, create_model
 from comfy_orchestrator.errors import GraphInvalid, ParameterError, TemplateBroken, TemplateNotFound
 from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.jobs import Job, content_name
-from comfy_orchestrator.params import WORKFLOWS, ImageFile, Params
+from comfy_orchestrator.params import WORKFLOWS, DeclaredParams, ImageFile, Params
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.validation import check_prompt, describe_rejection
 
@@ -322,7 +322,7 @@ def model_from_declaration(name: str, declaration: Mapping[str, Any]) -> type[Pa
             entry["default"] if "default" in entry and entry["default"] is not None else ...,
             ge=constraints.get("min"), le=constraints.get("max"), description=entry.get("description", ""))
         fields[entry["name"]] = (annotation, field_info)
-    model = create_model(f"Params_{name.replace('-', '_')}", __base__=Params, **fields)
+    model = create_model(f"Params_{name.replace('-', '_')}", __base__=DeclaredParams, **fields)
     model.workflow = name
     model.template = name + TEMPLATE_SUFFIX
     model.description = declaration.get("description", "")

@@ -56,9 +56,42 @@ def test_declared_ranges_come_from_the_schema(api_workflow, tmp_path) -> None:
     template = Templates([folder]).get("steps-only")
     with pytest.raises(ParameterError, match="steps=0"):
         template.params({"steps": 0})
+    with pytest.raises(ParameterError, match="implies scheduler 'karras', but this template has no scheduler"):
+        template.params({"sampler": "dpm++ 2m karras"})  # no scheduler parameter to put karras in
     with pytest.raises(ParameterError, match="sampler"):
-        template.params({"sampler": "dpm++ 2m karras"})  # a raw ComfyUI list here: its own names only
+        template.params({"sampler": "dpm++ 9z"})
     assert template.params({"steps": 30, "sampler": "dpmpp_2m"})
+    assert template.params({"sampler": "DPM++ 2M"}).sampler == "dpmpp_2m"  # type: ignore[attr-defined]
+
+
+def test_an_imported_template_takes_sampler_names_as_users_say_them(api_workflow, tmp_path, sample_image) -> None:
+    import_workflow(api_workflow.read_text(), name="auto", folder=tmp_path, schema=Schema.recorded())
+    template = Templates([tmp_path]).get("auto")
+    graph = template.render(template.params({"sampler": "dpm++ 2m karras", "image": str(sample_image)}))
+    assert (graph["6"].inputs["sampler_name"], graph["6"].inputs["scheduler"]) == ("dpmpp_2m", "karras")
+    with pytest.raises(ParameterError, match="implies scheduler 'karras', but scheduler='normal' was given"):
+        template.params({"sampler": "dpm++ 2m karras", "scheduler": "normal"})
+
+
+def test_width_and_height_are_proposed_where_the_sampler_s_latent_gets_its_size(tmp_path) -> None:
+    hires = convert("hires_c.json")
+    proposal = propose_parameters(hires.prompt, SCHEMA, hires.titles)
+    assert (proposal["width"], proposal["height"]) == (("4", "width"), ("4", "height"))  # not the upscale's 1024
+    img2img = convert("img2img_a.json")
+    proposal = propose_parameters(img2img.prompt, SCHEMA, img2img.titles)
+    assert "width" not in proposal and any(line.startswith("width, height: not proposed") for line in proposal.account)
+    # a resize before encoding gives the img2img its size; an SDXL text encoder's width is not the picture's
+    prompt = json.loads(json.dumps(img2img.prompt))
+    prompt["9"] = {"class_type": "ImageScale", "inputs": {"image": ["4", 0], "upscale_method": "lanczos",
+                                                          "width": 640, "height": 480, "crop": "disabled"}}
+    prompt["5"]["inputs"]["pixels"] = ["9", 0]
+    proposal = propose_parameters(prompt, SCHEMA)
+    assert (proposal["width"], proposal["height"]) == (("9", "width"), ("9", "height"))
+    folder = tmp_path / "hires"
+    import_workflow(json.dumps(hires.prompt), name="hires-mine", folder=folder, schema=Schema.recorded())
+    template = Templates([folder]).get("hires-mine")
+    graph = template.render(template.params({"width": 768, "height": 640}))
+    assert (graph["4"].inputs["width"], graph["4"].inputs["height"]) == (768, 640)
 
 
 def test_without_params_the_usual_ones_are_proposed(api_workflow, tmp_path) -> None:
