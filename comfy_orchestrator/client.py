@@ -102,6 +102,20 @@ def safe_filename(name: str, *, fallback: str) -> str:
     return base
 
 
+def _read_environment_once(session: requests.Session, url: str, *, has_credentials: bool) -> None:
+    """Settle the environment's proxies and .netrc for `url` now, not on every request.
+
+    requests reads them on each call (walking os.environ), a third of what a request
+    cost the client; every request of a client goes to the one server, so once is enough.
+    The CA bundle the environment names is the Trust's, passed with each request.
+    """
+    settings = session.merge_environment_settings(url, {}, None, None, None)
+    session.proxies.update(settings["proxies"])
+    if not has_credentials and session.auth is None:
+        session.auth = requests.utils.get_netrc_auth(url)
+    session.trust_env = False
+
+
 def _split_credentials(url: str) -> tuple[str, str | None, str | None]:
     """The URL without user:password, and the user and password it carried."""
     parts = urlsplit(url if "://" in url else f"http://{url}")
@@ -172,6 +186,8 @@ class Client:
             self._headers["Authorization"] = f"Basic {pair}"
         self._refuse_credentials_in_clear(allow_plain_http)
         self.credentials = _describe_credentials(self._headers, token=bool(token), basic=user is not None)
+        if self._own_session:
+            _read_environment_once(self.session, self.url, has_credentials="Authorization" in self._headers)
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._schema: Schema | None = None
@@ -455,7 +471,10 @@ class Client:
     # -- submitting
     def check(self, job: Job) -> None:
         """Validate the graph against this server's object_info; raise PromptRejected as it would."""
-        verdict = check_prompt(job.graph.to_api(), self.schema(), input_exists=self._input_exists)
+        self._check(job, job.graph.to_api())
+
+    def _check(self, job: Job, prompt: Mapping[str, Any]) -> None:
+        verdict = check_prompt(prompt, self.schema(), input_exists=self._input_exists)
         if verdict.error is None and not verdict.node_errors:
             return
         raise self._rejection(job, verdict.error or {"type": "prompt_outputs_failed_validation",
@@ -486,20 +505,27 @@ class Client:
         prompt_id: str | None = None,
         on_event: EventCallback | None = None,
         on_progress: ProgressCallback | None = None,
+        every_event: bool = True,
     ) -> JobHandle:
-        """Upload the job's inputs, check it, queue it under a prompt id we choose; return its handle."""
+        """Upload the job's inputs, check it, queue it under a prompt id we choose; return its handle.
+
+        `every_event=False` is for a handle that will only be waited on: its progress_state
+        messages (half of a prompt's frames, read by nothing of ours) are dropped unread,
+        unless `on_event` asks for every event.
+        """
         if not isinstance(job, Job):
             job = Job(graph=job if isinstance(job, Graph) else Graph.from_api(job))
         for name, path in job.inputs.items():
             self.upload(path, name=name)
+        prompt = job.graph.to_api()  # once: the check and the body share it
         if self.validate:
-            self.check(job)
+            self._check(job, prompt)
         self.listener.start()  # listen first: a cached prompt ends at once
         prompt_id = prompt_id or str(uuid.uuid4())
-        events = self.listener.subscribe(prompt_id)
+        events = self.listener.subscribe(prompt_id, every_event=every_event or on_event is not None)
         handle = JobHandle(self, self.listener, job, prompt_id, events, timeouts=self.timeouts,
                            on_event=on_event, on_progress=on_progress)
-        body: dict[str, Any] = {"prompt": job.graph.to_api(), "client_id": self.client_id,
+        body: dict[str, Any] = {"prompt": prompt, "client_id": self.client_id,
                                 "prompt_id": prompt_id, "extra_data": dict(extra_data or {})}
         if front:
             body["front"] = True
@@ -553,7 +579,8 @@ class Client:
             timeout_s: float | None = None, front: bool = False, extra_data: Mapping[str, Any] | None = None,
             on_event: EventCallback | None = None, on_progress: ProgressCallback | None = None) -> JobResult:
         """Run a job to completion; save its outputs under `out_dir` if given."""
-        handle = self.submit(job, front=front, extra_data=extra_data, on_event=on_event, on_progress=on_progress)
+        handle = self.submit(job, front=front, extra_data=extra_data, on_event=on_event, on_progress=on_progress,
+                             every_event=False)
         result = handle.wait(timeout_s)
         if out_dir is not None:
             result = self.save_outputs(result, out_dir)

@@ -306,7 +306,7 @@ class ClientLink:
 
     def submit(self, job: Job, *, prompt_id: str | None = None,
                on_progress: Callable[[Progress], None] | None = None) -> RunningJob:
-        return self.client.submit(job, prompt_id=prompt_id, on_progress=on_progress)
+        return self.client.submit(job, prompt_id=prompt_id, on_progress=on_progress, every_event=False)
 
     def locate(self, prompt_id: str) -> tuple[str, Mapping[str, Any] | None]:
         return self.client.locate(prompt_id)

@@ -29,13 +29,30 @@ from comfy_orchestrator.errors import (
     ServerError,
 )
 from comfy_orchestrator.limits import Limits, Timeouts, describe_bytes
-from comfy_orchestrator.protocol import FEATURE_FLAGS_FRAME, Event, FeatureFlags, PreviewImage, QueueStatus, parse_event
+from comfy_orchestrator.protocol import (
+    FEATURE_FLAGS_FRAME,
+    PREVIEW_IMAGE,
+    PREVIEW_IMAGE_WITH_METADATA,
+    UNENCODED_PREVIEW_IMAGE,
+    Event,
+    FeatureFlags,
+    PreviewImage,
+    ProgressState,
+    QueueStatus,
+    parse_event,
+)
 from comfy_orchestrator.retry import RetryPolicy, jitter
 from comfy_orchestrator.tls import Trust, certificate_rejection
 
 __all__ = ["Connect", "Disconnected", "Listener", "Reconnected", "WebSocketLike", "connect_websocket"]
 
 log = logging.getLogger(__name__)
+
+# the first four bytes of a binary frame that carries a preview picture (big-endian event types)
+_PREVIEW_TYPES = frozenset(kind.to_bytes(4, "big") for kind in
+                           (PREVIEW_IMAGE, UNENCODED_PREVIEW_IMAGE, PREVIEW_IMAGE_WITH_METADATA))
+# ComfyUI's json.dumps of a progress_state message: half of a prompt's frames, and its largest
+_PROGRESS_STATE_PREFIX = b'{"type": "progress_state"'
 
 
 class WebSocketLike(Protocol):
@@ -60,10 +77,12 @@ def connect_websocket(url: str, headers: Mapping[str, str], timeout_s: float, *,
     A wss:// URL is verified with `tls` (the client's Trust), else with a default context.
     websocket-client puts no limit on a message's size; ours refuses one past `max_frame_bytes`
     (its fragments together) as soon as its header announces it, before reading it.
+    websocket-client's own UTF-8 check of text frames is pure Python and was the reader's largest
+    cost; the Listener decodes each text frame strictly anyway, so a bad one still closes the socket.
     """
     socket = websocket.create_connection(
         url, timeout=timeout_s, header=[f"{k}: {v}" for k, v in headers.items()],
-        suppress_origin=True, enable_multithread=True,
+        suppress_origin=True, enable_multithread=True, skip_utf8_validation=True,
         sslopt={"context": tls or ssl.create_default_context()})
     socket.frame_buffer = _BoundedFrames(socket._recv, socket.frame_buffer.skip_utf8_validation, max_frame_bytes)
     bounded: WebSocketLike = socket
@@ -122,6 +141,7 @@ class Listener:
         self._name = name
         self._lock = threading.Lock()
         self._queues: dict[str, queue.SimpleQueue[Event]] = {}
+        self._every_event: set[str] = set()  # prompts whose progress_state frames someone reads
         self._stop = threading.Event()
         self._socket: WebSocketLike | None = None
         self._thread: threading.Thread | None = None
@@ -139,15 +159,23 @@ class Listener:
                                             name=self._name)
             self._thread.start()
 
-    def subscribe(self, prompt_id: str) -> queue.SimpleQueue[Event]:
+    def subscribe(self, prompt_id: str, *, every_event: bool = True) -> queue.SimpleQueue[Event]:
+        """A queue of the prompt's events; without `every_event`, progress_state is left out.
+
+        Nothing of ours reads progress_state (the other messages carry the progress), so
+        a prompt that is only waited on is spared parsing and handing over half of its frames.
+        """
         events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         with self._lock:
             self._queues[prompt_id] = events
+            if every_event:
+                self._every_event.add(prompt_id)
         return events
 
     def unsubscribe(self, prompt_id: str) -> None:
         with self._lock:
             self._queues.pop(prompt_id, None)
+            self._every_event.discard(prompt_id)
 
     def recycle(self) -> None:
         """Close the socket so the reader reconnects: cures a socket the server stopped talking to."""
@@ -221,6 +249,11 @@ class Listener:
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             raise websocket.WebSocketConnectionClosedException("closed by the server")
         self.last_frame_at = time.monotonic()
+        if opcode != websocket.ABNF.OPCODE_TEXT:
+            if not self._keep_previews and data[:4] in _PREVIEW_TYPES:
+                return None  # a preview nobody keeps: not worth parsing
+        elif not self._every_event and data.startswith(_PROGRESS_STATE_PREFIX):
+            return None  # nobody reads it (a set's truth is safe to read without the lock)
         frame: str | bytes = data.decode("utf-8") if opcode == websocket.ABNF.OPCODE_TEXT else data
         try:
             event = parse_event(frame)
@@ -283,6 +316,8 @@ class Listener:
             else:
                 with self._lock:
                     events = self._queues.get(event.prompt_id)
+                    if isinstance(event, ProgressState) and event.prompt_id not in self._every_event:
+                        events = None
                 if events is not None:
                     events.put(event)
 

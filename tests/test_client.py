@@ -15,6 +15,7 @@ from PIL import Image
 from comfy_orchestrator.client import Client, safe_filename
 from comfy_orchestrator.errors import (
     Cancelled,
+    ConnectionFailed,
     ExecutionFailed,
     Interrupted,
     JobLost,
@@ -389,3 +390,20 @@ def test_bad_url_is_a_parameter_error() -> None:
 @pytest.mark.parametrize(("attempt", "delay_s"), [(1, 2.0), (2, 4.0), (3, 8.0), (10, 60.0)])
 def test_retry_policy_backs_off(attempt: int, delay_s: float) -> None:
     assert RetryPolicy().delay(attempt) == delay_s
+
+
+def test_proxy_environment_is_read_once_and_still_honoured(comfy: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import free_port
+
+    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    quick = RetryPolicy(max_attempts=1)
+    with Client(comfy.url, retry=quick, timeouts=Timeouts(read_s=5)) as proxied:
+        assert not proxied.session.trust_env  # settled at construction, not walked again per request
+        with pytest.raises(ConnectionFailed):
+            proxied.queue()
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    with Client(comfy.url, retry=quick, timeouts=Timeouts(read_s=5)) as direct:
+        monkeypatch.setenv("no_proxy", "")  # read once: a later change does not reach this client
+        assert direct.queue() == {"queue_running": [], "queue_pending": []}

@@ -1,0 +1,112 @@
+"""Listener: what the websocket reader hands each prompt, over a scripted socket and the simulated server."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import uuid
+from typing import Any
+
+import requests
+import websocket
+
+from comfy_orchestrator.client import Client
+from comfy_orchestrator.jobs import Job
+from comfy_orchestrator.limits import Timeouts
+from comfy_orchestrator.listener import Disconnected, Listener
+from comfy_orchestrator.protocol import (
+    Event,
+    NodeExecuting,
+    NodeProgress,
+    ProgressState,
+)
+from comfy_orchestrator.retry import RetryPolicy
+
+GREETING = json.dumps({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "s1"}})
+
+
+class ScriptedSocket:
+    """A websocket that plays given frames, then waits until it is closed."""
+
+    def __init__(self, frames: list[tuple[int, bytes]]) -> None:
+        self.frames = list(frames)
+        self.closed = threading.Event()
+
+    def send(self, payload: str) -> None:
+        pass
+
+    def recv_data(self) -> tuple[int, bytes]:
+        if self.frames:
+            return self.frames.pop(0)
+        self.closed.wait()
+        return websocket.ABNF.OPCODE_CLOSE, b""
+
+    def send_close(self) -> None:
+        self.closed.set()
+
+    def abort(self) -> None:
+        self.closed.set()
+
+    def shutdown(self) -> None:
+        self.closed.set()
+
+    def settimeout(self, timeout: float | None) -> None:
+        pass
+
+
+def test_invalid_utf8_in_a_text_frame_closes_the_socket() -> None:
+    # websocket-client's own UTF-8 check is off (it was the reader's largest cost); ours must still refuse
+    sockets = [ScriptedSocket([(websocket.ABNF.OPCODE_TEXT, GREETING.encode()),
+                               (websocket.ABNF.OPCODE_TEXT, b'{"type": "status", "data": "\xff\xfe"}')])]
+
+    def connect(url: str, headers: Any, timeout_s: float) -> ScriptedSocket:
+        if not sockets:
+            raise ConnectionRefusedError("no more sockets")
+        return sockets.pop(0)
+
+    listener = Listener(server="scripted", url="ws://scripted/ws", headers={}, connect=connect,
+                        timeouts=Timeouts(read_s=5), retry=RetryPolicy(first_delay_s=30), keep_previews=False,
+                        name="test-listener")
+    events = listener.subscribe("p1")
+    listener.start()
+    try:
+        assert isinstance(events.get(timeout=10), Disconnected)
+    finally:
+        listener.stop()
+
+
+def _drain(events: queue.SimpleQueue[Event], prompt_id: str) -> list[Event]:
+    seen = []
+    while True:
+        event = events.get(timeout=10)
+        seen.append(event)
+        if isinstance(event, NodeExecuting) and event.node is None and event.prompt_id == prompt_id:
+            return seen
+
+
+def test_progress_state_goes_only_to_prompts_that_read_every_event(client: Client, img2img_job: Job) -> None:
+    client.run(img2img_job)  # uploads the input; starts the listener
+    quiet_id, full_id = str(uuid.uuid4()), str(uuid.uuid4())
+    quiet = client.listener.subscribe(quiet_id, every_event=False)
+    full = client.listener.subscribe(full_id)
+    for prompt_id, seed in ((quiet_id, 101), (full_id, 102)):
+        prompt = img2img_job.graph.to_api()
+        prompt["6"]["inputs"]["seed"] = seed
+        answer = requests.post(f"{client.url}/prompt", timeout=10, json={
+            "prompt": prompt, "client_id": client.client_id, "prompt_id": prompt_id})
+        assert answer.status_code == 200, answer.text
+    quiet_events, full_events = _drain(quiet, quiet_id), _drain(full, full_id)
+    assert not any(isinstance(e, ProgressState) for e in quiet_events)
+    assert any(isinstance(e, NodeProgress) for e in quiet_events)  # the progress itself still arrives
+    assert any(isinstance(e, ProgressState) and e.prompt_id == full_id for e in full_events)
+
+
+def test_progress_state_reaches_on_event_and_a_submitted_handle(client: Client, img2img_job: Job) -> None:
+    heard: list[Event] = []
+    client.run(img2img_job, on_event=heard.append)
+    assert any(isinstance(e, ProgressState) for e in heard)
+    prompt = img2img_job.graph.to_api()
+    prompt["6"]["inputs"]["seed"] = 5
+    handle = client.submit(Job(graph=type(img2img_job.graph).from_api(prompt), inputs=img2img_job.inputs))
+    assert any(isinstance(e, ProgressState) for e in handle.events())
