@@ -29,7 +29,7 @@ from comfy_orchestrator.errors import (
 )
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.limits import Timeouts
-from comfy_orchestrator.listener import Disconnected, Reconnected
+from comfy_orchestrator.listener import Disconnected, QueueShrank, Reconnected
 from comfy_orchestrator.protocol import (
     Event,
     ExecutionStarted,
@@ -39,7 +39,6 @@ from comfy_orchestrator.protocol import (
     Progress,
     ProgressTracker,
     PromptFailed,
-    QueueStatus,
     outcome_from_history,
     outputs_from_history,
     track,
@@ -172,12 +171,11 @@ class JobHandle:
         """The raw events of this prompt; read its record when the socket may have missed its end.
 
         That is when the socket was silent `silence_s` (then a running prompt also gets a new
-        socket), when it reconnected, and when the queue shrank before the prompt started
-        (a prompt deleted from the queue sends nothing but that broadcast).
+        socket), when it reconnected, and when the queue shrank by more than the ends the socket
+        told of before the prompt started (a deleted prompt sends nothing but that broadcast).
         """
         checked_at = time.monotonic()
         started = False
-        remaining: int | None = None
         while True:
             event = self._next_event(deadline, limit_s, checked_at)
             check = False
@@ -185,9 +183,8 @@ class JobHandle:
                 check = True
             elif isinstance(event, Disconnected):
                 log.info("%s: websocket lost while prompt %s is pending", self._server.url, self.prompt_id)
-            elif isinstance(event, QueueStatus):
-                check = not started and remaining is not None and event.queue_remaining < remaining
-                remaining = event.queue_remaining
+            elif isinstance(event, QueueShrank):
+                check = not started
             else:
                 started = started or event.prompt_id == self.prompt_id
                 if isinstance(event, NodeExecuting) and event.node is None and event.prompt_id == self.prompt_id:

@@ -38,13 +38,17 @@ from comfy_orchestrator.protocol import (
     FeatureFlags,
     PreviewImage,
     ProgressState,
+    PromptFailed,
+    PromptInterrupted,
+    PromptSucceeded,
     QueueStatus,
     parse_event,
 )
 from comfy_orchestrator.retry import RetryPolicy, jitter
 from comfy_orchestrator.tls import Trust, certificate_rejection
 
-__all__ = ["Connect", "Disconnected", "Listener", "Reconnected", "WebSocketLike", "connect_websocket"]
+__all__ = ["Connect", "Disconnected", "Listener", "QueueShrank", "Reconnected", "WebSocketLike",
+           "connect_websocket"]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +128,16 @@ class Disconnected(ConnectionMarker):
     """The socket closed; the reader is reconnecting."""
 
 
+class QueueShrank(ConnectionMarker):
+    """The server's queue shrank by more than our prompts that ended: one may have been deleted.
+
+    A prompt deleted from the queue sends nothing but the status broadcast, so a waiting
+    prompt must then read its record. A prompt's end (execution_success, _error or
+    _interrupted) comes before the status of its leaving the queue, so the shrinking an
+    ordinary end explains needs no reading.
+    """
+
+
 class Listener:
     """The client's one websocket: connects, reads, routes events, reconnects with backoff."""
 
@@ -142,6 +156,8 @@ class Listener:
         self._lock = threading.Lock()
         self._queues: dict[str, queue.SimpleQueue[Event]] = {}
         self._every_event: set[str] = set()  # prompts whose progress_state frames someone reads
+        self._queue_remaining: int | None = None  # as the last status said
+        self._ended_since_status = 0  # our prompts that ended since that status
         self._stop = threading.Event()
         self._socket: WebSocketLike | None = None
         self._thread: threading.Thread | None = None
@@ -231,6 +247,7 @@ class Listener:
                 socket.settimeout(max(0.01, deadline - time.monotonic()))
                 event = self._receive(socket)
                 if isinstance(event, QueueStatus) and event.sid is not None:
+                    self._queue_remaining, self._ended_since_status = event.queue_remaining, 0
                     break
             socket.settimeout(None)
         except FrameTooLarge as exc:
@@ -311,6 +328,12 @@ class Listener:
                 return
             if event is None or (isinstance(event, PreviewImage) and not self._keep_previews):
                 continue
+            if isinstance(event, QueueStatus):
+                if self._shrank_unexplained(event.queue_remaining):
+                    self._broadcast(QueueShrank(None))
+                continue
+            if isinstance(event, (PromptSucceeded, PromptFailed, PromptInterrupted)):
+                self._ended_since_status += 1
             if event.prompt_id is None:
                 self._broadcast(event)
             else:
@@ -320,6 +343,11 @@ class Listener:
                         events = None
                 if events is not None:
                     events.put(event)
+
+    def _shrank_unexplained(self, remaining: int) -> bool:
+        previous, ended = self._queue_remaining, self._ended_since_status
+        self._queue_remaining, self._ended_since_status = remaining, 0
+        return previous is not None and previous - remaining > ended
 
     def _broadcast(self, event: Event) -> None:
         with self._lock:

@@ -19,8 +19,8 @@ from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.job_handle import JobHandle
 from comfy_orchestrator.jobs import Job, Output
 from comfy_orchestrator.limits import Timeouts
-from comfy_orchestrator.listener import Disconnected, Reconnected
-from comfy_orchestrator.protocol import Event, ExecutionStarted, NodeExecuting, QueueStatus
+from comfy_orchestrator.listener import Disconnected, QueueShrank, Reconnected
+from comfy_orchestrator.protocol import Event, ExecutionStarted, NodeExecuting
 
 PROMPT = "p-1"
 JOB = Job(graph=Graph.from_api({"1": {"class_type": "EmptyLatentImage",
@@ -113,16 +113,16 @@ def test_a_reconnect_reads_the_record_and_replays_the_end(entry: dict[str, Any],
 
 
 def test_a_queue_that_shrinks_before_the_prompt_started_reads_the_record() -> None:
+    # the listener says so when no end it saw explains the shrinking (tests/test_listener.py)
     records, feed = Records(("unknown", None)), Feed()  # deleted from the queue by someone else
     with pytest.raises(JobLost):
-        handle(records, feed, QueueStatus(None, 3), QueueStatus(None, 2)).wait()
+        handle(records, feed, QueueShrank(None)).wait()
     assert records.located == 1
 
 
 def test_a_queue_that_shrinks_after_the_prompt_started_is_someone_elses() -> None:
     records, feed = Records(("unknown", None)), Feed()
-    done = handle(records, feed, QueueStatus(None, 3), ExecutionStarted(PROMPT), QueueStatus(None, 2),
-                  NodeExecuting(PROMPT, None))
+    done = handle(records, feed, ExecutionStarted(PROMPT), QueueShrank(None), NodeExecuting(PROMPT, None))
     assert done.wait().prompt_id == PROMPT and records.located == 0
 
 

@@ -110,3 +110,36 @@ def test_progress_state_reaches_on_event_and_a_submitted_handle(client: Client, 
     prompt["6"]["inputs"]["seed"] = 5
     handle = client.submit(Job(graph=type(img2img_job.graph).from_api(prompt), inputs=img2img_job.inputs))
     assert any(isinstance(e, ProgressState) for e in handle.events())
+
+
+def _status(remaining: int) -> tuple[int, bytes]:
+    return websocket.ABNF.OPCODE_TEXT, json.dumps(
+        {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}}}}).encode()
+
+
+def _message(kind: str, prompt_id: str) -> tuple[int, bytes]:
+    return websocket.ABNF.OPCODE_TEXT, json.dumps({"type": kind, "data": {"prompt_id": prompt_id}}).encode()
+
+
+def test_only_a_queue_shrinking_no_end_explains_is_announced() -> None:
+    greeting = json.dumps({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 3}},
+                                                      "sid": "s1"}}).encode()
+    frames = [(websocket.ABNF.OPCODE_TEXT, greeting),
+              _message("execution_success", "a"), _status(2),  # a ended: explained
+              _status(3),  # one more queued
+              _message("execution_error", "b"), _status(1),  # b ended, and one more left unseen: announced
+              _message("execution_interrupted", "c"), _status(0),  # explained
+              _message("execution_success", "mine")]  # marks the end of the script
+    socket = ScriptedSocket(frames)
+    listener = Listener(server="scripted", url="ws://scripted/ws", headers={}, connect=lambda *_: socket,
+                        timeouts=Timeouts(read_s=5), retry=RetryPolicy(first_delay_s=30), keep_previews=False,
+                        name="test-listener")
+    events = listener.subscribe("mine")
+    listener.start()
+    try:
+        seen = []
+        while not seen or seen[-1].prompt_id != "mine":
+            seen.append(events.get(timeout=10))
+    finally:
+        listener.stop()
+    assert [type(e).__name__ for e in seen] == ["QueueShrank", "PromptSucceeded"]
