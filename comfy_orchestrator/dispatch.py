@@ -38,7 +38,7 @@ from comfy_orchestrator.schema import CHECKPOINT_LOADERS, Schema
 __all__ = [
     "Attempt", "Capability", "CompletionLedger", "Dispatch", "JobNeeds", "JobTimes", "QueuedJob", "RetryDecision",
     "RoundRobin", "ServerView", "SoonestFinish", "WaitingJob", "affinity", "decide_retry", "estimate_finish_s",
-    "failure_reason", "has_loaded", "is_refusal", "is_server_fault", "job_needs",
+    "failure_reason", "has_loaded", "is_refusal", "is_server_fault", "job_needs", "worth_duplicating",
 ]
 
 _TEXT_ENCODERS = frozenset({"CLIPTextEncode", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner"})
@@ -166,6 +166,20 @@ def has_loaded(server: ServerView, needs: JobNeeds) -> bool:
 def estimate_finish_s(server: ServerView, needs: JobNeeds, *, backlog: int = 0) -> float:
     """Seconds until `server` would finish a job with `needs`, behind its queue and `backlog` more jobs."""
     return (server.queued + 1 + backlog) * server.job_s + (0.0 if has_loaded(server, needs) else server.switch_s)
+
+
+def worth_duplicating(server: ServerView, holder: ServerView, needs: JobNeeds, *, running_for_s: float,
+                      factor: float) -> bool:
+    """Whether idle `server` should run a copy of the job `holder` has been running `running_for_s`.
+
+    Only a straggler far slower than `server` is worth it: the copy must finish, from
+    scratch, in 1/`factor` of the time the holder is still expected to take. A holder past
+    its expected time is assumed to need as long again as it has run (it is stuck or slow).
+    """
+    left_s = holder.job_s - running_for_s
+    if left_s <= 0:
+        left_s = running_for_s
+    return factor * estimate_finish_s(server, needs) <= left_s
 
 
 @dataclass(frozen=True)

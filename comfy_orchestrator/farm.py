@@ -74,6 +74,7 @@ from comfy_orchestrator.dispatch import (
     decide_retry,
     is_refusal,
     job_needs,
+    worth_duplicating,
 )
 from comfy_orchestrator.errors import (
     AuthFailed,
@@ -423,6 +424,7 @@ class Farm:
         timeouts: Timeouts = FARM_TIMEOUTS,
         health_interval_s: float = 1.0,
         window: int = 64,
+        straggler_factor: float | None = 2.0,
     ) -> None:
         configs = [s if isinstance(s, ServerConfig) else ServerConfig(url=s) for s in servers]
         self.servers = checked_servers([c.model_dump() for c in configs], source="farm")
@@ -431,6 +433,9 @@ class Farm:
         self.timeouts = timeouts
         self.health_interval_s = health_interval_s  # how often a busy server is asked whether it answers
         self.window = window
+        # an idle server copies a running job once nothing waits, if it would finish it this many times
+        # sooner than the server running it (None: never); the first result is kept, the other cancelled
+        self.straggler_factor = straggler_factor
         self._connect = connect or (lambda config: ClientLink(config, timeouts=timeouts))
 
     def connect(self, config: ServerConfig) -> ServerLink:
@@ -715,6 +720,28 @@ class _Run:
         flight.moving = True
         return holder, flight
 
+    def straggler(self, server: _Server) -> _Ticket | None:
+        """A job another server runs far slower than idle `server` would, once nothing waits (lock held)."""
+        factor = self.farm.straggler_factor
+        if factor is None or server.flights or self.waiting or self.source is not None:
+            return None
+        now = time.monotonic()
+        views = {other.name: self.view(other) for other in self.servers}
+        for holder in self.servers:
+            head = holder.flights[0] if holder.flights else None
+            if holder is server or not holder.up or head is None or head.handle is None or head.cancelled \
+                    or head.moving:
+                continue
+            ticket = head.ticket
+            if ticket.settled or ticket.copies > 1 or not self.able(ticket, server) \
+                    or ticket.avoid_until.get(server.name, 0.0) > now:
+                continue
+            running_for_s = now - max(head.queued_at, holder.last_finish_at or head.queued_at)
+            if worth_duplicating(views[server.name], views[holder.name], ticket.needs,
+                                 running_for_s=running_for_s, factor=factor):
+                return ticket
+        return None
+
     def move(self, server: _Server, holder: _Server, flight: _Flight) -> _Flight | None:
         """Take a queued job off `holder` and queue it here, if it had not started there yet."""
         assert flight.handle is not None
@@ -898,7 +925,11 @@ class _Run:
                 ticket = self.take(server)
                 proposal = self.propose_move(server) if ticket is None and self.idle_with_nothing else None
                 if ticket is None and proposal is None:
-                    return
+                    ticket = self.straggler(server)
+                    if ticket is None:
+                        return
+                    logger.info("%s runs a copy of job %s, far behind on %s", server.name, ticket.seq,
+                                ticket.tried[-1])
                 flight: _Flight | None = self.board(server, ticket) if ticket is not None else None
             if proposal is not None:
                 flight = self.move(server, *proposal)

@@ -22,6 +22,7 @@ from comfy_orchestrator.dispatch import (
     decide_retry,
     estimate_finish_s,
     job_needs,
+    worth_duplicating,
 )
 from comfy_orchestrator.errors import (
     ConnectionFailed,
@@ -280,3 +281,17 @@ def test_a_farm_file_may_accept_a_token_in_clear_and_names_its_ca_beside_it(tmp_
     assert clear.allow_plain_http and own.ca_cert == tmp_path / "certs" / "farm-ca.pem"
     assert default.ca_cert == tmp_path / "certs" / "farm-ca.pem"
     assert load_farm(path)[2].ca_cert is None
+
+
+@pytest.mark.parametrize(("idle", "holder", "needs", "running_for_s", "copy"), [
+    (view("idle", job_s=1.0), view("slow", job_s=10.0), A, 0.0, True),  # 1 s here against 10 s left there
+    (view("idle", job_s=1.0), view("slow", job_s=10.0), A, 8.5, False),  # it is nearly done: 1.5 s left
+    (view("idle", job_s=1.0), view("peer", job_s=1.0), A, 0.2, False),  # as fast: never worth a copy
+    (view("idle", job_s=1.0), view("peer", job_s=1.0), A, 1.9, False),  # a little late
+    (view("idle", job_s=1.0), view("peer", job_s=1.0), A, 2.0, True),  # overdue: stuck, or far slower
+    (view("idle", job_s=1.0), view("slow", job_s=4.0), B, 0.0, False),  # loading B first: 3 s, not 2
+    (view("idle", job_s=1.0), view("slow", job_s=6.0), B, 0.0, True),
+])
+def test_only_a_far_slower_running_job_is_worth_a_copy(idle: ServerView, holder: ServerView, needs: JobNeeds,
+                                                       running_for_s: float, copy: bool) -> None:
+    assert worth_duplicating(idle, holder, needs, running_for_s=running_for_s, factor=2.0) is copy

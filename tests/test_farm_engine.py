@@ -203,11 +203,13 @@ class Run:
         return items
 
 
-def farm_of(*links: StubLink, queue_ahead: int = 0, health_interval_s: float = 3600.0) -> Farm:
+def farm_of(*links: StubLink, queue_ahead: int = 0, health_interval_s: float = 3600.0,
+            weights: Mapping[str, float] | None = None, straggler_factor: float | None = None) -> Farm:
     by_name = {link.name: link for link in links}
-    configs = [ServerConfig(url=f"http://{link.name}", queue_ahead=queue_ahead) for link in links]
+    configs = [ServerConfig(url=f"http://{link.name}", queue_ahead=queue_ahead,
+                            weight=(weights or {}).get(link.name, 1.0)) for link in links]
     return Farm(configs, policy=QUICK, connect=lambda config: by_name[config.name],
-                health_interval_s=health_interval_s)
+                health_interval_s=health_interval_s, straggler_factor=straggler_factor)
 
 
 def test_a_server_keeps_one_running_and_queue_ahead_waiting_refilled_as_each_ends() -> None:
@@ -268,3 +270,30 @@ def test_a_server_never_holds_more_than_one_plus_queue_ahead(queue_ahead: int) -
     outcomes = list(farm_of(link, queue_ahead=queue_ahead).run(jobs(12)))
     assert len(outcomes) == 12 and all(isinstance(o, JobResult) for o in outcomes)
     assert max(held for what, _, held in link.log if what == "submitted") <= 1 + queue_ahead
+
+
+def test_an_idle_server_copies_a_far_slower_straggler_and_the_first_result_is_kept() -> None:
+    slow, fast = StubLink("slow.test"), StubLink("fast.test", opened=False, finish_at_once=True)
+    events = Recorder()
+    run = Run(farm_of(slow, fast, weights={"slow.test": 0.1}, straggler_factor=2.0), 1, events)
+    slow.wait_for(lambda stub: len(stub.queued) == 1, "took the only job")
+    fast.opened.set()  # up only now, with nothing left waiting: the job runs on a server ten times slower
+    outcome = run.next()
+    assert isinstance(outcome, JobResult) and outcome.server == "fast.test" and outcome.job.label == "job-0"
+    assert run.rest() == []  # one outcome for the job, never two
+    slow.wait_for(lambda stub: stub.queued[0].cancelled, "had its copy cancelled")
+    assert sum(isinstance(e, JobDone) for e in events.events) == 1
+
+
+def test_without_a_straggler_factor_no_job_is_copied() -> None:
+    slow, idle = StubLink("slow.test"), StubLink("idle.test", opened=False)
+    events = Recorder()
+    run = Run(farm_of(slow, idle, weights={"slow.test": 0.1}, straggler_factor=None), 2, events)
+    slow.wait_for(lambda stub: len(stub.queued) == 1, "took the first job")
+    idle.opened.set()
+    idle.wait_for(lambda stub: len(stub.queued) == 1, "took the second job")
+    idle.queued[0].finish()  # idle again with nothing waiting, beside a server ten times slower
+    assert isinstance(run.next(), JobResult)
+    slow.queued[0].finish()
+    assert [o.server for o in run.rest() if isinstance(o, JobResult)] == ["slow.test"]
+    assert [label for what, label, _ in idle.log if what == "submitted"] == ["job-1"]
