@@ -17,7 +17,7 @@ Rows, each the same img2img prompt with a new seed (nothing cached):
 With --profile, each of our rows runs once more under cProfile (every thread) and prints
 where the time goes. One command reproduces the table:
 
-    python bench/client_overhead.py --jobs 300 --profile 12
+    python bench/client_overhead.py --jobs 300 --rounds 3 --profile 12
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import multiprocessing.connection
 import os
 import pstats
 import resource
+import statistics
 import sys
 import threading
 import time
@@ -259,6 +260,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--jobs", type=int, default=300, help="measured jobs per row")
     parser.add_argument("--warmup", type=int, default=20, help="jobs run first, not measured")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every row; the median is reported")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="profile our rows once more and print the N entries with most own time")
     parser.add_argument("--only", action="append", choices=list(CLIENTS), help="run only these rows")
@@ -280,21 +282,27 @@ def main() -> None:
             Image.new("RGB", (512, 512), (40, 90, 160)).save(source)
             image = upload(urls, source)
             context = multiprocessing.get_context("spawn")
-            for index, name in enumerate(names):
-                setup = Setup(urls=tuple(urls), source=source, image=image,
-                              out_dir=Path(folder) / f"out-{index}", jobs=args.jobs, warmup=args.warmup)
-                with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-                    spent_s, report = pool.submit(measure, name, setup, args.profile).result()
-                rows[name] = spent_s / args.jobs * 1000
-                if report:
-                    profiles[name] = report
-                print(f"  {name:40s} {rows[name]:6.2f} ms CPU/job", file=sys.stderr, flush=True)
+            samples: dict[str, list[float]] = {name: [] for name in names}
+            for round_number in range(args.rounds):  # rows interleaved: a busy spell on the machine hits all
+                for index, name in enumerate(names):
+                    setup = Setup(urls=tuple(urls), source=source, image=image,
+                                  out_dir=Path(folder) / f"out-{round_number}-{index}", jobs=args.jobs,
+                                  warmup=args.warmup)
+                    profile_top = args.profile if round_number == args.rounds - 1 else 0
+                    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                        spent_s, report = pool.submit(measure, name, setup, profile_top).result()
+                    samples[name].append(spent_s / args.jobs * 1000)
+                    if report:
+                        profiles[name] = report
+                    print(f"  round {round_number + 1}: {name:40s} {samples[name][-1]:6.2f} ms CPU/job",
+                          file=sys.stderr, flush=True)
+            rows = {name: statistics.median(values) for name, values in samples.items()}
     finally:
         for process, parent in handles:
             parent.send("stop")
             process.join(10)
     print(f"{args.jobs} jobs a row, simulated servers with instant nodes, each client in its own process; "
-          f"client CPU (user+sys) per job, {os.cpu_count()} CPUs")
+          f"client CPU (user+sys) per job, median of {args.rounds} interleaved rounds, {os.cpu_count()} CPUs")
     print(f"  {'client':40s} {'CPU ms/job':>10s}  ratio to the example loop")
     for name, ms in rows.items():
         base = BASELINE.get(name, "example loop")
