@@ -1,0 +1,16 @@
+"""The `comfy-orch` command line: the only part of the package that prints or exits.
+
+Exit codes: 0 success, 1 a job or server failed, 2 bad input (a parameter, a
+template, a file). Errors are one line on stderr, never a traceback.
+
+One module per idea, in import order: output (the only printing: consoles, `line`,
+errors and exit codes), options (what commands share), values (a job's values from the
+command line), group (`main`), then the commands by what a user does: templates, server
+(one server), sweeps, farm, queue, advise, sim. Importing this package attaches every
+command to `main`; each loads the library modules it needs when it runs.
+"""
+
+from comfy_orchestrator.cli import advise, farm, queue, server, sim, sweeps, templates  # noqa: F401  (attach)
+from comfy_orchestrator.cli.group import main
+
+__all__ = ["main"]

@@ -1,0 +1,126 @@
+"""What `comfy-orch` shows and how it ends: the consoles, `line`, warnings, errors as one line, exit codes.
+
+The only module of the package that prints or exits; the command modules go through it.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.progress import ProgressColumn, Task
+from rich.text import Text
+
+from comfy_orchestrator.errors import (
+    BrokerError,
+    CertificateRejected,
+    ComfyError,
+    FarmFileInvalid,
+    GraphInvalid,
+    JournalFailed,
+    ParameterError,
+    SweepError,
+    TemplateError,
+    WorkflowImportError,
+)
+
+BAD_INPUT = (ParameterError, TemplateError, GraphInvalid, SweepError, WorkflowImportError, FarmFileInvalid,
+             BrokerError, CertificateRejected, JournalFailed)  # a journal that cannot be used: a file at fault
+
+
+EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+
+
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as shells report them
+
+
+# Text a user or a server wrote is never read as markup, emoji codes or highlighted: our own styling
+# is given as (text, style) pieces of a `line`, so no bracket in a value can change or break output.
+stdout = Console(soft_wrap=True, markup=False, emoji=False)
+
+
+stderr = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
+
+
+def line(*parts: str | tuple[str, str]) -> Text:
+    """One line of output from plain pieces and (text, style) pieces, none of it markup."""
+    return Text.assemble(*parts)
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    """Print one line of error and exit."""
+    stderr.print(line(("error:", "bold red"), " ", message))
+    sys.exit(code)
+
+
+class LineColumn(ProgressColumn):
+    """A progress bar column showing the task's `line` field, a Text built with `line()`."""
+
+    def render(self, task: Task) -> Text:
+        shown = task.fields.get("line")
+        return shown if isinstance(shown, Text) else Text(str(shown or ""))
+
+
+class Commands(click.Group):
+    """A click group that turns our errors into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = _show_warning
+            try:
+                return super().invoke(ctx)
+            except BAD_INPUT as exc:
+                fail(str(exc), EXIT_BAD_INPUT)
+            except ComfyError as exc:
+                fail(str(exc), EXIT_FAILED)
+            except OSError as exc:  # a file we were asked to read or write
+                fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), EXIT_BAD_INPUT)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    stderr.print(line(("warning:", "yellow"), " ", str(message)))
+
+
+def warn(text: str) -> None:
+    stderr.print(line(("warning:", "yellow"), " ", text))
+
+
+def format_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the queue is cleaned, the manifest written."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM stops the main thread as Ctrl-C does (elsewhere signals cannot be caught)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
