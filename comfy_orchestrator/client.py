@@ -48,12 +48,12 @@ from comfy_orchestrator.errors import (
     ServerError,
     UnsafeOutput,
 )
+from comfy_orchestrator.families import FamilyFinding, find_family
 from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.job_handle import EventCallback, JobHandle, ProgressCallback
 from comfy_orchestrator.jobs import Job, JobResult, Output, name_by_content
 from comfy_orchestrator.limits import Limits, Timeouts, describe_bytes
 from comfy_orchestrator.listener import Connect, Listener, connect_websocket
-from comfy_orchestrator.params import FamilyFinding, find_family
 from comfy_orchestrator.protocol import (
     HISTORY,
     OBJECT_INFO,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from comfy_orchestrator.errors import ParameterError
+from comfy_orchestrator.families import family_from_metadata, find_family, native_size_note
 from comfy_orchestrator.params import (
     DENOISE_GUIDE,
     WORKFLOWS,
@@ -13,9 +14,6 @@ from comfy_orchestrator.params import (
     PhotoRestoration,
     SizeRoundedWarning,
     denoise_band,
-    family_from_metadata,
-    find_family,
-    native_size_note,
     resolve_sampler,
 )
 

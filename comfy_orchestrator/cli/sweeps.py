@@ -38,8 +38,8 @@ from comfy_orchestrator.cli.output import (
 )
 from comfy_orchestrator.cli.values import family_reader, sweep_of
 from comfy_orchestrator.errors import ParameterError
+from comfy_orchestrator.families import find_family
 from comfy_orchestrator.grid import DEFAULT_GRID_FORMAT
-from comfy_orchestrator.params import find_family
 from comfy_orchestrator.templates import Templates
 
 if TYPE_CHECKING:  # imported where used, so that a command loads only what it needs

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from comfy_orchestrator.cli.options import template_values
 from comfy_orchestrator.cli.output import EXIT_BAD_INPUT, fail, warn
 from comfy_orchestrator.errors import CertificateRejected, ComfyError
-from comfy_orchestrator.params import FamilyFinding, Params, find_family
+from comfy_orchestrator.families import FamilyFinding, find_family
+from comfy_orchestrator.params import Params
 from comfy_orchestrator.sweep import RANDOM_SEED, SEED_PARAMETERS
 from comfy_orchestrator.templates import Template
 
