@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from comfy_orchestrator.cli import main
+from tests.conftest import free_port
 
 # Each would be eaten, turned into a style, an emoji, or a MarkupError if it were read as rich markup.
 HOSTILE_TEXTS = ["[x].png", "[/x]", "[bold]loud[/bold]", ":smile: and :a:b:", "[[server]]", "[link=file:///]y"]
@@ -108,3 +109,18 @@ def test_a_sweep_keeps_no_absolute_path_of_this_machine(comfy: Any, sample_image
                    "--axis", "cfg=6,8", "--out", "../out")
     assert again.exit_code == 0, again.output
     assert "0 prompts run, 2 cells already done" in again.stdout
+
+
+def test_a_sweep_with_no_server_answering_fails_at_once_naming_the_url(sample_image: Path, tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    out = tmp_path / "out"
+    done = invoke("sweep", "img2img", "--server", url, "--axis", "cfg=4,8", "--set", f"image={sample_image}",
+                  "--out", str(out))
+    assert done.exit_code == 1 and done.stderr.count("\n") == 1, done.output
+    assert f"no server answers: {url}" in done.stderr and "--wait-for-servers" in done.stderr
+    assert "HEAD /view" not in done.stderr and not out.exists()  # nothing started, nothing to resume
+    # asked to wait, the sweep waits (here half a second) and records its cells as failed, to be resumed later
+    waited = invoke("sweep", "img2img", "--server", url, "--axis", "cfg=4,8", "--set", f"image={sample_image}",
+                    "--out", str(out), "--wait-for-servers", "0.5")
+    assert waited.exit_code == 1 and "2 of 2 cells failed" in waited.stderr
+    assert len((out / "manifest.csv").read_text("utf-8").splitlines()) == 3

@@ -133,6 +133,42 @@ def print_report(report: SweepReport) -> None:
         stderr.print(line((f"cell {index} failed:", "red"), f" {error}"))
 
 
+# A server that is up answers at once; `sweep` gives each this long before it says none answers.
+SERVER_PROBE_CONNECT_S, SERVER_PROBE_READ_S = 3.0, 5.0
+
+
+def _check_journal(sweep: Sweep, folder: Path) -> None:
+    """Open the folder's journal, if it has one, as the run will: a broken or different one is refused now."""
+    from comfy_orchestrator.journal import JOURNAL_NAME, Journal
+
+    if (folder / JOURNAL_NAME).exists():
+        with Journal.open(folder, digest=sweep.digest(), definition=sweep.definition()):
+            pass
+
+
+def _require_a_server(servers: Sequence[ServerConfig]) -> None:
+    """Fail at once, naming each URL, when no server of a sweep answers (--wait-for-servers waits instead)."""
+    from comfy_orchestrator.client import Client
+    from comfy_orchestrator.errors import CertificateRejected, ComfyError
+    from comfy_orchestrator.limits import Timeouts
+
+    probe = Timeouts(connect_s=SERVER_PROBE_CONNECT_S, read_s=SERVER_PROBE_READ_S)
+    problems = []
+    for server in servers:
+        try:
+            with Client(server.url, headers=server.headers, token=server.token, ca_cert=server.ca_cert,
+                        allow_plain_http=server.allow_plain_http, timeouts=probe) as client:
+                client.system_stats()
+            return
+        except CertificateRejected:
+            raise  # said once, as every command says it
+        except ComfyError as exc:
+            text = str(exc)
+            problems.append(text if text.startswith(server.url) else f"{server.url}: {text}")
+    fail("no server answers: " + "; ".join(problems) + "; start one, or pass --wait-for-servers SECONDS "
+         "to wait for one", EXIT_FAILED)
+
+
 @main.command("sweep")
 @click.argument("template_name", metavar="TEMPLATE")
 @farm_options
@@ -157,7 +193,7 @@ def print_report(report: SweepReport) -> None:
 @plain_http_option
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=600.0, show_default=True,
               help="seconds one prompt may take on its server, and each of its downloads")
-@click.option("--wait-for-servers", "wait_for_servers_s", type=click.FloatRange(min=0), default=120.0,
+@click.option("--wait-for-servers", "wait_for_servers_s", type=click.FloatRange(min=0, min_open=True), default=120.0,
               show_default=True, help="seconds to wait while no server answers before the cells left fail")
 @click.pass_context
 def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str], farm_file: str | None,
@@ -195,6 +231,9 @@ def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str]
         stdout.print(f"{len(plan.cells)} cells in {len(plan.jobs)} prompts on {len(configs)} server(s); "
                      f"about {format_duration(plan.estimate_s)} on a fast GPU (SD1.5, 512x512); nothing submitted")
         return
+    if broker is None and ctx.get_parameter_source("wait_for_servers_s") is click.core.ParameterSource.DEFAULT:
+        _check_journal(sweep, Path(out_dir))  # what the user can fix in the folder is said before the servers
+        _require_a_server(configs)  # asked to wait, the farm waits; by default a sweep no server takes fails now
     report = _run_sweep_with_progress(sweep, Path(out_dir), configs, max_attempts=max_attempts,
                                       thumbnail_px=thumbnail_px, grid_format=grid_format, queue=queue, detach=detach,
                                       timeout_s=timeout_s, wait_for_servers_s=wait_for_servers_s)
