@@ -111,6 +111,15 @@ def test_a_sweep_keeps_no_absolute_path_of_this_machine(comfy: Any, sample_image
     assert "0 prompts run, 2 cells already done" in again.stdout
 
 
+def test_a_bad_value_is_said_before_the_servers_are_asked(sample_image: Path, tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: the value must be refused first
+    done = invoke("sweep", "img2img", "--server", url, "--axis", "cfg=6,800", "--set", f"image={sample_image}",
+                  "--out", str(tmp_path / "out"))
+    assert done.exit_code == 2 and done.stderr.count("\n") == 1, done.output
+    assert "cfg=800" in done.stderr and "no server answers" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_sweep_with_no_server_answering_fails_at_once_naming_the_url(sample_image: Path, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     out = tmp_path / "out"

@@ -232,6 +232,7 @@ def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str]
                      f"about {format_duration(plan.estimate_s)} on a fast GPU (SD1.5, 512x512); nothing submitted")
         return
     if broker is None and ctx.get_parameter_source("wait_for_servers_s") is click.core.ParameterSource.DEFAULT:
+        sweep.cells()  # a bad value is said before the servers are asked (run_sweep renders them later)
         _check_journal(sweep, Path(out_dir))  # what the user can fix in the folder is said before the servers
         _require_a_server(configs)  # asked to wait, the farm waits; by default a sweep no server takes fails now
     report = _run_sweep_with_progress(sweep, Path(out_dir), configs, max_attempts=max_attempts,
