@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -179,31 +179,7 @@ def propose_parameters(prompt: Mapping[str, Mapping[str, Any]], schema: Schema,
                 else:
                     propose(name, Target(main, input_name), f"{input_name} of {describe(main)}")
                 break
-        sources = {}
-        for side in ("positive", "negative"):
-            link = inputs.get(side)
-            source = _text_source(prompt, schema, link) if is_link(link) else None
-            sources[side] = source
-            if source is None:
-                account.append(f"{side} prompt: no text input found upstream of {side} of "
-                               f"{describe(main)}")
-        size = _size_source(prompt, schema, main)
-        if size is None:
-            account.append(f"width, height: not proposed, no node upstream of the latent of {describe(main)} "
-                           "sets both as values")
-        else:
-            for side in ("width", "height"):
-                propose(side, Target(size, side), f"{side} of {describe(size)}, the size {describe(main)} works at")
-        if sources["positive"] is not None:
-            propose("positive", sources["positive"],
-                    f"text of {describe(sources['positive'].node_id)}, which feeds positive of "
-                    f"{describe(main)}")
-        negative = sources["negative"]
-        if negative is not None and negative == sources["positive"]:
-            account.append("negative: not proposed, the same text feeds positive and negative")
-        elif negative is not None:
-            propose("negative", negative,
-                    f"text of {describe(negative.node_id)}, which feeds negative of {describe(main)}")
+        _propose_prompts_and_size(prompt, schema, main, describe, propose, account)
     loaders = [(nid, name) for nid, node in prompt.items() for name in _upload_inputs(node, schema)]
     for index, (node_id, input_name) in enumerate(sorted(loaders, key=lambda t: natural_key(t[0]))):
         name = "image" if index == 0 else f"image_{index + 1}"
@@ -218,6 +194,38 @@ def propose_parameters(prompt: Mapping[str, Mapping[str, Any]], schema: Schema,
         name = "checkpoint" if index == 0 else f"checkpoint_{index + 1}"
         propose(name, Target(node_id, input_name), f"{input_name} of {describe(node_id)}")
     return Proposal(targets, account)
+
+
+def _propose_prompts_and_size(prompt: Mapping[str, Mapping[str, Any]], schema: Schema, main: str,
+                              describe: Callable[[str], str], propose: Callable[[str, Target, str], None],
+                              account: list[str]) -> None:
+    """Propose the texts feeding the main sampler's positive and negative, and the size it works at."""
+    inputs = prompt[main]["inputs"]
+    sources = {}
+    for side in ("positive", "negative"):
+        link = inputs.get(side)
+        source = _text_source(prompt, schema, link) if is_link(link) else None
+        sources[side] = source
+        if source is None:
+            account.append(f"{side} prompt: no text input found upstream of {side} of "
+                           f"{describe(main)}")
+    size = _size_source(prompt, schema, main)
+    if size is None:
+        account.append(f"width, height: not proposed, no node upstream of the latent of {describe(main)} "
+                       "sets both as values")
+    else:
+        for side in ("width", "height"):
+            propose(side, Target(size, side), f"{side} of {describe(size)}, the size {describe(main)} works at")
+    if sources["positive"] is not None:
+        propose("positive", sources["positive"],
+                f"text of {describe(sources['positive'].node_id)}, which feeds positive of "
+                f"{describe(main)}")
+    negative = sources["negative"]
+    if negative is not None and negative == sources["positive"]:
+        account.append("negative: not proposed, the same text feeds positive and negative")
+    elif negative is not None:
+        propose("negative", negative,
+                f"text of {describe(negative.node_id)}, which feeds negative of {describe(main)}")
 
 
 def _is_sampler(node: Mapping[str, Any], schema: Schema) -> bool:
