@@ -445,12 +445,16 @@ def machine() -> dict[str, Any]:
 
 
 def start_servers(comfyui_dir: Path, python: str, processes: int, port: int, log_dir: Path,
-                  extra: Sequence[str]) -> tuple[subprocess.Popen[bytes], list[str]]:
-    """docker/entrypoint.sh with `processes` ComfyUI processes on GPU 0; wait until each answers."""
-    command = [str(REPO / "docker" / "entrypoint.sh"), "--comfyui-dir", str(comfyui_dir), "--python", python, "--gpus", "0", "--processes-per-gpu", str(processes), "--port", str(port),
-               "--log-dir", str(log_dir), "--", *extra]
+                  extra: Sequence[str], gpus: Sequence[int] = (0,)) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """docker/entrypoint.sh with `processes` ComfyUI processes on each of `gpus`; wait until each answers.
+
+    The entrypoint numbers ports GPU by GPU: GPU gpus[0]'s processes come first.
+    """
+    command = [str(REPO / "docker" / "entrypoint.sh"), "--comfyui-dir", str(comfyui_dir), "--python", python,
+               "--gpus", ",".join(str(gpu) for gpu in gpus), "--processes-per-gpu", str(processes),
+               "--port", str(port), "--log-dir", str(log_dir), "--", *extra]
     entry = subprocess.Popen(command, start_new_session=True)
-    urls = [f"http://127.0.0.1:{port + i}" for i in range(processes)]
+    urls = [f"http://127.0.0.1:{port + i}" for i in range(processes * len(gpus))]
     deadline = time.monotonic() + 300
     pause = threading.Event()
     for url in urls:
@@ -489,11 +493,17 @@ def print_table(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import sweep_ceiling  # issue 17's rows; it builds on this module's Bench and figures
+
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--server", action="append", default=[], metavar="URL", help="a running server (repeat)")
     parser.add_argument("--comfyui-dir", type=Path, help="start this ComfyUI through docker/entrypoint.sh instead")
     parser.add_argument("--comfyui-python", default=sys.executable, help="the python that runs ComfyUI")
-    parser.add_argument("--processes", type=int, default=6, help="with --comfyui-dir: processes on GPU 0")
+    parser.add_argument("--processes", type=int, default=6, help="with --comfyui-dir: processes on each GPU")
+    parser.add_argument("--gpus", default="0", help="with --comfyui-dir: the GPUs to start them on, e.g. 0,1")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="only issue 17's rows (bench/sweep_ceiling.py): the sweep command timed from outside "
+                             "against a bare loop, on GPU 0's servers and on every GPU's")
     parser.add_argument("--port", type=int, default=8188)
     parser.add_argument("--log-dir", type=Path, default=Path("comfyui-logs"))
     parser.add_argument("--comfyui-arg", action="append", default=[], help="passed on to ComfyUI (repeat)")
@@ -509,6 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path("gpu-results.json"))
     parser.add_argument("--probe", action="store_true", help="only the one-server probe rows")
     parser.add_argument("--probe-jobs", type=int, default=20)
+    sweep_ceiling.add_options(parser)
     args = parser.parse_args(argv)
     checkpoints = args.checkpoint or ["random-sd15.safetensors", "random-sd15-b.safetensors"]
     entry = None
@@ -516,12 +527,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(checkpoints) >= 2:
             link_second_checkpoint(args.comfyui_dir, checkpoints[0], checkpoints[1])
         up = time.monotonic()
-        entry, urls = start_servers(args.comfyui_dir, args.comfyui_python, args.processes, args.port, args.log_dir, args.comfyui_arg)
+        gpus = [int(gpu) for gpu in args.gpus.split(",")]
+        entry, urls = start_servers(args.comfyui_dir, args.comfyui_python, args.processes, args.port, args.log_dir,
+                                    args.comfyui_arg, gpus)
         print(f"{len(urls)} servers up in {time.monotonic() - up:.1f} s", flush=True)
     else:
         urls = args.server
     if not urls:
         parser.error("give --server URLs or --comfyui-dir")
+    if args.ceiling:  # the servers in GPU order, --processes a GPU
+        groups = [urls[i:i + args.processes] for i in range(0, len(urls), args.processes)]
+        try:
+            return sweep_ceiling.measure(groups, args, checkpoint=checkpoints[0])
+        finally:
+            if entry is not None:
+                entry.terminate()
+                entry.wait(timeout=60)
     try:
         with tempfile.TemporaryDirectory(prefix="gpu-suite-") as folder:
             bench = Bench(urls, checkpoints, Path(folder), args.steps, args.size, partial=args.json)
