@@ -239,7 +239,12 @@ class Ceiling:
         row["command"] = {
             "sweep_s": float(inside.group(1)) if inside else None,  # run_sweep's own time, as it reports it
             "outside_sweep_s": round(wall_s - float(inside.group(1)), 3) if inside else None,
+            # the command's own marks (the journal's) against the servers' (history) and the clock outside
+            "launch_to_first_submit_s": round(min(e["started_at"] for e in entries) - launched_at, 3),
             "launch_to_first_prompt_start_s": round(min(r.start_s for r in records) - launched_at, 3),
+            "last_prompt_end_to_last_record_s": round(max(e["finished_at"] for e in entries)
+                                                      - max(r.end_s for r in records), 3),
+            "last_record_to_exit_s": round(exited_at - max(e["finished_at"] for e in entries), 3),
             "last_prompt_end_to_exit_s": round(exited_at - max(r.end_s for r in records), 3),
         }
         print(json.dumps({"row": name, "command": row["command"]}), flush=True)

@@ -393,3 +393,43 @@ def test_a_bad_axis_is_one_line_and_exit_code_2(sample_image: Path, tmp_path: Pa
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), result.output
+
+
+class _HeldProbe:
+    """A server link whose probe waits for `release` (or `limit_s`): a server slow to send its /object_info."""
+
+    def __init__(self, link: Any, release: threading.Event, answered: threading.Event, limit_s: float) -> None:
+        self._link, self._release, self._answered, self._limit_s = link, release, answered, limit_s
+
+    def probe(self) -> Any:
+        self._release.wait(self._limit_s)  # a farm that waited for every server would sit out the whole limit
+        schema = self._link.probe()
+        self._answered.set()
+        return schema
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._link, name)
+
+
+def test_the_servers_that_answer_start_the_sweep_while_another_is_still_being_probed(
+        sim: Callable[..., list[Any]], library: Templates, sample_image: Path, tmp_path: Path) -> None:
+    from comfy_orchestrator.farm import ClientLink
+
+    fast, slow = sim(2, checkpoints=(DEFAULT_CHECKPOINT,))
+    release, answered = threading.Event(), threading.Event()
+    slow_answered_before_first_cell: list[bool] = []
+
+    def connect(config: Any) -> Any:
+        link = ClientLink(config)
+        return _HeldProbe(link, release, answered, limit_s=30.0) if config.url == slow.url else link
+
+    def on_progress(progress: SweepProgress) -> None:
+        if progress.done and not release.is_set():
+            slow_answered_before_first_cell.append(answered.is_set())
+            release.set()  # the slow server may join now, for the cells left
+
+    report = run_sweep(_grid_sweep(library, sample_image), tmp_path, Farm([fast.url, slow.url], connect=connect),
+                       on_progress=on_progress)
+    assert report.done == 9
+    assert slow_answered_before_first_cell == [False]  # a cell was done before the slow server had answered
+    assert fast.url.split("://", 1)[1] in {row["server"] for row in _manifest(tmp_path)}
