@@ -1,6 +1,6 @@
 """The farm's policy, pure: what a job needs, which server takes it, job times, retries, duplicates.
 
-No threads and no network: the engine in farm.py asks these functions and classes, so
+No threads and no network: the farm's engine (engine.py, run_state.py) asks these functions and classes, so
 every decision can be tested as a table.
 - `job_needs` reads a job's node classes, checkpoint, images and prompts; `Capability`
   says whether a server's object_info can run it.

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from comfy_orchestrator.dispatch import Attempt, Capability, JobNeeds, affinity, decide_retry, job_needs
 from comfy_orchestrator.errors import ComfyError, JobTimedOut, NoServerAvailable
-from comfy_orchestrator.farm import ClientLink, RunningJob, ServerLink
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.limits import FARM_TIMEOUTS
+from comfy_orchestrator.links import ClientLink, RunningJob, ServerLink
 from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.servers import ServerConfig
 
