@@ -1,0 +1,75 @@
+"""ClientLink, the farm's real ServerLink, against a simulated server over loopback."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from comfy_orchestrator.errors import Interrupted
+from comfy_orchestrator.jobs import Job
+from comfy_orchestrator.links import ClientLink, ServerLink
+from comfy_orchestrator.params import DEFAULT_CHECKPOINT
+from comfy_orchestrator.servers import ServerConfig
+from comfy_orchestrator.sim import Costs
+
+SLOW = Costs(step_s=12.0)  # 0.3 s a step of the 512x512 reference job: the first holds the queue
+PATIENCE_S = 10.0
+
+
+def until_running(link: ServerLink, prompt_id: str) -> bool:
+    """Ask where the prompt is until the server runs it; False if it did not start within PATIENCE_S."""
+    pause = threading.Event()
+    deadline = time.monotonic() + PATIENCE_S
+    while time.monotonic() < deadline:
+        if link.locate(prompt_id)[0] == "running":
+            return True
+        pause.wait(0.02)
+    return False
+
+
+def test_a_link_probes_submits_and_downloads(comfy: Any, img2img_job: Job, tmp_path: Path) -> None:
+    link: ServerLink = ClientLink(ServerConfig(url=comfy.url, name="gpu0"))
+    try:
+        assert "KSampler" in link.probe()
+        running = link.submit(img2img_job)
+        result = running.wait(30.0)
+        assert link.locate(running.prompt_id)[0] == "done"
+        saved = link.save(result, tmp_path)
+        assert saved.files and all(path.is_file() and tmp_path in path.parents for path in saved.files)
+    finally:
+        link.close()
+
+
+def test_a_queued_job_is_withdrawn_and_a_running_one_is_not(sim: Any, img2img_job: Job) -> None:
+    (server,) = sim(costs=SLOW, checkpoints=(DEFAULT_CHECKPOINT,), preview_method="none")
+    link = ClientLink(ServerConfig(url=server.url))
+    try:
+        link.probe()
+        first = link.submit(img2img_job)
+        second = link.submit(img2img_job)
+        assert link.locate(second.prompt_id)[0] == "queued"
+        assert link.withdraw(second)  # it had not started: it will not run there
+        assert link.locate(second.prompt_id)[0] == "unknown"
+        assert until_running(link, first.prompt_id)
+        assert not link.withdraw(first)  # it runs: it stays
+        link.cancel(first.prompt_id)
+        with pytest.raises(Interrupted):
+            first.wait(30.0)
+        assert link.locate(first.prompt_id)[0] == "done"  # interrupted, and its record says so
+    finally:
+        link.close()
+
+
+def test_status_reads_health_queue_devices_and_checkpoints(comfy: Any) -> None:
+    link = ClientLink(ServerConfig(url=comfy.url, name="gpu0", tags=("fast",)))
+    try:
+        status = link.status()
+    finally:
+        link.close()
+    assert (status.name, status.up, status.tags) == ("gpu0", True, ("fast",))
+    assert status.checkpoints == (DEFAULT_CHECKPOINT,) and status.devices
+    assert (status.queue_running, status.queue_pending) == (0, 0)
