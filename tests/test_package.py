@@ -58,3 +58,19 @@ def test_package_is_typed() -> None:
     from importlib import resources
 
     assert resources.files("comfy_orchestrator").joinpath("py.typed").is_file()
+
+
+def test_importing_the_package_or_the_command_line_loads_nothing_heavy() -> None:
+    # names load on first use, and a command imports what it needs when it runs: --help needs click and rich
+    code = ("import sys, comfy_orchestrator, comfy_orchestrator.cli; "
+            "heavy = {'requests', 'websocket', 'pydantic', 'pydantic_settings', 'PIL', 'jinja2', 'aiohttp', "
+            "'sqlite3', 'celery', 'redis'} & set(sys.modules); "
+            "print(sorted(heavy)); assert comfy_orchestrator.Client.__name__ == 'Client'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_every_public_name_has_a_home() -> None:
+    assert sorted(comfy_orchestrator._HOMES) == comfy_orchestrator.__all__
+    assert set(comfy_orchestrator.__all__) <= set(dir(comfy_orchestrator))
+    assert not hasattr(comfy_orchestrator, "NoSuchName")

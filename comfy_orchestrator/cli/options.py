@@ -9,33 +9,42 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from comfy_orchestrator.cli.output import EXIT_BAD_INPUT, fail
-from comfy_orchestrator.grid import DEFAULT_GRID_FORMAT, GRID_FORMATS
-from comfy_orchestrator.settings import Settings
-from comfy_orchestrator.templates import Templates, parse_assignments
 
-if TYPE_CHECKING:  # imported where used, so that a command loads only what it needs
+if TYPE_CHECKING:  # imported where used, so that a command loads only what it needs (--help: click and rich)
     from comfy_orchestrator.client import Client
     from comfy_orchestrator.queue import CeleryQueue
     from comfy_orchestrator.servers import ServerConfig
+    from comfy_orchestrator.settings import Settings
+    from comfy_orchestrator.templates import Templates
+
+# grid.GRID_FORMATS's names and grid.DEFAULT_GRID_FORMAT, said here so that --help loads no Pillow
+# (tests/test_cli_startup.py keeps them equal)
+GRID_FORMAT_NAMES, DEFAULT_GRID_FORMAT = ("jpg", "png"), "jpg"
 
 
 def settings() -> Settings:
+    from comfy_orchestrator.settings import Settings
+
     return Settings()  # type: ignore[call-arg]  # pydantic-settings fills the fields from the environment
 
 
 def library(ctx: click.Context) -> Templates:
     """The templates: --templates folders, then $COMFY_ORCH_TEMPLATES's, then the per-user and built-in ones."""
+    from comfy_orchestrator.templates import Templates
+
     folders: Sequence[str] = ctx.find_root().params.get("templates_dir") or ()
     return Templates.default([*folders, *settings().template_folders()])
 
 
 def template_values(sets: Sequence[str]) -> dict[str, str]:
+    from comfy_orchestrator.templates import parse_assignments
+
     return parse_assignments(sets)
 
 
 def grid_format_option(function: Callable[..., Any]) -> Callable[..., Any]:
     """The --grid-format option of the commands that draw grids (sweep, demo)."""
-    return click.option("--grid-format", type=click.Choice(list(GRID_FORMATS)), default=DEFAULT_GRID_FORMAT,
+    return click.option("--grid-format", type=click.Choice(GRID_FORMAT_NAMES), default=DEFAULT_GRID_FORMAT,
                         show_default=True,
                         help="the grid image's format: jpg is written 6-9x faster and smaller; png is lossless"
                         )(function)

@@ -7,8 +7,6 @@ import logging
 from collections.abc import Sequence
 
 import click
-from rich.table import Table
-from rich.text import Text
 
 from comfy_orchestrator.cli.group import main
 from comfy_orchestrator.cli.options import broker_options, connect_queue, farm_options, farm_servers
@@ -50,6 +48,9 @@ def queue_status(broker: str, ca_cert: str | None, as_json: bool) -> None:
     """Show the durable queue: the sweeps on it with their progress, and the workers with their servers."""
     import dataclasses
     import time
+
+    from rich.table import Table
+    from rich.text import Text
 
     status = connect_queue(broker, ca_cert).status()
     if as_json:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.table import Table
 
 from comfy_orchestrator.cli.group import main
 from comfy_orchestrator.cli.options import (
@@ -34,12 +33,11 @@ from comfy_orchestrator.cli.output import (
 from comfy_orchestrator.cli.values import find_inputs, set_dotted, warn_about_size, with_families
 from comfy_orchestrator.errors import ComfyError
 from comfy_orchestrator.limits import Timeouts
-from comfy_orchestrator.sweep import DRAWN_SEED_MAX, RANDOM_SEED, SEED_PARAMETERS
-from comfy_orchestrator.templates import Template
 
 if TYPE_CHECKING:  # imported where used, so that a command loads only what it needs
     from comfy_orchestrator.client import Client
     from comfy_orchestrator.job_handle import JobHandle
+    from comfy_orchestrator.templates import Template
 
 
 @main.command("run")
@@ -128,6 +126,8 @@ def _draw_seeds(template: Template, values: dict[str, Any]) -> None:
     """A seed left out or given as -1 is drawn at random, as A1111 does, and said (so it can be given again)."""
     import random
 
+    from comfy_orchestrator.sweep import DRAWN_SEED_MAX, RANDOM_SEED, SEED_PARAMETERS
+
     names = {parameter.name for parameter in template.parameters()}
     for name in SEED_PARAMETERS:
         if name in names and str(values.get(name, RANDOM_SEED)).strip() == str(RANDOM_SEED):
@@ -158,6 +158,8 @@ def queue_command(ctx: click.Context, server: str | None, ca_cert: Path | None, 
     """Show the server's running and waiting prompts ('queue status --broker URL': the durable queue)."""
     if ctx.invoked_subcommand is not None:
         return
+    from rich.table import Table
+
     with connect_client(server, ca_cert, allow_plain_http) as client:
         listing = client.queue()
     table = Table(box=None, pad_edge=False, header_style="bold")
@@ -209,6 +211,8 @@ def interrupt_command(prompt_id: str | None, clear: bool, server: str | None, ca
 @transport_options
 def history_command(max_items: int, server: str | None, ca_cert: Path | None, allow_plain_http: bool) -> None:
     """List the server's finished prompts, newest last, with their status and outputs."""
+    from rich.table import Table
+
     from comfy_orchestrator.protocol import outputs_from_history
 
     with connect_client(server, ca_cert, allow_plain_http) as client:
@@ -231,6 +235,8 @@ def history_command(max_items: int, server: str | None, ca_cert: Path | None, al
 @click.option("--json", "as_json", is_flag=True, help="print our whole record as JSON")
 def inspect_command(image: str, as_json: bool) -> None:
     """Show how an image was made: template, parameters, seeds, server, ComfyUI version."""
+    from rich.table import Table
+
     from comfy_orchestrator.provenance import PROVENANCE_KEY, png_text, read_provenance
 
     data = Path(image).read_bytes()

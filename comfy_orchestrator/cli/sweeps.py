@@ -12,6 +12,7 @@ from rich.text import Text
 
 from comfy_orchestrator.cli.group import main
 from comfy_orchestrator.cli.options import (
+    DEFAULT_GRID_FORMAT,
     broker_options,
     connect_queue,
     farm_options,
@@ -38,9 +39,6 @@ from comfy_orchestrator.cli.output import (
 )
 from comfy_orchestrator.cli.values import family_reader, sweep_of
 from comfy_orchestrator.errors import ParameterError
-from comfy_orchestrator.families import find_family
-from comfy_orchestrator.grid import DEFAULT_GRID_FORMAT
-from comfy_orchestrator.templates import Templates
 
 if TYPE_CHECKING:  # imported where used, so that a command loads only what it needs
     from comfy_orchestrator.queue import CeleryQueue
@@ -217,7 +215,7 @@ def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str]
     server_ca = Path(ca_cert) if ca_cert and broker is None else None
     configs = farm_servers(servers, farm_file, ca_cert=server_ca, allow_plain_http=allow_plain_http)
     # Through the queue no server of ours is at hand: the family comes from --set or the name.
-    read_family = find_family if dry_run or broker is not None else family_reader(configs[0])
+    read_family = None if dry_run or broker is not None else family_reader(configs[0])
     sweep = sweep_of(template, axes, sets, zipped=zipped, batch_seeds=batch_seeds, seed_source=seed_source,
                       read_family=read_family)
     if dry_run:
@@ -260,6 +258,7 @@ def demo(out_dir: str, servers: Sequence[str], checkpoint: str | None, grid_form
     from importlib import resources
 
     from comfy_orchestrator.params import DEFAULT_CHECKPOINT
+    from comfy_orchestrator.templates import Templates
 
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)

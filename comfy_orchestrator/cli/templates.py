@@ -5,18 +5,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.table import Table
 
 from comfy_orchestrator.cli.group import main
 from comfy_orchestrator.cli.options import library, set_option, template_values
 from comfy_orchestrator.cli.output import EXIT_BAD_INPUT, fail, format_number, line, stderr, stdout
 from comfy_orchestrator.cli.values import warn_about_size, with_families
-from comfy_orchestrator.params import DENOISE_GUIDE, denoise_band
-from comfy_orchestrator.schema import Schema
-from comfy_orchestrator.template_import import import_workflow
-from comfy_orchestrator.templates import ParameterInfo, Template, default_user_folder, parse_assignments
+
+if TYPE_CHECKING:  # imported where used, so that a command loads only what it needs
+    from comfy_orchestrator.templates import ParameterInfo, Template
 
 
 @main.command("templates")
@@ -137,6 +136,10 @@ def template_group() -> None:
 def template_import(ctx: click.Context, workflow_file: str, name: str, params: Sequence[str],
                     object_info: str | None, description: str, force: bool) -> None:
     """Turn a saved workflow (API export or the editor's format) into a template."""
+    from comfy_orchestrator.schema import Schema
+    from comfy_orchestrator.template_import import import_workflow
+    from comfy_orchestrator.templates import default_user_folder, parse_assignments
+
     schema = Schema(json.loads(Path(object_info).read_text("utf-8"))) if object_info else Schema.recorded()
     folder = library(ctx).user_folder or default_user_folder()
     imported = import_workflow(Path(workflow_file).read_bytes(), name=name, folder=folder, schema=schema,
@@ -156,6 +159,10 @@ def template_import(ctx: click.Context, workflow_file: str, name: str, params: S
 @click.argument("effect", required=False)
 def denoise_guide(effect: str | None) -> None:
     """Show which denoise strength gives which effect (or the range of one EFFECT)."""
+    from rich.table import Table
+
+    from comfy_orchestrator.params import DENOISE_GUIDE, denoise_band
+
     bands = [denoise_band(effect)] if effect else list(DENOISE_GUIDE)
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("effect", "denoise", "what it does"):

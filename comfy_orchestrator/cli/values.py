@@ -10,25 +10,28 @@ from typing import TYPE_CHECKING, Any
 from comfy_orchestrator.cli.options import template_values
 from comfy_orchestrator.cli.output import EXIT_BAD_INPUT, fail, warn
 from comfy_orchestrator.errors import CertificateRejected, ComfyError
-from comfy_orchestrator.families import FamilyFinding, find_family
-from comfy_orchestrator.params import Params
-from comfy_orchestrator.sweep import RANDOM_SEED, SEED_PARAMETERS
-from comfy_orchestrator.templates import Template
 
 if TYPE_CHECKING:  # imported where used, so that a command loads only what it needs
+    from comfy_orchestrator.families import FamilyFinding
+    from comfy_orchestrator.params import Params
     from comfy_orchestrator.servers import ServerConfig
     from comfy_orchestrator.sweep import Axis, Sweep
+    from comfy_orchestrator.templates import Template
 
 
-FamilyReader = Callable[[str], FamilyFinding]
+FamilyReader = Callable[[str], "FamilyFinding"]
 
 
-def with_families(template: Template, values: Mapping[str, Any], read: FamilyReader = find_family,
+def with_families(template: Template, values: Mapping[str, Any], read: FamilyReader | None = None,
                   axes: Sequence[Axis] = ()) -> Template:
     """The template told the model family of each checkpoint the job or sweep names, unless it is given.
 
-    `read` asks a server (its /view_metadata); guesses from a name are said aloud.
+    `read` asks a server (its /view_metadata); without it the family is told from the name.
+    Guesses from a name are said aloud.
     """
+    from comfy_orchestrator.families import find_family
+
+    read = read or find_family
     if "model_family" not in template.model.model_fields or values.get("model_family") \
             or any(axis.name == "model_family" for axis in axes):
         return template
@@ -51,14 +54,15 @@ def warn_about_size(params: Params) -> None:
 
 
 def sweep_of(template: Template, axes: Sequence[str], sets: Sequence[str], *, zipped: bool, batch_seeds: bool,
-              seed_source: int | None, read_family: FamilyReader = find_family) -> Sweep:
+              seed_source: int | None, read_family: FamilyReader | None = None) -> Sweep:
     """Build a Sweep from --axis and --set (input files are recorded by name and content, not path).
 
-    The model family of each checkpoint comes from `read_family` (a server's metadata) unless set.
+    The model family of each checkpoint comes from `read_family` (a server's metadata) unless set;
+    without it, from the checkpoint's name.
     """
     import random
 
-    from comfy_orchestrator.sweep import Sweep, parse_axis
+    from comfy_orchestrator.sweep import RANDOM_SEED, SEED_PARAMETERS, Sweep, parse_axis
 
     rng = random.Random(seed_source)
     fixed: dict[str, Any] = dict(template_values(sets))
@@ -80,6 +84,7 @@ def family_reader(server: ServerConfig) -> FamilyReader:
     """Read model families from a sweep's first server; where it cannot answer, guess from the name."""
     def read(checkpoint: str) -> FamilyFinding:
         from comfy_orchestrator.client import Client
+        from comfy_orchestrator.families import find_family
 
         named = find_family(checkpoint)
         if named.source == "known":  # an official file name: no need to ask
