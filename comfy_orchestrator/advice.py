@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from comfy_orchestrator.errors import ComfyError, ParameterError
-from comfy_orchestrator.params import WORKFLOWS, Params, Tiled
+from comfy_orchestrator.params import WORKFLOWS, Tiled
+from comfy_orchestrator.params_base import Params
 
 Symptom = Literal["too-much-change", "not-enough-change", "artifacts", "out-of-memory"]
 SYMPTOMS: dict[str, str] = {

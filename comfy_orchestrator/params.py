@@ -1,35 +1,29 @@
 """Parameter models: one frozen pydantic model per documented workflow, each naming its template.
 
 A model holds the documented defaults, the ranges the server accepts, and the
-ranges the img2img guide recommends (shown to users, never enforced).
+ranges the img2img guide recommends (shown to users, never enforced). Sampling holds what
+every workflow shares (prompts, checkpoint, KSampler, LoRAs, VAE) and the template nodes
+that carry it; Img2Img and its kin, HiresFix, Inpaint and ControlNet build on it.
 
-Past 600 lines because it is one idea, the workflows' parameter models, which build on one
-another (Sampling, then Img2Img and its kin); what a checkpoint's family is lives in families.py.
+The pieces they stand on have rooms of their own: the Params base (params_base.py), sampler
+names (samplers.py), the denoise guide (denoise_guide.py), input pictures (input_images.py)
+and model families (families.py). Params, DENOISE_GUIDE and denoise_band are re-exported
+here: the package's public names and the CLI import them from params.
 """
 
 from __future__ import annotations
 
-import difflib
-import functools
 import logging
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from comfy_orchestrator.errors import ParameterError
+from comfy_orchestrator.denoise_guide import DENOISE_GUIDE as DENOISE_GUIDE
+from comfy_orchestrator.denoise_guide import DenoiseBand
+from comfy_orchestrator.denoise_guide import denoise_band as denoise_band
 from comfy_orchestrator.families import (
     FAMILY_LABELS,
     NATIVE_SIZE,
@@ -37,8 +31,9 @@ from comfy_orchestrator.families import (
     find_family,
     native_size_note,
 )
-from comfy_orchestrator.limits import Limits
-from comfy_orchestrator.schema import Schema
+from comfy_orchestrator.input_images import ImageFile, check_mask, has_alpha, picture_size
+from comfy_orchestrator.params_base import Params as Params
+from comfy_orchestrator.samplers import resolve_sampler, scheduler_names, split_sampler
 
 DEFAULT_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 SEED_MAX = 2**64 - 1
@@ -49,133 +44,8 @@ class SizeRoundedWarning(UserWarning):
     """A width or height was rounded down to a multiple of 8."""
 
 
-@dataclass(frozen=True)
-class DenoiseBand:
-    """One band of the denoise strength guide."""
-
-    name: str
-    low: float
-    high: float
-    effect: str
-
-    @property
-    def middle(self) -> float:
-        return round((self.low + self.high) / 2, 2)
-
-
-DENOISE_GUIDE: tuple[DenoiseBand, ...] = (
-    DenoiseBand("minimal", 0.1, 0.3, "minimal change: subtle touch-ups, colour and texture"),
-    DenoiseBand("moderate", 0.3, 0.5, "moderate change: keeps composition, restyles details"),
-    DenoiseBand("significant", 0.5, 0.7, "significant change: new style, same layout"),
-    DenoiseBand("major", 0.7, 0.9, "major change: loose reinterpretation of the input"),
-    DenoiseBand("new", 0.9, 1.0, "almost a new image: the input barely shows"),
-)
-
-
-def denoise_band(name: str) -> DenoiseBand:
-    """The guide's band for an effect name such as 'moderate'."""
-    for band in DENOISE_GUIDE:
-        if band.name == name.strip().lower():
-            return band
-    names = ", ".join(b.name for b in DENOISE_GUIDE)
-    raise ParameterError(f"denoise: no effect named {name!r}; the guide knows {names}", parameter="denoise")
-
-
-# -- samplers as users name them -------------------------------------------------------------
-
-@functools.cache
-def sampler_names() -> tuple[str, ...]:
-    return tuple(str(s) for s in Schema.recorded().choices("KSampler", "sampler_name"))
-
-
-@functools.cache
-def scheduler_names() -> tuple[str, ...]:
-    return tuple(str(s) for s in Schema.recorded().choices("KSampler", "scheduler"))
-
-
-_SAMPLER_ALIASES = {"euler a": "euler_ancestral", "dpm2": "dpm_2", "dpm2 a": "dpm_2_ancestral",
-                    "unipc": "uni_pc", "dpm fast": "dpm_fast", "dpm adaptive": "dpm_adaptive"}
-
-
-def resolve_sampler(name: str) -> tuple[str, str | None]:
-    """Map a sampler as users name it ("dpm++ 2m karras") to ComfyUI's (sampler_name, scheduler).
-
-    The scheduler is None when the name does not imply one.
-    """
-    text = " ".join(name.strip().lower().split())
-    if text in sampler_names():
-        return text, None
-    scheduler = None
-    for candidate in sorted(scheduler_names(), key=len, reverse=True):
-        if text.endswith(" " + candidate):
-            scheduler, text = candidate, text[: -len(candidate) - 1]
-            break
-    text = _SAMPLER_ALIASES.get(text, text)
-    key = text.replace("dpm++", "dpmpp").replace(" ", "_").replace("-", "_")
-    if key in sampler_names():
-        return key, scheduler
-    close = difflib.get_close_matches(key, sampler_names(), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; valid: {', '.join(sampler_names())}"
-    raise ValueError(f"unknown sampler {name!r}{hint}")
-
-
-def split_sampler(data: Mapping[str, Any], *, has_scheduler: bool) -> dict[str, Any]:
-    """Parameter values with a sampler as users name it ('dpm++ 2m karras') split into ComfyUI's sampler
-    and scheduler; a name that is neither is left for the sampler field's own check to name.
-
-    Without a scheduler parameter (`has_scheduler` false), a name that implies one is refused.
-    """
-    data = dict(data)
-    sampler = data.get("sampler")
-    if not isinstance(sampler, str):
-        return data
-    try:
-        name, implied = resolve_sampler(sampler)
-    except ValueError:
-        return data
-    data["sampler"] = name
-    given = data.get("scheduler")
-    if implied is not None:
-        if not has_scheduler:
-            raise ValueError(f"sampler {sampler!r} implies scheduler {implied!r}, but this template has no "
-                             f"scheduler parameter; give the sampler alone ({name!r})")
-        if given is not None and given != implied:
-            raise ValueError(f"sampler {sampler!r} implies scheduler {implied!r}, "
-                             f"but scheduler={given!r} was given")
-        data["scheduler"] = implied
-    return data
-
-
 # -- field types ----------------------------------------------------------------------------------
 
-def _existing_image(path: Path) -> Path:
-    if not path.exists():
-        raise ValueError(f"image file {str(path)!r} does not exist")
-    if not path.is_file():
-        raise ValueError(f"{str(path)!r} is not a file")
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    limit = Limits().image_pixels
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, below
-            with Image.open(path) as img:
-                width, height = img.size
-                if width * height > limit:
-                    raise ValueError(f"{str(path)!r} is {width}x{height} pixels, over the limit of {limit} "
-                                     "(Limits.image_pixels); scale it down first")
-                img.verify()
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"{str(path)!r} has too many pixels to decode (limit {limit}, Limits.image_pixels); "
-                         "scale it down first") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"{str(path)!r} is not an image Pillow can read ({exc})") from exc
-    return path
-
-
-ImageFile = Annotated[Path, AfterValidator(_existing_image), Field(json_schema_extra={"kind": "image"})]
 UpscaleMethod = Literal["lanczos", "bicubic", "nearest-exact", "bilinear", "area"]
 
 
@@ -185,103 +55,9 @@ def _recommended(low: float, high: float) -> dict[str, Any]:
 
 # -- models ---------------------------------------------------------------------------------------
 
-class Params(BaseModel):
-    """Base of every workflow's parameters."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
-
-    workflow: ClassVar[str] = ""
-    template: ClassVar[str] = ""  # file name in a templates folder
-    description: ClassVar[str] = ""
-    # template variables a workflow does not expose, with the values it renders them at
-    stages: ClassVar[Mapping[str, Any]] = {}
-
-    @classmethod
-    def build(cls, values: Mapping[str, Any], *, strict_sizes: bool = False,
-              families: Mapping[str, str] | None = None) -> Params:
-        """Validate `values` into this model, turning pydantic's errors into one ParameterError.
-
-        `families` maps checkpoint names to their model family as a server reported it.
-        """
-        unknown = [name for name in values if name not in cls.model_fields]
-        if unknown:
-            name = unknown[0]
-            close = difflib.get_close_matches(name, list(cls.model_fields), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ParameterError(f"{cls.workflow} has no parameter {name!r}{hint} "
-                                 f"(it takes: {', '.join(cls.model_fields)})", parameter=name)
-        try:
-            return cls.model_validate(dict(values), context={"strict_sizes": strict_sizes,
-                                                              "families": dict(families or {})})
-        except ValidationError as exc:
-            raise _parameter_error(cls, exc) from None
-
-    @classmethod
-    def template_variables(cls) -> set[str]:
-        """Every name the template may use."""
-        return set(cls.model_fields) | set(cls.stages)
-
-    def template_values(self, image_names: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """The values the template renders with: stage defaults, the fields as JSON values, and
-        each local image replaced by its name on the server (`image_names`, by field)."""
-        values = {**self.stages, **self.model_dump(mode="json")}
-        values.update({k: v for k, v in (image_names or {}).items() if k in values})
-        return values
-
-    def image_fields(self) -> dict[str, Path]:
-        """The fields that name local image files, which must be uploaded to the server."""
-        return {name: value for name, value in self if isinstance(value, Path)}
-
-
-def _parameter_error(model: type[Params], exc: ValidationError) -> ParameterError:
-    lines = []
-    first = None
-    for error in exc.errors():
-        name = ".".join(str(part) for part in error["loc"])
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if not name:  # a check across several parameters: its message names them
-            lines.append(message)
-            continue
-        first = first or name
-        field = model.model_fields.get(name)
-        if error["type"] == "missing":
-            what = f" ({field.description})" if field and field.description else ""
-            lines.append(f"{name} is required{what}")
-            continue
-        hint = _range_hint(field.json_schema_extra if field else None, field.metadata if field else [])
-        lines.append(f"{name}={error.get('input')!r}: {message}{hint}")
-    return ParameterError(f"{model.workflow}: " + "; ".join(lines), parameter=first)
-
-
-def _range_hint(extra: Any, metadata: list[Any]) -> str:
-    bounds = {}
-    for item in metadata:
-        for key in ("ge", "le", "gt", "lt"):
-            if getattr(item, key, None) is not None:
-                bounds[key] = getattr(item, key)
-    if "ge" in bounds and "le" in bounds:
-        text = f" (allowed {bounds['ge']} to {bounds['le']}"
-        if isinstance(extra, dict) and "recommended" in extra:
-            low, high = extra["recommended"]
-            text += f"; recommended {low} to {high}"
-        return text + ")"
-    return ""
-
-
 LORA_FIRST_ID = 20
 CONTROL_FIRST_ID = 30
 VAE_ID = "17"  # the VAELoader, when a separate VAE is given
-
-
-class DeclaredParams(Params):
-    """Base of an imported or hand-written template's parameters: takes sampler names as users say them."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _friendly_sampler(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or "sampler" not in cls.model_fields:
-            return data
-        return split_sampler(data, has_scheduler="scheduler" in cls.model_fields)
 
 
 class LoraSpec(BaseModel):
@@ -466,13 +242,6 @@ def _list_from_text(value: Any) -> Any:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def _has_alpha(path: Path) -> bool:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return "A" in img.getbands() or "transparency" in img.info
-
-
 def _multiple_of_8(value: int, info: ValidationInfo) -> int:
     if value % 8 == 0:
         return value
@@ -505,14 +274,6 @@ class Img2Img(Sampling):
         values = {**self.stages, **dict(self)}
         return resized_size(picture_size(self.image), width=values["width"], height=values["height"],
                             scale_by=values["scale_by"])
-
-
-def picture_size(path: Path) -> tuple[int, int]:
-    """A picture's width and height, read from its header."""
-    from PIL import Image
-
-    with Image.open(path) as picture:
-        return picture.size
 
 
 def resized_size(size: tuple[int, int], *, width: int, height: int, scale_by: float) -> tuple[int, int]:
@@ -674,38 +435,12 @@ class Inpaint(Img2Img):
 
     @model_validator(mode="after")
     def _mask_source(self) -> Inpaint:
-        if self.mask is None and not _has_alpha(self.image):
+        if self.mask is None and not has_alpha(self.image):
             raise ValueError(f"image {self.image.name!r} has no transparency to use as the mask; "
                              "give mask=FILE, or save the image with an alpha channel")
         if self.mask is not None:
-            _check_mask(self.image, self.mask, self.mask_channel)
+            check_mask(self.image, self.mask, self.mask_channel)
         return self
-
-
-def _check_mask(image: Path, mask: Path, channel: str) -> None:
-    """Refuse masks that would silently do nothing; note size differences (ComfyUI rescales them)."""
-    from PIL import Image
-
-    with Image.open(mask) as picture:
-        bands = picture.getbands()
-        if channel == "alpha" and "A" not in bands:
-            raise ValueError(f"mask {mask.name!r} has no alpha channel; use mask_channel=red for a black "
-                             "and white mask")
-        band = picture.convert("RGBA").getchannel(channel[0].upper())
-        low, high = band.getextrema()
-        empty = high == 0 if channel != "alpha" else low == 255
-        if empty:
-            raise ValueError(f"mask {mask.name!r} marks nothing to repaint (its {channel} channel is all "
-                             f"{'black' if channel != 'alpha' else 'opaque'})")
-        with Image.open(image) as base:
-            if picture.size != base.size:
-                warnings.warn(f"mask {mask.name!r} is {picture.size[0]}x{picture.size[1]} but the image is "
-                              f"{base.size[0]}x{base.size[1]}; ComfyUI stretches the mask to fit",
-                              MaskResizedWarning, stacklevel=2)
-
-
-class MaskResizedWarning(UserWarning):
-    """A mask's size differs from its image's; ComfyUI stretches it."""
 
 
 class InpaintPartial(Inpaint):

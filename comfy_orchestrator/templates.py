@@ -28,8 +28,10 @@ from pydantic import Field, create_model
 
 from comfy_orchestrator.errors import GraphInvalid, ParameterError, TemplateBroken, TemplateNotFound
 from comfy_orchestrator.graph import Graph
+from comfy_orchestrator.input_images import ImageFile
 from comfy_orchestrator.jobs import Job, content_name
-from comfy_orchestrator.params import WORKFLOWS, DeclaredParams, ImageFile, Params
+from comfy_orchestrator.params import WORKFLOWS
+from comfy_orchestrator.params_base import DeclaredParams, Params
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.validation import check_prompt, describe_rejection
 
@@ -114,7 +116,7 @@ class ParameterInfo:
 
 def describe_parameters(model: type[Params]) -> list[ParameterInfo]:
     """The parameters of a model, with types, defaults, ranges and choices."""
-    from comfy_orchestrator.params import sampler_names, scheduler_names
+    from comfy_orchestrator.samplers import sampler_names, scheduler_names
 
     schema = model.model_json_schema()
     infos = []

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from comfy_orchestrator.errors import ParameterError
-from comfy_orchestrator.params import MaskResizedWarning
+from comfy_orchestrator.input_images import MaskResizedWarning
 from comfy_orchestrator.templates import Templates
 
 

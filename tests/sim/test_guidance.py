@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from comfy_orchestrator.errors import PromptRejected
 from comfy_orchestrator.farm import Farm
-from comfy_orchestrator.params import MaskResizedWarning
+from comfy_orchestrator.input_images import MaskResizedWarning
 from comfy_orchestrator.sim.guidance import detect_edges, lora_colour
 from comfy_orchestrator.sweep import Sweep, parse_axis
 from comfy_orchestrator.sweep_run import run_sweep

@@ -1,0 +1,84 @@
+"""Local pictures a job takes as input: checked when parameters are validated, measured, masks checked.
+
+The checks raise ValueError, as pydantic validators do; the model turns them into a ParameterError.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
+
+from comfy_orchestrator.limits import Limits
+
+
+class MaskResizedWarning(UserWarning):
+    """A mask's size differs from its image's; ComfyUI stretches it."""
+
+
+def _existing_image(path: Path) -> Path:
+    if not path.exists():
+        raise ValueError(f"image file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} is not a file")
+    from PIL import Image, UnidentifiedImageError
+
+    limit = Limits().image_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, below
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > limit:
+                    raise ValueError(f"{str(path)!r} is {width}x{height} pixels, over the limit of {limit} "
+                                     "(Limits.image_pixels); scale it down first")
+                img.verify()
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{str(path)!r} has too many pixels to decode (limit {limit}, Limits.image_pixels); "
+                         "scale it down first") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"{str(path)!r} is not an image Pillow can read ({exc})") from exc
+    return path
+
+
+ImageFile = Annotated[Path, AfterValidator(_existing_image), Field(json_schema_extra={"kind": "image"})]
+
+
+def picture_size(path: Path) -> tuple[int, int]:
+    """A picture's width and height, read from its header."""
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        return picture.size
+
+
+def has_alpha(path: Path) -> bool:
+    """Whether a picture has transparency, which inpainting can use as its mask."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return "A" in img.getbands() or "transparency" in img.info
+
+
+def check_mask(image: Path, mask: Path, channel: str) -> None:
+    """Refuse masks that would silently do nothing; note size differences (ComfyUI rescales them)."""
+    from PIL import Image
+
+    with Image.open(mask) as picture:
+        bands = picture.getbands()
+        if channel == "alpha" and "A" not in bands:
+            raise ValueError(f"mask {mask.name!r} has no alpha channel; use mask_channel=red for a black "
+                             "and white mask")
+        band = picture.convert("RGBA").getchannel(channel[0].upper())
+        low, high = band.getextrema()
+        empty = high == 0 if channel != "alpha" else low == 255
+        if empty:
+            raise ValueError(f"mask {mask.name!r} marks nothing to repaint (its {channel} channel is all "
+                             f"{'black' if channel != 'alpha' else 'opaque'})")
+        with Image.open(image) as base:
+            if picture.size != base.size:
+                warnings.warn(f"mask {mask.name!r} is {picture.size[0]}x{picture.size[1]} but the image is "
+                              f"{base.size[0]}x{base.size[1]}; ComfyUI stretches the mask to fit",
+                              MaskResizedWarning, stacklevel=2)
