@@ -1,0 +1,82 @@
+"""Input pictures: an ImageFile must be a readable picture within Limits.image_pixels; masks that do nothing
+are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hostile import pixel_bomb_png
+from PIL import Image
+from pydantic import TypeAdapter, ValidationError
+
+from comfy_orchestrator.input_images import ImageFile, MaskResizedWarning, check_mask, has_alpha, picture_size
+
+IMAGE_FILE = TypeAdapter(ImageFile)
+
+
+def test_a_picture_is_accepted_as_its_path(sample_image: Path) -> None:
+    assert IMAGE_FILE.validate_python(str(sample_image)) == sample_image
+
+
+def test_image_that_is_not_a_picture(tmp_path: Path) -> None:
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    with pytest.raises(ValidationError, match="not an image Pillow can read"):
+        IMAGE_FILE.validate_python(str(text))
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda tmp: tmp / "missing.png", "image file '.*missing.png' does not exist"),
+    (lambda tmp: tmp, "is not a file"),
+    (lambda tmp: _write(tmp / "wide.png", pixel_bomb_png(12000, 12000)),
+     r"is 12000x12000 pixels, over the limit of 134217728 \(Limits.image_pixels\); scale it down first"),
+    (lambda tmp: _write(tmp / "bomb.png", pixel_bomb_png(20000, 20000)), "too many pixels to decode"),
+])
+def test_what_is_not_a_usable_picture_is_named(tmp_path: Path, make, message) -> None:
+    with pytest.raises(ValidationError, match=message):
+        IMAGE_FILE.validate_python(str(make(tmp_path)))
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_size_and_transparency_are_read_from_the_file(sample_image: Path, tmp_path: Path) -> None:
+    assert picture_size(sample_image) == (96, 64) and not has_alpha(sample_image)
+    rgba, keyed = tmp_path / "rgba.png", tmp_path / "keyed.png"
+    Image.new("RGBA", (8, 4), (0, 0, 0, 0)).save(rgba)
+    Image.new("P", (8, 4), 0).save(keyed, transparency=0)
+    assert has_alpha(rgba) and has_alpha(keyed) and picture_size(rgba) == (8, 4)
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "image.png"
+    Image.new("RGB", (16, 16)).save(path)
+    return path
+
+
+def _mask(tmp_path: Path, mode: str, size: tuple[int, int], colour: object) -> Path:
+    path = tmp_path / f"mask-{mode}-{size[0]}.png"
+    Image.new(mode, size, colour).save(path)  # type: ignore[arg-type]
+    return path
+
+
+@pytest.mark.parametrize(("mode", "colour", "channel", "message"), [
+    ("L", 0, "red", "marks nothing to repaint \\(its red channel is all black\\)"),
+    ("L", 255, "alpha", "has no alpha channel; use mask_channel=red"),
+    ("RGBA", (255, 255, 255, 255), "alpha", "its alpha channel is all opaque"),
+])
+def test_masks_that_would_do_nothing_are_refused(image: Path, tmp_path: Path, mode, colour, channel,
+                                                 message) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_mask(image, _mask(tmp_path, mode, (16, 16), colour), channel)
+
+
+def test_a_mask_of_another_size_is_stretched_with_a_warning(image: Path, tmp_path: Path) -> None:
+    check_mask(image, _mask(tmp_path, "L", (16, 16), 255), "red")  # same size: no warning (warnings are errors)
+    check_mask(image, _mask(tmp_path, "RGBA", (16, 16), (0, 0, 0, 0)), "alpha")
+    with pytest.warns(MaskResizedWarning, match="is 8x8 but the image is 16x16; ComfyUI stretches the mask"):
+        check_mask(image, _mask(tmp_path, "L", (8, 8), 255), "green")
