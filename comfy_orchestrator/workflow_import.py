@@ -15,7 +15,7 @@ Public API
     ``Converted.titles`` (node id -> title) and ``Converted.notes`` (one line for each thing
     that could not be carried over, and why). Editor rules followed: widgets_values are
     mapped onto the schema's widget inputs in order, skipping the control value after a seed
-    and the "upload" value of image loaders; links resolve to [node_id, output_index] through
+    and the "upload" value of image loaders (the layouts are editor_widgets.py's); links resolve to [node_id, output_index] through
     Reroute chains, bypassed nodes (mode 4: an input of the same type passes through),
     PrimitiveNode (its value goes into its targets) and subgraphs (inner nodes get ids
     "host:inner"); muted nodes (mode 2) are left out, and so is every node that then lacks a
@@ -30,17 +30,16 @@ Naming a workflow's parameters and writing it as a template is template_import.p
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from comfy_orchestrator.editor_widgets import CONTROL, CONTROL_VALUES, FORCED, describe_layout, fits, widget_layouts
 from comfy_orchestrator.errors import WorkflowImportError
 from comfy_orchestrator.graph import is_link
 from comfy_orchestrator.schema import NodeSchema, Schema
 
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
-CONTROL_VALUES = frozenset({"fixed", "randomize", "increment", "decrement"})
-UPLOAD_OPTIONS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload")
 NOTE_TYPES = frozenset({"Note", "MarkdownNote"})
 MODE_MUTED = 2
 MODE_BYPASSED = 4
@@ -300,8 +299,8 @@ class _Converter:
 
     def _widget_values(self, placed: _Placed, spec: NodeSchema) -> dict[str, Any]:
         values = placed.node.get("widgets_values")
-        layouts = _widget_layouts(spec)
-        widget_names = [name for name in layouts[0] if name not in (None, _CONTROL, _FORCED)]
+        layouts = widget_layouts(spec)
+        widget_names = [name for name in layouts[0] if name not in (None, CONTROL, FORCED)]
         if isinstance(values, Mapping):  # some nodes save their widgets by name
             return {name: values[name] for name in widget_names if name in values}
         if values is None:
@@ -310,18 +309,18 @@ class _Converter:
             raise WorkflowImportError(f"widgets_values of {placed.class_type} is neither a list "
                                       "nor an object", node_id=placed.node_id)
         for layout in layouts:
-            if len(layout) == len(values) and _fits(layout, values):
+            if len(layout) == len(values) and fits(layout, values):
                 mapped: dict[str, Any] = {}
                 for index, (name, value) in enumerate(zip(layout, values)):
-                    if name == _CONTROL:
+                    if name == CONTROL:
                         self._note_control(placed, str(layout[index - 1]), value, values[index - 1])
-                    elif name is not None and name != _FORCED:
+                    elif name is not None and name != FORCED:
                         mapped[name] = value
                 return mapped
         raise WorkflowImportError(
             f"{placed.class_type} has {len(values)} widget values {list(values)!r}, but the "
             f"schema ({self.schema.source}) expects {len(layouts[0])} "
-            f"({_layout_text(layouts[0])}); saved with another version of the node?",
+            f"({describe_layout(layouts[0])}); saved with another version of the node?",
             node_id=placed.node_id,
         )
 
@@ -470,61 +469,6 @@ class _Converter:
                         break
                     self.notes.append(f"{describe}: optional input {name!r} came from node "
                                       f"{source}, which is {why}; left unset")
-
-
-_CONTROL = "\x00control"  # marks the value of a control_after_generate widget in a layout
-_UPLOAD = None  # the image loaders' "upload" button: a value in the file, no input
-_FORCED = "\x00forced"  # a forceInput input's value, which older editors saved and now drop
-
-
-def _widget_layouts(spec: NodeSchema) -> list[list[str | None]]:
-    """The orders in which the editor may have saved this class's widget values.
-
-    First the current editor's, then one without the upload button's value (files where it is
-    not written), then legacy files that also kept values for forceInput inputs.
-    """
-    layouts: list[list[str | None]] = []
-    for keep_forced in (False, True):
-        for with_upload in (True, False):
-            layout: list[str | None] = []
-            for name in spec.input_order:
-                config = spec.inputs[name]
-                if not config.is_widget:
-                    continue
-                forced = bool(config.options.get("forceInput"))
-                if forced and not keep_forced:
-                    continue
-                layout.append(_FORCED if forced else name)
-                if _has_control(name, config.type, config.options):
-                    layout.append(_CONTROL)
-                if with_upload and any(config.options.get(flag) for flag in UPLOAD_OPTIONS):
-                    layout.append(_UPLOAD)
-            if layout not in layouts:
-                layouts.append(layout)
-    return layouts
-
-
-def _layout_text(layout: Sequence[str | None]) -> str:
-    names = []
-    for index, name in enumerate(layout):
-        if name == _CONTROL:
-            names.append(f"{layout[index - 1]}'s control value")
-        elif name == _FORCED:
-            names.append("a forceInput value")
-        else:
-            names.append("the upload button's value" if name is None else name)
-    return ", ".join(names) or "no widgets"
-
-
-def _has_control(name: str, kind: str, options: Mapping[str, Any]) -> bool:
-    """Whether the editor adds a control_after_generate widget after this one."""
-    if "control_after_generate" in options:
-        return bool(options["control_after_generate"])
-    return kind == "INT" and name in ("seed", "noise_seed")  # the editor's legacy rule
-
-
-def _fits(layout: Sequence[str | None], values: Sequence[Any]) -> bool:
-    return all(value in CONTROL_VALUES for name, value in zip(layout, values) if name == _CONTROL)
 
 
 def _bypass_input(node: Mapping[str, Any], slot: int, wanted: str) -> int | None:
