@@ -13,6 +13,7 @@ from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.jobs import Job, content_name
 from comfy_orchestrator.limits import Timeouts
 from comfy_orchestrator.retry import RetryPolicy
+from tests.conftest import img2img_prompt
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -39,19 +40,9 @@ def live_job(live: Client, sample_image: Path) -> Job:
     if not checkpoints:
         pytest.skip("the server has no checkpoint")
     image = content_name(sample_image)
-    graph = Graph.from_api({
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoints[0]}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse at dusk", "clip": ["1", 1]}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
-        "4": {"class_type": "LoadImage", "inputs": {"image": image}},
-        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["4", 0], "vae": ["1", 2]}},
-        "6": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["5", 0],
-            "seed": int.from_bytes(os.urandom(4), "big"), "steps": 8, "cfg": 8.0, "sampler_name": "euler",
-            "scheduler": "normal", "denoise": 0.6}},
-        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
-        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "comfy-orch-live"}},
-    })
+    graph = Graph.from_api(img2img_prompt(image, seed=int.from_bytes(os.urandom(4), "big"), steps=8,
+                                          checkpoint=checkpoints[0], prefix="comfy-orch-live",
+                                          positive="a lighthouse at dusk", negative="blurry"))
     return Job(graph=graph, template="img2img", params={"steps": 8}, inputs={image: sample_image},
                parameter_map={"6.sampler_name": "sampler", "1.ckpt_name": "checkpoint"})
 
