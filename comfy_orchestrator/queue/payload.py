@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from comfy_orchestrator.errors import ComfyError, MalformedMessage, WorkerJobFailed
 from comfy_orchestrator.graph import Graph
-from comfy_orchestrator.jobs import Job, Output
+from comfy_orchestrator.jobs import Job, JobResult, Output
 
 PAYLOAD_VERSION = 1
 
@@ -55,15 +55,13 @@ def job_from_json(data: Any, *, input_folder: Path) -> TaskOrder:
         raise MalformedMessage(f"a task's argument is malformed: {exc}", server="queue") from exc
 
 
-def result_to_json(*, prompt_id: str, worker: str, server: str, outputs: tuple[Output, ...],
-                   files: list[tuple[str, bytes]], timings: Mapping[str, float],
-                   cached_nodes: tuple[str, ...]) -> dict[str, Any]:
-    """A finished job as the task's return value."""
-    return {"ok": True, "prompt_id": prompt_id, "worker": worker, "server": server,
+def result_to_json(result: JobResult, *, worker: str, files: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
+    """A job finished on `worker` as the task's return value, its output files inline as (name, bytes)."""
+    return {"ok": True, "prompt_id": result.prompt_id, "worker": worker, "server": result.server,
             "outputs": [{"node_id": o.node_id, "filename": o.filename, "subfolder": o.subfolder, "type": o.type,
-                         "kind": o.kind} for o in outputs],
+                         "kind": o.kind} for o in result.outputs],
             "files": [{"name": name, "data": base64.b64encode(data).decode("ascii")} for name, data in files],
-            "timings": dict(timings), "cached_nodes": list(cached_nodes)}
+            "timings": dict(result.timings), "cached_nodes": list(result.cached_nodes)}
 
 
 def failure_to_json(error: ComfyError, *, worker: str, attempts: int, servers: tuple[str, ...]) -> dict[str, Any]:

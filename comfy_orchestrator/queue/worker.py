@@ -92,9 +92,7 @@ class QueueWorker:
         except ComfyError as exc:
             logger.warning("%s failed: %s", order.job.label or task_id, exc)
             return failure_to_json(exc, worker=self.name, attempts=1, servers=())
-        return result_to_json(prompt_id=result.prompt_id, worker=self.name, server=result.server,
-                              outputs=result.outputs, files=files, timings=result.timings,
-                              cached_nodes=result.cached_nodes)
+        return result_to_json(result, worker=self.name, files=files)
 
     def _read(self, sweep: str, key: str, task_id: str) -> tuple[str | None, str | None, dict[str, Any] | None]:
         pipe = self.redis.pipeline(transaction=False)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from comfy_orchestrator.errors import ExecutionFailed, MalformedMessage, WorkerJobFailed
-from comfy_orchestrator.jobs import Output
+from comfy_orchestrator.jobs import JobResult, Output
 from comfy_orchestrator.queue.payload import (
     TaskFailure,
     TaskResult,
@@ -42,10 +42,11 @@ def test_an_input_name_that_would_leave_the_folder_is_refused(img2img_job: Any, 
         job_from_json(data, input_folder=tmp_path)
 
 
-def test_a_result_and_a_failure_come_back_as_they_left() -> None:
+def test_a_result_and_a_failure_come_back_as_they_left(img2img_job: Any) -> None:
     outputs = (Output(node_id="9", filename="a.png"),)
-    data = result_to_json(prompt_id="p", worker="box", server="gpu0", outputs=outputs,
-                          files=[("a.png", b"\x89PNG bytes")], timings={"started": 1.0}, cached_nodes=("1",))
+    result = JobResult(job=img2img_job, prompt_id="p", server="gpu0", outputs=outputs,
+                       files=(Path("/scratch/a.png"),), timings={"started": 1.0}, cached_nodes=("1",))
+    data = result_to_json(result, worker="box", files=[("a.png", b"\x89PNG bytes")])
     back = read_result(data)
     assert isinstance(back, TaskResult)
     assert (back.worker, back.server, back.outputs, back.files) == ("box", "gpu0", outputs, (("a.png", b"\x89PNG bytes"),))
