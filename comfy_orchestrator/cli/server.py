@@ -56,8 +56,6 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
                 allow_plain_http: bool, sets: Sequence[str], out_dir: str, from_image: str | None,
                 timeout_s: float) -> None:
     """Run TEMPLATE once on a server with a progress bar; print where the outputs are."""
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
     from comfy_orchestrator.graph import Graph
     from comfy_orchestrator.jobs import Job
     from comfy_orchestrator.protocol import NodeProgress
@@ -95,7 +93,10 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
             warn_about_size(params)
             job = template.job(params)
         handle = client.submit(job)
-        try:
+        try:  # from here on, Ctrl-C stops the prompt we started
+            # the bar's code loads while the server works, not before the prompt is in
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
             with Progress(TextColumn("{task.description:>8}", markup=False), BarColumn(), TaskProgressColumn(),
                           TextColumn("{task.fields[detail]}", markup=False), TimeElapsedColumn(), console=stderr,
                           transient=False) as bar:
