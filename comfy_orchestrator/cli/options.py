@@ -25,7 +25,7 @@ GRID_FORMAT_NAMES, DEFAULT_GRID_FORMAT = ("jpg", "png"), "jpg"
 def settings() -> Settings:
     from comfy_orchestrator.settings import Settings
 
-    return Settings()  # type: ignore[call-arg]  # pydantic-settings fills the fields from the environment
+    return Settings.from_environment()
 
 
 def library(ctx: click.Context) -> Templates:
@@ -113,7 +113,7 @@ def farm_servers(servers: Sequence[str], farm_file: str | None, *, ca_cert: Path
 
     config = settings()
     configs = list(load_farm(farm_file, ca_cert=ca_cert)) if farm_file else []
-    configs += servers_from_urls(list(servers) or ([] if farm_file else [config.comfy_url]), token=config.token(),
+    configs += servers_from_urls(list(servers) or ([] if farm_file else [config.url()]), token=config.token(),
                                  ca_cert=ca_cert, allow_plain_http=allow_plain_http)
     return configs
 
@@ -130,5 +130,5 @@ def connect_client(server: str | None, ca_cert: Path | None = None, allow_plain_
     from comfy_orchestrator.client import Client
 
     config = settings()
-    return Client(server or config.comfy_url, token=config.token(), ca_cert=ca_cert,
+    return Client(server or config.url(), token=config.token(), ca_cert=ca_cert,
                   allow_plain_http=allow_plain_http)
