@@ -44,8 +44,9 @@ EXPECTED: dict[str, tuple[int, str]] = {
     "ws_progress_huge_int": (0, ""),
     "ws_huge_frame": (1, "a websocket message of 1.02e+03 GiB is over the limit of 64 MiB "
                          "(Limits.websocket_frame_bytes)"),
-    "auth_401": (1, "answered 401: the server or its proxy wants credentials and none were sent"),
-    "auth_403": (1, "answered 403: the server or its proxy wants credentials and none were sent"),
+    # credentials are set-up the user fixes, as a certificate is: exit 2, for run and sweep alike
+    "auth_401": (2, "answered 401: the server or its proxy wants credentials and none were sent"),
+    "auth_403": (2, "answered 403: the server or its proxy wants credentials and none were sent"),
 }
 SWEEP_FAILS = {"view_html": "is not a readable image", "view_pixel_bomb": "has too many pixels to decode"}
 

@@ -1,7 +1,8 @@
 """The `comfy-orch` command line: the only part of the package that prints or exits.
 
 Exit codes: 0 success, 1 a job or server failed, 2 bad input (a parameter, a
-template, a file). Errors are one line on stderr, never a traceback.
+template, a file, or set-up a server refuses: our certificate check or credentials).
+Errors are one line on stderr, never a traceback.
 
 One module per idea, in import order: output (the only printing: consoles, `line`,
 errors and exit codes), options (what commands share), values (a job's values from the

@@ -19,6 +19,7 @@ from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
 from comfy_orchestrator.errors import (
+    AuthFailed,
     BrokerError,
     CertificateRejected,
     ComfyError,
@@ -31,8 +32,10 @@ from comfy_orchestrator.errors import (
     WorkflowImportError,
 )
 
+# A server refusing our certificate check or our credentials is set-up the user fixes (--ca-cert, the token),
+# as is a journal that cannot be used (a file at fault): exit 2, as for any bad input.
 BAD_INPUT = (ParameterError, TemplateError, GraphInvalid, SweepError, WorkflowImportError, FarmFileInvalid,
-             BrokerError, CertificateRejected, JournalFailed)  # a journal that cannot be used: a file at fault
+             BrokerError, CertificateRejected, AuthFailed, JournalFailed)
 
 
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2

@@ -147,7 +147,7 @@ def _check_journal(sweep: Sweep, folder: Path) -> None:
 def _require_a_server(servers: Sequence[ServerConfig]) -> None:
     """Fail at once, naming each URL, when no server of a sweep answers (--wait-for-servers waits instead)."""
     from comfy_orchestrator.client import Client
-    from comfy_orchestrator.errors import CertificateRejected, ComfyError
+    from comfy_orchestrator.errors import AuthFailed, CertificateRejected, ComfyError
     from comfy_orchestrator.limits import Timeouts
 
     probe = Timeouts(connect_s=SERVER_PROBE_CONNECT_S, read_s=SERVER_PROBE_READ_S)
@@ -158,8 +158,8 @@ def _require_a_server(servers: Sequence[ServerConfig]) -> None:
                         allow_plain_http=server.allow_plain_http, timeouts=probe) as client:
                 client.system_stats()
             return
-        except CertificateRejected:
-            raise  # said once, as every command says it
+        except (CertificateRejected, AuthFailed):
+            raise  # the set-up is wrong, not the server down: said once, as every command says it
         except ComfyError as exc:
             text = str(exc)
             problems.append(text if text.startswith(server.url) else f"{server.url}: {text}")

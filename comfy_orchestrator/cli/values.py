@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from comfy_orchestrator.cli.options import template_values
 from comfy_orchestrator.cli.output import EXIT_BAD_INPUT, fail, warn
-from comfy_orchestrator.errors import CertificateRejected, ComfyError
+from comfy_orchestrator.errors import AuthFailed, CertificateRejected, ComfyError
 
 if TYPE_CHECKING:  # imported where used, so that a command loads only what it needs
     from comfy_orchestrator.families import FamilyFinding
@@ -93,7 +93,7 @@ def family_reader(server: ServerConfig) -> FamilyReader:
             with Client(server.url, headers=server.headers, token=server.token, ca_cert=server.ca_cert,
                         allow_plain_http=server.allow_plain_http) as client:
                 return client.model_family(checkpoint)
-        except CertificateRejected:
+        except (CertificateRejected, AuthFailed):
             raise  # the sweep cannot run either: say so once, now
         except ComfyError as exc:
             warn(f"could not read the model family of {checkpoint!r} from the server ({exc})")
