@@ -79,16 +79,18 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
     if template_name is None and graph is None:
         fail("name a TEMPLATE (see 'comfy-orch templates') or give --from IMAGE", EXIT_BAD_INPUT)
     values.update(template_values(sets))
+    template: Template | None = None
     if graph is None:
         assert template_name is not None
-        _draw_seeds(library(ctx).get(template_name), values)
+        template = library(ctx).get(template_name)
+        _draw_seeds(template, values)
     started = time.monotonic()
     with connect_client(server, ca_cert, allow_plain_http) as client, terminate_as_interrupt():
-        if graph is not None:
+        if template is None:
+            assert graph is not None
             job = Job(graph=graph, inputs=uploads)
         else:
-            assert template_name is not None
-            template = with_families(library(ctx).get(template_name), values, client.model_family)
+            template = with_families(template, values, client.model_family)
             params = template.params(values)
             warn_about_size(params)
             job = template.job(params)
@@ -129,7 +131,7 @@ def _draw_seeds(template: Template, values: dict[str, Any]) -> None:
 
     from comfy_orchestrator.sweep import DRAWN_SEED_MAX, RANDOM_SEED, SEED_PARAMETERS
 
-    names = {parameter.name for parameter in template.parameters()}
+    names = template.model.model_fields  # the parameters' names (without describing each, as parameters() does)
     for name in SEED_PARAMETERS:
         if name in names and str(values.get(name, RANDOM_SEED)).strip() == str(RANDOM_SEED):
             values[name] = random.SystemRandom().randint(0, DRAWN_SEED_MAX)
