@@ -11,11 +11,10 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
-from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
 from comfy_orchestrator.errors import (
@@ -32,11 +31,13 @@ from comfy_orchestrator.errors import (
     WorkflowImportError,
 )
 
+if TYPE_CHECKING:  # rich.progress (with its tables and spinners) loads when a bar is drawn
+    from rich.progress import ProgressColumn
+
 # A server refusing our certificate check or our credentials is set-up the user fixes (--ca-cert, the token),
 # as is a journal that cannot be used (a file at fault): exit 2, as for any bad input.
 BAD_INPUT = (ParameterError, TemplateError, GraphInvalid, SweepError, WorkflowImportError, FarmFileInvalid,
              BrokerError, CertificateRejected, AuthFailed, JournalFailed)
-
 
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
@@ -63,12 +64,16 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     sys.exit(code)
 
 
-class LineColumn(ProgressColumn):
+def line_column() -> ProgressColumn:
     """A progress bar column showing the task's `line` field, a Text built with `line()`."""
+    from rich.progress import ProgressColumn, Task
 
-    def render(self, task: Task) -> Text:
-        shown = task.fields.get("line")
-        return shown if isinstance(shown, Text) else Text(str(shown or ""))
+    class LineColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            shown = task.fields.get("line")
+            return shown if isinstance(shown, Text) else Text(str(shown or ""))
+
+    return LineColumn()
 
 
 class Commands(click.Group):

@@ -27,11 +27,11 @@ from comfy_orchestrator.cli.output import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
-    LineColumn,
     Terminated,
     fail,
     format_duration,
     line,
+    line_column,
     stderr,
     stdout,
     terminate_as_interrupt,
@@ -79,7 +79,7 @@ def _run_sweep_with_progress(sweep: Sweep, out_dir: Path, servers: Sequence[Serv
     # the farm tries a job no more often in one run than the cell may be tried at all
     farm = Farm(servers, timeouts=timeouts, policy=RetryPolicy(max_attempts=min(
         max_attempts, RetryPolicy.max_attempts))) if queue is None else None
-    columns = (TextColumn("cells", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), LineColumn())
+    columns = (TextColumn("cells", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), line_column())
     with Progress(*columns, console=stderr, transient=False) as bar:
         task = bar.add_task("", total=None, line=Text(""))
 
