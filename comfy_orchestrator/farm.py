@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
 
-from comfy_orchestrator.dispatch import Dispatch, SoonestFinish
+from comfy_orchestrator.dispatch import Dispatch, SoonestFinish, is_refusal
 from comfy_orchestrator.engine import FarmRun
 from comfy_orchestrator.errors import ComfyError
 from comfy_orchestrator.jobs import Job
@@ -146,7 +146,7 @@ class Farm:
                 answers[config.name] = link.status()
             except ComfyError as exc:
                 answers[config.name] = ServerStatus(name=config.name, url=config.display_url, up=False, error=str(exc),
-                                                    tags=config.tags)
+                                                    refused=is_refusal(exc), tags=config.tags)
             finally:
                 link.close()
 

@@ -151,6 +151,7 @@ class ServerStatus:
     url: str
     up: bool
     error: str = ""
+    refused: bool = False  # down because it refused our certificate check or credentials: set-up to fix
     queue_running: int = 0
     queue_pending: int = 0
     devices: tuple[Device, ...] = ()

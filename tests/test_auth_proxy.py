@@ -125,8 +125,9 @@ def test_farm_commands_take_url_and_token_from_the_environment(command: str, pro
             "farm status": ["farm", "status"]}[command]
     monkeypatch.setenv("COMFY_URL", proxy)  # the proxy answers 401 to a request without the token
     if command == "farm status":  # a sweep would wait out the farm's no-server timeout instead
-        refused = CliRunner().invoke(main, args)
-        assert refused.exit_code == 1 and "401" in refused.output, refused.output
+        refused = CliRunner().invoke(main, args)  # a token to give, not a server down: exit 2, one line
+        errors = [line for line in refused.output.splitlines() if line.startswith("error:")]
+        assert refused.exit_code == 2 and len(errors) == 1 and "401" in errors[0], refused.output
     monkeypatch.setenv("COMFY_TOKEN", TOKEN)
     done = CliRunner().invoke(main, args)
     assert done.exit_code == 0, done.output

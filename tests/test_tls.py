@@ -324,8 +324,9 @@ def test_farm_status_takes_ca_cert(farm_port: int, tls_authority: TlsAuthority,
     url = f"https://localhost:{farm_port}"
     up = invoke("farm", "status", "--server", url, "--ca-cert", str(tls_authority.cert), "--json")
     assert up.exit_code == 0, up.output
-    down = invoke("farm", "status", "--server", url)
-    assert down.exit_code == 1 and "unknown authority" in down.output
+    refused = invoke("farm", "status", "--server", url)  # set-up to fix, not a server down
+    assert refused.exit_code == 2 and f"{url}: TLS certificate rejected, unknown authority" in one_error_line(refused)
+    assert "is down" not in refused.output and "refused us" in refused.stdout
 
 
 @pytest.mark.parametrize("command", [["queue"], ["farm", "status"], ["sweep", "img2img", "--axis", "cfg=5,7",

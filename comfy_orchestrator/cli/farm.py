@@ -11,7 +11,7 @@ import click
 
 from comfy_orchestrator.cli.group import main
 from comfy_orchestrator.cli.options import farm_options, farm_servers, transport_options
-from comfy_orchestrator.cli.output import EXIT_FAILED, fail, line, stderr, stdout
+from comfy_orchestrator.cli.output import EXIT_BAD_INPUT, EXIT_FAILED, fail, line, stderr, stdout
 from comfy_orchestrator.limits import Timeouts
 
 if TYPE_CHECKING:  # imported where used, so that a command loads only what it needs
@@ -31,7 +31,7 @@ def _print_statuses(statuses: Sequence[ServerStatus]) -> None:
     for status in statuses:
         tags = f"  [{', '.join(status.tags)}]" if status.tags else ""
         if not status.up:
-            stdout.print(line((status.name, "bold"), "  ", ("down", "red"), tags))
+            stdout.print(line((status.name, "bold"), "  ", ("refused us" if status.refused else "down", "red"), tags))
             continue
         stdout.print(line((status.name, "bold"), "  ", ("up", "green"),
                           f", {status.queue_running} running, {status.queue_pending} waiting{tags}"))
@@ -43,7 +43,7 @@ def _print_statuses(statuses: Sequence[ServerStatus]) -> None:
                                                     break_on_hyphens=False)):
             stdout.print("  " + text)
     for status in statuses:
-        if not status.up:
+        if not status.up and not status.refused:  # a refusal is the error line itself
             stderr.print(line((f"{status.name} is down:", "red"), f" {status.error}"))
 
 
@@ -59,7 +59,10 @@ def _gib(size: int) -> str:
 @transport_options
 def farm_status(servers: Sequence[str], farm_file: str | None, timeout_s: float, as_json: bool,
                 ca_cert: Path | None, allow_plain_http: bool) -> None:
-    """Show each server: up or down, queue, GPU and VRAM, checkpoints. Exits 1 if any is down."""
+    """Show each server: up or down, queue, GPU and VRAM, checkpoints.
+
+    Exits 2 if a server refuses our certificate check or credentials (set-up to fix), else 1 if any is down.
+    """
     import dataclasses
 
     from comfy_orchestrator.farm import Farm
@@ -70,6 +73,9 @@ def farm_status(servers: Sequence[str], farm_file: str | None, timeout_s: float,
         click.echo(json.dumps([dataclasses.asdict(status) for status in statuses], indent=2))
     else:
         _print_statuses(statuses)
+    refused = [status.error for status in statuses if status.refused]
+    if refused:  # each error names its server and how to fix it
+        fail("; ".join(refused), EXIT_BAD_INPUT)
     down = [status.name for status in statuses if not status.up]
     if down:
         fail(f"{len(down)} of {len(statuses)} server(s) down: {', '.join(down)}", EXIT_FAILED)
