@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from comfy_orchestrator.client import Client
+    from comfy_orchestrator.denoise_guide import DENOISE_GUIDE
     from comfy_orchestrator.errors import (
         AuthFailed,
         BrokerAuthFailed,
@@ -52,7 +53,8 @@ if TYPE_CHECKING:
     from comfy_orchestrator.jobs import Job, JobResult, Output
     from comfy_orchestrator.journal import Journal
     from comfy_orchestrator.limits import Limits, Timeouts
-    from comfy_orchestrator.params import DENOISE_GUIDE, WORKFLOWS, Params
+    from comfy_orchestrator.params import WORKFLOWS
+    from comfy_orchestrator.params_base import Params
     from comfy_orchestrator.retry import RetryPolicy
     from comfy_orchestrator.schema import Schema
     from comfy_orchestrator.servers import ServerConfig, load_farm
@@ -75,7 +77,7 @@ _HOMES = {
     "Client": "client",
     "ComfyError": "errors",
     "ConnectionFailed": "errors",
-    "DENOISE_GUIDE": "params",
+    "DENOISE_GUIDE": "denoise_guide",
     "ExecutionFailed": "errors",
     "Farm": "farm",
     "FarmFileInvalid": "errors",
@@ -99,7 +101,7 @@ _HOMES = {
     "OutOfMemory": "errors",
     "Output": "jobs",
     "ParameterError": "errors",
-    "Params": "params",
+    "Params": "params_base",
     "PromptCheck": "validation",
     "PromptRejected": "errors",
     "RequestTimedOut": "errors",

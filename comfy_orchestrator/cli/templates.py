@@ -161,7 +161,7 @@ def denoise_guide(effect: str | None) -> None:
     """Show which denoise strength gives which effect (or the range of one EFFECT)."""
     from rich.table import Table
 
-    from comfy_orchestrator.params import DENOISE_GUIDE, denoise_band
+    from comfy_orchestrator.denoise_guide import DENOISE_GUIDE, denoise_band
 
     bands = [denoise_band(effect)] if effect else list(DENOISE_GUIDE)
     table = Table(box=None, pad_edge=False, header_style="bold")

@@ -13,7 +13,7 @@ from comfy_orchestrator.errors import AuthFailed, CertificateRejected, ComfyErro
 
 if TYPE_CHECKING:  # imported where used, so that a command loads only what it needs
     from comfy_orchestrator.families import FamilyFinding
-    from comfy_orchestrator.params import Params
+    from comfy_orchestrator.params_base import Params
     from comfy_orchestrator.servers import ServerConfig
     from comfy_orchestrator.sweep import Axis, Sweep
     from comfy_orchestrator.templates import Template
