@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from comfy_orchestrator.journal import JOURNAL_NAME
 from comfy_orchestrator.templates import Templates
 
 
@@ -32,6 +34,21 @@ def _smoke_test() -> ModuleType:
 
 
 img2img_prompt: Callable[..., dict[str, Any]] = _smoke_test().img2img_prompt
+
+
+def done_cells(out: Path) -> int:
+    """Cells a sweep folder's journal records as done, read from outside the running command (0 before it
+    exists)."""
+    path = out / JOURNAL_NAME
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(path, timeout=5.0)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM cell WHERE status = 'done'").fetchone()[0])
+    except sqlite3.OperationalError:  # the table is not made yet
+        return 0
+    finally:
+        db.close()
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "comfyui-reference"  # recorded from ComfyUI 0.8.0; see its README
 

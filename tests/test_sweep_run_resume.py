@@ -6,7 +6,6 @@ import dataclasses
 import json
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,11 +19,11 @@ import requests
 from PIL import Image
 
 from comfy_orchestrator.farm import Farm
-from comfy_orchestrator.journal import JOURNAL_NAME
 from comfy_orchestrator.params import DEFAULT_CHECKPOINT
 from comfy_orchestrator.sweep import Sweep, parse_axis
 from comfy_orchestrator.sweep_run import run_sweep
 from comfy_orchestrator.templates import Templates
+from tests.conftest import done_cells
 
 
 @pytest.fixture
@@ -40,19 +39,6 @@ def _command(url: str, out: Path, image: Path, *axes: str) -> list[str]:
     axes = axes or ("denoise=0.2:0.8:0.2", "cfg=4,6,8,10")
     return [sys.executable, "-m", "comfy_orchestrator.cli", "sweep", "img2img", "--server", url,
             *(part for axis in axes for part in ("--axis", axis)), "--set", f"image={image}", "--out", str(out)]
-
-
-def _done_cells(out: Path) -> int:
-    path = out / JOURNAL_NAME
-    if not path.exists():
-        return 0
-    db = sqlite3.connect(path, timeout=5.0)
-    try:
-        return int(db.execute("SELECT COUNT(*) FROM cell WHERE status = 'done'").fetchone()[0])
-    except sqlite3.OperationalError:  # the table is not made yet
-        return 0
-    finally:
-        db.close()
 
 
 def _holds_its_folder(process: subprocess.Popen[str], out: Path) -> bool:
@@ -91,20 +77,20 @@ def test_a_sweep_killed_five_times_runs_each_cell_once(realistic_sim: Any, sampl
     terms = 0
     for kill in range(5):
         how = (signal.SIGKILL, signal.SIGTERM)[kill % 2]
-        before = _done_cells(out)
+        before = done_cells(out)
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         # a random point: after 0 to 2 more cells are done, and a little more
         more, extra_s = chooser.randint(0, 2), chooser.uniform(0.0, 0.3)
         deadline = time.monotonic() + 60
         while not _holds_its_folder(process, out) and process.poll() is None and time.monotonic() < deadline:
             pause.wait(0.01)
-        while _done_cells(out) < before + more and process.poll() is None and time.monotonic() < deadline:
+        while done_cells(out) < before + more and process.poll() is None and time.monotonic() < deadline:
             pause.wait(0.02)
         pause.wait(extra_s)
         process.send_signal(how)
         _, stderr = process.communicate(timeout=60)
         if how == signal.SIGTERM and process.returncode == -signal.SIGTERM:
-            assert _done_cells(out) == cells  # only once its work was done is SIGTERM left to end it
+            assert done_cells(out) == cells  # only once its work was done is SIGTERM left to end it
         elif how == signal.SIGTERM and process.returncode != 0:
             terms += 1
             assert process.returncode == 143 and "terminated; run the same command again" in stderr, stderr

@@ -29,6 +29,7 @@ from comfy_orchestrator.queue import CeleryQueue, QueueTimeouts
 from comfy_orchestrator.sweep import Sweep, parse_axis
 from comfy_orchestrator.sweep_run import SweepProgress, run_sweep
 from comfy_orchestrator.templates import Templates
+from tests.conftest import done_cells
 from tests.queue.conftest import TEST_LEASE_S, cli_environment, sim_costs, start_redis, wait_for
 
 AXES_40 = ("denoise=0.1:0.8:0.1", "cfg=4,5,6,7,8")  # 8 x 5 cells
@@ -41,19 +42,6 @@ def _sweep(library: Templates, image: Path, axes: tuple[str, ...] = AXES_40, **f
 
 def _manifest(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (folder / "manifest.jsonl").read_text("utf-8").splitlines()]
-
-
-def _done_cells(out: Path) -> int:
-    path = out / JOURNAL_NAME
-    if not path.exists():
-        return 0
-    db = sqlite3.connect(path, timeout=5.0)
-    try:
-        return int(db.execute("SELECT COUNT(*) FROM cell WHERE status = 'done'").fetchone()[0])
-    except sqlite3.OperationalError:  # not made yet
-        return 0
-    finally:
-        db.close()
 
 
 def _assert_every_cell_once(out: Path, total: int) -> list[dict[str, Any]]:
@@ -114,10 +102,10 @@ def test_a_killed_submitter_run_again_collects_without_running_anything_twice(
     for axis in AXES_40:
         command += ["--axis", axis]
     submitter = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_environment())
-    wait_for(lambda: _done_cells(out) >= 8 or submitter.poll() is not None, timeout_s=60.0, what="8 cells done")
+    wait_for(lambda: done_cells(out) >= 8 or submitter.poll() is not None, timeout_s=60.0, what="8 cells done")
     submitter.send_signal(signal.SIGKILL)
     submitter.communicate(timeout=30)
-    done_at_kill = _done_cells(out)
+    done_at_kill = done_cells(out)
     assert 8 <= done_at_kill < 40, "the submitter should be cut off midway"
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=120, env=cli_environment())
