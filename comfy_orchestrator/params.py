@@ -7,8 +7,7 @@ that carry it; Img2Img and its kin, HiresFix, Inpaint and ControlNet build on it
 
 The pieces they stand on have rooms of their own: the Params base (params_base.py), sampler
 names (samplers.py), the denoise guide (denoise_guide.py), input pictures (input_images.py)
-and model families (families.py). Params, DENOISE_GUIDE and denoise_band are re-exported
-here: the package's public names and the CLI import them from params.
+and model families (families.py).
 """
 
 from __future__ import annotations
@@ -21,9 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from comfy_orchestrator.denoise_guide import DENOISE_GUIDE as DENOISE_GUIDE
-from comfy_orchestrator.denoise_guide import DenoiseBand
-from comfy_orchestrator.denoise_guide import denoise_band as denoise_band
+from comfy_orchestrator.denoise_guide import DENOISE_GUIDE, DenoiseBand, denoise_band
 from comfy_orchestrator.families import (
     FAMILY_LABELS,
     NATIVE_SIZE,
@@ -32,7 +29,7 @@ from comfy_orchestrator.families import (
     native_size_note,
 )
 from comfy_orchestrator.input_images import ImageFile, check_mask, has_alpha, picture_size
-from comfy_orchestrator.params_base import Params as Params
+from comfy_orchestrator.params_base import Params
 from comfy_orchestrator.samplers import resolve_sampler, scheduler_names, split_sampler
 
 DEFAULT_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"

@@ -87,7 +87,7 @@ def test_the_sweep_repeats_the_job_but_for_the_remedies(sample_image) -> None:
 
 
 def test_a_template_without_denoise_and_cfg_gets_no_advice(sample_image) -> None:
-    from comfy_orchestrator.params import Params
+    from comfy_orchestrator.params_base import Params
 
     class Plain(Params):
         workflow = "plain"

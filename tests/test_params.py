@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from comfy_orchestrator.denoise_guide import DENOISE_GUIDE
 from comfy_orchestrator.errors import ParameterError
 from comfy_orchestrator.params import (
-    DENOISE_GUIDE,
     WORKFLOWS,
     HiresFix,
     Img2Img,

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from comfy_orchestrator.errors import GraphInvalid, TemplateBroken, TemplateNotFound
 from comfy_orchestrator.graph import Graph, is_link
-from comfy_orchestrator.params import WORKFLOWS, Params
+from comfy_orchestrator.params import WORKFLOWS
+from comfy_orchestrator.params_base import Params
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.templates import Template, Templates, describe_parameters
 from comfy_orchestrator.validation import check_prompt
