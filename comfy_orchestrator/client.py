@@ -1,4 +1,4 @@
-"""Client: runs jobs on one ComfyUI server over REST and one websocket (the only network user).
+"""Client: runs jobs on one ComfyUI server over REST (transport.py) and one websocket (listener.py).
 
 Listen first, confirm after: the websocket is open (with our clientId, feature_flags
 as its first frame) before the first POST /prompt, and a job is done only at the
@@ -14,7 +14,6 @@ thread that waits on it or iterates its events, which is also where its callback
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import logging
@@ -26,25 +25,19 @@ import unicodedata
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import requests
-import urllib3
 from PIL import Image, UnidentifiedImageError
 
 from comfy_orchestrator.errors import (
-    AuthFailed,
     ComfyError,
-    ConnectionFailed,
-    MalformedMessage,
     MissingModel,
     ParameterError,
     PromptRejected,
-    RequestTimedOut,
     ServerError,
     UnsafeOutput,
 )
@@ -52,8 +45,8 @@ from comfy_orchestrator.families import FamilyFinding, find_family
 from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.job_handle import EventCallback, JobHandle, ProgressCallback
 from comfy_orchestrator.jobs import Job, JobResult, Output, name_by_content
-from comfy_orchestrator.limits import Limits, Timeouts, describe_bytes
-from comfy_orchestrator.listener import Connect, Listener, connect_websocket
+from comfy_orchestrator.limits import Limits, Timeouts
+from comfy_orchestrator.listener import Connect, Listener, WebSocketLike, connect_websocket
 from comfy_orchestrator.protocol import (
     HISTORY,
     OBJECT_INFO,
@@ -67,7 +60,7 @@ from comfy_orchestrator.protocol import (
 from comfy_orchestrator.provenance import PngTextAppender, provenance_chunk, provenance_record
 from comfy_orchestrator.retry import RetryPolicy, call_with_retries
 from comfy_orchestrator.schema import Schema
-from comfy_orchestrator.tls import Trust, certificate_rejection, in_clear
+from comfy_orchestrator.transport import Answer, Transport
 from comfy_orchestrator.validation import check_prompt, describe_rejection, node_problems
 
 __all__ = ["DEFAULT_URL", "MODEL_INPUTS", "Client", "ImageSource", "open_image", "safe_filename"]
@@ -79,7 +72,6 @@ DEFAULT_URL = "http://127.0.0.1:8188"
 MODEL_INPUTS = frozenset({"ckpt_name", "lora_name", "vae_name", "control_net_name", "unet_name", "clip_name",
                           "clip_name1", "clip_name2", "model_name", "upscale_model_name", "style_model_name",
                           "gligen_name", "hypernetwork_name", "config_name"})
-_CHUNK_BYTES = 1 << 16
 _WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
 _UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
 
@@ -100,42 +92,6 @@ def safe_filename(name: str, *, fallback: str) -> str:
         stem = (stem if dot else base).encode()[:180].decode("utf-8", "ignore")
         base = f"{stem}.{suffix}" if suffix else stem
     return base
-
-
-def _read_environment_once(session: requests.Session, url: str, *, has_credentials: bool) -> None:
-    """Settle the environment's proxies and .netrc for `url` now, not on every request.
-
-    requests reads them on each call (walking os.environ), a third of what a request
-    cost the client; every request of a client goes to the one server, so once is enough.
-    The CA bundle the environment names is the Trust's, passed with each request.
-    """
-    settings = session.merge_environment_settings(url, {}, None, None, None)
-    session.proxies.update(settings["proxies"])
-    if not has_credentials and session.auth is None:
-        session.auth = requests.utils.get_netrc_auth(url)
-    session.trust_env = False
-
-
-def _split_credentials(url: str) -> tuple[str, str | None, str | None]:
-    """The URL without user:password, and the user and password it carried."""
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme not in ("http", "https", "ws", "wss"):
-        raise ParameterError(f"server URL scheme must be http, https, ws or wss, not {parts.scheme!r}",
-                             parameter="server")
-    if not parts.hostname:
-        raise ParameterError("server URL has no host", parameter="server")
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    try:
-        port = parts.port
-    except ValueError as exc:  # out of range, or not a number
-        raise ParameterError(f"server URL {host!r} has a bad port ({exc}); ports are 1 to 65535",
-                             parameter="server") from exc
-    netloc = f"{host}:{port}" if port else host
-    clean = urlunsplit((scheme, netloc, parts.path.rstrip("/"), "", ""))
-    user = parts.username and unquote(parts.username)
-    password = parts.password and unquote(parts.password)
-    return clean, user or None, password or None
 
 
 class Client:
@@ -164,56 +120,34 @@ class Client:
         $REQUESTS_CA_BUNDLE, else the usual ones); certificates are always verified, for HTTP and
         the websocket alike. Credentials are refused over plain http to a host that is not
         loopback unless `allow_plain_http`, which then warns each time a client is made."""
-        self.url, url_user, url_password = _split_credentials(url)
+        self.retry = retry or RetryPolicy()
+        self._closed = threading.Event()
+        self.transport = Transport(url, token=token, username=username, password=password, headers=headers,
+                                   timeouts=timeouts, limits=limits, retry=self.retry, session=session,
+                                   ca_cert=ca_cert, allow_plain_http=allow_plain_http,
+                                   closed=self._closed)
+        self.url = self.transport.url
         self.ws_url = self.url.replace("http", "ws", 1) + "/ws"
-        user, password = username or url_user, password or url_password
+        self.session = self.transport.session
+        self.trust = self.transport.trust
+        self.credentials = self.transport.credentials
         self.timeouts = timeouts
         self.limits = limits
-        self.retry = retry or RetryPolicy()
         self.keep_previews = keep_previews
         self.validate = validate
         self.client_id = client_id or uuid.uuid4().hex  # random: a clientId works like a bearer token
-        self.trust = Trust.load(ca_cert)
-        self.connect = connect or partial(connect_websocket, tls=self.trust.context,
-                                          max_frame_bytes=limits.websocket_frame_bytes)
-        self._own_session = session is None
-        self.session = session or requests.Session()
-        self._headers = dict(headers or {})
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
-        elif user is not None:
-            pair = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
-            self._headers["Authorization"] = f"Basic {pair}"
-        self._refuse_credentials_in_clear(allow_plain_http)
-        self.credentials = _describe_credentials(self._headers, token=bool(token), basic=user is not None)
-        if self._own_session:
-            _read_environment_once(self.session, self.url, has_credentials="Authorization" in self._headers)
-        self._closed = threading.Event()
+        self.connect = connect or self._connect_websocket
         self._lock = threading.Lock()
         self._schema: Schema | None = None
         self._system_stats: dict[str, Any] | None = None
         self._uploaded: set[str] = set()
         self.listener = Listener(server=self.url, url=f"{self.ws_url}?clientId={quote(self.client_id)}",
-                                 headers=self._headers, connect=self.connect, trust=self.trust, timeouts=timeouts,
-                                 retry=self.retry, keep_previews=keep_previews,
+                                 headers=self.transport.headers, connect=self.connect, trust=self.trust,
+                                 timeouts=timeouts, retry=self.retry, keep_previews=keep_previews,
                                  name=f"comfy-ws-{self.client_id[:8]}")
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"  # never the credentials
-
-    def _refuse_credentials_in_clear(self, allowed: bool) -> None:
-        """A token or password must not cross a network unencrypted, unless the caller says so."""
-        if not any(name.lower() in ("authorization", "proxy-authorization") for name in self._headers):
-            return
-        if not in_clear(self.url):
-            return
-        if not allowed:
-            raise ParameterError(f"{self.url}: refusing to send credentials over plain http to a host that is "
-                                 "not loopback, where anyone on the way can read them; use https:// (the farm's "
-                                 "proxy serves it), or accept the risk with --allow-plain-http "
-                                 "(allow_plain_http = true in a farm file)", parameter="allow_plain_http")
-        log.warning("%s: sending credentials over plain http; anyone on the network can read them (use https://)",
-                    self.url)
 
     def __enter__(self) -> Client:
         return self
@@ -223,130 +157,41 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the websocket and, if we made it, the HTTP session."""
+        """Close the websocket and the HTTP connections (and the session, if we made it)."""
         self._closed.set()
         self.listener.stop()
-        if self._own_session:
-            self.session.close()
+        self.transport.close()
 
-    # -- HTTP
-    def _once(self, method: str, path: str, *, stream: bool = False, **kwargs: Any) -> requests.Response:
-        """One HTTP request; library errors become ours, with no URL credentials or headers in them."""
-        try:
-            response = self.session.request(method, self.url + path, headers=self._headers, stream=stream,
-                                            timeout=self.timeouts.http, verify=self.trust.verify, **kwargs)
-        except requests.exceptions.SSLError as exc:
-            rejection = certificate_rejection(exc, server=self.url, trust=self.trust,
-                                              timeout_s=self.timeouts.connect_s)
-            if rejection is not None:
-                raise rejection from exc
-            raise ConnectionFailed(f"{method} {path.split('?')[0]}: TLS handshake failed ({type(exc).__name__}); "
-                                   "does the server speak https on that port?", server=self.url) from exc
-        except requests.Timeout as exc:
-            raise RequestTimedOut(f"{method} {path.split('?')[0]} timed out after {self.timeouts.read_s:g} s",
-                                  server=self.url) from exc
-        except requests.ConnectionError as exc:
-            raise ConnectionFailed(f"{method} {path.split('?')[0]}: cannot connect ({type(exc).__name__}); is "
-                                   "ComfyUI running there? (--server URL or $COMFY_URL; 'comfy-orch sim' "
-                                   "starts a simulated one)", server=self.url) from exc
-        except requests.RequestException as exc:
-            raise ServerError(f"{method} {path.split('?')[0]} failed ({type(exc).__name__})",
-                              server=self.url) from exc
-        if response.status_code in (401, 403, 407):
-            response.close()
-            raise AuthFailed(f"{method} {path.split('?')[0]} answered {response.status_code}: "
-                             f"{_refusal(self.credentials)}", server=self.url, status=response.status_code)
-        if response.status_code >= 500:
-            text = response.text[:200].strip().replace("\n", " ")
-            raise ServerError(f"{method} {path.split('?')[0]} answered {response.status_code}: {text}",
-                              server=self.url, status=response.status_code)
-        return response
-
-    def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """An HTTP request, retried with backoff on connection errors and 5xx (every caller may repeat it)."""
-        return call_with_retries(lambda attempt: self._once(method, path, **kwargs), self.retry,
-                                 rest=self._closed.wait, on_retry=self._log_retry)
-
-    def _log_retry(self, error: ComfyError, attempt: int, delay_s: float) -> None:
-        log.info("%s: %s; retry %d in %.2f s", self.url, error, attempt, delay_s)
-
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        """An answer's JSON, read within `limits.json_bytes` (decompressed) and the read timeout."""
-        response = self._call(method, path, stream=True, **kwargs)
-        with response:
-            if response.status_code != 200:
-                raise ServerError(f"{method} {path.split('?')[0]} answered {response.status_code}",
-                                  server=self.url, status=response.status_code)
-            return self._parse_json(response, f"{method} {path.split('?')[0]}")
-
-    def _parse_json(self, response: requests.Response, route: str) -> Any:
-        body = bytearray()
-        deadline = time.monotonic() + self.timeouts.read_s
-        for piece in self._body(response, route, limit=self.limits.json_bytes, deadline=deadline,
-                                limit_name="json_bytes"):
-            body += piece
-        if not body:
-            return None
-        try:
-            return json.loads(body)
-        except ValueError as exc:  # UnicodeDecodeError and RecursionError's kin included
-            raise MalformedMessage(f"{route} did not answer JSON", server=self.url) from exc
-        except RecursionError as exc:
-            raise MalformedMessage(f"{route} answered JSON nested too deep", server=self.url) from exc
-
-    def _body(self, response: requests.Response, what: str, *, limit: int, deadline: float,
-              limit_name: str) -> Iterator[bytes]:
-        """A body's pieces as they arrive, decompressed; refused past `limit` bytes or `deadline`.
-
-        Reads what the socket has (read1), so a body that trickles in is cut at its deadline,
-        and a compressed one is inflated a piece at a time.
-        """
-        announced = response.headers.get("Content-Length", "")
-        if announced.isdigit() and "Content-Encoding" not in response.headers and int(announced) > limit:
-            raise ServerError(f"{what}: the answer is {describe_bytes(int(announced))}, over the limit of "
-                              f"{describe_bytes(limit)} (Limits.{limit_name})", server=self.url)
-        total = 0
-        try:
-            while True:
-                if time.monotonic() > deadline:
-                    raise RequestTimedOut(f"{what}: the answer did not arrive within its time "
-                                          f"({total} bytes so far)", server=self.url)
-                piece = response.raw.read1(_CHUNK_BYTES, decode_content=True)
-                if not piece:
-                    return
-                total += len(piece)
-                if total > limit:
-                    raise ServerError(f"{what}: the answer is over the limit of {describe_bytes(limit)} "
-                                      f"(Limits.{limit_name})", server=self.url)
-                yield piece
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ConnectionFailed(f"{what}: the answer broke off ({type(exc).__name__})", server=self.url) from exc
+    def _connect_websocket(self, url: str, headers: Mapping[str, str], timeout_s: float) -> WebSocketLike:
+        """The websocket, verified with the client's Trust (wss only: its context is made at first use)."""
+        return connect_websocket(url, headers, timeout_s, tls=self.trust.context if url.startswith("wss:") else None,
+                                 max_frame_bytes=self.limits.websocket_frame_bytes)
 
     # -- reads
     def queue(self) -> dict[str, Any]:
         """GET /queue: {"queue_running": [...], "queue_pending": [...]}."""
-        answer = self._json("GET", "/queue")
+        answer = self.transport.json("GET", "/queue")
         check_answer(QueueAnswer, answer, route="GET /queue", server=self.url)
         return dict(answer)
 
     def history(self, max_items: int | None = None) -> dict[str, Any]:
         """GET /history (newest last), at most `max_items` entries."""
         query = f"?max_items={max_items}" if max_items is not None else ""
-        answer = self._json("GET", "/history" + query)
+        answer = self.transport.json("GET", "/history" + query)
         answer = {} if answer is None else answer
         check_answer(HISTORY, answer, route="GET /history", server=self.url)
         return dict(answer)
 
     def history_entry(self, prompt_id: str) -> dict[str, Any] | None:
         """GET /history/{prompt_id}: the one prompt's record, or None while it has none."""
-        answer = self._json("GET", f"/history/{quote(prompt_id, safe='')}")
+        answer = self.transport.json("GET", f"/history/{quote(prompt_id, safe='')}")
         answer = {} if answer is None else answer
         check_answer(HISTORY, answer, route="GET /history/{id}", server=self.url)
         entry = answer.get(prompt_id)
         return dict(entry) if isinstance(entry, Mapping) else None
 
     def system_stats(self) -> dict[str, Any]:
-        answer = self._json("GET", "/system_stats")
+        answer = self.transport.json("GET", "/system_stats")
         check_answer(SystemStats, answer, route="GET /system_stats", server=self.url)
         with self._lock:
             self._system_stats = dict(answer)
@@ -359,7 +204,7 @@ class Client:
         return str(version) if version is not None else None
 
     def object_info(self) -> dict[str, Any]:
-        answer = self._json("GET", "/object_info")
+        answer = self.transport.json("GET", "/object_info")
         check_answer(OBJECT_INFO, answer, route="GET /object_info", server=self.url)
         return dict(answer)
 
@@ -369,14 +214,13 @@ class Client:
         ComfyUI answers 404 both for a file it lacks and for a file without metadata.
         """
         path = f"/view_metadata/{quote(folder, safe='')}?filename={quote(filename, safe='')}"
-        response = self._call("GET", path, stream=True)
-        with response:
+        with self.transport.call("GET", path) as response:
             if response.status_code == 404:
                 return None
             if response.status_code != 200:
                 raise ServerError(f"GET /view_metadata/{folder} answered {response.status_code}", server=self.url,
                                   status=response.status_code)
-            answer = self._parse_json(response, f"GET /view_metadata/{folder}")
+            answer = self.transport.parse_json(response, f"GET /view_metadata/{folder}")
         metadata = check_answer(dict[str, Any], answer, route=f"GET /view_metadata/{folder}", server=self.url)
         return {str(key): str(value) for key, value in metadata.items()}
 
@@ -411,19 +255,19 @@ class Client:
     # -- control
     def interrupt(self, prompt_id: str | None = None) -> None:
         """Interrupt the running prompt (only if it is `prompt_id`, when given)."""
-        self._call("POST", "/interrupt", json={"prompt_id": prompt_id} if prompt_id else {})
+        self.transport.send("POST", "/interrupt", json_body={"prompt_id": prompt_id} if prompt_id else {})
 
     def delete(self, prompt_ids: Sequence[str]) -> None:
         """Take waiting prompts off the queue (a running one is not affected)."""
-        self._call("POST", "/queue", json={"delete": list(prompt_ids)})
+        self.transport.send("POST", "/queue", json_body={"delete": list(prompt_ids)})
 
     def clear_queue(self) -> None:
         """Empty the waiting list; the running prompt goes on."""
-        self._call("POST", "/queue", json={"clear": True})
+        self.transport.send("POST", "/queue", json_body={"clear": True})
 
     def free(self, *, unload_models: bool = True, free_memory: bool = True) -> None:
         """Unload models and drop the node cache."""
-        self._call("POST", "/free", json={"unload_models": unload_models, "free_memory": free_memory})
+        self.transport.send("POST", "/free", json_body={"unload_models": unload_models, "free_memory": free_memory})
 
     # -- inputs
     def upload(self, source: ImageSource, *, name: str | None = None, subfolder: str = "") -> str:
@@ -436,8 +280,8 @@ class Client:
                 return name
         if not self._has_input(name, subfolder):
             files = {"image": (name, data, "application/octet-stream")}
-            answer = self._json("POST", "/upload/image", files=files,
-                                data={"type": "input", "subfolder": subfolder, "overwrite": "true"})
+            answer = self.transport.json("POST", "/upload/image", files=files,
+                                         data={"type": "input", "subfolder": subfolder, "overwrite": "true"})
             got = check_answer(UploadAnswer, answer, route="POST /upload/image", server=self.url).name
             if got != name:
                 raise ServerError(f"upload of {name!r} was stored as {got!r}", server=self.url)
@@ -451,15 +295,13 @@ class Client:
         name = name or name_by_content(data, stem, suffix)
         files = {"image": (name, data, "application/octet-stream")}
         ref = json.dumps({"filename": original, "subfolder": "", "type": "input"})
-        answer = self._json("POST", "/upload/mask", files=files,
-                            data={"type": "input", "overwrite": "true", "original_ref": ref})
+        answer = self.transport.json("POST", "/upload/mask", files=files,
+                                     data={"type": "input", "overwrite": "true", "original_ref": ref})
         return str((answer or {}).get("name") or name)
 
     def _has_input(self, name: str, subfolder: str) -> bool:
         query = f"/view?filename={quote(name)}&type=input&subfolder={quote(subfolder)}"
-        response = self._call("HEAD", query)
-        response.close()
-        return response.status_code == 200
+        return self.transport.send("HEAD", query) == 200
 
     def _input_exists(self, name: str) -> bool:
         with self._lock:
@@ -546,12 +388,12 @@ class Client:
         """POST /prompt; a retry after a lost answer first asks whether the prompt id got in."""
         prompt_id = str(body["prompt_id"])
 
-        def post(attempt: int) -> requests.Response | None:
+        def post(attempt: int) -> Answer | None:
             if attempt > 1 and self._got_in(prompt_id):
                 return None
-            return self._once("POST", "/prompt", json=body, stream=True)
+            return self.transport.once("POST", "/prompt", json_body=body)
 
-        response = call_with_retries(post, self.retry, rest=self._closed.wait, on_retry=self._log_retry)
+        response = call_with_retries(post, self.retry, rest=self._closed.wait, on_retry=self.transport.log_retry)
         if response is None:
             log.info("%s: prompt %s was accepted before the answer was lost", self.url, prompt_id)
             return {"prompt_id": prompt_id, "number": None, "node_errors": {}}
@@ -559,7 +401,7 @@ class Client:
             if response.status_code not in (200, 400):
                 raise ServerError(f"POST /prompt answered {response.status_code}", server=self.url,
                                   status=response.status_code)
-            answer = self._parse_json(response, f"POST /prompt ({response.status_code})")
+            answer = self.transport.parse_json(response, f"POST /prompt ({response.status_code})")
         if response.status_code == 200:
             return check_answer(PromptAccepted, answer, route="POST /prompt", server=self.url).model_dump()
         refusal = check_answer(PromptRefused, answer, route="POST /prompt (400)", server=self.url)
@@ -587,10 +429,10 @@ class Client:
         return result
 
     # -- outputs
-    def _view(self, output: Output) -> requests.Response:
+    def _view(self, output: Output) -> Answer:
         query = (f"/view?filename={quote(output.filename)}&subfolder={quote(output.subfolder)}"
                  f"&type={quote(output.type)}")
-        response = self._call("GET", query, stream=True)
+        response = self.transport.call("GET", query)
         if response.status_code in (400, 403) and ("/" in output.filename or "\\" in output.filename
                                                    or ".." in output.filename or ".." in output.subfolder):
             response.close()
@@ -630,11 +472,11 @@ class Client:
         return JobResult(job=result.job, prompt_id=result.prompt_id, server=result.server, outputs=result.outputs,
                          files=result.files + tuple(files), timings=result.timings, cached_nodes=result.cached_nodes)
 
-    def _download(self, response: requests.Response, output: Output, deadline: float | None = None) -> Iterator[bytes]:
+    def _download(self, response: Answer, output: Output, deadline: float | None = None) -> Iterator[bytes]:
         limit_s = self.timeouts.download_s
-        return self._body(response, f"GET /view of {output.filename!r}", limit=self.limits.download_bytes,
-                          deadline=deadline if deadline is not None else time.monotonic() + limit_s,
-                          limit_name="download_bytes")
+        return self.transport.body(response, f"GET /view of {output.filename!r}", limit=self.limits.download_bytes,
+                                   deadline=deadline if deadline is not None else time.monotonic() + limit_s,
+                                   limit_name="download_bytes")
 
     def _save(self, output: Output, out_dir: Path, chunk: bytes, index: int, deadline: float) -> Path:
         name = safe_filename(output.filename, fallback=f"output-{output.node_id}-{index}")
@@ -649,26 +491,6 @@ class Client:
                 return _claim(part, out_dir, name)
             finally:
                 part.unlink(missing_ok=True)
-
-
-def _describe_credentials(headers: Mapping[str, str], *, token: bool, basic: bool) -> str:
-    """Which credentials a client sends, by kind and header name, never by value."""
-    if token:
-        return "a bearer token"
-    if basic:
-        return "basic auth (a user and password)"
-    if headers:
-        return "the header" + ("s " if len(headers) > 1 else " ") + ", ".join(sorted(headers))
-    return ""
-
-
-def _refusal(credentials: str) -> str:
-    """One line on a 401/403: what was tried, and how to give credentials."""
-    if credentials:
-        return (f"the server or its proxy refused {credentials}; check it ($COMFY_TOKEN, the farm file's "
-                "token or headers, or user:password in the URL)")
-    return ("the server or its proxy wants credentials and none were sent; give a token ($COMFY_TOKEN or "
-            "the farm file's token) or user:password in the URL")
 
 
 def open_image(source: Any, *, limits: Limits, what: str, server: str | None = None) -> Image.Image:

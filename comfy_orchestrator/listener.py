@@ -78,7 +78,7 @@ def connect_websocket(url: str, headers: Mapping[str, str], timeout_s: float, *,
                       max_frame_bytes: int = Limits().websocket_frame_bytes) -> WebSocketLike:
     """Open a websocket with websocket-client; no Origin header (ComfyUI refuses foreign ones).
 
-    A wss:// URL is verified with `tls` (the client's Trust), else with a default context.
+    A wss:// URL is verified with `tls` (the client's Trust), else with a default context; ws:// makes none.
     websocket-client puts no limit on a message's size; ours refuses one past `max_frame_bytes`
     (its fragments together) as soon as its header announces it, before reading it.
     websocket-client's own UTF-8 check of text frames is pure Python and was the reader's largest
@@ -87,7 +87,7 @@ def connect_websocket(url: str, headers: Mapping[str, str], timeout_s: float, *,
     socket = websocket.create_connection(
         url, timeout=timeout_s, header=[f"{k}: {v}" for k, v in headers.items()],
         suppress_origin=True, enable_multithread=True, skip_utf8_validation=True,
-        sslopt={"context": tls or ssl.create_default_context()})
+        sslopt={"context": tls or ssl.create_default_context()} if url.startswith("wss:") else None)
     socket.frame_buffer = _BoundedFrames(socket._recv, socket.frame_buffer.skip_utf8_validation, max_frame_bytes)
     bounded: WebSocketLike = socket
     return bounded

@@ -3,8 +3,10 @@
 One trust decision serves both of a client's channels: requests verifies HTTPS against
 the `Trust` bundle and the websocket's `ssl.SSLContext` loads the same file, so HTTP and
 WSS agree. The bundle is the farm's own authority when one is given (`ca_cert`), else
-$REQUESTS_CA_BUNDLE or $CURL_CA_BUNDLE, else the authorities requests ships with.
-Verification is never off.
+$REQUESTS_CA_BUNDLE or $CURL_CA_BUNDLE, else the authorities requests ships with (certifi's).
+Verification is never off. A bundle someone named is loaded at once, so a bad one fails
+before any work; the default one only at the first https or wss connection, since loading
+it costs tens of milliseconds that a client of a plain-http server never needs.
 """
 
 from __future__ import annotations
@@ -15,12 +17,11 @@ import logging
 import os
 import socket
 import ssl
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
-
-import requests.utils
 
 from comfy_orchestrator.errors import CertificateRejected, ParameterError
 
@@ -43,7 +44,8 @@ class Trust:
 
     bundle: str
     source: str  # where the bundle came from, for messages: "ca_cert", "$REQUESTS_CA_BUNDLE", "default"
-    context: ssl.SSLContext = field(compare=False, repr=False)
+    _contexts: list[ssl.SSLContext] = field(default_factory=list, compare=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @classmethod
     def load(cls, ca_cert: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> Trust:
@@ -53,13 +55,30 @@ class Trust:
             bundle, source = str(ca_cert), "ca_cert"
         else:
             named = next(((name, environ[name]) for name in CA_BUNDLE_VARIABLES if environ.get(name)), None)
-            bundle, source = (named[1], f"${named[0]}") if named else (requests.utils.DEFAULT_CA_BUNDLE_PATH, "default")
-        return cls(bundle=bundle, source=source, context=_context(bundle, source))
+            bundle, source = (named[1], f"${named[0]}") if named else (_default_bundle(), "default")
+        if source == "default":
+            return cls(bundle=bundle, source=source)
+        return cls(bundle=bundle, source=source, _contexts=[_context(bundle, source)])  # checked now, before any work
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        """The one context both channels verify with, made at its first use."""
+        with self._lock:
+            if not self._contexts:
+                self._contexts.append(_context(self.bundle, self.source))
+            return self._contexts[0]
 
     @property
     def verify(self) -> str:
         """The value for requests' `verify=`: the same bundle, so HTTP and the websocket agree."""
         return self.bundle
+
+
+def _default_bundle() -> str:
+    """The authorities requests ships with (certifi's bundle, as requests' DEFAULT_CA_BUNDLE_PATH)."""
+    import certifi  # requests' own dependency; imported here, so a plain-http client never loads it
+
+    return str(certifi.where())
 
 
 def _context(bundle: str, source: str) -> ssl.SSLContext:

@@ -388,3 +388,13 @@ def test_the_smoke_test_runs_over_https_with_ca_cert(farm_port: int, tls_authori
     assert '"summary"' in done.stdout
     refused = subprocess.run([*command[:-1], "1"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in refused.stdout, refused.stdout
+
+
+def test_the_default_bundle_is_loaded_once_at_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    trust = Trust.load()
+    assert trust.source == "default" and trust._contexts == []  # a plain-http client never pays for it
+    assert trust.context is trust.context and len(trust._contexts) == 1
+    with Client("http://127.0.0.1:1") as client:
+        assert client.trust.source == "default" and client.trust._contexts == []
