@@ -10,6 +10,7 @@ lost (in neither queue nor history) raises JobLost.
 Threads: one reader thread per client (listener.py) owns the websocket and hands each
 prompt's events to that prompt's JobHandle (job_handle.py); a handle is driven by the
 thread that waits on it or iterates its events, which is also where its callbacks run.
+Client.run follows only a prompt's start and end unless a callback asks for its steps.
 """
 
 from __future__ import annotations
@@ -348,12 +349,15 @@ class Client:
         on_event: EventCallback | None = None,
         on_progress: ProgressCallback | None = None,
         every_event: bool = True,
+        steps: bool = True,
     ) -> JobHandle:
         """Upload the job's inputs, check it, queue it under a prompt id we choose; return its handle.
 
         `every_event=False` is for a handle that will only be waited on: its progress_state
         messages (half of a prompt's frames, read by nothing of ours) are dropped unread,
-        unless `on_event` asks for every event.
+        unless `on_event` asks for every event. `steps=False` (with `every_event=False`) also
+        drops its steps (`progress`, each node's `executing` and `executed`) unless a callback
+        is given: for a handle whose progress nobody reads.
         """
         if not isinstance(job, Job):
             job = Job(graph=job if isinstance(job, Graph) else Graph.from_api(job))
@@ -364,9 +368,10 @@ class Client:
             self._check(job, prompt)
         self.listener.start()  # listen first: a cached prompt ends at once
         prompt_id = prompt_id or str(uuid.uuid4())
-        events = self.listener.subscribe(prompt_id, every_event=every_event or on_event is not None)
+        wants_steps = steps or on_event is not None or on_progress is not None
+        events = self.listener.subscribe(prompt_id, every_event=every_event or on_event is not None, steps=wants_steps)
         handle = JobHandle(self, self.listener, job, prompt_id, events, timeouts=self.timeouts,
-                           on_event=on_event, on_progress=on_progress)
+                           on_event=on_event, on_progress=on_progress, prompt=prompt)
         body: dict[str, Any] = {"prompt": prompt, "client_id": self.client_id,
                                 "prompt_id": prompt_id, "extra_data": dict(extra_data or {})}
         if front:
@@ -422,7 +427,7 @@ class Client:
             on_event: EventCallback | None = None, on_progress: ProgressCallback | None = None) -> JobResult:
         """Run a job to completion; save its outputs under `out_dir` if given."""
         handle = self.submit(job, front=front, extra_data=extra_data, on_event=on_event, on_progress=on_progress,
-                             every_event=False)
+                             every_event=False, steps=False)
         result = handle.wait(timeout_s)
         if out_dir is not None:
             result = self.save_outputs(result, out_dir)

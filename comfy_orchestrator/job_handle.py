@@ -77,7 +77,8 @@ class JobHandle:
 
     def __init__(self, server: PromptRecords, feed: EventFeed, job: Job, prompt_id: str,
                  events: queue.SimpleQueue[Event], *, timeouts: Timeouts, on_event: EventCallback | None,
-                 on_progress: ProgressCallback | None) -> None:
+                 on_progress: ProgressCallback | None, prompt: Mapping[str, Any] | None = None) -> None:
+        """`prompt` is the job's graph in API format, where the caller has it already."""
         self._server = server
         self._feed = feed
         self._timeouts = timeouts
@@ -89,7 +90,7 @@ class JobHandle:
         self._events = events
         self._on_event = on_event
         self._on_progress = on_progress
-        self._tracker = ProgressTracker(job.graph.to_api())
+        self._tracker = ProgressTracker(job.graph.to_api() if prompt is None else prompt)
         self._drive = threading.Lock()
         self._entry: Mapping[str, Any] | None = None
         self._result: JobResult | None = None

@@ -36,6 +36,9 @@ from comfy_orchestrator.protocol import (
     UNENCODED_PREVIEW_IMAGE,
     Event,
     FeatureFlags,
+    NodeExecuted,
+    NodeExecuting,
+    NodeProgress,
     PreviewImage,
     ProgressState,
     PromptFailed,
@@ -57,6 +60,11 @@ _PREVIEW_TYPES = frozenset(kind.to_bytes(4, "big") for kind in
                            (PREVIEW_IMAGE, UNENCODED_PREVIEW_IMAGE, PREVIEW_IMAGE_WITH_METADATA))
 # ComfyUI's json.dumps of a progress_state message: half of a prompt's frames, and its largest
 _PROGRESS_STATE_PREFIX = b'{"type": "progress_state"'
+# ... and of the messages that tell a prompt's steps: a sampler's step, a node starting, a node's outputs.
+# A node starting is told with its id as a string; the closing `executing` (node null) never matches.
+_STEP_PREFIXES = (b'{"type": "progress", ', b'{"type": "executing", "data": {"node": "', b'{"type": "executed", ')
+# What one read of the websocket asks the socket for: a whole burst of small frames at once
+_READ_BYTES = 1 << 16
 
 
 class WebSocketLike(Protocol):
@@ -88,7 +96,7 @@ def connect_websocket(url: str, headers: Mapping[str, str], timeout_s: float, *,
         url, timeout=timeout_s, header=[f"{k}: {v}" for k, v in headers.items()],
         suppress_origin=True, enable_multithread=True, skip_utf8_validation=True,
         sslopt={"context": tls or ssl.create_default_context()} if url.startswith("wss:") else None)
-    socket.frame_buffer = _BoundedFrames(socket._recv, socket.frame_buffer.skip_utf8_validation, max_frame_bytes)
+    socket.frame_buffer = _BufferedFrames(socket._recv, socket.frame_buffer.skip_utf8_validation, max_frame_bytes)
     bounded: WebSocketLike = socket
     return bounded
 
@@ -97,13 +105,28 @@ class FrameTooLarge(websocket.WebSocketPayloadException):
     """A websocket message is larger than Limits.websocket_frame_bytes."""
 
 
-class _BoundedFrames(_abnf.frame_buffer):
-    """websocket-client's frame reader, refusing a message whose announced size is past a limit."""
+class _BufferedFrames(_abnf.frame_buffer):
+    """websocket-client's frame reader, refusing a message whose announced size is past a limit.
+
+    It reads what the socket has (up to 64 KiB) into a buffer, where websocket-client reads
+    exactly what it needs next: a frame's header, length and payload were three reads each,
+    the reader's largest cost after parsing.
+    """
 
     def __init__(self, recv: Callable[[int], bytes], skip_utf8_validation: bool, limit: int) -> None:
         super().__init__(recv, skip_utf8_validation)
         self._limit = limit
         self._message_bytes = 0  # of the fragments read so far of an unfinished message
+        self._buffer = bytearray()
+
+    def recv_strict(self, bufsize: int) -> bytes:
+        """The next `bufsize` bytes of the stream, reading more when the buffer holds fewer."""
+        buffer = self._buffer
+        while len(buffer) < bufsize:
+            buffer += self.recv(max(_READ_BYTES, min(bufsize - len(buffer), 16 * _READ_BYTES)))
+        taken = bytes(buffer[:bufsize])
+        del buffer[:bufsize]
+        return taken
 
     def recv_length(self) -> None:
         super().recv_length()
@@ -156,6 +179,7 @@ class Listener:
         self._lock = threading.Lock()
         self._queues: dict[str, queue.SimpleQueue[Event]] = {}
         self._every_event: set[str] = set()  # prompts whose progress_state frames someone reads
+        self._step_readers: set[str] = set()  # prompts whose step messages someone reads
         self._queue_remaining: int | None = None  # as the last status said
         self._ended_since_status = 0  # our prompts that ended since that status
         self._stop = threading.Event()
@@ -175,23 +199,29 @@ class Listener:
                                             name=self._name)
             self._thread.start()
 
-    def subscribe(self, prompt_id: str, *, every_event: bool = True) -> queue.SimpleQueue[Event]:
-        """A queue of the prompt's events; without `every_event`, progress_state is left out.
+    def subscribe(self, prompt_id: str, *, every_event: bool = True, steps: bool = True) -> queue.SimpleQueue[Event]:
+        """A queue of the prompt's events; without `every_event`, progress_state is left out, and
+        without `steps` also its steps: `progress`, a node's `executing` and `executed`.
 
-        Nothing of ours reads progress_state (the other messages carry the progress), so
-        a prompt that is only waited on is spared parsing and handing over half of its frames.
+        Nothing of ours reads progress_state (the other messages carry the progress), and a
+        prompt that is only waited on, its progress read by nobody, needs only its start and
+        its end: it is spared parsing and handing over half, or nine tenths, of its frames.
+        While no prompt reads them, those frames are dropped unparsed.
         """
         events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         with self._lock:
             self._queues[prompt_id] = events
             if every_event:
                 self._every_event.add(prompt_id)
+            if every_event or steps:
+                self._step_readers.add(prompt_id)
         return events
 
     def unsubscribe(self, prompt_id: str) -> None:
         with self._lock:
             self._queues.pop(prompt_id, None)
             self._every_event.discard(prompt_id)
+            self._step_readers.discard(prompt_id)
 
     def recycle(self) -> None:
         """Close the socket so the reader reconnects: cures a socket the server stopped talking to."""
@@ -271,6 +301,8 @@ class Listener:
                 return None  # a preview nobody keeps: not worth parsing
         elif not self._every_event and data.startswith(_PROGRESS_STATE_PREFIX):
             return None  # nobody reads it (a set's truth is safe to read without the lock)
+        elif not self._step_readers and data.startswith(_STEP_PREFIXES):
+            return None  # nobody follows the steps
         frame: str | bytes = data.decode("utf-8") if opcode == websocket.ABNF.OPCODE_TEXT else data
         try:
             event = parse_event(frame)
@@ -341,6 +373,8 @@ class Listener:
                     events = self._queues.get(event.prompt_id)
                     if isinstance(event, ProgressState) and event.prompt_id not in self._every_event:
                         events = None
+                    elif _is_step(event) and event.prompt_id not in self._step_readers:
+                        events = None
                 if events is not None:
                     events.put(event)
 
@@ -354,3 +388,9 @@ class Listener:
             targets = list(self._queues.values())
         for events in targets:
             events.put(event)
+
+
+def _is_step(event: Event) -> bool:
+    """Whether an event tells a prompt's steps rather than its start or end."""
+    return isinstance(event, (NodeProgress, NodeExecuted)) or (isinstance(event, NodeExecuting)
+                                                               and event.node is not None)

@@ -8,13 +8,14 @@ import threading
 import uuid
 from typing import Any
 
+import pytest
 import requests
 import websocket
 
 from comfy_orchestrator.client import Client
 from comfy_orchestrator.jobs import Job
-from comfy_orchestrator.limits import Timeouts
-from comfy_orchestrator.listener import Disconnected, Listener
+from comfy_orchestrator.limits import Limits, Timeouts
+from comfy_orchestrator.listener import Disconnected, FrameTooLarge, Listener, _BufferedFrames
 from comfy_orchestrator.protocol import (
     Event,
     NodeExecuting,
@@ -143,3 +144,86 @@ def test_only_a_queue_shrinking_no_end_explains_is_announced() -> None:
     finally:
         listener.stop()
     assert [type(e).__name__ for e in seen] == ["QueueShrank", "PromptSucceeded"]
+
+
+def test_steps_go_only_to_prompts_that_follow_them(client: Client, img2img_job: Job) -> None:
+    client.run(img2img_job)  # uploads the input; starts the listener
+    ends_id, steps_id = str(uuid.uuid4()), str(uuid.uuid4())
+    ends = client.listener.subscribe(ends_id, every_event=False, steps=False)
+    steps = client.listener.subscribe(steps_id, every_event=False)
+    for prompt_id, seed in ((ends_id, 201), (steps_id, 202)):
+        prompt = img2img_job.graph.to_api()
+        prompt["6"]["inputs"]["seed"] = seed
+        answer = requests.post(f"{client.url}/prompt", timeout=10, json={
+            "prompt": prompt, "client_id": client.client_id, "prompt_id": prompt_id})
+        assert answer.status_code == 200, answer.text
+    ends_events, steps_events = _drain(ends, ends_id), _drain(steps, steps_id)
+    mine = [type(e).__name__ for e in ends_events if e.prompt_id == ends_id]
+    assert mine == ["ExecutionStarted", "NodesCached", "PromptSucceeded", "NodeExecuting"]  # start, end, closing
+    assert {"NodeProgress", "NodeExecuted"} <= {type(e).__name__ for e in steps_events if e.prompt_id == steps_id}
+    assert any(isinstance(e, NodeExecuting) and e.node is not None for e in steps_events)
+
+
+def test_step_frames_nobody_follows_are_dropped_unparsed(caplog: pytest.LogCaptureFixture) -> None:
+    garbage = b'{"type": "progress", "data": {"value": -1, "max": "many", "prompt_id": "p1"}}'
+    frames = [(websocket.ABNF.OPCODE_TEXT, GREETING.encode()), (websocket.ABNF.OPCODE_TEXT, garbage),
+              _message("execution_start", "p1"), (websocket.ABNF.OPCODE_TEXT, garbage),
+              _message("execution_success", "p1")]
+    socket = ScriptedSocket(frames)
+    listener = Listener(server="scripted", url="ws://scripted/ws", headers={}, connect=lambda *_: socket,
+                        timeouts=Timeouts(read_s=5), retry=RetryPolicy(first_delay_s=30), keep_previews=False,
+                        name="test-listener")
+    events = listener.subscribe("p1", every_event=False, steps=False)
+    listener.start()
+    try:
+        seen = [events.get(timeout=10), events.get(timeout=10)]
+    finally:
+        listener.stop()
+    assert [type(e).__name__ for e in seen] == ["ExecutionStarted", "PromptSucceeded"]
+    assert "malformed" not in caplog.text  # never parsed; with a step reader it is (and reported)
+    socket = ScriptedSocket(frames)
+    listener = Listener(server="scripted", url="ws://scripted/ws", headers={}, connect=lambda *_: socket,
+                        timeouts=Timeouts(read_s=5), retry=RetryPolicy(first_delay_s=30), keep_previews=False,
+                        name="test-listener")
+    events = listener.subscribe("p1", every_event=False)
+    listener.start()
+    try:
+        events.get(timeout=10)
+        events.get(timeout=10)
+    finally:
+        listener.stop()
+    assert "progress message is malformed" in caplog.text
+
+
+def _server_frame(opcode: int, payload: bytes) -> bytes:
+    """A frame as a server sends it: unmasked."""
+    return websocket.ABNF(1, 0, 0, 0, opcode, 0, payload).format()
+
+
+@pytest.mark.parametrize("piece_bytes", [1, 3, 70_000])
+def test_buffered_frames_read_frames_whole_whatever_the_pieces(piece_bytes: int) -> None:
+    payloads = [b"{}", b"x" * 125, b"y" * 126, b"z" * 70_000, b"last"]
+    stream = bytearray(b"".join(_server_frame(websocket.ABNF.OPCODE_TEXT, payload) for payload in payloads))
+    asked = []
+
+    def recv(size: int) -> bytes:
+        asked.append(size)
+        piece = bytes(stream[:min(size, piece_bytes)])
+        del stream[:len(piece)]
+        return piece
+
+    frames = _BufferedFrames(recv, True, Limits().websocket_frame_bytes)
+    assert [frames.recv_frame().data for _ in payloads] == payloads
+    assert not stream and min(asked) >= 1 << 16  # never a read of a few bytes at a time
+
+
+def test_buffered_frames_refuse_an_announced_size_past_the_limit() -> None:
+    stream = bytearray(_server_frame(websocket.ABNF.OPCODE_BINARY, b"b" * 5000))
+
+    def recv(size: int) -> bytes:
+        piece = bytes(stream[:size])
+        del stream[:len(piece)]
+        return piece
+
+    with pytest.raises(FrameTooLarge, match="over the limit of 4 KiB"):
+        _BufferedFrames(recv, True, 4096).recv_frame()
