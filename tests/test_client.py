@@ -191,6 +191,7 @@ def test_interrupt_stops_the_running_job(sim: Any, img2img_job: Job) -> None:
                 if isinstance(event, NodeProgress) and event.value == 2:
                     handle.cancel()
         assert caught.value.node_id == "6" and "cancelled (interrupted)" in str(caught.value)
+        assert server.wait_idle(10)  # the socket tells of the interrupt before the server writes the record
         assert client.history_entry(handle.prompt_id)["status"]["status_str"] == "error"  # type: ignore[index]
 
 
