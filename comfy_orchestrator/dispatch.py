@@ -87,12 +87,16 @@ def job_needs(job: Job) -> JobNeeds:
     )
 
 
+VERDICTS_KEPT = 1024  # distinct job needs a Capability remembers its answer for (memory stays flat)
+
+
 class Capability:
     """What one server's object_info offers: node classes and the allowed values of choice inputs."""
 
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
         self._choices: dict[tuple[str, str], frozenset[Any] | None] = {}
+        self._verdicts: dict[JobNeeds, bool] = {}  # a sweep's cells mostly need the same
 
     def _allowed(self, class_type: str, input_name: str) -> frozenset[Any] | None:
         key = (class_type, input_name)
@@ -114,7 +118,12 @@ class Capability:
 
     def can_run(self, needs: JobNeeds) -> bool:
         """Whether the server has every node class and listed value the job needs."""
-        return not self.lacks(needs)
+        verdict = self._verdicts.get(needs)
+        if verdict is None:
+            if len(self._verdicts) >= VERDICTS_KEPT:
+                self._verdicts.clear()
+            verdict = self._verdicts[needs] = not self.lacks(needs)
+        return verdict
 
 
 # ---------------------------------------------------------------------------
@@ -223,22 +232,33 @@ class SoonestFinish:
         same_checkpoint = Counter(job.needs.checkpoint for job in window)
         best: tuple[int, float, int] | None = None
         chosen = None
+        # Finish times depend only on a job's checkpoint and who may run it: a sweep has few of those.
+        judged: dict[tuple[str | None, frozenset[str]], tuple[float, float]] = {}
         for index, job in enumerate(window):
             if server.name not in job.eligible:
                 continue
-            mine = estimate_finish_s(server, job.needs)
-            rivals = [other for other in servers
-                      if other.up and other.name != server.name and other.name in job.eligible]
-            sharers = sum(has_loaded(other, job.needs) for other in rivals)
-            backlog = -(-same_checkpoint[job.needs.checkpoint] // max(sharers, 1)) - 1
-            others = min((estimate_finish_s(other, job.needs, backlog=backlog if has_loaded(other, job.needs)
-                                            else 0) for other in rivals), default=math.inf)
+            key = (job.needs.checkpoint, job.eligible)
+            if key not in judged:
+                judged[key] = self._finish_s(server, job, servers, same_checkpoint[job.needs.checkpoint])
+            mine, others = judged[key]
             if mine > others * (1.0 + self.tolerance):
                 continue
             score = (affinity(job.needs, server.last), round(min(others - mine, 1e9), 6), -index)
             if best is None or score > best:
                 best, chosen = score, index
         return chosen
+
+    @staticmethod
+    def _finish_s(server: ServerView, job: WaitingJob, servers: Sequence[ServerView],
+                  same_checkpoint: int) -> tuple[float, float]:
+        """When `server` would finish `job`, and the soonest any other server allowed to run it would."""
+        mine = estimate_finish_s(server, job.needs)
+        rivals = [other for other in servers if other.up and other.name != server.name and other.name in job.eligible]
+        sharers = sum(has_loaded(other, job.needs) for other in rivals)
+        backlog = -(-same_checkpoint // max(sharers, 1)) - 1
+        others = min((estimate_finish_s(other, job.needs, backlog=backlog if has_loaded(other, job.needs) else 0)
+                      for other in rivals), default=math.inf)
+        return mine, others
 
     def steal(self, server: ServerView, queued: Sequence[QueuedJob], servers: Sequence[ServerView]) -> int | None:
         """Move the queued job this server would finish most ahead of the server holding it.
@@ -284,11 +304,23 @@ class RoundRobin:
 
 @dataclass
 class JobTimes:
-    """Observed seconds per job on one server: warm (checkpoint loaded) and cold (it loaded one)."""
+    """Observed seconds per job on one server: warm (checkpoint loaded) and cold (it loaded one).
+
+    Record through `add`: the medians are worked out there, once a job, since the farm
+    reads them for every server each time a server takes a job.
+    """
 
     window: int = 16
     warm_s: deque[float] = field(default_factory=deque)
     cold_s: deque[float] = field(default_factory=deque)
+    _medians: tuple[float | None, float | None] = field(default=(None, None), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._medians = (self._median(self.warm_s), self._median(self.cold_s))
+
+    @staticmethod
+    def _median(samples: deque[float]) -> float | None:
+        return statistics.median(samples) if samples else None
 
     def add(self, seconds: float, *, loaded_checkpoint: bool) -> None:
         """Record one finished job's seconds on the server."""
@@ -296,16 +328,27 @@ class JobTimes:
         samples.append(max(seconds, 0.0))
         while len(samples) > self.window:
             samples.popleft()
+        self._medians = (self._median(self.warm_s), self._median(self.cold_s))
+
+    def warm_median_s(self) -> float | None:
+        """The median warm job time; None until a warm job was seen."""
+        return self._medians[0]
+
+    def cold_median_s(self) -> float | None:
+        """The median time of a job that loaded its checkpoint; None until one was seen."""
+        return self._medians[1]
 
     def job_s(self, fallback_s: float) -> float:
         """The median warm job time; `fallback_s` until a warm job was seen."""
-        return statistics.median(self.warm_s) if self.warm_s else fallback_s
+        warm_s = self._medians[0]
+        return fallback_s if warm_s is None else warm_s
 
     def switch_s(self, fallback_s: float) -> float:
         """Extra seconds a checkpoint load costs here; `fallback_s` until both kinds were seen."""
-        if self.warm_s and self.cold_s:
-            return max(statistics.median(self.cold_s) - statistics.median(self.warm_s), 0.0)
-        return fallback_s
+        warm_s, cold_s = self._medians
+        if warm_s is None or cold_s is None:
+            return fallback_s
+        return max(cold_s - warm_s, 0.0)
 
 
 # ---------------------------------------------------------------------------

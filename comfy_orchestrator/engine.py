@@ -264,7 +264,6 @@ class FarmRun(RunState):
             server.up = True
             server.failures = 0
             server.capability = Capability(schema)
-            server.capability_version += 1
             self.changed.notify_all()
         logger.info("%s is up", server.name)
         self.emit(ServerUp(server.name))

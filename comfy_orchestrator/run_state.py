@@ -78,10 +78,13 @@ class Ticket:
     attempts: list[Attempt] = field(default_factory=list)
     tried: list[str] = field(default_factory=list)  # servers it was queued on, in order
     avoid_until: dict[str, float] = field(default_factory=dict)  # server -> monotonic time
-    able: dict[tuple[str, int], bool] = field(default_factory=dict)  # (server, capability version) -> can run
+    able: dict[Capability, bool] = field(default_factory=dict)  # a server's object_info, as read -> can run
     copies: int = 0  # servers holding a live copy
     settled: bool = False
     stranded_since: float | None = None  # since when no server that can run it is up
+    # how the dispatch last saw it, and the servers up then (their Capability objects); reused while
+    # those are the same and no server rests from it, since then it would be seen the same way again
+    seen: tuple[tuple[Capability | None, ...], WaitingJob] | None = None
 
 
 @dataclass(eq=False)
@@ -102,9 +105,10 @@ class RunServer:
     config: ServerConfig
     order: int
     link: ServerLink
+    name: str = field(init=False)  # the config's, read once: the engine asks it at every turn
+    slots: int = field(init=False)  # 1 + queue_ahead
     up: bool = False
-    capability: Capability | None = None
-    capability_version: int = 0
+    capability: Capability | None = None  # a new one each time the server's object_info is read
     flights: list[Flight] = field(default_factory=list)
     times: JobTimes = field(default_factory=JobTimes)
     last: JobNeeds | None = None  # the last job queued: what is loaded when the next one starts
@@ -114,13 +118,9 @@ class RunServer:
     next_probe_at: float = 0.0
     last_error: ComfyError | None = None
 
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def slots(self) -> int:
-        return 1 + self.config.queue_ahead
+    def __post_init__(self) -> None:
+        self.name = self.config.name
+        self.slots = 1 + self.config.queue_ahead
 
 
 class EndOfRun:
@@ -210,18 +210,23 @@ class RunState:
     def able(self, ticket: Ticket, server: RunServer) -> bool:
         if server.capability is None:
             return False
-        key = (server.name, server.capability_version)
-        if key not in ticket.able:
-            ticket.able[key] = server.capability.can_run(ticket.needs)
-        return ticket.able[key]
+        able = ticket.able.get(server.capability)
+        if able is None:
+            able = ticket.able[server.capability] = server.capability.can_run(ticket.needs)
+        return able
 
-    def view(self, server: RunServer) -> ServerView:
+    def views(self) -> list[ServerView]:
+        """What the dispatch knows of each server now, in the farm's order."""
         typical_job_s, typical_switch_s = self.typical_s()
-        job_s = server.times.job_s(typical_job_s / server.config.weight)
-        switch_s = server.times.switch_s(job_s if typical_switch_s is None else typical_switch_s / server.config.weight)
-        return ServerView(name=server.name, order=server.order, up=server.up,
-                          free_slots=server.slots - len(server.flights), queued=len(server.flights),
-                          job_s=job_s, switch_s=switch_s, last=server.last)
+        views = []
+        for server in self.servers:
+            weight = server.config.weight
+            job_s = server.times.job_s(typical_job_s / weight)
+            switch_s = server.times.switch_s(job_s if typical_switch_s is None else typical_switch_s / weight)
+            views.append(ServerView(name=server.name, order=server.order, up=server.up,
+                                    free_slots=server.slots - len(server.flights), queued=len(server.flights),
+                                    job_s=job_s, switch_s=switch_s, last=server.last))
+        return views
 
     def typical_s(self) -> tuple[float, float | None]:
         """Job and checkpoint-load seconds at weight 1, as the servers that timed them saw them.
@@ -229,9 +234,18 @@ class RunState:
         A server's first job includes loading the checkpoint; until some server has timed
         a warm job, that cold time stands for a job.
         """
-        warm = [statistics.median(s.times.warm_s) * s.config.weight for s in self.servers if s.times.warm_s]
-        cold = [statistics.median(s.times.cold_s) * s.config.weight for s in self.servers if s.times.cold_s]
-        switch = [s.times.switch_s(0.0) * s.config.weight for s in self.servers if s.times.warm_s and s.times.cold_s]
+        warm: list[float] = []
+        cold: list[float] = []
+        switch: list[float] = []
+        for server in self.servers:
+            times, weight = server.times, server.config.weight
+            warm_s, cold_s = times.warm_median_s(), times.cold_median_s()
+            if warm_s is not None:
+                warm.append(warm_s * weight)
+            if cold_s is not None:
+                cold.append(cold_s * weight)
+            if warm_s is not None and cold_s is not None:
+                switch.append(times.switch_s(0.0) * weight)
         job_s = statistics.median(warm) if warm else statistics.median(cold) if cold else DEFAULT_JOB_S
         return job_s, statistics.median(switch) if switch else None
 
@@ -239,22 +253,29 @@ class RunState:
         """The waiting ticket `server` should queue next, if any; fails tickets no server can run."""
         now = time.monotonic()
         up = [other for other in self.servers if other.up]
+        up_now = tuple(other.capability for other in up)  # which servers are up, with what they can run
         candidates: list[WaitingJob] = []
         tickets: list[Ticket] = []
         mine = 0
         for ticket in list(self.waiting[: self.farm.window]):
             if len(candidates) >= SCAN_AT_LEAST and mine:
                 break  # the dispatch looks this far ahead; further only to find work this server can do
-            able = [other for other in up if self.able(ticket, other)]
-            if not able and (self.unable_anywhere(ticket) or self.stranded(ticket, now)):
-                continue
-            ticket.stranded_since = None if able else ticket.stranded_since
-            eligible = frozenset(other.name for other in able if ticket.avoid_until.get(other.name, 0.0) <= now)
-            mine += server.name in eligible
-            candidates.append(WaitingJob(seq=ticket.seq, needs=ticket.needs, eligible=eligible))
+            seen = ticket.seen
+            if seen is not None and seen[0] == up_now and not ticket.avoid_until:
+                candidate = seen[1]  # nothing it depends on changed since the last look
+            else:
+                able = [other for other in up if self.able(ticket, other)]
+                if not able and (self.unable_anywhere(ticket) or self.stranded(ticket, now)):
+                    continue
+                ticket.stranded_since = None if able else ticket.stranded_since
+                eligible = frozenset(other.name for other in able if ticket.avoid_until.get(other.name, 0.0) <= now)
+                candidate = WaitingJob(seq=ticket.seq, needs=ticket.needs, eligible=eligible)
+                ticket.seen = (up_now, candidate) if able else None
+            mine += server.name in candidate.eligible
+            candidates.append(candidate)
             tickets.append(ticket)
         self.idle_with_nothing = not mine
-        views = [self.view(other) for other in self.servers]
+        views = self.views()
         index = self.farm.dispatch.pick(views[server.order], candidates, views) if candidates else None
         if index is None:
             return None
@@ -286,7 +307,7 @@ class RunState:
                     queued.append((QueuedJob(other.name, position, ticket.needs), other, flight))
         if not queued:
             return None
-        views = [self.view(other) for other in self.servers]
+        views = self.views()
         index = self.farm.dispatch.steal(views[server.order], [job for job, _, _ in queued], views)
         if index is None:
             return None
@@ -300,7 +321,7 @@ class RunState:
         if factor is None or server.flights or self.waiting or self.source is not None:
             return None
         now = time.monotonic()
-        views = {other.name: self.view(other) for other in self.servers}
+        views = {view.name: view for view in self.views()}
         for holder in self.servers:
             head = holder.flights[0] if holder.flights else None
             if holder is server or not holder.up or head is None or head.handle is None or head.cancelled \

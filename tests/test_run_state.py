@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
-from comfy_orchestrator.dispatch import Capability, Dispatch, SoonestFinish
+from comfy_orchestrator.dispatch import VERDICTS_KEPT, Capability, Dispatch, SoonestFinish
 from comfy_orchestrator.errors import NoServerAvailable
 from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.jobs import Job
@@ -66,7 +66,6 @@ def books(*names: str, jobs: Iterator[Job] | None = None, window: int = 64, queu
 def bring_up(server: RunServer, schema: Schema = SCHEMA) -> None:
     server.up = True
     server.capability = Capability(schema)
-    server.capability_version += 1
 
 
 def test_jobs_are_read_a_window_ahead_and_numbered_in_order() -> None:
@@ -168,7 +167,7 @@ def test_a_server_that_timed_nothing_is_judged_by_the_others(weights: tuple[floa
         a, b = state.servers
         for seconds in (2.0, 2.0, 2.0):
             a.times.add(seconds, loaded_checkpoint=False)
-        views = [state.view(server) for server in state.servers]
+        views = state.views()
         assert (views[0].job_s, views[1].job_s) == expected_s
         assert [view.name for view in views] == ["a.test", "b.test"]
 
@@ -176,4 +175,47 @@ def test_a_server_that_timed_nothing_is_judged_by_the_others(weights: tuple[floa
 def test_before_any_job_is_timed_a_job_is_guessed_at_the_default() -> None:
     state = books("a.test")
     with state.lock:  # as the engine calls them
-        assert state.view(state.servers[0]).job_s == DEFAULT_JOB_S
+        assert state.views()[0].job_s == DEFAULT_JOB_S
+
+
+def test_a_job_seen_before_a_failure_is_judged_afresh_after_it() -> None:
+    state = books("a.test", "b.test", jobs=iter([job(0)]))
+    with state.lock:  # as the engine calls them
+        state.refill()
+        a, b = state.servers
+        bring_up(a)
+        bring_up(b)
+        seen = state.take(a)  # seen while both may run it
+        assert seen is not None
+        state.requeue(seen)  # back, as when its submission failed
+        seen.avoid_until["a.test"] = math.inf  # it failed on a
+        assert state.take(a) is None
+        taken = state.take(b)
+        assert taken is seen
+
+
+def test_a_job_only_a_lost_server_can_run_starts_waiting_for_it() -> None:
+    state = books("a.test", "b.test", jobs=iter([job(0, "KSamplerAdvanced")]))
+    with state.lock:  # as the engine calls them
+        state.refill()
+        a, b = state.servers
+        bring_up(a, Schema({}))  # a can run nothing
+        bring_up(b)
+        (ticket,) = state.waiting
+        state.take(a)  # seen while b is up: b may run it
+        assert ticket.stranded_since is None
+        b.up = False
+        assert state.take(a) is None
+        assert ticket.stranded_since is not None  # only b can run it, and b is down: the clock runs
+
+
+def test_a_capability_answers_alike_after_it_forgot_what_it_was_asked() -> None:
+    capability = Capability(SCHEMA)
+    runnable = books("a.test", jobs=iter([job(0)]))
+    with runnable.lock:
+        runnable.refill()
+    needs = runnable.waiting[0].needs
+    lacking = replace(needs, class_types=needs.class_types | {"NoSuchNode"})
+    answers = [capability.can_run(replace(needs, texts=frozenset({f"prompt {i}"})))
+               for i in range(VERDICTS_KEPT + 5)]
+    assert all(answers) and not capability.can_run(lacking) and capability.can_run(needs)
