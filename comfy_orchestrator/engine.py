@@ -66,17 +66,18 @@ class FarmRun(RunState):
         super().__init__(farm, source)
         self.out_dir = out_dir
         self.on_event = on_event
+        self.links_closed = False  # shut_down closed the links: a thread that connects later closes its own
 
     def outcomes(self) -> Generator[JobOutcome, None, None]:
         threads = [threading.Thread(target=self.work, args=(server,), name=f"farm-{server.name}", daemon=True)
                    for server in self.servers]
         threads.append(threading.Thread(target=self.watch, name="farm-health", daemon=True))
         try:
+            for thread in threads:  # first: the servers connect and are probed while the first jobs are read
+                thread.start()
             with self.lock:
                 self.refill()
                 self.finish_if_done()
-            for thread in threads:
-                thread.start()
             while True:
                 try:
                     item = self.results.get(timeout=CHECK_EVERY_S)
@@ -110,8 +111,11 @@ class FarmRun(RunState):
         for thread in threads:
             if thread.is_alive():
                 thread.join(THREAD_EXIT_S)
-        for server in self.servers:
-            server.link.close()
+        with self.lock:
+            self.links_closed = True
+            links = [server.connection for server in self.servers if server.connection is not None]
+        for link in links:
+            link.close()
 
     def progress_reporter(self, job: Job, server: RunServer) -> Callable[[Progress], None]:
         """A callback that passes a job's progress on as JobProgress events."""
@@ -196,10 +200,20 @@ class FarmRun(RunState):
             logger.warning("%s", notice.message)
             self.emit(notice)
 
-
     # -- a server's thread
     def work(self, server: RunServer) -> None:
         try:
+            try:
+                link = self.farm.connect(server.config)  # here, not in the caller's thread: servers connect at once
+            except ComfyError as exc:  # a setting to fix (credentials over plain http, a CA file): `run` raises it
+                self.abort(exc)
+                return
+            with self.lock:
+                server.connection = link
+                closed = self.links_closed
+            if closed:
+                link.close()
+                return
             self.serve(server)
         except BaseException as exc:  # a bug must reach the caller, not hang the run
             logger.exception("the farm's thread for %s failed", server.name)

@@ -104,9 +104,9 @@ class RunServer:
 
     config: ServerConfig
     order: int
-    link: ServerLink
     name: str = field(init=False)  # the config's, read once: the engine asks it at every turn
     slots: int = field(init=False)  # 1 + queue_ahead
+    connection: ServerLink | None = None  # made by the server's own thread as it starts (see `link`)
     up: bool = False
     capability: Capability | None = None  # a new one each time the server's object_info is read
     flights: list[Flight] = field(default_factory=list)
@@ -121,6 +121,12 @@ class RunServer:
     def __post_init__(self) -> None:
         self.name = self.config.name
         self.slots = 1 + self.config.queue_ahead
+
+    @property
+    def link(self) -> ServerLink:
+        """The server's link; a server is reached only once its thread connected it (it is up, or probing)."""
+        assert self.connection is not None, f"{self.name} is not connected yet"
+        return self.connection
 
 
 class EndOfRun:
@@ -149,8 +155,7 @@ class RunState:
         self.no_server_since: float | None = None
         self.no_server_said_at = 0.0
         self.idle_with_nothing = False  # the last take() found no waiting job the server may run
-        self.servers = [RunServer(config=config, order=order, link=farm.connect(config))
-                        for order, config in enumerate(farm.servers)]
+        self.servers = [RunServer(config=config, order=order) for order, config in enumerate(farm.servers)]
 
     # -- the waiting list (with the lock held)
     def refill(self) -> None:

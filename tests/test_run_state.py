@@ -1,6 +1,6 @@
 """A farm run's books without threads: each decision is called directly, as the engine calls it with the lock held.
 
-No server is reached (the links are never called) and nothing waits, so every answer here
+No server is reached (the books never connect one) and nothing waits, so every answer here
 follows from the state the test sets up.
 """
 
@@ -26,13 +26,6 @@ from comfy_orchestrator.servers import ServerConfig
 SCHEMA = Schema.recorded()
 
 
-class UnusedLink:
-    """A link the books never use: any call is a test failure."""
-
-    def __getattr__(self, name: str) -> object:
-        raise AssertionError(f"the run's books reached a server ({name})")
-
-
 @dataclass(frozen=True)
 class Settings:
     """The RunSettings a Farm would give."""
@@ -46,8 +39,7 @@ class Settings:
     straggler_factor: float | None = None
 
     def connect(self, config: ServerConfig) -> ServerLink:
-        link: ServerLink = UnusedLink()  # type: ignore[assignment]
-        return link
+        raise AssertionError(f"the run's books connected to {config.name}: only the engine's threads do")
 
 
 def job(index: int, class_type: str = "EmptyLatentImage") -> Job:
