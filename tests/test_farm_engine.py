@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from comfy_orchestrator.errors import ComfyError, ConnectionFailed, Interrupted
+from comfy_orchestrator.errors import ComfyError, ConnectionFailed, Interrupted, ParameterError
 from comfy_orchestrator.farm import (
     DuplicateDiscarded,
     Farm,
@@ -24,6 +24,7 @@ from comfy_orchestrator.farm import (
     JobRetrying,
     RunningJob,
     ServerDown,
+    ServerLink,
     ServerStatus,
 )
 from comfy_orchestrator.graph import Graph
@@ -297,3 +298,32 @@ def test_without_a_straggler_factor_no_job_is_copied() -> None:
     slow.queued[0].finish()
     assert [o.server for o in run.rest() if isinstance(o, JobResult)] == ["slow.test"]
     assert [label for what, label, _ in idle.log if what == "submitted"] == ["job-1"]
+
+
+def test_a_server_slow_to_connect_holds_up_no_other() -> None:
+    late, quick = StubLink("late.test"), StubLink("quick.test", finish_at_once=True)
+    connected = threading.Event()
+
+    def connect(config: ServerConfig) -> ServerLink:
+        if config.name == "late.test":
+            assert connected.wait(PATIENCE_S), "the test never let late.test connect"
+            return late
+        return quick
+
+    farm = Farm([ServerConfig(url="http://late.test"), ServerConfig(url="http://quick.test")], policy=QUICK,
+                connect=connect, health_interval_s=3600.0, straggler_factor=None)
+    run = Run(farm, 3)
+    outcomes = [run.next() for _ in range(3)]  # all while late.test is still connecting
+    connected.set()
+    assert run.rest() == []
+    assert [o.server for o in outcomes if isinstance(o, JobResult)] == ["quick.test"] * 3
+    assert late.log == []
+
+
+def test_a_link_that_cannot_be_made_ends_the_run_with_its_error() -> None:
+    def connect(config: ServerConfig) -> ServerLink:
+        raise ParameterError(f"ca_cert: no file {config.name}.pem", parameter="ca_cert")
+
+    farm = Farm([ServerConfig(url="http://a.test")], policy=QUICK, connect=connect, health_interval_s=3600.0)
+    with pytest.raises(ParameterError, match="no file a.test.pem"):
+        list(farm.run(jobs(2)))
