@@ -62,7 +62,7 @@ class FarmRun(RunState):
     """One `Farm.run`: the waiting list, one thread per server, and the outcomes."""
 
     def __init__(self, farm: RunSettings, source: Iterator[Job], *, out_dir: Path | None,
-                 on_event: Callable[[FarmEvent], None]) -> None:
+                 on_event: Callable[[FarmEvent], None] | None) -> None:
         super().__init__(farm, source)
         self.out_dir = out_dir
         self.on_event = on_event
@@ -117,12 +117,16 @@ class FarmRun(RunState):
         for link in links:
             link.close()
 
-    def progress_reporter(self, job: Job, server: RunServer) -> Callable[[Progress], None]:
-        """A callback that passes a job's progress on as JobProgress events."""
+    def progress_reporter(self, job: Job, server: RunServer) -> Callable[[Progress], None] | None:
+        """A callback that passes a job's progress on as JobProgress events; None when nobody listens."""
+        if self.on_event is None:
+            return None
         return lambda progress: self.emit(JobProgress(job, server.name, progress))
 
     def emit(self, event: FarmEvent) -> None:
         """Tell the caller; if its callback raises, the run stops and `run` raises that error."""
+        if self.on_event is None:
+            return
         try:
             self.on_event(event)
         except Exception as exc:
@@ -233,16 +237,19 @@ class FarmRun(RunState):
                 self.await_job(server, head)
 
     def watch(self) -> None:
-        """Every health_interval_s, ask each busy server whether it still answers; mark the silent down.
+        """Every health_interval_s, ask each busy server that has not answered us since whether it still does.
 
         A server's own thread is blocked waiting for its oldest job, and the client notices a dead
         server only when the socket has been silent a while; this notices it within a second or two.
+        A server that answered a request of ours (a submit, a result, a download) within the interval
+        is not asked: it was alive then, and asking would cost as much as a job's own requests.
         """
+        interval_s = self.farm.health_interval_s
         try:
-            while not self.stop.wait(self.farm.health_interval_s):
+            while not self.stop.wait(interval_s):
                 with self.lock:
-                    busy = [server for server in self.servers if server.up and server.flights]
-                for server in busy:
+                    quiet = self.quiet_servers(time.monotonic())
+                for server in quiet:
                     try:
                         server.link.check()
                     except ComfyError as exc:
@@ -276,6 +283,7 @@ class FarmRun(RunState):
             return
         with self.lock:
             server.up = True
+            server.answered_at = time.monotonic()
             server.failures = 0
             server.capability = Capability(schema)
             self.changed.notify_all()
@@ -313,6 +321,7 @@ class FarmRun(RunState):
                 self.failed(server, flight, exc)
                 continue
             with self.lock:  # shut_down cancels the flights with a handle; one sent meanwhile is ours to stop
+                server.answered_at = time.monotonic()
                 flight.handle = handle
                 stopped = self.stop.is_set() and not flight.cancelled
                 flight.cancelled = flight.cancelled or stopped
@@ -334,6 +343,7 @@ class FarmRun(RunState):
             result = found
         try:
             with self.lock:
+                server.answered_at = time.monotonic()  # the result was read from it
                 duplicate = flight.ticket.settled
             if self.out_dir is not None and not duplicate:
                 result = self.save(server, flight, result)
@@ -386,7 +396,7 @@ class FarmRun(RunState):
         ticket = flight.ticket
         with self.lock:
             self.drop(server, flight)
-            now = time.monotonic()
+            now = server.answered_at = time.monotonic()  # its outputs were downloaded, if asked
             seconds = now - max(flight.queued_at, server.last_finish_at or flight.queued_at)
             started, finished = result.timings.get("started"), result.timings.get("finished")
             if started is not None and finished is not None and finished >= started:

@@ -30,14 +30,14 @@ How jobs move (the policy is pure and lives in dispatch.py):
   its object_info lists.
 - A server with nothing to take moves a job queued behind another server's running
   one to itself when it would finish it sooner (the end of a sweep, a slow server).
-- A busy server is asked /system_stats every `health_interval_s`. One that fails that
-  or a job (connection, 5xx, timeout) is marked down; its jobs go back to the waiting
-  list (the ones queued behind its running job are taken off it); it is probed with
-  `RetryPolicy.delay()` backoff and rejoins when it answers. A job that fails the same
-  deterministic way on two servers (PromptRejected, ExecutionFailed, OutOfMemory), that
-  runs out of `RetryPolicy.max_attempts`, or that no server can run, is reported as
-  `JobFailed`. If a moved job finishes twice, the first result is kept and the second
-  discarded (`DuplicateDiscarded`).
+- A busy server that has not answered a request of ours for `health_interval_s` is asked
+  /system_stats. One that fails that or a job (connection, 5xx, timeout) is marked down;
+  its jobs go back to the waiting list (the ones queued behind its running job are taken
+  off it); it is probed with `RetryPolicy.delay()` backoff and rejoins when it answers.
+  A job that fails the same deterministic way on two servers (PromptRejected,
+  ExecutionFailed, OutOfMemory), that runs out of `RetryPolicy.max_attempts`, or that no
+  server can run, is reported as `JobFailed`. If a moved job finishes twice, the first
+  result is kept and the second discarded (`DuplicateDiscarded`).
 
 The engine that moves them is engine.py's (its threads) over run_state.py's books (its
 decisions); the events and the links are links.py's, and every name this module had is
@@ -85,10 +85,6 @@ __all__ = [
 ]
 
 
-def _ignore(event: FarmEvent) -> None:
-    """The default event callback: nothing."""
-
-
 class Farm:
     """Runs jobs over several ComfyUI servers, one thread each; see the module docstring."""
 
@@ -125,7 +121,7 @@ class Farm:
         jobs: Iterable[Job],
         *,
         out_dir: Path | str | None = None,
-        on_event: Callable[[FarmEvent], None] = _ignore,
+        on_event: Callable[[FarmEvent], None] | None = None,
     ) -> Generator[JobOutcome, None, None]:
         """Run every job once over the farm; yield each one's JobResult or JobFailed as it settles.
 

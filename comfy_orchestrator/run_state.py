@@ -109,6 +109,7 @@ class RunServer:
     connection: ServerLink | None = None  # made by the server's own thread as it starts (see `link`)
     up: bool = False
     capability: Capability | None = None  # a new one each time the server's object_info is read
+    answered_at: float = 0.0  # when it last answered a request of ours (monotonic): it was alive then
     flights: list[Flight] = field(default_factory=list)
     times: JobTimes = field(default_factory=JobTimes)
     last: JobNeeds | None = None  # the last job queued: what is loaded when the next one starts
@@ -161,6 +162,7 @@ class RunState:
     def refill(self) -> None:
         """Read jobs until the window ahead of the servers is full (and the caller keeps up)."""
         limit = max(self.farm.window, 2 * sum(server.slots for server in self.servers))
+        read_from, reading = self.next_seq, self.source is not None
         while self.source is not None and len(self.waiting) < limit and self.unread < limit:
             try:
                 job = next(self.source)
@@ -174,7 +176,8 @@ class RunState:
             self.waiting.append(Ticket(seq=self.next_seq, job=job, needs=job_needs(job)))
             self.next_seq += 1
             self.open_tickets += 1
-        self.changed.notify_all()
+        if self.next_seq != read_from or (reading and self.source is None):
+            self.changed.notify_all()  # idle servers look again: new jobs, or the last was read
 
     def requeue(self, ticket: Ticket) -> None:
         if ticket.settled or ticket.copies or ticket in self.waiting:
@@ -383,6 +386,11 @@ class RunState:
             if self.source is None or self.unread >= self.farm.window:
                 return
             self.refill()
+
+    def quiet_servers(self, now: float) -> list[RunServer]:
+        """The busy servers that have not answered a request of ours for `health_interval_s`: to be asked."""
+        quiet_since = now - self.farm.health_interval_s
+        return [server for server in self.servers if server.up and server.flights and server.answered_at <= quiet_since]
 
     def drop(self, server: RunServer, flight: Flight) -> bool:
         """Forget a flight that ended; False if it had already been moved off a down server."""

@@ -211,3 +211,21 @@ def test_a_capability_answers_alike_after_it_forgot_what_it_was_asked() -> None:
     answers = [capability.can_run(replace(needs, texts=frozenset({f"prompt {i}"})))
                for i in range(VERDICTS_KEPT + 5)]
     assert all(answers) and not capability.can_run(lacking) and capability.can_run(needs)
+
+
+def test_only_busy_servers_quiet_for_the_interval_are_asked_whether_they_answer() -> None:
+    state = books("idle.test", "heard.test", "quiet.test", "down.test", jobs=(job(i) for i in range(3)))
+    idle, heard, quiet, down = state.servers
+    with state.lock:  # as the engine calls them
+        state.refill()
+        for server in state.servers:
+            bring_up(server)
+        for server in (heard, quiet, down):
+            ticket = state.take(server)
+            assert ticket is not None
+            state.board(server, ticket)
+        down.up = False
+        now = 1000.0
+        heard.answered_at = now - 0.5  # within the 1 s interval: it answered a submit or a download
+        quiet.answered_at = down.answered_at = idle.answered_at = now - 1.5
+        assert state.quiet_servers(now) == [quiet]
