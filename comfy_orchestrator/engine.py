@@ -54,6 +54,7 @@ CHECK_EVERY_S = 0.5  # the caller's loop: is any server up at all?
 IDLE_WAKE_S = 0.25  # a server with nothing to take: anything new?
 PROBE_WAKE_S = 1.0  # a resting server: did the run stop?
 THREAD_EXIT_S = 10.0  # at the end, how long each of the run's threads is given to finish
+SUBMITS_SETTLE_S = 5.0  # at the end, how long a job being submitted is waited for, to be cancelled in order
 RECOVER_ATTEMPTS = 3  # reads of a prompt's record, after a fault cut off its wait, before it is run again
 NO_SERVER_NOTICE_S = 5.0  # while no server is up, how often the farm says what it waits for
 
@@ -67,6 +68,7 @@ class FarmRun(RunState):
         self.out_dir = out_dir
         self.on_event = on_event
         self.links_closed = False  # shut_down closed the links: a thread that connects later closes its own
+        self.cancelling = False  # shut_down has taken the flights it cancels
 
     def outcomes(self) -> Generator[JobOutcome, None, None]:
         threads = [threading.Thread(target=self.work, args=(server,), name=f"farm-{server.name}", daemon=True)
@@ -98,10 +100,17 @@ class FarmRun(RunState):
             self.shut_down(threads)
 
     def shut_down(self, threads: Sequence[threading.Thread]) -> None:
-        """Stop the servers' threads; cancel what they still hold (copies, or all if the caller stopped)."""
+        """Stop the servers' threads; cancel what they still hold (copies, or all if the caller stopped).
+
+        A job being submitted right now is waited for (a little) and cancelled with the rest, the
+        newest first: cancelled after the others, it could start running on a server they freed.
+        """
         self.stop.set()
         with self.lock:
             self.changed.notify_all()
+            self.changed.wait_for(lambda: not any(flight.handle is None for server in self.servers
+                                                  for flight in server.flights), SUBMITS_SETTLE_S)
+            self.cancelling = True  # from here, a submission that ends late is cancelled by its own thread
             leftover = [(server, flight) for server in self.servers for flight in server.flights
                         if flight.handle is not None and not flight.cancelled]
             for _, flight in leftover:
@@ -320,11 +329,12 @@ class FarmRun(RunState):
             except ComfyError as exc:
                 self.failed(server, flight, exc)
                 continue
-            with self.lock:  # shut_down cancels the flights with a handle; one sent meanwhile is ours to stop
+            with self.lock:  # shut_down cancels the flights with a handle; one it missed is ours to stop
                 server.answered_at = time.monotonic()
                 flight.handle = handle
-                stopped = self.stop.is_set() and not flight.cancelled
+                stopped = self.cancelling and not flight.cancelled
                 flight.cancelled = flight.cancelled or stopped
+                self.changed.notify_all()  # shut_down may be waiting for this submission
             if stopped:
                 self.cancel(server, flight)
                 return

@@ -327,3 +327,50 @@ def test_a_link_that_cannot_be_made_ends_the_run_with_its_error() -> None:
     farm = Farm([ServerConfig(url="http://a.test")], policy=QUICK, connect=connect, health_interval_s=3600.0)
     with pytest.raises(ParameterError, match="no file a.test.pem"):
         list(farm.run(jobs(2)))
+
+
+class CancelNoted(StubJob):
+    """A stub job that tells its server when it is cancelled, so the test sees the order."""
+
+    link: HeldSubmits
+
+    def cancel(self) -> None:
+        self.link.cancel_order.append(self.job.label)
+        super().cancel()
+
+
+class HeldSubmits(StubLink):
+    """A stub server whose first job ends at once and whose third submission waits for `let_through`."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.submitting = threading.Event()
+        self.let_through = threading.Event()
+        self.cancel_order: list[str] = []
+
+    def submit(self, job: Job, *, prompt_id: str | None = None,
+               on_progress: Callable[[Progress], None] | None = None) -> RunningJob:
+        if job.label == "job-2":
+            self.submitting.set()
+            assert self.let_through.wait(PATIENCE_S), "the test never let job-2's submission through"
+        queued = CancelNoted(self, job, prompt_id or f"{self.name}-{len(self.queued)}")
+        self.queued.append(queued)
+        self.note("submitted", queued)
+        if job.label == "job-0":
+            queued.finish()
+        return queued
+
+
+def test_stopping_while_a_job_is_being_submitted_cancels_it_first() -> None:
+    link = HeldSubmits("a.test")
+    outcomes = farm_of(link, queue_ahead=1).run(jobs(3))  # job-1 waits behind job-0, then runs; job-2 is next
+    first = next(outcomes)
+    assert isinstance(first, JobResult) and first.job.label == "job-0"
+    assert link.submitting.wait(PATIENCE_S)
+    closer = threading.Thread(target=outcomes.close)
+    closer.start()
+    link.let_through.set()
+    closer.join(PATIENCE_S)
+    assert not closer.is_alive()
+    # the newest first: cancelled after job-1, job-2 could start on the server job-1's cancellation frees
+    assert link.cancel_order == ["job-2", "job-1"]
