@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from comfy_orchestrator.sweep import Value, file_slug, format_value
 
 MAX_GRID_SIDE_PX = 8192  # a grid wider or taller than this gets smaller thumbnails
 MIN_THUMBNAIL_PX = 64
+PAINTED_PIXELS_MAX = 64 * 2**20  # grids drawn as cells arrive are held in memory (3 bytes a pixel): past this, at the end
 RESULTS_PAGE = "index.html"
 THUMBNAILS_FOLDER = "thumbnails"  # made as each image arrives, so the grid at the end only pastes them
 PNG_LEVEL = 1  # zlib level for thumbnails and PNG grids: 4x faster to write than 6, for a fifth more bytes
@@ -84,42 +86,170 @@ def grid_images(
     cell shares) is written in a header above the grid; `definition` (the sweep's) goes into the
     image's metadata under GRID_METADATA_KEY, as a PNG text chunk or the JPEG comment.
     """
-    if not axes:
-        raise GridFailed("a grid needs at least one axis")
-    if image_format not in GRID_FORMATS:
-        raise GridFailed(f"unknown grid format {image_format!r}: use one of {', '.join(GRID_FORMATS)}")
-    pil_format, options = GRID_FORMATS[image_format]
-    options = {**options, **_metadata_options(pil_format, definition)}
-    header = fixed_lines(fixed or {})
-    x_axis, y_axis, pages = axes[0], (axes[1] if len(axes) > 1 else None), axes[2:]
-    by_values: dict[tuple[Any, ...], GridCell] = {}
-    for cell in cells:
-        by_values[_key(cell.values, axes)] = cell
-    # past this many values an axis is split over several images, so none grows beyond MAX_GRID_SIDE_PX
-    per_image = MAX_GRID_SIDE_PX // MIN_THUMBNAIL_PX
-    x_parts = _chunks(x_axis, per_image)
-    y_parts = _chunks(y_axis, per_image) if y_axis else [None]
-    columns = max(len(part.values) for part in x_parts)
-    rows = max(len(part.values) for part in y_parts if part is not None) if y_axis else 1
-    side = max(MIN_THUMBNAIL_PX, min(thumbnail_px, MAX_GRID_SIDE_PX // max(columns, rows)))
+    layout = _Layout(folder, axes, thumbnail_px=thumbnail_px, name=name, image_format=image_format, fixed=fixed,
+                     definition=definition)
+    by_values = {_key(cell.values, axes): cell for cell in cells}
     written = []
-    for page_values in itertools.product(*(axis.values for axis in pages)):
-        page = dict(zip((axis.name for axis in pages), page_values))
-        title = ", ".join(f"{n} = {format_value(v)}" for n, v in page.items())
-        suffix = "_".join(f"{file_slug(n)}-{file_slug(format_value(v))}" for n, v in page.items())
-        for part, (x_part, y_part) in enumerate(itertools.product(x_parts, y_parts), start=1):
-            split = f"part-{part}" if len(x_parts) * len(y_parts) > 1 else ""
-            stem = "_".join(s for s in (name, suffix, split) if s)
-            path = folder / f"{stem}.{image_format}"
-            canvas = _draw_grid(folder, x_part, y_part, page, by_values, axes, side, title, header)
-            try:
-                canvas.save(path, format=pil_format, **options)
-            except OSError as exc:
-                raise GridFailed(f"cannot write {path}: {exc}") from exc
-            finally:
-                canvas.close()
-            written.append(path)
+    for plan in layout.plans():
+        sheet = layout.start(plan)
+        try:
+            # a row's pictures are read on a few threads, one row at a time
+            with ThreadPoolExecutor(max_workers=IMAGE_THREADS, thread_name_prefix="grid") as pool:
+                for row in sheet.rows():
+                    found = [by_values.get(key) for key in row]
+                    for key, cell, thumb in zip(row, found, pool.map(lambda c: _thumb(folder, c, sheet.side), found)):
+                        sheet.put(key, cell, thumb)
+            written.append(layout.save(sheet))
+        finally:
+            sheet.canvas.close()
     return written
+
+
+class GridPainter:
+    """A sweep's grids drawn while it runs: labels at once, each cell's picture as it arrives, files at the end.
+
+    The grids then cost only their encoding when the last cell is in. They are held in memory,
+    so grids past `max_pixels` in all are drawn at the end instead, one at a time, as
+    `grid_images` draws them. `paint` may be called from any thread.
+    """
+
+    def __init__(self, folder: Path, axes: Sequence[GridAxis], *, thumbnail_px: int = 256, name: str = "grid",
+                 image_format: str = DEFAULT_GRID_FORMAT, fixed: Mapping[str, Any] | None = None,
+                 definition: Mapping[str, Any] | None = None, max_pixels: int = PAINTED_PIXELS_MAX) -> None:
+        self._layout = _Layout(folder, axes, thumbnail_px=thumbnail_px, name=name, image_format=image_format,
+                               fixed=fixed, definition=definition)
+        self._thumbnail_px, self._fixed, self._definition = thumbnail_px, fixed, definition
+        self._lock = threading.Lock()
+        self._painted: dict[tuple[Any, ...], tuple[str, Path | None]] = {}  # what each slot shows now
+        plans = self._layout.plans()
+        self._sheets: list[_Sheet] = []
+        if sum(plan.pixels for plan in plans) <= max_pixels:
+            self._sheets = [self._layout.start(plan) for plan in plans]
+        self._by_key = {key: sheet for sheet in self._sheets for key in sheet.slots}
+
+    @property
+    def painting(self) -> bool:
+        """Whether the grids are drawn as cells arrive (False: all at the end)."""
+        return bool(self._sheets)
+
+    def paint(self, cell: GridCell) -> None:
+        """Show `cell` (its picture, or its status) in its grid now."""
+        key = _key(cell.values, self._layout.axes)
+        sheet = self._by_key.get(key)
+        if sheet is None:
+            return  # drawn at the end, or not a cell of these grids
+        thumb = _thumb(self._layout.folder, cell, sheet.side)  # read outside the lock: threads decode at once
+        with self._lock:
+            sheet.put(key, cell, thumb)
+            self._painted[key] = (cell.status, cell.image)
+
+    def save(self, cells: Iterable[GridCell]) -> list[Path]:
+        """Write the grids showing `cells`, the sweep's final state: a cell not yet shown as it is now is painted first."""
+        cells = list(cells)
+        if not self.painting:
+            layout = self._layout
+            return grid_images(layout.folder, layout.axes, cells, thumbnail_px=self._thumbnail_px, name=layout.name,
+                               image_format=layout.image_format, fixed=self._fixed, definition=self._definition)
+        by_values = {_key(cell.values, self._layout.axes): cell for cell in cells}
+        stale = [cell for key, cell in by_values.items() if self._painted.get(key) != (cell.status, cell.image)]
+        with ThreadPoolExecutor(max_workers=IMAGE_THREADS, thread_name_prefix="grid") as pool:
+            list(pool.map(self.paint, stale))
+        try:
+            for key, sheet in self._by_key.items():
+                if key not in by_values and key not in self._painted:
+                    sheet.put(key, None, None)  # no such cell: "missing", as grid_images shows it
+            return [self._layout.save(sheet) for sheet in self._sheets]
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Let go of the grids' memory (save does; call it when a run stops before saving)."""
+        for sheet in self._sheets:
+            sheet.canvas.close()
+        self._sheets, self._by_key = [], {}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One grid image to draw: the page (values of the axes past the second) and the part of X and Y it shows."""
+
+    path: Path
+    x_axis: GridAxis
+    y_axis: GridAxis | None
+    page: Mapping[str, Value]
+    title: str
+    pixels: int  # about how large its canvas is
+
+
+@dataclass
+class _Sheet:
+    """A grid image being drawn: its canvas and where each cell's picture goes."""
+
+    path: Path
+    canvas: Image.Image
+    draw: ImageDraw.ImageDraw
+    font: Font
+    side: int
+    slots: dict[tuple[Any, ...], tuple[int, int]]  # a cell's key -> the top left corner of its picture
+    columns: int
+
+    def rows(self) -> list[list[tuple[Any, ...]]]:
+        keys = list(self.slots)
+        return [keys[i:i + self.columns] for i in range(0, len(keys), self.columns)]
+
+    def put(self, key: tuple[Any, ...], cell: GridCell | None, thumb: Image.Image | None) -> None:
+        left, top = self.slots[key]
+        self.draw.rectangle((left, top, left + self.side - 1, top + self.side - 1), fill=_BACKGROUND)
+        _paste(self.canvas, self.draw, cell, thumb, (left, top), self.side, self.font)
+
+
+class _Layout:
+    """Where a sweep's grid images go and what each shows: the pages, the parts, the thumbnail size."""
+
+    def __init__(self, folder: Path, axes: Sequence[GridAxis], *, thumbnail_px: int, name: str, image_format: str,
+                 fixed: Mapping[str, Any] | None, definition: Mapping[str, Any] | None) -> None:
+        if not axes:
+            raise GridFailed("a grid needs at least one axis")
+        if image_format not in GRID_FORMATS:
+            raise GridFailed(f"unknown grid format {image_format!r}: use one of {', '.join(GRID_FORMATS)}")
+        self.folder, self.axes, self.name, self.image_format = folder, list(axes), name, image_format
+        self.pil_format, options = GRID_FORMATS[image_format]
+        self.options = {**options, **_metadata_options(self.pil_format, definition)}
+        self.header = fixed_lines(fixed or {})
+        x_axis, y_axis = axes[0], (axes[1] if len(axes) > 1 else None)
+        # past this many values an axis is split over several images, so none grows beyond MAX_GRID_SIDE_PX
+        per_image = MAX_GRID_SIDE_PX // MIN_THUMBNAIL_PX
+        self.x_parts = _chunks(x_axis, per_image)
+        self.y_parts: list[GridAxis | None] = list(_chunks(y_axis, per_image)) if y_axis else [None]
+        columns = max(len(part.values) for part in self.x_parts)
+        rows = max(len(part.values) for part in self.y_parts if part is not None) if y_axis else 1
+        self.side = max(MIN_THUMBNAIL_PX, min(thumbnail_px, MAX_GRID_SIDE_PX // max(columns, rows)))
+
+    def plans(self) -> list[_Plan]:
+        plans = []
+        pages = self.axes[2:]
+        for page_values in itertools.product(*(axis.values for axis in pages)):
+            page = dict(zip((axis.name for axis in pages), page_values))
+            title = ", ".join(f"{n} = {format_value(v)}" for n, v in page.items())
+            suffix = "_".join(f"{file_slug(n)}-{file_slug(format_value(v))}" for n, v in page.items())
+            for part, (x_part, y_part) in enumerate(itertools.product(self.x_parts, self.y_parts), start=1):
+                split = f"part-{part}" if len(self.x_parts) * len(self.y_parts) > 1 else ""
+                stem = "_".join(s for s in (self.name, suffix, split) if s)
+                rows = len(y_part.values) if y_part is not None else 1
+                plans.append(_Plan(self.folder / f"{stem}.{self.image_format}", x_part, y_part, page, title,
+                                   len(x_part.values) * rows * self.side ** 2))
+        return plans
+
+    def start(self, plan: _Plan) -> _Sheet:
+        """The plan's canvas with its title, header and labels drawn, and where each cell goes."""
+        return _draw_grid(plan, self.axes, self.side, self.header)
+
+    def save(self, sheet: _Sheet) -> Path:
+        try:
+            sheet.canvas.save(sheet.path, format=self.pil_format, **self.options)
+        except OSError as exc:
+            raise GridFailed(f"cannot write {sheet.path}: {exc}") from exc
+        return sheet.path
 
 
 def thumbnail_path(folder: Path, image: Path) -> Path:
@@ -179,17 +309,9 @@ def write_results_page(
     return path
 
 
-def _draw_grid(
-    folder: Path,
-    x_axis: GridAxis,
-    y_axis: GridAxis | None,
-    page: Mapping[str, Value],
-    by_values: Mapping[tuple[Any, ...], GridCell],
-    axes: Sequence[GridAxis],
-    side: int,
-    title: str,
-    header: Sequence[str] = (),
-) -> Image.Image:
+def _draw_grid(plan: _Plan, axes: Sequence[GridAxis], side: int, header: Sequence[str]) -> _Sheet:
+    """A canvas with the plan's title, header and axis labels, and the corner of each cell's picture."""
+    x_axis, y_axis, title = plan.x_axis, plan.y_axis, plan.title
     font = ImageFont.load_default(size=max(11, side // 12))
     heading = ImageFont.load_default(size=max(13, side // 9))
     y_values: Sequence[Value | None] = y_axis.values if y_axis else [None]
@@ -218,24 +340,19 @@ def _draw_grid(
         first = top_h + label_h / 2 - (len(lines) - 1) * line_h / 2
         for number, text in enumerate(lines):
             draw.text((left + side / 2, first + number * line_h), text, font=font, fill=_INK, anchor="mm")
-    # a row's pictures are read on a few threads, one row at a time
-    with ThreadPoolExecutor(max_workers=IMAGE_THREADS, thread_name_prefix="grid") as pool:
-        for row, y_value in enumerate(y_values):
-            top = top_h + label_h + row * (side + gap)
-            first = top + side / 2 - (len(row_labels[row]) - 1) * line_h / 2
-            for number, text in enumerate(row_labels[row]):
-                draw.text((gap, first + number * line_h), text, font=font, fill=_INK, anchor="lm")
-            cells = []
-            for x_value in x_axis.values:
-                values: dict[str, Value] = dict(page)
-                values[x_axis.name] = x_value
-                if y_axis and y_value is not None:
-                    values[y_axis.name] = y_value
-                cells.append(by_values.get(_key(values, axes)))
-            for column, (cell, thumb) in enumerate(zip(cells, pool.map(lambda c: _thumb(folder, c, side), cells))):
-                left = label_w + gap + column * (side + gap)
-                _paste(canvas, draw, cell, thumb, (left, top), side, font)
-    return canvas
+    slots: dict[tuple[Any, ...], tuple[int, int]] = {}
+    for row, y_value in enumerate(y_values):
+        top = top_h + label_h + row * (side + gap)
+        first = top + side / 2 - (len(row_labels[row]) - 1) * line_h / 2
+        for number, text in enumerate(row_labels[row]):
+            draw.text((gap, first + number * line_h), text, font=font, fill=_INK, anchor="lm")
+        for column, x_value in enumerate(x_axis.values):
+            values: dict[str, Value] = dict(plan.page)
+            values[x_axis.name] = x_value
+            if y_axis and y_value is not None:
+                values[y_axis.name] = y_value
+            slots[_key(values, axes)] = (label_w + gap + column * (side + gap), top)
+    return _Sheet(plan.path, canvas, draw, font, side, slots, len(x_axis.values))
 
 
 def axis_labels(font: Font, axis: GridAxis, width_px: int, *, max_lines: int) -> list[list[str]]:

@@ -24,14 +24,14 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from comfy_orchestrator.client import open_image
-from comfy_orchestrator.errors import ComfyError, GridFailed
+from comfy_orchestrator.errors import ComfyError
 from comfy_orchestrator.farm import (
     Farm,
     FarmEvent,
@@ -45,17 +45,9 @@ from comfy_orchestrator.farm import (
     ServerDown,
     ServerLink,
 )
-from comfy_orchestrator.grid import (
-    DEFAULT_GRID_FORMAT,
-    IMAGE_THREADS,
-    GridAxis,
-    GridCell,
-    grid_images,
-    make_thumbnail,
-    write_results_page,
-)
+from comfy_orchestrator.grid import DEFAULT_GRID_FORMAT
 from comfy_orchestrator.jobs import Job, JobResult
-from comfy_orchestrator.journal import CellPlan, CellRecord, CellStatus, Journal, PromptRecord
+from comfy_orchestrator.journal import CellPlan, CellStatus, Journal, PromptRecord
 from comfy_orchestrator.limits import Limits
 from comfy_orchestrator.protocol import outcome_from_history, outputs_from_history
 from comfy_orchestrator.provenance import portable_params
@@ -64,14 +56,12 @@ from comfy_orchestrator.sweep import (
     Batch,
     Cell,
     Sweep,
-    Value,
-    batch_seed_label,
     cache_key,
     estimate_seconds,
     format_value,
     order_for_cache,
-    shown_values,
 )
+from comfy_orchestrator.sweep_results import SweepResults
 
 if TYPE_CHECKING:
     from comfy_orchestrator.queue import CeleryQueue, QueueEvent
@@ -190,28 +180,31 @@ def run_sweep(
         counts = journal.counts()
         skipped = counts[CellStatus.DONE]
         tracker = _Tracker(len(plan.cells), skipped, journal.exhausted(max_attempts=max_attempts), on_progress)
+        results = SweepResults(folder, sweep, plan.jobs, list(journal.records()), thumbnail_px=thumbnail_px,
+                               grid_format=grid_format)
         prepared = time.monotonic()
         adopted = 0
         try:
-            with _Thumbnailer(folder, thumbnail_px) as thumbnails:
+            with results:
                 if farm is not None:
-                    adopted = _adopt(journal, farm, plan, max_attempts, folder, staging, tracker, thumbnails)
+                    adopted = _adopt(journal, farm, plan, max_attempts, folder, staging, tracker, results)
                 to_run = set(journal.to_run(max_attempts=max_attempts))
                 work = [(batch, job) for batch, job in zip(plan.batches, plan.jobs)
                         if any(cell.index in to_run for cell in batch.cells)]
                 if queue is not None:
-                    _run_queued(journal, queue, sweep, work, to_run, folder, staging, tracker, thumbnails,
+                    _run_queued(journal, queue, sweep, work, to_run, folder, staging, tracker, results,
                                 detach=detach)
                 else:
                     assert farm is not None
-                    _run(journal, farm, work, to_run, folder, staging, tracker, thumbnails)
+                    _run(journal, farm, work, to_run, folder, staging, tracker, results)
         finally:
             ran = time.monotonic()
             jsonl, table = journal.write_manifests()  # after Ctrl-C too: the manifest shows what is done
             shutil.rmtree(staging, ignore_errors=True)
-        grids, page = _write_results(journal, plan, folder, thumbnail_px, grid_format)
+        records = list(journal.records())
+        grids, page = results.write(records)
         counts = journal.counts()
-        failures = {r.index: r.error or "" for r in journal.records() if r.status is CellStatus.FAILED}
+        failures = {r.index: r.error or "" for r in records if r.status is CellStatus.FAILED}
     finished = time.monotonic()
     phases = {"prepare": prepared - started, "run": ran - prepared, "finish": finished - ran}
     return SweepReport(folder=folder, total=len(plan.cells), done=counts[CellStatus.DONE],
@@ -267,7 +260,7 @@ def _file_problem(folder: Path, name: str) -> str:
 
 
 def _adopt(journal: Journal, farm: Farm, plan: SweepPlan, max_attempts: int, folder: Path, staging: Path,
-           tracker: _Tracker, thumbnails: _Thumbnailer) -> int:
+           tracker: _Tracker, results: SweepResults) -> int:
     """Ask the servers about the prompts a cut-off run left; finish the cells of those queued, running or done.
 
     A prompt whose cells no longer need it is taken off its server's queue. Returns how many prompts were
@@ -311,7 +304,7 @@ def _adopt(journal: Journal, farm: Farm, plan: SweepPlan, max_attempts: int, fol
             stop = threading.Event()
             with ThreadPoolExecutor(max_workers=len(adopted), thread_name_prefix="adopt") as pool:
                 waits = [pool.submit(_finish_adopted, journal, links[server], found, farm.timeouts.job_s, folder,
-                                     staging, tracker, thumbnails, stop) for server, found in adopted.items()]
+                                     staging, tracker, results, stop) for server, found in adopted.items()]
                 try:
                     for future in waits:
                         future.result()
@@ -344,7 +337,7 @@ def _succeeded(entry: Mapping[str, Any] | None, prompt_id: str) -> bool:
 
 def _finish_adopted(journal: Journal, link: ServerLink, found: Sequence[tuple[PromptRecord, Batch, Job, list[Cell]]],
                     timeout_s: float, folder: Path, staging: Path, tracker: _Tracker,
-                    thumbnails: _Thumbnailer, stop: threading.Event) -> None:
+                    results: SweepResults, stop: threading.Event) -> None:
     """Wait for one server's adopted prompts in the order it runs them; record each one's cells."""
     for prompt, batch, job, cells in found:
         deadline = time.monotonic() + timeout_s
@@ -359,8 +352,8 @@ def _finish_adopted(journal: Journal, link: ServerLink, found: Sequence[tuple[Pr
                 result = JobResult(job=job, prompt_id=prompt.prompt_id, server=prompt.server,
                                    outputs=outputs_from_history(entry))
                 result = link.save(result, staging)
-                for image in _record_result(journal, batch, cells, result, folder):
-                    thumbnails.make(image)
+                for cell, image in _record_result(journal, batch, cells, result, folder):
+                    results.add(cell, image)
                 tracker.finished(cells, failed=False)
             else:
                 logger.warning("adopted prompt %s on %s ended %s; its cells run again", prompt.prompt_id,
@@ -373,7 +366,7 @@ def _finish_adopted(journal: Journal, link: ServerLink, found: Sequence[tuple[Pr
 
 
 def _run(journal: Journal, farm: Farm, work: Sequence[tuple[Batch, Job]], to_run: set[int], folder: Path,
-         staging: Path, tracker: _Tracker, thumbnails: _Thumbnailer) -> None:
+         staging: Path, tracker: _Tracker, results: SweepResults) -> None:
     by_label = {job.label: batch for batch, job in work}
 
     def on_event(event: FarmEvent) -> None:
@@ -395,11 +388,11 @@ def _run(journal: Journal, farm: Farm, work: Sequence[tuple[Batch, Job]], to_run
                 pass
 
     for outcome in farm.run((job for _, job in work), out_dir=staging, on_event=on_event):
-        _record_outcome(journal, by_label[outcome.job.label], to_run, outcome, folder, tracker, thumbnails)
+        _record_outcome(journal, by_label[outcome.job.label], to_run, outcome, folder, tracker, results)
 
 
 def _run_queued(journal: Journal, queue: CeleryQueue, sweep: Sweep, work: Sequence[tuple[Batch, Job]],
-                to_run: set[int], folder: Path, staging: Path, tracker: _Tracker, thumbnails: _Thumbnailer, *,
+                to_run: set[int], folder: Path, staging: Path, tracker: _Tracker, results: SweepResults, *,
                 detach: bool) -> None:
     """Put the cells on the queue (or find the tasks an earlier run queued) and collect their outcomes."""
     from comfy_orchestrator.queue import QueueNote, TaskLost, TaskQueued, TaskStarted
@@ -429,11 +422,11 @@ def _run_queued(journal: Journal, queue: CeleryQueue, sweep: Sweep, work: Sequen
     title = f"{sweep.template.name}: " + " × ".join(f"{a.name} ({len(a.values)})" for a in sweep.run_axes)
     for outcome in queue.run([job for _, job in work], sweep_id=sweep_id, title=f"{title} -> {folder.name}",
                              tasks=tasks, out_dir=staging, detach=detach, on_event=on_event):
-        _record_outcome(journal, by_label[outcome.job.label], to_run, outcome, folder, tracker, thumbnails)
+        _record_outcome(journal, by_label[outcome.job.label], to_run, outcome, folder, tracker, results)
 
 
 def _record_outcome(journal: Journal, batch: Batch, to_run: set[int], outcome: JobResult | JobFailed, folder: Path,
-                    tracker: _Tracker, thumbnails: _Thumbnailer) -> None:
+                    tracker: _Tracker, results: SweepResults) -> None:
     """Record one prompt's outcome for its open cells: images in place and done, or failed."""
     cells = _open_cells(batch, to_run)
     if isinstance(outcome, JobFailed):
@@ -442,40 +435,15 @@ def _record_outcome(journal: Journal, batch: Batch, to_run: set[int], outcome: J
         tracker.finished(cells, failed=True)
         logger.warning("cells %s failed: %s", ", ".join(str(c.index) for c in cells), outcome.error)
     else:
-        for image in _record_result(journal, batch, cells, outcome, folder):
-            thumbnails.make(image)
+        for cell, image in _record_result(journal, batch, cells, outcome, folder):
+            results.add(cell, image)
         tracker.finished(cells, failed=False)
     journal.settle_cells([c.index for c in cells])
 
 
-class _Thumbnailer:
-    """Makes cells' thumbnails on a few threads, so a batch of 16 images does not hold up the
-    results behind it; leaving waits for them all."""
-
-    def __init__(self, folder: Path, thumbnail_px: int) -> None:
-        self._folder, self._px = folder, thumbnail_px
-        self._pool = ThreadPoolExecutor(max_workers=IMAGE_THREADS, thread_name_prefix="thumbnail")
-
-    def make(self, image: Path) -> None:
-        self._pool.submit(self._make, image)
-
-    def _make(self, image: Path) -> None:
-        try:
-            make_thumbnail(self._folder, image, thumbnail_px=self._px)
-        except GridFailed as exc:  # the grid opens the image itself then; the result is kept either way
-            logger.warning("%s", exc)
-
-    def __enter__(self) -> _Thumbnailer:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: object) -> None:
-        # on Ctrl-C, drop the thumbnails not begun: the grid falls back to the images
-        self._pool.shutdown(wait=True, cancel_futures=kind is not None)
-
-
 def _record_result(journal: Journal, batch: Batch, cells: Sequence[Cell], result: JobResult,
-                   folder: Path) -> list[Path]:
-    """Move a prompt's files to their cells' names and mark the cells done; each cell's grid image."""
+                   folder: Path) -> list[tuple[Cell, Path]]:
+    """Move a prompt's files to their cells' names and mark the cells done; each cell with its grid image."""
     files = list(result.files)
     if not files:
         journal.mark_failed([c.index for c in cells], error=f"prompt {result.prompt_id} produced no files",
@@ -508,7 +476,7 @@ def _record_result(journal: Journal, batch: Batch, cells: Sequence[Cell], result
             names.append(target.relative_to(folder).as_posix())
         journal.mark_done(cell.index, files=names, server=result.server, prompt_id=result.prompt_id,
                           timings=result.timings)
-        shown.append(Path(names[0]))
+        shown.append((cell, Path(names[0])))
     if batched:
         for source in files:
             source.unlink(missing_ok=True)
@@ -534,65 +502,6 @@ def _cell_plans(plan: SweepPlan) -> Iterator[CellPlan]:
         for cell in batch.cells:
             yield CellPlan(cell.index, cell.label, plan.sweep.template.name, dict(cell.values), params,
                            job.graph.digest(), cell.batch_index)
-
-
-def _write_results(journal: Journal, plan: SweepPlan, folder: Path, thumbnail_px: int,
-                   grid_format: str) -> tuple[list[Path], Path]:
-    sweep = plan.sweep
-    seed = next((axis.values[0] for axis in sweep.axes if axis.name == "seed"), 0) if sweep.batch_seeds else None
-    axes = [GridAxis(axis.name, axis.values) if axis.name != BATCH_AXIS or seed is None else
-            GridAxis("seed", tuple(batch_seed_label(seed, int(i)) for i in axis.values)) for axis in sweep.run_axes]
-    records = list(journal.records())
-    cells = [_grid_cell(record, seed) for record in records]
-    shaping = set().union(*(job.picture_parameters() for job in plan.jobs))
-    fixed = shared_parameters([record.params for record in records], exclude={axis.name for axis in axes},
-                              shaping=shaping)
-    grids = grid_images(folder, axes, cells, thumbnail_px=thumbnail_px, image_format=grid_format, fixed=fixed,
-                        definition=sweep.definition()) if len(axes) <= 3 else []
-    title = f"{sweep.template.name}: " + " × ".join(f"{a.name} ({len(a.values)})" for a in axes)
-    page = write_results_page(folder, axes, cells, title=title, grids=grids, fixed=fixed)
-    return grids, page
-
-
-# What a reader looks for first in a header, as A1111 and SwarmUI print it; the rest follow in the model's order.
-ESSENTIAL_PARAMETERS = ("positive", "negative", "checkpoint", "seed", "steps", "sampler", "scheduler", "cfg",
-                        "denoise")
-
-
-def shared_parameters(params: Sequence[Mapping[str, Any]], *, exclude: set[str],
-                      shaping: Collection[str] | None = None) -> dict[str, Any]:
-    """The parameters every cell has with the same value (not the axes, not the unset): the grid's header.
-
-    With `shaping` (the parameters a rendered graph uses, Job.picture_parameters) a value is kept only
-    if it shapes the picture; a flag or list, which steers the graph's structure rather than one input,
-    only when it is set (True, not empty). The essentials come first.
-    """
-    if not params:
-        return {}
-    shared = {}
-    for name, value in params[0].items():
-        if name in exclude or value is None or value == [] or value == "":
-            continue
-        structural = isinstance(value, bool) or not isinstance(value, (int, float, str))
-        if shaping is not None and name not in shaping and not (structural and value):
-            continue
-        if all(other.get(name) == value for other in params[1:]):
-            shared[name] = value
-    first = [name for name in ESSENTIAL_PARAMETERS if name in shared]
-    return {name: shared[name] for name in [*first, *(n for n in shared if n not in first)]}
-
-
-def _grid_cell(record: CellRecord, batch_seed: Value | None) -> GridCell:
-    """A journal record as the grid and the page show it; a batched image by its seed, not its batch index."""
-    values = dict(record.values) if batch_seed is None else shown_values(record.values, batch_seed)
-    details: dict[str, Any] = {"params": dict(record.params), "server": record.server,
-                               "prompt_id": record.prompt_id, "graph_hash": record.graph_hash,
-                               "batch_index": record.batch_index, "files": list(record.files),
-                               "error": record.error}
-    if record.finished_at is not None and record.started_at is not None:
-        details["seconds"] = round(record.finished_at - record.started_at, 3)
-    image = Path(record.files[0]) if record.status is CellStatus.DONE and record.files else None
-    return GridCell(record.index, values, image, record.status.value, details)
 
 
 class _Tracker:

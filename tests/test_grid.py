@@ -11,8 +11,10 @@ from PIL import Image, ImageFont
 from comfy_orchestrator.errors import GridFailed
 from comfy_orchestrator.grid import (
     MAX_GRID_SIDE_PX,
+    PAINTED_PIXELS_MAX,
     GridAxis,
     GridCell,
+    GridPainter,
     axis_labels,
     distinct_parts,
     grid_images,
@@ -241,3 +243,44 @@ def test_the_grid_has_a_header_of_fixed_parameters_and_the_sweep_in_its_metadata
         assert sum(header.convert("L").histogram()[:160]) > 0  # ink: text is drawn there
         assert read_grid_metadata(grid) == {"version": 1, "sweep": definition}
         assert read_grid_metadata(without) is None
+
+
+def _pixels(path: Path) -> bytes:
+    with Image.open(path) as image:
+        return image.convert("RGB").tobytes()
+
+
+@pytest.mark.parametrize("max_pixels", [PAINTED_PIXELS_MAX, 1], ids=["painted-as-cells-arrive", "drawn-at-the-end"])
+def test_a_grid_painted_cell_by_cell_is_the_grid_drawn_at_the_end(tmp_path: Path, max_pixels: int) -> None:
+    x, y, z = GridAxis("cfg", (6, 8, 10)), GridAxis("denoise", (0.3, 0.6)), GridAxis("steps", (10, 20))
+    cells = [GridCell(cell.index + 6 * page, {**cell.values, "steps": steps}, cell.image)
+             for page, steps in enumerate(z.values) for cell in _cells(tmp_path, x, y)]
+    failed = GridCell(cells[4].index, cells[4].values, None, "failed")
+    final = [*cells[:4], failed, *cells[5:-1]]  # one cell failed, the last one never ran ("missing")
+    header = {"seed": 42, "positive": "a lake"}
+    painter = GridPainter(tmp_path, [x, y, z], thumbnail_px=64, image_format="png", name="painted", fixed=header,
+                          max_pixels=max_pixels)
+    assert painter.painting == (max_pixels > 1)
+    painter.paint(GridCell(cells[2].index, cells[2].values, None, "running"))  # shown, then replaced below
+    for cell in reversed(cells[:4] + cells[5:-1]):  # in any order, as cells finish
+        painter.paint(cell)
+    painted = painter.save(final)
+    drawn = grid_images(tmp_path, [x, y, z], final, thumbnail_px=64, image_format="png", name="drawn", fixed=header)
+    assert [p.name for p in painted] == ["painted_steps-10.png", "painted_steps-20.png"]
+    for one, other in zip(painted, drawn, strict=True):
+        assert _pixels(one) == _pixels(other)  # the same picture, pixel for pixel
+
+
+def test_a_painted_cell_is_repainted_when_its_image_changed(tmp_path: Path) -> None:
+    x, y = GridAxis("cfg", (6, 8)), GridAxis("denoise", (0.3,))
+    cells = _cells(tmp_path, x, y)
+    painter = GridPainter(tmp_path, [x, y], thumbnail_px=64, image_format="png", name="painted")
+    for cell in cells:
+        painter.paint(cell)
+    Image.new("RGB", (32, 96), (10, 10, 10)).save(tmp_path / "rerun.png")  # narrower: the old one must not show
+    final = [cells[0], GridCell(cells[1].index, cells[1].values, Path("rerun.png"))]
+    [drawn] = grid_images(tmp_path, [x, y], final, thumbnail_px=64, image_format="png", name="drawn")
+    assert cells[0].image is not None
+    (tmp_path / cells[0].image).unlink()  # a cell shown as it is now is not read again at the end
+    [painted] = painter.save(final)
+    assert _pixels(painted) == _pixels(drawn)

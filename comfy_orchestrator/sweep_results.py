@@ -1,0 +1,134 @@
+"""A sweep's results while it runs: each cell's thumbnail and grid place as its image arrives; the page last.
+
+Everything a results folder shows but the images themselves is made here. Thumbnails are made
+on a few threads as the images arrive, and (for grids small enough to hold in memory) pasted
+into the grids at once, so that when the last cell is in only the grids' encoding and the page
+are left: the GPUs do not wait on the drawing of a hundred pictures.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from comfy_orchestrator.errors import GridFailed
+from comfy_orchestrator.grid import IMAGE_THREADS, GridAxis, GridCell, GridPainter, make_thumbnail, write_results_page
+from comfy_orchestrator.jobs import Job
+from comfy_orchestrator.journal import CellRecord, CellStatus
+from comfy_orchestrator.sweep import BATCH_AXIS, Cell, Sweep, Value, batch_seed_label, shown_values
+
+logger = logging.getLogger(__name__)
+
+GRID_AXES_MAX = 3  # X, Y and one axis of pages; a sweep of more axes has its page and no grid
+
+# What a reader looks for first in a header, as A1111 and SwarmUI print it; the rest follow in the model's order.
+ESSENTIAL_PARAMETERS = ("positive", "negative", "checkpoint", "seed", "steps", "sampler", "scheduler", "cfg",
+                        "denoise")
+
+
+class SweepResults:
+    """The thumbnails, grids and results page of one run of a sweep into `folder`.
+
+    Made once the journal holds every cell (`records`): the cells an earlier run finished are
+    drawn into the grids while this run's prompts run. Use it as a context manager around the
+    run (leaving waits for the thumbnails still being made; after an error it drops those not
+    begun), then `write` once.
+    """
+
+    def __init__(self, folder: Path, sweep: Sweep, jobs: Sequence[Job], records: Sequence[CellRecord], *,
+                 thumbnail_px: int, grid_format: str) -> None:
+        self.folder, self.thumbnail_px = folder, thumbnail_px
+        self.seed = next((axis.values[0] for axis in sweep.axes if axis.name == "seed"), 0) \
+            if sweep.batch_seeds else None
+        seed = self.seed
+        self.axes = [GridAxis(axis.name, axis.values) if axis.name != BATCH_AXIS or seed is None else
+                     GridAxis("seed", tuple(batch_seed_label(seed, int(i)) for i in axis.values))
+                     for axis in sweep.run_axes]
+        shaping = set().union(*(job.picture_parameters() for job in jobs))
+        self.fixed = shared_parameters([record.params for record in records],
+                                       exclude={axis.name for axis in self.axes}, shaping=shaping)
+        self.title = f"{sweep.template.name}: " + " × ".join(f"{a.name} ({len(a.values)})" for a in self.axes)
+        self.painter = GridPainter(folder, self.axes, thumbnail_px=thumbnail_px, image_format=grid_format,
+                                   fixed=self.fixed, definition=sweep.definition()) \
+            if len(self.axes) <= GRID_AXES_MAX else None
+        self._pool = ThreadPoolExecutor(max_workers=IMAGE_THREADS, thread_name_prefix="thumbnail")
+        if self.painter is not None and self.painter.painting:
+            for record in records:
+                if record.status is CellStatus.DONE and record.files:
+                    self._pool.submit(self._paint, grid_cell(record, seed))
+
+    def add(self, cell: Cell, image: Path) -> None:
+        """`cell`'s image (relative to the folder) is in place: make its thumbnail and grid place, on a thread."""
+        values = dict(cell.values) if self.seed is None else shown_values(cell.values, self.seed)
+        self._pool.submit(self._make, GridCell(cell.index, values, image))
+
+    def write(self, records: Sequence[CellRecord]) -> tuple[list[Path], Path]:
+        """Write the grids and the page showing `records`, the journal's final state."""
+        cells = [grid_cell(record, self.seed) for record in records]
+        grids = self.painter.save(cells) if self.painter is not None else []
+        page = write_results_page(self.folder, self.axes, cells, title=self.title, grids=grids, fixed=self.fixed)
+        return grids, page
+
+    def _make(self, cell: GridCell) -> None:
+        assert cell.image is not None
+        try:
+            make_thumbnail(self.folder, cell.image, thumbnail_px=self.thumbnail_px)
+        except GridFailed as exc:  # the grid opens the image itself then; the result is kept either way
+            logger.warning("%s", exc)
+        self._paint(cell)
+
+    def _paint(self, cell: GridCell) -> None:
+        if self.painter is None:
+            return
+        try:
+            self.painter.paint(cell)
+        except GridFailed as exc:  # painted again when the grids are written, which then says what is wrong
+            logger.warning("%s", exc)
+
+    def __enter__(self) -> SweepResults:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: object) -> None:
+        # on Ctrl-C, drop the thumbnails not begun: the grid falls back to the images
+        self._pool.shutdown(wait=True, cancel_futures=kind is not None)
+        if kind is not None and self.painter is not None:
+            self.painter.close()
+
+
+def shared_parameters(params: Sequence[Mapping[str, Any]], *, exclude: set[str],
+                      shaping: Collection[str] | None = None) -> dict[str, Any]:
+    """The parameters every cell has with the same value (not the axes, not the unset): the grid's header.
+
+    With `shaping` (the parameters a rendered graph uses, Job.picture_parameters) a value is kept only
+    if it shapes the picture; a flag or list, which steers the graph's structure rather than one input,
+    only when it is set (True, not empty). The essentials come first.
+    """
+    if not params:
+        return {}
+    shared = {}
+    for name, value in params[0].items():
+        if name in exclude or value is None or value == [] or value == "":
+            continue
+        structural = isinstance(value, bool) or not isinstance(value, (int, float, str))
+        if shaping is not None and name not in shaping and not (structural and value):
+            continue
+        if all(other.get(name) == value for other in params[1:]):
+            shared[name] = value
+    first = [name for name in ESSENTIAL_PARAMETERS if name in shared]
+    return {name: shared[name] for name in [*first, *(n for n in shared if n not in first)]}
+
+
+def grid_cell(record: CellRecord, batch_seed: Value | None) -> GridCell:
+    """A journal record as the grid and the page show it; a batched image by its seed, not its batch index."""
+    values = dict(record.values) if batch_seed is None else shown_values(record.values, batch_seed)
+    details: dict[str, Any] = {"params": dict(record.params), "server": record.server,
+                               "prompt_id": record.prompt_id, "graph_hash": record.graph_hash,
+                               "batch_index": record.batch_index, "files": list(record.files),
+                               "error": record.error}
+    if record.finished_at is not None and record.started_at is not None:
+        details["seconds"] = round(record.finished_at - record.started_at, 3)
+    image = Path(record.files[0]) if record.status is CellStatus.DONE and record.files else None
+    return GridCell(record.index, values, image, record.status.value, details)

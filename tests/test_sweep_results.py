@@ -1,0 +1,65 @@
+"""A sweep's thumbnails and grids made while it runs: the same pictures as drawn at the end, resumes included."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from comfy_orchestrator.farm import Farm
+from comfy_orchestrator.grid import thumbnail_path
+from comfy_orchestrator.sweep import Sweep, parse_axis
+from comfy_orchestrator.sweep_results import shared_parameters
+from comfy_orchestrator.sweep_run import run_sweep
+from comfy_orchestrator.templates import Templates
+
+
+def _sweep(library: Templates, image: Path, template: str = "img2img", *axes: str, batch: bool = False) -> Sweep:
+    fixed: dict[str, Any] = {"image": str(image)} if batch else {"image": str(image), "seed": 42}
+    return Sweep(library.get(template), tuple(parse_axis(a) for a in axes or ("denoise=0.3:0.9:0.3", "cfg=4,7,10")),
+                 fixed, batch_seeds=batch)
+
+
+def _pixels(path: Path) -> bytes:
+    with Image.open(path) as image:
+        return image.convert("RGB").tobytes()
+
+
+def test_a_resumed_sweeps_grid_is_the_grid_of_a_clean_run(comfy: Any, library: Templates, sample_image: Path,
+                                                          tmp_path: Path) -> None:
+    sweep = _sweep(library, sample_image)
+    comfy.fail_next(message="out of memory", node_type="KSampler")
+    first = run_sweep(sweep, tmp_path / "resumed", Farm([comfy.url]), grid_format="png")
+    assert (first.done, first.failed) == (8, 1)
+    [with_failure] = first.grids
+    failed_picture = _pixels(with_failure)
+    again = run_sweep(sweep, tmp_path / "resumed", Farm([comfy.url]), grid_format="png")
+    clean = run_sweep(sweep, tmp_path / "clean", Farm([comfy.url]), grid_format="png")
+    assert (again.ran, again.done, clean.done) == (1, 9, 9)
+    [resumed_grid], [clean_grid] = again.grids, clean.grids
+    # the 8 cells of the first run were painted from their thumbnails, the retried one as it arrived
+    assert _pixels(resumed_grid) == _pixels(clean_grid) != failed_picture
+
+
+def test_every_batched_image_gets_its_thumbnail_and_its_place_in_the_grid(comfy: Any, library: Templates, sample_image: Path,
+                                                     tmp_path: Path) -> None:
+    sweep = _sweep(library, sample_image, "variations", "cfg=6,9", "seed=100,200,300", batch=True)
+    report = run_sweep(sweep, tmp_path / "batched", Farm([comfy.url]), grid_format="png")
+    assert report.done == 6
+    rows = [json.loads(line) for line in (tmp_path / "batched" / "manifest.jsonl").read_text("utf-8").splitlines()]
+    for row in rows:
+        assert thumbnail_path(tmp_path / "batched", Path(row["files"][0])).is_file()
+    [grid] = report.grids
+    with Image.open(grid) as picture:  # every slot got a picture: no grey "missing" square is left
+        grey = picture.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert grey is not None and not any(colour == (225, 225, 225) and count > 64 * 64 for count, colour in grey)
+
+
+def test_shared_parameters_are_the_header_essentials_first() -> None:
+    params = [{"cfg": 6, "seed": 1, "positive": "a lake", "steps": 20, "lora": ""},
+              {"cfg": 8, "seed": 1, "positive": "a lake", "steps": 20, "lora": ""}]
+    assert list(shared_parameters(params, exclude={"cfg"})) == ["positive", "seed", "steps"]
+    assert shared_parameters(params, exclude={"cfg"}, shaping={"seed"}) == {"seed": 1}
+    assert shared_parameters([], exclude=set()) == {}
