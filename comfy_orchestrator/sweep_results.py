@@ -32,10 +32,11 @@ ESSENTIAL_PARAMETERS = ("positive", "negative", "checkpoint", "seed", "steps", "
 class SweepResults:
     """The thumbnails, grids and results page of one run of a sweep into `folder`.
 
-    Made once the journal holds every cell (`records`): the cells an earlier run finished are
-    drawn into the grids while this run's prompts run. Use it as a context manager around the
-    run (leaving waits for the thumbnails still being made; after an error it drops those not
-    begun), then `write` once.
+    Made once the journal holds every cell (`records`). The grids are laid out on a thread of
+    their own while the first prompts go out, and the cells an earlier run finished are drawn
+    into them while this run's prompts run. Use it as a context manager around the run (leaving
+    waits for the thumbnails still being made; after an error it drops those not begun), then
+    `write` once.
     """
 
     def __init__(self, folder: Path, sweep: Sweep, jobs: Sequence[Job], records: Sequence[CellRecord], *,
@@ -47,18 +48,9 @@ class SweepResults:
         self.axes = [GridAxis(axis.name, axis.values) if axis.name != BATCH_AXIS or seed is None else
                      GridAxis("seed", tuple(batch_seed_label(seed, int(i)) for i in axis.values))
                      for axis in sweep.run_axes]
-        shaping = set().union(*(job.picture_parameters() for job in jobs))
-        self.fixed = shared_parameters([record.params for record in records],
-                                       exclude={axis.name for axis in self.axes}, shaping=shaping)
         self.title = f"{sweep.template.name}: " + " × ".join(f"{a.name} ({len(a.values)})" for a in self.axes)
-        self.painter = GridPainter(folder, self.axes, thumbnail_px=thumbnail_px, image_format=grid_format,
-                                   fixed=self.fixed, definition=sweep.definition()) \
-            if len(self.axes) <= GRID_AXES_MAX else None
         self._pool = ThreadPoolExecutor(max_workers=IMAGE_THREADS, thread_name_prefix="thumbnail")
-        if self.painter is not None and self.painter.painting:
-            for record in records:
-                if record.status is CellStatus.DONE and record.files:
-                    self._pool.submit(self._paint, grid_cell(record, seed))
+        self._drawing = self._pool.submit(self._start_drawing, sweep, jobs, records, grid_format)
 
     def add(self, cell: Cell, image: Path) -> None:
         """`cell`'s image (relative to the folder) is in place: make its thumbnail and grid place, on a thread."""
@@ -67,10 +59,25 @@ class SweepResults:
 
     def write(self, records: Sequence[CellRecord]) -> tuple[list[Path], Path]:
         """Write the grids and the page showing `records`, the journal's final state."""
+        fixed, painter = self._drawing.result()
         cells = [grid_cell(record, self.seed) for record in records]
-        grids = self.painter.save(cells) if self.painter is not None else []
-        page = write_results_page(self.folder, self.axes, cells, title=self.title, grids=grids, fixed=self.fixed)
+        grids = painter.save(cells) if painter is not None else []
+        page = write_results_page(self.folder, self.axes, cells, title=self.title, grids=grids, fixed=fixed)
         return grids, page
+
+    def _start_drawing(self, sweep: Sweep, jobs: Sequence[Job], records: Sequence[CellRecord],
+                       grid_format: str) -> tuple[dict[str, Any], GridPainter | None]:
+        """The header (what every cell shares) and the grids laid out, with the cells already done painted."""
+        shaping = set().union(*(job.picture_parameters() for job in jobs))
+        fixed = shared_parameters([record.params for record in records], exclude={axis.name for axis in self.axes},
+                                  shaping=shaping)
+        painter = GridPainter(self.folder, self.axes, thumbnail_px=self.thumbnail_px, image_format=grid_format,
+                              fixed=fixed, definition=sweep.definition()) if len(self.axes) <= GRID_AXES_MAX else None
+        if painter is not None and painter.painting:
+            for record in records:
+                if record.status is CellStatus.DONE and record.files:
+                    self._pool.submit(self._paint, grid_cell(record, self.seed))
+        return fixed, painter
 
     def _make(self, cell: GridCell) -> None:
         assert cell.image is not None
@@ -81,10 +88,11 @@ class SweepResults:
         self._paint(cell)
 
     def _paint(self, cell: GridCell) -> None:
-        if self.painter is None:
+        _, painter = self._drawing.result()
+        if painter is None:
             return
         try:
-            self.painter.paint(cell)
+            painter.paint(cell)
         except GridFailed as exc:  # painted again when the grids are written, which then says what is wrong
             logger.warning("%s", exc)
 
@@ -94,8 +102,11 @@ class SweepResults:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: object) -> None:
         # on Ctrl-C, drop the thumbnails not begun: the grid falls back to the images
         self._pool.shutdown(wait=True, cancel_futures=kind is not None)
-        if kind is not None and self.painter is not None:
-            self.painter.close()
+        if kind is not None and self._drawing.done() and not self._drawing.cancelled() \
+                and self._drawing.exception() is None:
+            _, painter = self._drawing.result()
+            if painter is not None:
+                painter.close()
 
 
 def shared_parameters(params: Sequence[Mapping[str, Any]], *, exclude: set[str],
