@@ -43,7 +43,7 @@ from typing import Any
 
 import requests
 import websocket
-from gpu_suite import Bench, figures, history_records, machine
+from gpu_measure import Bench, figures, history_records, machine
 
 from comfy_orchestrator.servers import ServerConfig
 from comfy_orchestrator.sweep_run import plan_sweep
@@ -214,18 +214,25 @@ class Ceiling:
         return self.bench.add(row)
 
     def sweep_command(self, name: str, urls: Sequence[str], axes: Sequence[str] = GRID_AXES,
-                      template: str = "img2img", extra: Sequence[str] = ()) -> dict[str, Any]:
-        """`comfy-orch sweep` as a subprocess: wall time from before the interpreter starts to its exit."""
+                      template: str = "img2img", extra: Sequence[str] = (), trace: Path | None = None) -> dict[str, Any]:
+        """`comfy-orch sweep` as a subprocess: wall time from before the interpreter starts to its exit.
+
+        With `trace`, the command runs under bench/traced_command.py (every log line timestamped from
+        the launch) and its log goes to that file: a slower run, kept out of the ratios.
+        """
         out = self.bench.work / name
         sets = {**self.bench.fixed(), "seed": self.next_seed()}
         names = {axis.split("=")[0] for axis in axes}
-        argv = [*self.command, "sweep", template, *[f"--server={url}" for url in urls],
-                *[f"--axis={axis}" for axis in axes],
-                *[f"--set={key}={value}" for key, value in sets.items() if key not in names],
-                f"--out={out}", *extra]
+        arguments = ["sweep", template, *[f"--server={url}" for url in urls], *[f"--axis={axis}" for axis in axes],
+                     *[f"--set={key}={value}" for key, value in sets.items() if key not in names],
+                     f"--out={out}", *extra]
         started = time.monotonic()
         launched_at = time.time()
+        argv = [*self.command, *arguments] if trace is None else \
+            [sys.executable, str(Path(__file__).with_name("traced_command.py")), repr(launched_at), *arguments]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=WAIT_S)
+        if trace is not None:
+            trace.write_text(done.stderr)
         wall_s = time.monotonic() - started
         exited_at = time.time()
         if done.returncode != 0:
@@ -251,8 +258,11 @@ class Ceiling:
         return self.bench.add(row)
 
 
-def run_ceiling(ceiling: Ceiling, *, repeats: int, example_jobs: int) -> dict[str, Any]:
-    """Every row (the 100-cell pairs `repeats` times, interleaved), then the ratios and the targets."""
+def run_ceiling(ceiling: Ceiling, *, repeats: int, example_jobs: int, trace: Path | None = None) -> dict[str, Any]:
+    """Every row (the 100-cell pairs `repeats` times, interleaved), then the ratios and the targets.
+
+    With `trace`, one more command row on every server, traced into that file (see sweep_command).
+    """
     one = ceiling.groups[0]
     every = [url for group in ceiling.groups for url in group]
     ceiling.bench.prime(every)
@@ -265,6 +275,8 @@ def run_ceiling(ceiling: Ceiling, *, repeats: int, example_jobs: int) -> dict[st
     example = ceiling.example("example-1", example_jobs)
     batch = ceiling.batch("batch-16")
     seeds = ceiling.sweep_command(f"seeds-{len(one)}", one, SEED_AXES, template="variations", extra=["--batch-seeds"])
+    if trace is not None:
+        ceiling.sweep_command(f"traced-{len(every)}", every, trace=trace)
 
     def busy(row: dict[str, Any]) -> dict[str, float | None]:
         return {key: value for key, value in row.items() if re.fullmatch(r"gpu\d+_busy_pct", key)}
@@ -320,6 +332,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--example-jobs", type=int, default=20, help="jobs of the one-at-a-time example row")
     parser.add_argument("--command", default=f"{sys.executable} -m comfy_orchestrator.cli",
                         help="how to start comfy-orch (split on spaces)")
+    parser.add_argument("--trace", type=Path, help="one more command row on every server, its timestamped log here")
 
 
 def measure(groups: Sequence[Sequence[str]], args: argparse.Namespace, *, checkpoint: str) -> int:
@@ -329,7 +342,7 @@ def measure(groups: Sequence[Sequence[str]], args: argparse.Namespace, *, checkp
                       args.size, partial=args.json)
         try:
             summary = run_ceiling(Ceiling(bench, groups, args.command.split(), args.depth), repeats=args.repeats,
-                                  example_jobs=args.example_jobs)
+                                  example_jobs=args.example_jobs, trace=args.trace)
         finally:
             bench.sampler.stop()
     results = {"machine": machine(), "gpus": len(groups), "servers_per_gpu": [len(g) for g in groups],

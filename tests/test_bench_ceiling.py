@@ -29,7 +29,7 @@ def _load(name: str) -> ModuleType:
 
 @pytest.fixture(scope="module")
 def ceiling() -> ModuleType:
-    _load("gpu_suite")  # sweep_ceiling builds on it, as bench/ scripts import each other
+    _load("gpu_measure")  # sweep_ceiling builds on it, as bench/ scripts import each other
     return _load("sweep_ceiling")
 
 

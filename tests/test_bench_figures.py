@@ -1,4 +1,4 @@
-"""The GPU suite's arithmetic (bench/gpu_suite.py): where servers x wall goes, and the steady rate."""
+"""The GPU suite's arithmetic (bench/gpu_measure.py): where servers x wall goes, and the steady rate."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from types import ModuleType
 
 import pytest
 
-SUITE = Path(__file__).resolve().parents[1] / "bench" / "gpu_suite.py"
+SUITE = Path(__file__).resolve().parents[1] / "bench" / "gpu_measure.py"
 
 
 @pytest.fixture(scope="module")
 def suite() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_suite", SUITE)
+    spec = importlib.util.spec_from_file_location("gpu_measure", SUITE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_suite"] = module
+    sys.modules["gpu_measure"] = module
     spec.loader.exec_module(module)
     return module
 
