@@ -20,7 +20,7 @@ cfg grid, a new seed a row so nothing comes from ComfyUI's cache):
   batch ceiling) against a cfg 4 x seed 16 sweep of batched seeds through the command on GPU 0.
 
 k is GPU 0's servers, then every GPU's. Each row also gives each GPU's busy % (nvidia-smi) and
-where servers x wall went (gpu_suite.figures: lead, gaps, wind-down, end).
+where servers x wall went (gpu_measure.figures: lead, gaps, wind-down, end).
 """
 
 from __future__ import annotations
