@@ -6,6 +6,7 @@ import dataclasses
 import json
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import requests
 from PIL import Image
 
 from comfy_orchestrator.farm import Farm
+from comfy_orchestrator.journal import JOURNAL_NAME
 from comfy_orchestrator.params import DEFAULT_CHECKPOINT
 from comfy_orchestrator.sweep import Sweep, parse_axis
 from comfy_orchestrator.sweep_run import run_sweep
@@ -42,9 +44,23 @@ def _command(url: str, out: Path, image: Path, *axes: str) -> list[str]:
 
 
 def _holds_its_folder(process: subprocess.Popen[str], out: Path) -> bool:
-    """Whether the sweep has locked its folder (by then SIGTERM is handled as Ctrl-C is)."""
+    """Whether the sweep has locked its folder (its first look at the journal, before asking a server, locks it too)."""
     lock = out / "journal.lock"
     return lock.exists() and f"process {process.pid} " in lock.read_text("utf-8")
+
+
+def _prompt_ids(out: Path) -> set[str]:
+    """The prompts the journal has seen submitted (by any run)."""
+    path = out / JOURNAL_NAME
+    if not path.exists():
+        return set()
+    db = sqlite3.connect(path, timeout=5.0)
+    try:
+        return {row[0] for row in db.execute("SELECT prompt_id FROM prompt")}
+    except sqlite3.OperationalError:  # the table is not made yet
+        return set()
+    finally:
+        db.close()
 
 
 def _successes(server: Any) -> int:
@@ -77,12 +93,14 @@ def test_a_sweep_killed_five_times_runs_each_cell_once(realistic_sim: Any, sampl
     terms = 0
     for kill in range(5):
         how = (signal.SIGKILL, signal.SIGTERM)[kill % 2]
-        before = done_cells(out)
+        before, submitted = done_cells(out), _prompt_ids(out)
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        # a random point: after 0 to 2 more cells are done, and a little more
+        # a random point once this run submits (SIGTERM is handled as Ctrl-C from before that, to the
+        # end): after 0 to 2 more cells are done, and a little more
         more, extra_s = chooser.randint(0, 2), chooser.uniform(0.0, 0.3)
         deadline = time.monotonic() + 60
-        while not _holds_its_folder(process, out) and process.poll() is None and time.monotonic() < deadline:
+        while not (_holds_its_folder(process, out) and _prompt_ids(out) - submitted) and process.poll() is None \
+                and time.monotonic() < deadline:
             pause.wait(0.01)
         while done_cells(out) < before + more and process.poll() is None and time.monotonic() < deadline:
             pause.wait(0.02)
