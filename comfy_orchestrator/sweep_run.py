@@ -183,6 +183,8 @@ def run_sweep(
         results = SweepResults(folder, sweep, plan.jobs, list(journal.records()), thumbnail_px=thumbnail_px,
                                grid_format=grid_format)
         prepared = time.monotonic()
+        logger.debug("sweep of %d cells in %d prompts prepared in %.3f s", len(plan.cells), len(plan.jobs),
+                     prepared - started)
         adopted = 0
         try:
             with results:
@@ -202,6 +204,7 @@ def run_sweep(
             jsonl, table = journal.write_manifests()  # after Ctrl-C too: the manifest shows what is done
             shutil.rmtree(staging, ignore_errors=True)
         records = list(journal.records())
+        logger.debug("cells settled; writing the grids and the page")
         grids, page = results.write(records)
         counts = journal.counts()
         failures = {r.index: r.error or "" for r in records if r.status is CellStatus.FAILED}
