@@ -161,6 +161,19 @@ def example_loop(url: str, prompts: Sequence[dict[str, Any]]) -> list[tuple[str,
     return pairs
 
 
+def answer_times(urls: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Seconds each server takes to answer what a client asks first (/system_stats, then /object_info), idle."""
+    times = {}
+    with requests.Session() as session:
+        for url in urls:
+            times[url] = {}
+            for route in ("/system_stats", "/object_info"):
+                started = time.monotonic()
+                session.get(f"{url}{route}", timeout=60).raise_for_status()
+                times[url][route] = round(time.monotonic() - started, 3)
+    return times
+
+
 class Ceiling:
     """The rows: the servers grouped by GPU, the command to time, and the figures so far."""
 
@@ -266,6 +279,7 @@ def run_ceiling(ceiling: Ceiling, *, repeats: int, example_jobs: int, trace: Pat
     one = ceiling.groups[0]
     every = [url for group in ceiling.groups for url in group]
     ceiling.bench.prime(every)
+    answers = answer_times(every)
     pairs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {"one": [], "all": []}
     for _ in range(repeats):
         pairs["one"].append((ceiling.bare(f"bare-{len(one)}", one), ceiling.sweep_command(f"command-{len(one)}", one)))
@@ -284,7 +298,7 @@ def run_ceiling(ceiling: Ceiling, *, repeats: int, example_jobs: int, trace: Pat
     def best(rows: Sequence[dict[str, Any]]) -> float:
         return max(row["images_per_s"] for row in rows)
 
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"answer_s": answers}
     for key, found in pairs.items():
         if not found:
             continue
