@@ -4,9 +4,10 @@ One trust decision serves both of a client's channels: requests verifies HTTPS a
 the `Trust` bundle and the websocket's `ssl.SSLContext` loads the same file, so HTTP and
 WSS agree. The bundle is the farm's own authority when one is given (`ca_cert`), else
 $REQUESTS_CA_BUNDLE or $CURL_CA_BUNDLE, else the authorities requests ships with (certifi's).
-Verification is never off. A bundle someone named is loaded at once, so a bad one fails
-before any work; the default one only at the first https or wss connection, since loading
-it costs tens of milliseconds that a client of a plain-http server never needs.
+Verification is never off. A `ca_cert` is loaded at once, so a bad one fails before any
+work; the environment's bundle (checked to exist) and the default one only at the first
+https or wss connection: loading one costs ~40 ms of CPU that a client of a plain-http
+server never needs, and containers often name a bundle in the environment for every process.
 """
 
 from __future__ import annotations
@@ -56,9 +57,10 @@ class Trust:
         else:
             named = next(((name, environ[name]) for name in CA_BUNDLE_VARIABLES if environ.get(name)), None)
             bundle, source = (named[1], f"${named[0]}") if named else (_default_bundle(), "default")
-        if source == "default":
-            return cls(bundle=bundle, source=source)
-        return cls(bundle=bundle, source=source, _contexts=[_context(bundle, source)])  # checked now, before any work
+        if source == "ca_cert":
+            return cls(bundle=bundle, source=source, _contexts=[_context(bundle, source)])  # checked now
+        _check_exists(bundle, source)
+        return cls(bundle=bundle, source=source)
 
     @property
     def context(self) -> ssl.SSLContext:
@@ -81,13 +83,18 @@ def _default_bundle() -> str:
     return str(certifi.where())
 
 
+def _check_exists(bundle: str, source: str) -> Path:
+    """The bundle's path; ParameterError naming where it came from if there is nothing there."""
+    path = Path(bundle)
+    if not path.exists():
+        raise ParameterError(f"{source}: no file or folder {bundle!r} (a PEM file of the farm's "
+                             "certificate authority)", parameter=source)
+    return path
+
+
 def _context(bundle: str, source: str) -> ssl.SSLContext:
     """A client context that checks the chain against `bundle` and the host name, TLS 1.2 or newer."""
-    path = Path(bundle)
-    parameter = "ca_cert" if source == "ca_cert" else source
-    if not path.exists():
-        raise ParameterError(f"{parameter}: no file or folder {bundle!r} (a PEM file of the farm's "
-                             "certificate authority)", parameter=parameter)
+    path = _check_exists(bundle, source)
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -96,11 +103,11 @@ def _context(bundle: str, source: str) -> ssl.SSLContext:
         else:
             context.load_verify_locations(cafile=bundle)
     except (ssl.SSLError, ValueError) as exc:
-        raise ParameterError(f"{parameter}: {bundle!r} holds no PEM certificate ({exc.__class__.__name__})",
-                             parameter=parameter) from exc
+        raise ParameterError(f"{source}: {bundle!r} holds no PEM certificate ({exc.__class__.__name__})",
+                             parameter=source) from exc
     except OSError as exc:
-        raise ParameterError(f"{parameter}: cannot read {bundle!r}: {exc.strerror or exc}",
-                             parameter=parameter) from exc
+        raise ParameterError(f"{source}: cannot read {bundle!r}: {exc.strerror or exc}",
+                             parameter=source) from exc
     return context
 
 

@@ -398,3 +398,14 @@ def test_the_default_bundle_is_loaded_once_at_first_use(monkeypatch: pytest.Monk
     assert trust.context is trust.context and len(trust._contexts) == 1
     with Client("http://127.0.0.1:1") as client:
         assert client.trust.source == "default" and client.trust._contexts == []
+
+
+def test_the_environments_bundle_is_checked_to_exist_at_once_and_read_at_first_use(tmp_path: Path) -> None:
+    with pytest.raises(ParameterError, match=r"\$REQUESTS_CA_BUNDLE: no file or folder"):
+        Trust.load(environ={"REQUESTS_CA_BUNDLE": str(tmp_path / "missing.pem")})
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"not a certificate\n")
+    trust = Trust.load(environ={"REQUESTS_CA_BUNDLE": str(garbage)})  # a plain-http client never reads it
+    with pytest.raises(ParameterError, match=r"\$REQUESTS_CA_BUNDLE: .* holds no PEM certificate") as caught:
+        trust.context
+    assert caught.value.parameter == "$REQUESTS_CA_BUNDLE"
