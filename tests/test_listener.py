@@ -86,17 +86,22 @@ def _drain(events: queue.SimpleQueue[Event], prompt_id: str) -> list[Event]:
             return seen
 
 
+def _post(client: Client, job: Job, seeds: dict[str, int]) -> None:
+    """Queue the job under each prompt id with its seed, past the client (so its listener only listens)."""
+    for prompt_id, seed in seeds.items():
+        prompt = job.graph.to_api()
+        prompt["6"]["inputs"]["seed"] = seed
+        answer = requests.post(f"{client.url}/prompt", timeout=10, json={
+            "prompt": prompt, "client_id": client.client_id, "prompt_id": prompt_id})
+        assert answer.status_code == 200, answer.text
+
+
 def test_progress_state_goes_only_to_prompts_that_read_every_event(client: Client, img2img_job: Job) -> None:
     client.run(img2img_job)  # uploads the input; starts the listener
     quiet_id, full_id = str(uuid.uuid4()), str(uuid.uuid4())
     quiet = client.listener.subscribe(quiet_id, every_event=False)
     full = client.listener.subscribe(full_id)
-    for prompt_id, seed in ((quiet_id, 101), (full_id, 102)):
-        prompt = img2img_job.graph.to_api()
-        prompt["6"]["inputs"]["seed"] = seed
-        answer = requests.post(f"{client.url}/prompt", timeout=10, json={
-            "prompt": prompt, "client_id": client.client_id, "prompt_id": prompt_id})
-        assert answer.status_code == 200, answer.text
+    _post(client, img2img_job, {quiet_id: 101, full_id: 102})
     quiet_events, full_events = _drain(quiet, quiet_id), _drain(full, full_id)
     assert not any(isinstance(e, ProgressState) for e in quiet_events)
     assert any(isinstance(e, NodeProgress) for e in quiet_events)  # the progress itself still arrives
@@ -151,12 +156,7 @@ def test_steps_go_only_to_prompts_that_follow_them(client: Client, img2img_job: 
     ends_id, steps_id = str(uuid.uuid4()), str(uuid.uuid4())
     ends = client.listener.subscribe(ends_id, every_event=False, steps=False)
     steps = client.listener.subscribe(steps_id, every_event=False)
-    for prompt_id, seed in ((ends_id, 201), (steps_id, 202)):
-        prompt = img2img_job.graph.to_api()
-        prompt["6"]["inputs"]["seed"] = seed
-        answer = requests.post(f"{client.url}/prompt", timeout=10, json={
-            "prompt": prompt, "client_id": client.client_id, "prompt_id": prompt_id})
-        assert answer.status_code == 200, answer.text
+    _post(client, img2img_job, {ends_id: 201, steps_id: 202})
     ends_events, steps_events = _drain(ends, ends_id), _drain(steps, steps_id)
     mine = [type(e).__name__ for e in ends_events if e.prompt_id == ends_id]
     assert mine == ["ExecutionStarted", "NodesCached", "PromptSucceeded", "NodeExecuting"]  # start, end, closing
