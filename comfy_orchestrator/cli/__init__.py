@@ -11,7 +11,19 @@ command line), group (`main`), then the commands by what a user does: templates,
 command to `main`; each loads the library modules it needs when it runs.
 """
 
+from typing import NoReturn
+
 from comfy_orchestrator.cli import advise, farm, queue, server, sim, sweeps, templates  # noqa: F401  (attach)
 from comfy_orchestrator.cli.group import main
+from comfy_orchestrator.cli.output import end_process
 
-__all__ = ["main"]
+__all__ = ["entry", "main"]
+
+
+def entry() -> NoReturn:
+    """`comfy-orch` as a process: the command, then a quick end (output.end_process); `main` is the click group."""
+    try:
+        main()
+    except SystemExit as stop:
+        end_process(stop.code)
+    end_process(0)

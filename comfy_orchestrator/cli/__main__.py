@@ -1,5 +1,5 @@
 """`python -m comfy_orchestrator.cli`: the same as `comfy-orch`."""
 
-from comfy_orchestrator.cli import main
+from comfy_orchestrator.cli import entry
 
-main()
+entry()

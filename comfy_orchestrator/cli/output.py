@@ -5,6 +5,8 @@ The only module of the package that prints or exits; the command modules go thro
 
 from __future__ import annotations
 
+import atexit
+import os
 import signal
 import sys
 import threading
@@ -132,3 +134,27 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def end_process(code: object) -> NoReturn:
+    """End this process with `code` (a SystemExit's) as Python would, but without tearing the interpreter down.
+
+    Tearing down every module and collecting what they hold costs a finished command 0.05-0.3 s of
+    CPU for nothing. Everything else an exit does still happens: the exit handlers run (logging
+    flushed, finalizers), then the output is flushed. While a thread other than this one still runs,
+    the ordinary exit waits for it instead.
+    """
+    status = code if isinstance(code, int) else 0 if code is None else 1
+    if not isinstance(code, (int, type(None))):
+        print(code, file=sys.stderr)  # as Python says a SystemExit's message
+    others = [thread for thread in threading.enumerate()
+              if thread is not threading.current_thread() and not thread.daemon and thread.is_alive()]
+    if others:
+        sys.exit(status)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            status = status or 120  # as Python ends when its output cannot be flushed
+    os._exit(status)
