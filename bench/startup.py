@@ -1,21 +1,22 @@
 """Benchmark (not a test): what `comfy-orch` costs before it does its work, in CPU over the bare interpreter.
 
 Each command runs as a child process of its own, several times, interleaved with `python -c
-pass` (the bare interpreter); a row is the median of the child's own CPU time (user + system,
-from os.wait4), and its difference to and ratio over the bare interpreter's median. The
-simulated server (instant nodes) runs in a process of its own, so its CPU is not counted. The
-package loads from bytecode, as an installed one does (written once, unmeasured, into a
-temporary folder).
+pass` (the bare interpreter); a row is the median of the child's own CPU (user + system, all
+threads), and its difference to and ratio over the bare interpreter's median. The simulated
+server (instant nodes) runs in a process of its own, so its CPU is not counted. The package
+loads from bytecode, as an installed one does (written once, unmeasured, into a temporary folder).
 
 Rows:
-- `comfy-orch --help`;
-- `comfy-orch run img2img --server URL` to its first prompt: the server holds its queue, and
-  the command is killed as soon as the server has the prompt, so the row is the CPU from start
-  to the prompt submitted (and the few instants after it, waiting on the websocket);
-- `comfy-orch sweep img2img` of 2x2 cells to its first prompt, the same way;
-- `comfy-orch run img2img` of one whole job, to its file on disk, for comparison.
+- `comfy-orch --help`, start to exit (os.wait4);
+- `comfy-orch run img2img --server URL`: to its first prompt, and start to exit (one whole job,
+  its picture written);
+- `comfy-orch sweep img2img` of 2x2 cells: to its first prompt, and start to exit.
 
-    python bench/startup.py --runs 7
+"To its first prompt" is the child's own CPU (time.process_time) at the moment it sends
+`POST /prompt`, noted by a sitecustomize.py this bench puts on the child's path (it wraps
+socket.sendall; nothing else changes).
+
+    python bench/startup.py --runs 7               # --breakdown: also each step of run's path
 
 Where the time goes: python -X importtime -m comfy_orchestrator.cli run img2img --server URL ...
 (start a server with `comfy-orch sim --port 0`).
@@ -28,145 +29,172 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 COMMAND = [sys.executable, "-m", "comfy_orchestrator.cli"]
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
-FIRST_PROMPT_WAIT_S = 60.0  # a command that submits nothing in this long has failed
+
+# Notes the process's CPU when it first sends POST /prompt, into the file $STARTUP_BENCH_MARK names.
+MARKER = """
+import os, socket, time
+
+_MARK = os.environ.get("STARTUP_BENCH_MARK")
+_SENDALL = socket.socket.sendall
+
+
+def _sendall(self, data, *args):
+    if bytes(data[:12]) == b"POST /prompt":
+        socket.socket.sendall = _SENDALL
+        with open(_MARK, "w") as mark:
+            mark.write(repr(time.process_time()))
+    return _SENDALL(self, data, *args)
+
+
+if _MARK:
+    socket.socket.sendall = _sendall
+"""
+
+# `run img2img`'s path to its first prompt, step by step in one fresh process (argv: URL, picture,
+# checkpoint), each step's CPU printed as JSON: what the command does, through the same calls.
+BREAKDOWN = """
+import json, sys, time
+marks = [("", time.process_time())]
+def mark(name): marks.append((name, time.process_time()))
+import click, rich.console; mark("click and rich.console")
+import comfy_orchestrator.cli; mark("the command line's own modules")
+from comfy_orchestrator.cli.options import settings
+config = settings(); mark("settings (pydantic's import, its first model)")
+from comfy_orchestrator.templates import Templates; mark("templates (jinja2, the parameter models)")
+template = Templates.default(config.template_folders()).get("img2img"); mark("the img2img template loaded")
+import comfy_orchestrator.sweep; mark("drawing a seed (the sweep module's constants)")
+from comfy_orchestrator.client import Client
+mark("the client (requests, urllib3, websocket-client, protocol models, PIL)")
+client = Client(sys.argv[1]); mark("Client()")
+from comfy_orchestrator.cli.values import with_families
+template = with_families(template, {}, client.model_family); mark("the checkpoint's model family (a request)")
+params = template.params({"image": sys.argv[2], "checkpoint": sys.argv[3], "seed": 1})
+mark("the parameters validated (the picture read)")
+job = template.job(params); mark("the job rendered and checked offline")
+handle = client.submit(job); mark("submitted: /object_info, its check, upload, websocket, POST /prompt")
+handle.wait()
+client.close()
+print(json.dumps([(name, now - before) for (name, now), (_, before) in zip(marks[1:], marks)]))
+"""
 
 
 def serve(conn: multiprocessing.connection.Connection) -> None:
-    """Run one simulated server; on "hold", keep prompts queued, on "first", answer once one is queued."""
+    """Run one simulated server until the parent says stop; tell the parent its URL."""
     from comfy_orchestrator.sim import SimServer
 
     with SimServer(checkpoints=(CHECKPOINT,)) as server:
         conn.send(server.url)
-        while (order := conn.recv()) != "stop":
-            if order == "hold":
-                server.faults.hold_queue()
-                conn.send("held")
-            elif order == "first":
-                deadline = time.monotonic() + FIRST_PROMPT_WAIT_S
-                while server.queue_remaining < 1 and time.monotonic() < deadline:
-                    time.sleep(0.001)
-                conn.send(server.queue_remaining >= 1)
-            elif order == "clear":
-                request = urllib.request.Request(f"{server.url}/queue", data=json.dumps({"clear": True}).encode(),
-                                                 headers={"Content-Type": "application/json"})
-                urllib.request.urlopen(request, timeout=10).close()
-                conn.send("cleared")
+        conn.recv()
 
 
-class Server:
-    """The simulated server's process, driven through a pipe."""
+class Bench:
+    """The children's environment: bytecode in a folder of our own (even where the environment says not to
+    write any), and for the first-prompt rows the marker on their path."""
 
-    def __init__(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self._process = context.Process(target=serve, args=(child,), daemon=True)
-        self._process.start()
-        self.url: str = self._conn.recv()
+    def __init__(self, folder: Path) -> None:
+        (folder / "marker").mkdir()
+        (folder / "marker" / "sitecustomize.py").write_text(MARKER, "utf-8")
+        self.folder = folder
+        self.environment = {**{name: value for name, value in os.environ.items()
+                               if name != "PYTHONDONTWRITEBYTECODE"}, "PYTHONPYCACHEPREFIX": str(folder / "bytecode")}
+        self.marked = {**self.environment, "STARTUP_BENCH_MARK": str(folder / "mark"),
+                       "PYTHONPATH": os.pathsep.join(filter(None, [str(folder / "marker"),
+                                                                   self.environment.get("PYTHONPATH")]))}
 
-    def ask(self, order: str) -> object:
-        self._conn.send(order)
-        return self._conn.recv()
+    def cpu_s(self, command: list[str]) -> float:
+        """The CPU a command spends from start to exit; it must succeed."""
+        return self._run(command, self.environment)
 
-    def stop(self) -> None:
-        self._conn.send("stop")
-        self._process.join(10)
+    def first_prompt_and_whole_s(self, command: list[str]) -> tuple[float, float]:
+        """The CPU a command spends until it sends its first POST /prompt, and until it exits."""
+        mark = Path(self.marked["STARTUP_BENCH_MARK"])
+        mark.unlink(missing_ok=True)
+        whole_s = self._run(command, self.marked)
+        if not mark.exists():
+            raise SystemExit(f"{' '.join(command)} sent no POST /prompt")
+        return float(mark.read_text("utf-8")), whole_s
 
-
-# As installed, the package's modules load from bytecode: compiled once into a folder of our own
-# (not beside the sources), even where the environment says not to write any.
-BYTECODE = tempfile.TemporaryDirectory(prefix="startup-bytecode-")
-ENVIRONMENT = {**{name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"},
-               "PYTHONPYCACHEPREFIX": BYTECODE.name}
-
-
-def started(command: list[str]) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
-    """The command running, its output dropped and its errors kept in a file (a pipe could fill and stall it)."""
-    errors = tempfile.TemporaryFile()
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, env=ENVIRONMENT), errors
-
-
-def ended(process: subprocess.Popen[bytes], errors: IO[bytes]) -> tuple[int, float, str]:
-    """Reap the command: its exit code, its own CPU (user + system) and the end of what it said on stderr."""
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    errors.seek(0)
-    said = errors.read().decode(errors="replace").strip()[-800:]
-    errors.close()
-    return process.returncode, usage.ru_utime + usage.ru_stime, said
+    def _run(self, command: list[str], environment: dict[str, str]) -> float:
+        with tempfile.TemporaryFile() as errors:  # a file, not a pipe: a full pipe would stall the child
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, env=environment)
+            _, status, usage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(status)
+            if process.returncode != 0:
+                errors.seek(0)
+                said = errors.read().decode(errors="replace").strip()[-800:]
+                raise SystemExit(f"{' '.join(command)} failed ({process.returncode}): {said}")
+        return usage.ru_utime + usage.ru_stime
 
 
-def whole_cpu_s(command: list[str]) -> float:
-    """The CPU a command spends from start to exit; it must succeed."""
-    code, spent_s, said = ended(*started(command))
-    if code != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({code}): {said}")
-    return spent_s
-
-
-def first_prompt_cpu_s(command: list[str], server: Server) -> float:
-    """The CPU a command spends until the (holding) server has its first prompt; then it is killed."""
-    process, errors = started(command)
-    arrived = server.ask("first")
-    process.send_signal(signal.SIGKILL)
-    _, spent_s, said = ended(process, errors)
-    server.ask("clear")
-    if not arrived:
-        raise SystemExit(f"{' '.join(command)} submitted no prompt: {said}")
-    return spent_s
+def breakdown(bench: Bench, url: str, picture: Path, runs: int) -> None:
+    """Print the median CPU of each step of `run img2img`'s path to its first prompt."""
+    steps: dict[str, list[float]] = {}
+    for _ in range(runs + 1):  # the first run writes the bytecode
+        done = subprocess.run([sys.executable, "-c", BREAKDOWN, url, str(picture), CHECKPOINT], capture_output=True,
+                              text=True, env=bench.environment, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"the breakdown failed: {done.stderr.strip()[-800:]}")
+        for name, spent_s in json.loads(done.stdout):
+            steps.setdefault(name, []).append(spent_s)
+    print(f"`run img2img` to its first prompt, step by step in one process: CPU, median of {runs} runs")
+    for name, values in steps.items():
+        print(f"  {statistics.median(values[1:]) * 1000:6.1f} ms  {name}")
+    print(f"  {sum(statistics.median(values[1:]) for values in steps.values()) * 1000:6.1f} ms  in all")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="runs of each command; the median is reported")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time each step of run's path to its first prompt, in one process")
     args = parser.parse_args()
     from PIL import Image
 
-    instant, holding = Server(), Server()
-    holding.ask("hold")
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    server = context.Process(target=serve, args=(child,), daemon=True)
+    server.start()
+    url = parent.recv()
+    spent: dict[str, list[float]] = {}
     try:
         with tempfile.TemporaryDirectory() as folder:
+            bench = Bench(Path(folder))
             picture = Path(folder) / "input.png"
             Image.new("RGB", (512, 512), (40, 90, 160)).save(picture)
-            job = ["--set", f"image={picture}", "--set", f"checkpoint={CHECKPOINT}"]
-            sweep_axes = ["--axis", "denoise=0.4,0.6", "--axis", "cfg=6,8"]
+            job = ["--server", url, "--set", f"image={picture}", "--set", f"checkpoint={CHECKPOINT}"]
             outputs = iter(range(1_000_000))
 
-            def out() -> str:
-                return str(Path(folder) / f"out-{next(outputs)}")
+            def out() -> list[str]:
+                return ["--out", str(Path(folder) / f"out-{next(outputs)}")]
 
-            rows: dict[str, Callable[[], float]] = {
-                "python -c pass (the bare interpreter)": lambda: whole_cpu_s([sys.executable, "-c", "pass"]),
-                "comfy-orch --help": lambda: whole_cpu_s([*COMMAND, "--help"]),
-                "comfy-orch run img2img, to its first prompt": lambda: first_prompt_cpu_s(
-                    [*COMMAND, "run", "img2img", "--server", holding.url, *job, "--out", out()], holding),
-                "comfy-orch sweep img2img 2x2, to its first prompt": lambda: first_prompt_cpu_s(
-                    [*COMMAND, "sweep", "img2img", "--server", holding.url, *job, *sweep_axes, "--out", out()],
-                    holding),
-                "comfy-orch run img2img, one whole job to its file": lambda: whole_cpu_s(
-                    [*COMMAND, "run", "img2img", "--server", instant.url, *job, "--out", out()]),
-            }
-            for measure in rows.values():  # once unmeasured: the bytecode is written
-                measure()
-            spent: dict[str, list[float]] = {name: [] for name in rows}
+            def measure() -> dict[str, float]:
+                run = bench.first_prompt_and_whole_s([*COMMAND, "run", "img2img", *job, *out()])
+                sweep = bench.first_prompt_and_whole_s([*COMMAND, "sweep", "img2img", *job, "--axis",
+                                                        "denoise=0.4,0.6", "--axis", "cfg=6,8", *out()])
+                return {"python -c pass (the bare interpreter)": bench.cpu_s([sys.executable, "-c", "pass"]),
+                        "comfy-orch --help": bench.cpu_s([*COMMAND, "--help"]),
+                        "comfy-orch run img2img, to its first prompt": run[0],
+                        "comfy-orch run img2img, start to exit (one job)": run[1],
+                        "comfy-orch sweep img2img 2x2, to its first prompt": sweep[0],
+                        "comfy-orch sweep img2img 2x2, start to exit": sweep[1]}
+
+            if args.breakdown:
+                breakdown(bench, url, picture, args.runs)
+            measure()  # once unmeasured: the bytecode is written
             for _ in range(args.runs):  # interleaved, so that a busy moment of the machine hits every row alike
-                for name, measure in rows.items():
-                    spent[name].append(measure())
+                for name, spent_s in measure().items():
+                    spent.setdefault(name, []).append(spent_s)
     finally:
-        instant.stop()
-        holding.stop()
+        parent.send("stop")
+        server.join(10)
     medians = {name: statistics.median(values) for name, values in spent.items()}
     bare_s = next(iter(medians.values()))
     print(f"CPU (user+sys) of each command, median of {args.runs} runs; over and x of the bare interpreter")
