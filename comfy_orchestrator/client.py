@@ -24,7 +24,6 @@ import threading
 import time
 import unicodedata
 import uuid
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -32,7 +31,7 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from comfy_orchestrator.errors import (
     ComfyError,
@@ -44,6 +43,7 @@ from comfy_orchestrator.errors import (
 )
 from comfy_orchestrator.families import FamilyFinding, find_family
 from comfy_orchestrator.graph import Graph
+from comfy_orchestrator.input_images import open_picture
 from comfy_orchestrator.job_handle import EventCallback, JobHandle, ProgressCallback
 from comfy_orchestrator.jobs import Job, JobResult, Output, name_by_content
 from comfy_orchestrator.limits import Limits, Timeouts
@@ -503,24 +503,11 @@ def open_image(source: Any, *, limits: Limits, what: str, server: str | None = N
 
     The refusal is a ServerError when `server` sent the image, else a ParameterError (a user's file).
     """
-    def refuse(message: str) -> ComfyError:
-        return ServerError(message, server=server) if server else ParameterError(message, parameter="image")
-
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, below
-            image = Image.open(source)
-    except Image.DecompressionBombError as exc:
-        raise refuse(f"{what} has too many pixels to decode (limit {limits.image_pixels}, "
-                     "Limits.image_pixels)") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise refuse(f"{what} is not a readable image ({type(exc).__name__})") from exc
-    width, height = image.size
-    if width * height > limits.image_pixels:
-        image.close()
-        raise refuse(f"{what} is {width}x{height} pixels, over the limit of {limits.image_pixels} "
-                     "(Limits.image_pixels)")
-    return image
+        return open_picture(source, limit=limits.image_pixels, what=what)
+    except ValueError as exc:
+        refusal = ServerError(str(exc), server=server) if server else ParameterError(str(exc), parameter="image")
+        raise refusal from exc
 
 
 def _claim(part: Path, folder: Path, name: str) -> Path:

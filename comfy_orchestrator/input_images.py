@@ -1,4 +1,5 @@
-"""Local pictures a job takes as input: checked when parameters are validated, measured, masks checked.
+"""Pictures opened within Limits.image_pixels (open_picture, also for those a server sends); the local pictures
+a job takes as input: checked when parameters are validated, measured, masks checked.
 
 The checks raise ValueError, as pydantic validators do; the model turns them into a ParameterError.
 """
@@ -7,15 +8,38 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, Field
 
 from comfy_orchestrator.limits import Limits
 
+if TYPE_CHECKING:  # Pillow loads when a picture is first opened
+    from PIL import Image
+
 
 class MaskResizedWarning(UserWarning):
     """A mask's size differs from its image's; ComfyUI stretches it."""
+
+
+def open_picture(source: Any, *, limit: int, what: str, advice: str = "") -> Image.Image:
+    """Open a picture without decoding its pixels; ValueError naming `what` when Pillow cannot read it or it has
+    more than `limit` pixels (Limits.image_pixels), with `advice` after a refusal for size."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, below
+            image = Image.open(source)
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{what} has too many pixels to decode (limit {limit}, Limits.image_pixels){advice}") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"{what} is not a readable image ({type(exc).__name__})") from exc
+    width, height = image.size
+    if width * height > limit:
+        image.close()
+        raise ValueError(f"{what} is {width}x{height} pixels, over the limit of {limit} (Limits.image_pixels){advice}")
+    return image
 
 
 def _existing_image(path: Path) -> Path:
@@ -23,23 +47,11 @@ def _existing_image(path: Path) -> Path:
         raise ValueError(f"image file {str(path)!r} does not exist")
     if not path.is_file():
         raise ValueError(f"{str(path)!r} is not a file")
-    from PIL import Image, UnidentifiedImageError
-
-    limit = Limits().image_pixels
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, below
-            with Image.open(path) as img:
-                width, height = img.size
-                if width * height > limit:
-                    raise ValueError(f"{str(path)!r} is {width}x{height} pixels, over the limit of {limit} "
-                                     "(Limits.image_pixels); scale it down first")
-                img.verify()
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"{str(path)!r} has too many pixels to decode (limit {limit}, Limits.image_pixels); "
-                         "scale it down first") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"{str(path)!r} is not an image Pillow can read ({exc})") from exc
+    with open_picture(path, limit=Limits().image_pixels, what=repr(str(path)), advice="; scale it down first") as img:
+        try:
+            img.verify()
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ValueError(f"{str(path)!r} is not a readable image ({type(exc).__name__})") from exc
     return path
 
 

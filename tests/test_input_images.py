@@ -3,6 +3,7 @@ are refused."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,15 @@ from hostile import pixel_bomb_png
 from PIL import Image
 from pydantic import TypeAdapter, ValidationError
 
-from comfy_orchestrator.input_images import ImageFile, MaskResizedWarning, check_mask, has_alpha, picture_size
+from comfy_orchestrator.input_images import (
+    ImageFile,
+    MaskResizedWarning,
+    check_mask,
+    has_alpha,
+    open_picture,
+    picture_size,
+)
+from comfy_orchestrator.limits import Limits
 
 IMAGE_FILE = TypeAdapter(ImageFile)
 
@@ -22,7 +31,7 @@ def test_a_picture_is_accepted_as_its_path(sample_image: Path) -> None:
 def test_image_that_is_not_a_picture(tmp_path: Path) -> None:
     text = tmp_path / "notes.png"
     text.write_text("not a picture")
-    with pytest.raises(ValidationError, match="not an image Pillow can read"):
+    with pytest.raises(ValidationError, match="notes.png' is not a readable image \\(UnidentifiedImageError\\)"):
         IMAGE_FILE.validate_python(str(text))
 
 
@@ -36,6 +45,24 @@ def test_image_that_is_not_a_picture(tmp_path: Path) -> None:
 def test_what_is_not_a_usable_picture_is_named(tmp_path: Path, make, message) -> None:
     with pytest.raises(ValidationError, match=message):
         IMAGE_FILE.validate_python(str(make(tmp_path)))
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"<html>not a picture</html>", r"^out.png is not a readable image \(UnidentifiedImageError\)$"),
+    (pixel_bomb_png(12000, 12000),
+     r"^out.png is 12000x12000 pixels, over the limit of 134217728 \(Limits.image_pixels\)$"),
+    (pixel_bomb_png(20000, 20000), r"^out.png has too many pixels to decode \(limit 134217728, Limits.image_pixels\)$"),
+])
+def test_open_picture_refuses_in_one_line_naming_what_it_opened(data: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        open_picture(io.BytesIO(data), limit=Limits().image_pixels, what="out.png")
+
+
+def test_open_picture_reads_the_size_without_decoding(sample_image: Path) -> None:
+    with open_picture(io.BytesIO(sample_image.read_bytes()), limit=96 * 64, what="in.png") as picture:
+        assert picture.size == (96, 64)
+    with pytest.raises(ValueError, match="in.png is 96x64 pixels, over the limit of 6143"):
+        open_picture(sample_image, limit=96 * 64 - 1, what="in.png")
 
 
 def _write(path: Path, data: bytes) -> Path:
