@@ -298,11 +298,9 @@ class Transport:
 
     def parse_json(self, answer: Answer, route: str) -> Any:
         """The body's JSON; MalformedMessage if it is not JSON (None for an empty body)."""
-        body = bytearray()
         deadline = time.monotonic() + self.timeouts.read_s
-        for piece in self.body(answer, route, limit=self.limits.json_bytes, deadline=deadline,
-                               limit_name="json_bytes"):
-            body += piece
+        body = b"".join(self.body(answer, route, limit=self.limits.json_bytes, deadline=deadline,
+                                  limit_name="json_bytes"))
         if not body:
             return None
         try:
