@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from comfy_orchestrator.advice import out_of_memory_advice
 from comfy_orchestrator.errors import (
     Cancelled,
     ComfyError,
@@ -138,6 +137,8 @@ class JobHandle:
                 raise
             except ComfyError as exc:
                 if isinstance(exc, OutOfMemory) and self.job.template:
+                    from comfy_orchestrator.advice import out_of_memory_advice  # its tables: only on this path
+
                     exc.advise(out_of_memory_advice(self.job.template, self.job.params) or exc.advice)
                 self._error = exc
                 raise
