@@ -18,7 +18,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from comfy_orchestrator.dispatch import Attempt, Capability, decide_retry, is_refusal
+from comfy_orchestrator.dispatch import Attempt, decide_retry, is_refusal
 from comfy_orchestrator.errors import (
     AuthFailed,
     ComfyError,
@@ -280,9 +280,7 @@ class FarmRun(RunState):
             schema = server.link.probe()
         except ComfyError as exc:
             with self.lock:
-                server.failures += 1
-                server.last_error = exc
-                server.next_probe_at = time.monotonic() + self.policy.delay(server.failures, jitter())
+                server.failed(exc, self.policy, time.monotonic())
                 # Every server refuses us (a certificate, credentials): no wait will change that, so say it now.
                 refused = all(not s.up and s.last_error is not None and is_refusal(s.last_error)
                               for s in self.servers)
@@ -291,10 +289,8 @@ class FarmRun(RunState):
                 self.abort(exc)
             return
         with self.lock:
-            server.up = True
+            server.came_up(schema)
             server.answered_at = time.monotonic()
-            server.failures = 0
-            server.capability = Capability(schema)
             self.changed.notify_all()
         logger.info("%s is up", server.name)
         self.emit(ServerUp(server.name))
@@ -459,11 +455,7 @@ class FarmRun(RunState):
         """Take the server out (lock held); the jobs it held go back to the waiting list."""
         if not server.up:
             return []
-        server.up = False
-        server.failures += 1
-        server.last_error = error
-        rest_s = self.policy.delay(server.failures, jitter())
-        server.next_probe_at = time.monotonic() + rest_s
+        rest_s = server.failed(error, self.policy, time.monotonic())
         displaced = list(server.flights)
         server.flights.clear()
         for flight in displaced:

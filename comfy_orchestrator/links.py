@@ -1,22 +1,24 @@
 """What a farm reports (its events, a server's status) and how it reaches a server: ServerLink.
 
 The engine (engine.py) talks to servers only through `ServerLink`; `ClientLink` is the real one,
-over `Client`, and tests hand the farm stub links instead.
+over `Client`, and tests hand the farm stub links instead. `ServerRecord` is what a farm run
+and a queue worker's box both keep of each server they drive: health, backoff, what it can run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from comfy_orchestrator.client import Client
+from comfy_orchestrator.dispatch import Capability, JobNeeds
 from comfy_orchestrator.errors import ComfyError
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.limits import FARM_TIMEOUTS, Timeouts
 from comfy_orchestrator.protocol import Progress
-from comfy_orchestrator.retry import RetryPolicy
+from comfy_orchestrator.retry import RetryPolicy, jitter
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.servers import ServerConfig
 
@@ -260,3 +262,44 @@ class ClientLink:
 
     def close(self) -> None:
         self.client.close()
+
+
+# ---------------------------------------------------------------------------
+# What a driver keeps of each server
+
+
+@dataclass(eq=False)
+class ServerRecord:
+    """One server as the farm's engine or a queue worker's box drives it; guarded by its owner's lock.
+
+    `name` and `slots` (1 + queue_ahead: the prompts it holds at most) are its config's, read once.
+    """
+
+    config: ServerConfig
+    name: str = field(init=False)
+    slots: int = field(init=False)
+    up: bool = False
+    capability: Capability | None = None  # a new one each time its object_info is read
+    last: JobNeeds | None = None  # the last job queued: what will be loaded when the next one starts
+    failures: int = 0  # in a row, probes and faults alike; the backoff grows with it
+    next_probe_at: float = 0.0  # monotonic; while down, not asked before then
+    last_error: ComfyError | None = None
+
+    def __post_init__(self) -> None:
+        self.name = self.config.name
+        self.slots = 1 + self.config.queue_ahead
+
+    def came_up(self, schema: Schema) -> None:
+        """It answered its probe: up, with what its object_info lists."""
+        self.up, self.failures, self.last_error = True, 0, None
+        self.capability = Capability(schema)
+
+    def failed(self, error: ComfyError, policy: RetryPolicy, now: float) -> float:
+        """It failed a probe or went down: out, resting `policy.delay()` (with jitter); the seconds it rests."""
+        self.up = False
+        self.failures += 1
+        self.last_error = error
+        rest_s = policy.delay(self.failures, jitter())
+        self.next_probe_at = now + rest_s
+        return rest_s
+

@@ -35,7 +35,7 @@ from comfy_orchestrator.dispatch import (
 from comfy_orchestrator.errors import ComfyError, NoServerAvailable
 from comfy_orchestrator.jobs import Job
 from comfy_orchestrator.limits import Timeouts
-from comfy_orchestrator.links import JobFailed, JobOutcome, RunningJob, ServerLink
+from comfy_orchestrator.links import JobFailed, JobOutcome, RunningJob, ServerLink, ServerRecord
 from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.servers import ServerConfig
 
@@ -98,30 +98,17 @@ class Flight:
     moving: bool = False  # being taken off this server for another
 
 
-@dataclass(eq=False)
-class RunServer:
-    """One server's state during a run; guarded by the run's lock."""
+@dataclass(eq=False, kw_only=True)
+class RunServer(ServerRecord):
+    """One server during a run: its record, its queue of flights and its job times; guarded by the run's lock."""
 
-    config: ServerConfig
     order: int
-    name: str = field(init=False)  # the config's, read once: the engine asks it at every turn
-    slots: int = field(init=False)  # 1 + queue_ahead
     connection: ServerLink | None = None  # made by the server's own thread as it starts (see `link`)
-    up: bool = False
-    capability: Capability | None = None  # a new one each time the server's object_info is read
     answered_at: float = 0.0  # when it last answered a request of ours (monotonic): it was alive then
     flights: list[Flight] = field(default_factory=list)
     times: JobTimes = field(default_factory=JobTimes)
-    last: JobNeeds | None = None  # the last job queued: what is loaded when the next one starts
     last_finished: JobNeeds | None = None
     last_finish_at: float | None = None
-    failures: int = 0
-    next_probe_at: float = 0.0
-    last_error: ComfyError | None = None
-
-    def __post_init__(self) -> None:
-        self.name = self.config.name
-        self.slots = 1 + self.config.queue_ahead
 
     @property
     def link(self) -> ServerLink:

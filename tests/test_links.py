@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
-from comfy_orchestrator.errors import Interrupted
+from comfy_orchestrator.errors import ConnectionFailed, Interrupted
 from comfy_orchestrator.jobs import Job
-from comfy_orchestrator.links import ClientLink, ServerLink
+from comfy_orchestrator.links import ClientLink, ServerLink, ServerRecord
 from comfy_orchestrator.params import DEFAULT_CHECKPOINT
+from comfy_orchestrator.retry import RetryPolicy
+from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.servers import ServerConfig
 from comfy_orchestrator.sim import Costs
 
@@ -73,3 +75,17 @@ def test_status_reads_health_queue_devices_and_checkpoints(comfy: Any) -> None:
     assert (status.name, status.up, status.tags) == ("gpu0", True, ("fast",))
     assert status.checkpoints == (DEFAULT_CHECKPOINT,) and status.devices
     assert (status.queue_running, status.queue_pending) == (0, 0)
+
+
+def test_a_record_rests_a_failing_server_longer_each_time_and_forgets_once_it_answers() -> None:
+    record = ServerRecord(ServerConfig(url="http://gpu0.test:8188", queue_ahead=2))
+    assert (record.name, record.slots, record.up) == ("gpu0.test:8188", 3, False)
+    policy = RetryPolicy(max_attempts=5, first_delay_s=1.0, max_delay_s=60.0)
+    error = ConnectionFailed("connection refused", server=record.name)
+    rests = [record.failed(error, policy, now=100.0) for _ in range(3)]
+    assert all(0.8 * base_s <= rest_s <= 1.2 * base_s for rest_s, base_s in zip(rests, (1.0, 2.0, 4.0)))  # jittered
+    assert record.failures == 3 and record.last_error is error and record.next_probe_at == 100.0 + rests[-1]
+    record.came_up(Schema.recorded())
+    assert record.up and record.failures == 0
+    assert record.last_error is None
+    assert record.capability is not None and "KSampler" in record.capability.schema

@@ -1,29 +1,29 @@
 """Box: the ComfyUI servers of one GPU box, as a queue worker drives them.
 
 A worker runs each task on one of its box's servers: the one with a free slot (1 + queue_ahead
-prompts each, as in the farm) whose last job shares the most with this one (`farm.affinity`:
-checkpoint, image, prompt text), among those whose object_info can run it (`farm.Capability`).
+prompts each, as in the farm) whose last job shares the most with this one (`dispatch.affinity`:
+checkpoint, image, prompt text), among those whose object_info can run it (`dispatch.Capability`).
 A failure is judged by the farm's own `decide_retry`: a server fault marks the server down (it
 is probed again with the policy's backoff) and the job tries another server of the box or the
 same one later; a deterministic failure that repeats, or one no other server can avoid, ends it.
+Each server's record (health, backoff, what it can run) is the farm's `ServerRecord`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from comfy_orchestrator.dispatch import Attempt, Capability, JobNeeds, affinity, decide_retry, job_needs
+from comfy_orchestrator.dispatch import Attempt, JobNeeds, affinity, decide_retry, job_needs
 from comfy_orchestrator.errors import ComfyError, JobTimedOut, NoServerAvailable
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.limits import FARM_TIMEOUTS
-from comfy_orchestrator.links import ClientLink, RunningJob, ServerLink
+from comfy_orchestrator.links import ClientLink, RunningJob, ServerLink, ServerRecord
 from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.servers import ServerConfig
 
@@ -32,28 +32,13 @@ logger = logging.getLogger(__name__)
 ACQUIRE_WAIT_S = 0.5  # how often a task waiting for a slot looks again (servers coming up, timeouts)
 
 
-@dataclass(eq=False)
-class BoxServer:
-    """One server of the box and what the worker knows of it; guarded by the box's lock."""
+@dataclass(eq=False, kw_only=True)
+class BoxServer(ServerRecord):
+    """One server of the box: its record, its link and its load; guarded by the box's lock."""
 
-    config: ServerConfig
     link: ServerLink
-    up: bool = False
-    capability: Capability | None = None
-    busy: int = 0
-    last: JobNeeds | None = None
-    failures: int = 0
-    next_probe_at: float = 0.0
-    last_error: str = ""
-    ran: int = 0
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def slots(self) -> int:
-        return 1 + self.config.queue_ahead
+    busy: int = 0  # prompts of ours it holds now
+    ran: int = 0  # jobs it finished for this worker
 
 
 @dataclass(frozen=True)
@@ -85,7 +70,7 @@ class Box:
                  connect: Callable[[ServerConfig], ServerLink] | None = None, job_timeout_s: float = 600.0) -> None:
         timeouts = replace(FARM_TIMEOUTS, job_s=job_timeout_s)
         connect = connect or (lambda config: ClientLink(config, timeouts=timeouts))
-        self.servers = [BoxServer(config, connect(config)) for config in servers]
+        self.servers = [BoxServer(config=config, link=connect(config)) for config in servers]
         self.policy = policy
         self.job_timeout_s = job_timeout_s
         self._lock = threading.Lock()
@@ -110,15 +95,11 @@ class Box:
                 schema = server.link.probe()
             except ComfyError as exc:
                 with self._lock:
-                    server.failures += 1
-                    server.last_error = str(exc)
-                    server.next_probe_at = time.monotonic() + self.policy.delay(server.failures,
-                                                                                random.uniform(0.8, 1.2))
+                    server.failed(exc, self.policy, time.monotonic())
                 logger.info("%s did not answer its probe: %s", server.name, exc)
                 continue
             with self._lock:
-                server.up, server.failures, server.last_error = True, 0, ""
-                server.capability = Capability(schema)
+                server.came_up(schema)
                 self._changed.notify_all()
             logger.info("%s is up", server.name)
 
@@ -126,11 +107,8 @@ class Box:
         with self._lock:
             if not server.up:
                 return
-            server.up = False
-            server.failures += 1
-            server.last_error = str(error)
+            server.failed(error, self.policy, time.monotonic())
             server.last = None
-            server.next_probe_at = time.monotonic() + self.policy.delay(server.failures, random.uniform(0.8, 1.2))
         logger.warning("%s is down: %s", server.name, error)
 
     # -- what the box can do
@@ -175,7 +153,7 @@ class Box:
                     best.last = needs
                     return best
                 if now >= deadline:
-                    lacks = "; ".join(f"{s.name}: {'up' if s.up else 'down ' + s.last_error}" for s in self.servers)
+                    lacks = "; ".join(f"{s.name}: {'up' if s.up else 'down ' + _error_text(s)}" for s in self.servers)
                     raise NoServerAvailable(f"no server of this box could take the job in time ({lacks})")
                 if not any(s.up for s in self.servers) or not able:
                     # nothing to wait on but a probe or an avoidance running out
@@ -262,7 +240,7 @@ def _summary(server: BoxServer) -> ServerSummary:
     capability = server.capability
     if capability is None:
         return ServerSummary(server.name, server.up, server.busy, server.slots, server.ran, None,
-                             error=server.last_error)
+                             error=_error_text(server))
     schema = capability.schema
 
     def choices(class_type: str, input_name: str) -> tuple[str, ...]:
@@ -273,4 +251,8 @@ def _summary(server: BoxServer) -> ServerSummary:
                          checkpoints=schema.checkpoints if "CheckpointLoaderSimple" in schema else (),
                          loras=choices("LoraLoader", "lora_name"),
                          controlnets=choices("ControlNetLoader", "control_net_name"),
-                         node_classes=len(list(schema)), error=server.last_error)
+                         node_classes=len(list(schema)), error=_error_text(server))
+
+
+def _error_text(server: BoxServer) -> str:
+    return "" if server.last_error is None else str(server.last_error)
