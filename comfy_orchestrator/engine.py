@@ -170,7 +170,7 @@ class FarmRun(RunState):
                 return None  # it started there: it stays
             if ticket.settled or ticket.copies or ticket in self.waiting:
                 return None
-            if not server.up or len(server.flights) >= server.slots:
+            if not server.up or len(server.flights) >= self.slots_now(server):
                 self.requeue(ticket)
                 return None
             logger.info("job %s moves from %s's queue to %s", ticket.seq, holder.name, server.name)
@@ -240,7 +240,10 @@ class FarmRun(RunState):
             self.fill(server)
             with self.lock:
                 head = server.flights[0] if server.flights else None
-                if head is None and server.up and not self.stop.is_set():
+                if head is not None and head.handle is None:
+                    head = None  # another thread is still sending it (fill_held_back): it says when it is sent
+                    self.changed.wait(IDLE_WAKE_S)
+                elif head is None and server.up and not self.stop.is_set():
                     self.changed.wait(IDLE_WAKE_S)
             if head is not None:
                 self.await_job(server, head)
@@ -280,26 +283,38 @@ class FarmRun(RunState):
             schema = server.link.probe()
         except ComfyError as exc:
             with self.lock:
+                first = server.failures == 0
                 server.failed(exc, self.policy, time.monotonic())
                 # Every server refuses us (a certificate, credentials): no wait will change that, so say it now.
                 refused = all(not s.up and s.last_error is not None and is_refusal(s.last_error)
                               for s in self.servers)
+                held_back = self.held_back(server) if first else []
             logger.info("%s did not answer its probe: %s", server.name, exc)
             if refused:
                 self.abort(exc)
+                return
+            self.fill_held_back(held_back)
             return
         with self.lock:
+            first = server.failures == 0
             server.came_up(schema)
             server.answered_at = time.monotonic()
+            held_back = self.held_back(server) if first else []
             self.changed.notify_all()
         logger.info("%s is up", server.name)
         self.emit(ServerUp(server.name))
+        self.fill_held_back(held_back)
+
+    def fill_held_back(self, servers: Sequence[RunServer]) -> None:
+        """Queue ahead on servers that held one job while others were first probed (their threads wait on it)."""
+        for server in servers:
+            self.fill(server)
 
     def fill(self, server: RunServer) -> None:
         """Queue jobs on the server until it holds 1 + queue_ahead; with nothing waiting, move one here."""
         while not self.stop.is_set():
             with self.lock:
-                if not server.up or len(server.flights) >= server.slots:
+                if not server.up or len(server.flights) >= self.slots_now(server):
                     return
                 self.refill()
                 ticket = self.take(server)

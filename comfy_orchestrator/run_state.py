@@ -374,6 +374,26 @@ class RunState:
                 return
             self.refill()
 
+    def slots_now(self, server: RunServer) -> int:
+        """How many jobs `server` may hold now: one while another server has not answered its first probe.
+
+        The first servers up would otherwise queue ahead the jobs the others will want as they come
+        up (a short sweep of long jobs piles up on whoever answered first); once every server
+        answered or failed once, each holds 1 + queue_ahead.
+        """
+        return 1 if self.first_probes_pending() else server.slots
+
+    def first_probes_pending(self) -> bool:
+        """Whether some server has neither answered nor failed a probe yet."""
+        return any(not server.up and server.failures == 0 for server in self.servers)
+
+    def held_back(self, server: RunServer) -> list[RunServer]:
+        """The servers that held one job while others were first probed, once `server` answered last."""
+        if self.first_probes_pending():
+            return []
+        return [other for other in self.servers
+                if other is not server and other.up and 0 < len(other.flights) < other.slots]
+
     def quiet_servers(self, now: float) -> list[RunServer]:
         """The busy servers that have not answered a request of ours for `health_interval_s`: to be asked."""
         quiet_since = now - self.farm.health_interval_s

@@ -342,7 +342,8 @@ def test_jobs_only_a_down_server_can_run_are_reported_in_time(sim: Any, cells: A
 def test_jobs_queued_on_a_slow_server_move_to_an_idle_one(sim: Any, cells: Any, tmp_path: Path) -> None:
     slow = sim(1, costs=COSTS.scaled(0.1), checkpoints=CHECKPOINTS, preview_method="none")[0]  # 0.6 s a job
     fast = sim(1, costs=COSTS, checkpoints=CHECKPOINTS, preview_method="none")[0]
-    farm = Farm([slow.url, fast.url], straggler_factor=None)  # the slow one comes up first and fills its queue
+    fast.faults.fail_route("/system_stats", status=503, times=1)  # so the slow one fills its queue alone
+    farm = Farm([slow.url, fast.url], policy=FAST_RETRIES, straggler_factor=None)
 
     outcomes, _ = run_farm(farm, cells(6), tmp_path / "out")
 

@@ -374,3 +374,30 @@ def test_stopping_while_a_job_is_being_submitted_cancels_it_first() -> None:
     assert not closer.is_alive()
     # the newest first: cancelled after job-1, job-2 could start on the server job-1's cancellation frees
     assert link.cancel_order == ["job-2", "job-1"]
+
+
+class HeldProbe(StubLink):
+    """A stub server whose first probe answers only once the test says `answer`."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, finish_at_once=True)
+        self.answer = threading.Event()
+
+    def probe(self) -> Schema:
+        assert self.answer.wait(PATIENCE_S), f"the test never let {self.name} answer"
+        return super().probe()
+
+
+def test_while_a_server_is_still_probed_the_others_hold_one_job_each() -> None:
+    first, late = StubLink("first.test"), HeldProbe("late.test")
+    run = Run(farm_of(first, late, queue_ahead=2), 6)
+    first.wait_for(lambda stub: len(stub.queued) == 1, "took the first job")
+    first.queued[0].finish()
+    first.wait_for(lambda stub: len(stub.queued) == 2, "took the next job")
+    # one job at a time: the next is sent only once the last ended, none queued ahead for late.test to want
+    assert first.log == [("submitted", "job-0", 1), ("reaped", "job-0", 0), ("submitted", "job-1", 1)]
+    first.finish_at_once = True  # from here every job ends as it is sent
+    late.answer.set()
+    first.queued[1].finish()
+    outcomes = run.rest()
+    assert sorted(o.job.label for o in outcomes) == [f"job-{i}" for i in range(6)]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import pytest
 
 from comfy_orchestrator.dispatch import VERDICTS_KEPT, Capability, Dispatch, SoonestFinish
-from comfy_orchestrator.errors import NoServerAvailable
+from comfy_orchestrator.errors import ConnectionFailed, NoServerAvailable
 from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.jobs import Job
 from comfy_orchestrator.limits import FARM_TIMEOUTS, Timeouts
@@ -229,3 +229,21 @@ def test_only_busy_servers_quiet_for_the_interval_are_asked_whether_they_answer(
         heard.answered_at = now - 0.5  # within the 1 s interval: it answered a submit or a download
         quiet.answered_at = down.answered_at = idle.answered_at = now - 1.5
         assert state.quiet_servers(now) == [quiet]
+
+
+def test_a_server_queues_ahead_only_once_every_other_has_answered_or_failed_its_first_probe() -> None:
+    state = books("first.test", "late.test", queue_ahead=2, jobs=iter([job(0)]))
+    first, late = state.servers
+    with state.lock:  # as the engine calls them
+        state.refill()
+        bring_up(first)
+        assert state.slots_now(first) == 1  # late.test may come up any moment: leave it the next jobs
+        ticket = state.take(first)
+        assert ticket is not None
+        state.board(first, ticket)
+        assert state.held_back(first) == []
+        late.failed(ConnectionFailed("connection refused", server=late.name), RetryPolicy(), now=0.0)
+        assert state.slots_now(first) == 3  # it failed once: it is down, not coming
+        assert state.held_back(late) == [first]  # first.test's thread waits on its job: it is filled for it
+        bring_up(late)
+        assert state.slots_now(first) == state.slots_now(late) == 3
