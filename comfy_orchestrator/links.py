@@ -227,7 +227,8 @@ class ClientLink:
 
     def submit(self, job: Job, *, prompt_id: str | None = None,
                on_progress: Callable[[Progress], None] | None = None) -> RunningJob:
-        return self.client.submit(job, prompt_id=prompt_id, on_progress=on_progress, every_event=False)
+        # only waited on: no progress_state frames, and no steps unless someone follows the progress
+        return self.client.submit(job, prompt_id=prompt_id, on_progress=on_progress, every_event=False, steps=False)
 
     def locate(self, prompt_id: str) -> tuple[str, Mapping[str, Any] | None]:
         return self.client.locate(prompt_id)

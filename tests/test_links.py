@@ -13,6 +13,7 @@ from comfy_orchestrator.errors import ConnectionFailed, Interrupted
 from comfy_orchestrator.jobs import Job
 from comfy_orchestrator.links import ClientLink, ServerLink, ServerRecord
 from comfy_orchestrator.params import DEFAULT_CHECKPOINT
+from comfy_orchestrator.protocol import Progress
 from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.servers import ServerConfig
@@ -44,6 +45,18 @@ def test_a_link_probes_submits_and_downloads(comfy: Any, img2img_job: Job, tmp_p
         assert saved.files and all(path.is_file() and tmp_path in path.parents for path in saved.files)
     finally:
         link.close()
+
+
+def test_a_link_passes_a_job_s_steps_to_its_progress_callback(comfy: Any, img2img_job: Job) -> None:
+    link = ClientLink(ServerConfig(url=comfy.url))  # it reads no steps of a job nobody follows
+    seen: list[Progress] = []
+    try:
+        link.probe()
+        link.submit(img2img_job, on_progress=seen.append).wait(30.0)
+    finally:
+        link.close()
+    assert seen and max(progress.node_max for progress in seen) > 1  # the sampler's steps
+    assert seen[-1].fraction == 1.0
 
 
 def test_a_queued_job_is_withdrawn_and_a_running_one_is_not(sim: Any, img2img_job: Job) -> None:
