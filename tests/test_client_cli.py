@@ -83,6 +83,35 @@ def test_queue_history_and_interrupt(comfy: Any, saved: Path) -> None:
     assert interrupt.exit_code == 0 and "queue cleared" in interrupt.stdout
 
 
+@pytest.mark.parametrize("columns", [80, 200])
+def test_queue_and_history_fit_the_terminal_and_never_cut_a_prompt_id(comfy: Any, client: Any, library: Templates,
+                                                                       sample_image: Path, columns: int) -> None:
+    template = library.get("variations")
+    jobs = [template.job(template.params({"image": str(sample_image), "batch_size": 3, "steps": 2, "seed": seed,
+                                          "filename_prefix": "a-long-prefix-for-variations"})) for seed in (1, 2)]
+    comfy.faults.hold_queue()
+    handles = [client.submit(job) for job in jobs]
+    ids = [handle.prompt_id for handle in handles]
+    queue = CliRunner().invoke(main, ["queue", "--server", comfy.url], env={"COLUMNS": str(columns)})
+    assert queue.exit_code == 0, queue.output
+    nodes = str(len(jobs[0].graph))
+    assert [text.split() for text in queue.stdout.splitlines()] == [
+        ["state", "number", "prompt", "id", "nodes"], ["waiting", "0", ids[0], nodes], ["waiting", "1", ids[1], nodes]]
+    comfy.faults.release_queue()
+    for handle in handles:
+        handle.wait(timeout_s=30)
+    history = CliRunner().invoke(main, ["history", "--server", comfy.url], env={"COLUMNS": str(columns)})
+    assert history.exit_code == 0, history.output
+    lines = history.stdout.splitlines()
+    assert all(len(text) <= columns and text == text.rstrip() for text in lines + queue.stdout.splitlines())
+    files = [f"a-long-prefix-for-variations_{number:05}_.png" for number in range(1, 7)]
+    if columns == 80:  # the outputs of a prompt go under it, wrapped, each name whole
+        assert lines[0].split() == [ids[0], "success", "3", "outputs:"] and lines[1].startswith("  " + files[0])
+    else:
+        assert lines[0].split() == [ids[0], "success", f"{files[0]},", f"{files[1]},", files[2]]
+    assert re.findall(r"a-long-prefix-for-variations_\d{5}_\.png", history.stdout) == files
+
+
 def test_unreachable_server_is_one_line_and_exit_1() -> None:
     result = invoke("queue", "--server", "http://127.0.0.1:9")
     assert result.exit_code == 1

@@ -26,6 +26,7 @@ from comfy_orchestrator.cli.output import (
     Terminated,
     fail,
     format_number,
+    line,
     stderr,
     stdout,
     terminate_as_interrupt,
@@ -161,20 +162,18 @@ def queue_command(ctx: click.Context, server: str | None, ca_cert: Path | None, 
     """Show the server's running and waiting prompts ('queue status --broker URL': the durable queue)."""
     if ctx.invoked_subcommand is not None:
         return
-    from rich.table import Table
-
     with connect_client(server, ca_cert, allow_plain_http) as client:
         listing = client.queue()
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("state", "number", "prompt id", "nodes"):
-        table.add_column(column)
-    for state, key in (("running", "queue_running"), ("waiting", "queue_pending")):
-        for item in sorted(listing.get(key) or (), key=lambda entry: entry[0]):
-            table.add_row(state, format_number(item[0]), str(item[1]), str(len(item[2])))
-    if table.row_count:
-        stdout.print(table)
-    else:
+    rows = [(state, format_number(item[0]), str(item[1]), str(len(item[2])))
+            for state, key in (("running", "queue_running"), ("waiting", "queue_pending"))
+            for item in sorted(listing.get(key) or (), key=lambda entry: entry[0])]
+    if not rows:
         stdout.print("the queue is empty")
+        return
+    header, *lines = _aligned([("state", "number", "prompt id", "nodes"), *rows])
+    stdout.print(line((header, "bold")))
+    for text in lines:
+        stdout.print(text)
 
 
 @main.command("interrupt")
@@ -214,23 +213,34 @@ def interrupt_command(prompt_id: str | None, clear: bool, server: str | None, ca
 @transport_options
 def history_command(max_items: int, server: str | None, ca_cert: Path | None, allow_plain_http: bool) -> None:
     """List the server's finished prompts, newest last, with their status and outputs."""
-    from rich.table import Table
+    import textwrap
 
     from comfy_orchestrator.protocol import outputs_from_history
 
     with connect_client(server, ca_cert, allow_plain_http) as client:
         entries = client.history(max_items=max_items)
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("prompt id", "status", "outputs"):
-        table.add_column(column)
-    for prompt_id, entry in entries.items():
-        status = (entry.get("status") or {}).get("status_str") or "?"
-        files = ", ".join(o.filename for o in outputs_from_history(entry))
-        table.add_row(prompt_id, status, files)
-    if table.row_count:
-        stdout.print(table)
-    else:
+    if not entries:
         stdout.print("no history")
+        return
+    width = max(stdout.width, 60)
+    heads = _aligned([(prompt_id, (entry.get("status") or {}).get("status_str") or "?")
+                      for prompt_id, entry in entries.items()])
+    for head, entry in zip(heads, entries.values()):
+        files = [output.filename for output in outputs_from_history(entry)]
+        listed = ", ".join(files)
+        if len(head) + 2 + len(listed) <= width:
+            stdout.print(f"{head}  {listed}".rstrip())
+            continue
+        stdout.print(f"{head}  {len(files)} output{'' if len(files) == 1 else 's'}:")
+        for text in textwrap.wrap(listed, width - 2, break_long_words=False, break_on_hyphens=False):
+            stdout.print("  " + text)
+
+
+def _aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows as lines of left-aligned columns two spaces apart: no cell cut (a prompt id is copied from
+    here), no trailing spaces."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
 
 @main.command("inspect")
