@@ -73,10 +73,13 @@ class SweepResults:
                                   shaping=shaping)
         painter = GridPainter(self.folder, self.axes, thumbnail_px=self.thumbnail_px, image_format=grid_format,
                               fixed=fixed, definition=sweep.definition()) if len(self.axes) <= GRID_AXES_MAX else None
-        if painter is not None and painter.painting:
+        if painter is not None and painter.painting:  # here, not on the pool: it may be shutting down already
             for record in records:
                 if record.status is CellStatus.DONE and record.files:
-                    self._pool.submit(self._paint, grid_cell(record, self.seed))
+                    try:
+                        painter.paint(grid_cell(record, self.seed))
+                    except GridFailed as exc:  # painted again when the grids are written, which then says why
+                        logger.warning("%s", exc)
         return fixed, painter
 
     def _make(self, cell: GridCell) -> None:

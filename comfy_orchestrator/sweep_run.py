@@ -17,6 +17,7 @@ run (after `detach=True`, or a submitter that was killed) collects what finished
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,7 +49,7 @@ from comfy_orchestrator.farm import (
 )
 from comfy_orchestrator.grid import DEFAULT_GRID_FORMAT
 from comfy_orchestrator.jobs import Job, JobResult
-from comfy_orchestrator.journal import CellPlan, CellStatus, Journal, PromptRecord
+from comfy_orchestrator.journal import JOURNAL_NAME, CellPlan, CellStatus, Journal, PromptRecord
 from comfy_orchestrator.limits import Limits
 from comfy_orchestrator.protocol import outcome_from_history, outputs_from_history
 from comfy_orchestrator.provenance import portable_params
@@ -61,6 +63,8 @@ from comfy_orchestrator.sweep import (
     format_value,
     order_for_cache,
 )
+from comfy_orchestrator.sweep_progress import ProgressCallback, Tracker, ignore_progress
+from comfy_orchestrator.sweep_progress import SweepProgress as SweepProgress  # its home before it had one
 from comfy_orchestrator.sweep_results import SweepResults
 
 if TYPE_CHECKING:
@@ -72,24 +76,6 @@ IMAGES_FOLDER = "images"
 STAGING_FOLDER = ".incoming"  # downloads land here, then move to their cell's name
 DEFAULT_MAX_ATTEMPTS = 3
 ADOPT_POLL_S = 0.5  # how often a resume asks about a prompt it adopted that is still queued or running
-
-
-@dataclass(frozen=True)
-class SweepProgress:
-    """Where a running sweep stands: counts over all its cells, and what runs now."""
-
-    total: int
-    done: int
-    failed: int
-    running: Mapping[str, str]  # cell label -> server
-    elapsed_s: float
-    eta_s: float | None
-    message: str = ""  # the latest notable event: a retry, a server down
-    steps: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # cell label -> sampler step, of max
-
-    @property
-    def pending(self) -> int:
-        return self.total - self.done - self.failed - len(self.running)
 
 
 @dataclass(frozen=True)
@@ -125,13 +111,6 @@ class SweepReport:
     waiting: int = 0  # cells left on the queue by a detached run; the same command again collects them
 
 
-ProgressCallback = Callable[[SweepProgress], None]
-
-
-def _ignore(progress: SweepProgress) -> None:
-    """The default progress callback: nothing."""
-
-
 def plan_sweep(sweep: Sweep, *, servers: int = 1) -> SweepPlan:
     """Validate every cell and render each prompt, ordered so ComfyUI's cache is reused."""
     cells = sweep.cells()
@@ -150,7 +129,7 @@ def run_sweep(
     queue: CeleryQueue | None = None,
     detach: bool = False,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-    on_progress: ProgressCallback = _ignore,
+    on_progress: ProgressCallback = ignore_progress,
     thumbnail_px: int = 256,
     grid_format: str = DEFAULT_GRID_FORMAT,
 ) -> SweepReport:
@@ -159,63 +138,136 @@ def run_sweep(
     A folder that holds another sweep is refused. `on_progress` is called from the farm's
     threads as well as the caller's. With `queue` the cells go through the durable queue
     instead of `farm`; `detach` then queues them, collects what already finished and returns.
+    A new sweep through a farm is prepared (every cell validated, the journal written) while
+    the farm's servers connect and are probed, so its first prompts go out sooner.
     """
     if (farm is None) == (queue is None):
         raise ValueError("run_sweep takes a farm or a queue, not both")
     started = time.monotonic()
     folder = Path(folder)
     servers = len(farm.servers) if farm is not None else 1
-    plan = plan_sweep(sweep, servers=servers)  # every cell is valid before anything is written
-    with Journal.open(folder, digest=sweep.digest(), definition=sweep.definition()) as journal:
-        if _canonical(journal.definition) != _canonical(sweep.definition()):
-            # the stored definition wins: it holds the seeds drawn when the sweep began
-            sweep = sweep.with_stored_axes(journal.definition)
-            plan = plan_sweep(sweep, servers=servers)
-        journal.add(_cell_plans(plan))
-        _check_done_files(journal, folder)
-        staging = folder / STAGING_FOLDER
-        shutil.rmtree(staging, ignore_errors=True)  # pieces of downloads a crash cut off
-        staging.mkdir(parents=True)
-        (folder / IMAGES_FOLDER).mkdir(exist_ok=True)
-        counts = journal.counts()
-        skipped = counts[CellStatus.DONE]
-        tracker = _Tracker(len(plan.cells), skipped, journal.exhausted(max_attempts=max_attempts), on_progress)
-        results = SweepResults(folder, sweep, plan.jobs, list(journal.records()), thumbnail_px=thumbnail_px,
-                               grid_format=grid_format)
-        prepared = time.monotonic()
-        logger.debug("sweep of %d cells in %d prompts prepared in %.3f s", len(plan.cells), len(plan.jobs),
-                     prepared - started)
-        adopted = 0
+
+    def prepare(stack: ExitStack) -> _Setup:
+        return _prepare(stack, sweep, folder, servers=servers, max_attempts=max_attempts, on_progress=on_progress,
+                        thumbnail_px=thumbnail_px, grid_format=grid_format, started=started)
+
+    with ExitStack() as stack:
+        adopted, ready = 0, list[_Setup]()
         try:
-            with results:
-                if farm is not None:
-                    adopted = _adopt(journal, farm, plan, max_attempts, folder, staging, tracker, results)
-                to_run = set(journal.to_run(max_attempts=max_attempts))
-                work = [(batch, job) for batch, job in zip(plan.batches, plan.jobs)
-                        if any(cell.index in to_run for cell in batch.cells)]
-                if queue is not None:
-                    _run_queued(journal, queue, sweep, work, to_run, folder, staging, tracker, results,
-                                detach=detach)
-                else:
-                    assert farm is not None
-                    _run(journal, farm, work, to_run, folder, staging, tracker, results)
+            if farm is not None and not (folder / JOURNAL_NAME).is_file():  # nothing to adopt or skip
+                _run_while_preparing(farm, folder, lambda: prepare(stack), ready, max_attempts=max_attempts)
+            else:
+                ready.append(prepare(stack))
+                setup = ready[0]
+                with setup.results:
+                    if farm is not None:
+                        adopted = _adopt(setup.journal, farm, setup.plan, max_attempts, folder, setup.staging,
+                                         setup.tracker, setup.results)
+                    _choose_work(setup, max_attempts)
+                    if queue is not None:
+                        _run_queued(setup.journal, queue, setup.plan.sweep, setup.work, setup.to_run, folder,
+                                    setup.staging, setup.tracker, setup.results, detach=detach)
+                    else:
+                        assert farm is not None
+                        _run(farm, setup, folder)
         finally:
             ran = time.monotonic()
-            jsonl, table = journal.write_manifests()  # after Ctrl-C too: the manifest shows what is done
-            shutil.rmtree(staging, ignore_errors=True)
-        records = list(journal.records())
-        logger.debug("cells settled; writing the grids and the page")
-        grids, page = results.write(records)
-        counts = journal.counts()
-        failures = {r.index: r.error or "" for r in records if r.status is CellStatus.FAILED}
+            manifests = ready[0].journal.write_manifests() if ready else None  # after Ctrl-C too
+            if ready:
+                shutil.rmtree(ready[0].staging, ignore_errors=True)
+        assert manifests is not None  # made whenever the run got as far as a journal
+        return _finish(ready[0], *manifests, adopted=adopted, started=started, ran=ran)
+
+
+@dataclass
+class _Setup:
+    """A run prepared: its plan, the open journal, the folders, the progress counts and the results' maker."""
+
+    plan: SweepPlan
+    journal: Journal
+    staging: Path
+    tracker: Tracker
+    results: SweepResults
+    skipped: int  # cells done before this run
+    prepared_at: float
+    work: list[tuple[Batch, Job]] = field(default_factory=list)  # the prompts this run sends
+    to_run: set[int] = field(default_factory=set)  # the cells this run settles
+    by_label: dict[str, Batch] = field(default_factory=dict)  # a prompt's job label -> its batch of cells
+
+
+def _choose_work(setup: _Setup, max_attempts: int) -> None:
+    """The cells the journal does not have done (nor given up on), and the prompts that run them."""
+    setup.to_run = set(setup.journal.to_run(max_attempts=max_attempts))
+    setup.work = [(batch, job) for batch, job in zip(setup.plan.batches, setup.plan.jobs)
+                  if any(cell.index in setup.to_run for cell in batch.cells)]
+    setup.by_label = {job.label: batch for batch, job in setup.work}
+
+
+def _prepare(stack: ExitStack, sweep: Sweep, folder: Path, *, servers: int, max_attempts: int,
+             on_progress: ProgressCallback, thumbnail_px: int, grid_format: str, started: float) -> _Setup:
+    """Validate every cell, open (or create) the journal in `folder` and record the cells; nothing runs yet."""
+    plan = plan_sweep(sweep, servers=servers)  # every cell is valid before anything is written
+    journal = stack.enter_context(Journal.open(folder, digest=sweep.digest(), definition=sweep.definition()))
+    if _canonical(journal.definition) != _canonical(sweep.definition()):
+        # the stored definition wins: it holds the seeds drawn when the sweep began
+        sweep = sweep.with_stored_axes(journal.definition)
+        plan = plan_sweep(sweep, servers=servers)
+    journal.add(_cell_plans(plan))
+    _check_done_files(journal, folder)
+    staging = folder / STAGING_FOLDER
+    shutil.rmtree(staging, ignore_errors=True)  # pieces of downloads a crash cut off
+    staging.mkdir(parents=True)
+    (folder / IMAGES_FOLDER).mkdir(exist_ok=True)
+    skipped = journal.counts()[CellStatus.DONE]
+    tracker = Tracker(len(plan.cells), skipped, journal.exhausted(max_attempts=max_attempts), on_progress)
+    results = SweepResults(folder, sweep, plan.jobs, list(journal.records()), thumbnail_px=thumbnail_px,
+                           grid_format=grid_format)
+    prepared_at = time.monotonic()
+    logger.debug("sweep of %d cells in %d prompts prepared in %.3f s", len(plan.cells), len(plan.jobs),
+                 prepared_at - started)
+    return _Setup(plan, journal, staging, tracker, results, skipped, prepared_at)
+
+
+def _finish(setup: _Setup, manifest: Path, manifest_csv: Path, *, adopted: int, started: float,
+            ran: float) -> SweepReport:
+    """Write the grids and the page; the report."""
+    journal, plan = setup.journal, setup.plan
+    records = list(journal.records())
+    logger.debug("cells settled; writing the grids and the page")
+    grids, page = setup.results.write(records)
+    counts = journal.counts()
+    failures = {r.index: r.error or "" for r in records if r.status is CellStatus.FAILED}
     finished = time.monotonic()
-    phases = {"prepare": prepared - started, "run": ran - prepared, "finish": finished - ran}
-    return SweepReport(folder=folder, total=len(plan.cells), done=counts[CellStatus.DONE],
-                       failed=counts[CellStatus.FAILED], ran=len(work), skipped=skipped,
-                       elapsed_s=finished - started, manifest=jsonl, manifest_csv=table,
+    phases = {"prepare": setup.prepared_at - started, "run": ran - setup.prepared_at, "finish": finished - ran}
+    return SweepReport(folder=journal.folder, total=len(plan.cells), done=counts[CellStatus.DONE],
+                       failed=counts[CellStatus.FAILED], ran=len(setup.work), skipped=setup.skipped,
+                       elapsed_s=finished - started, manifest=manifest, manifest_csv=manifest_csv,
                        grids=tuple(grids), page=page, failures=failures, adopted=adopted,
                        phases={name: round(seconds, 3) for name, seconds in phases.items()},
                        waiting=len(plan.cells) - counts[CellStatus.DONE] - counts[CellStatus.FAILED])
+
+
+def _run_while_preparing(farm: Farm, folder: Path, prepare: Callable[[], _Setup], ready: list[_Setup], *,
+                         max_attempts: int) -> None:
+    """Run a new sweep through `farm`, prepared when the farm reads its first job, while its servers connect
+    and are probed. The setup goes into `ready` once made, for the caller to finish with (after an error too)."""
+    with ExitStack() as results_open:
+
+        def jobs() -> Iterator[Job]:
+            setup = prepare()
+            ready.append(setup)
+            results_open.enter_context(setup.results)
+            _choose_work(setup, max_attempts)
+            yield from (job for _, job in setup.work)
+
+        def on_event(event: FarmEvent) -> None:
+            if ready:  # a server may come up, or go down, before the sweep is prepared: nothing to record then
+                _on_farm_event(event, ready[0])
+
+        for outcome in farm.run(jobs(), out_dir=folder / STAGING_FOLDER, on_event=on_event):
+            setup = ready[0]
+            _record_outcome(setup.journal, setup.by_label[outcome.job.label], setup.to_run, outcome, folder,
+                            setup.tracker, setup.results)
 
 
 def _canonical(definition: Mapping[str, Any]) -> str:
@@ -263,7 +315,7 @@ def _file_problem(folder: Path, name: str) -> str:
 
 
 def _adopt(journal: Journal, farm: Farm, plan: SweepPlan, max_attempts: int, folder: Path, staging: Path,
-           tracker: _Tracker, results: SweepResults) -> int:
+           tracker: Tracker, results: SweepResults) -> int:
     """Ask the servers about the prompts a cut-off run left; finish the cells of those queued, running or done.
 
     A prompt whose cells no longer need it is taken off its server's queue. Returns how many prompts were
@@ -339,7 +391,7 @@ def _succeeded(entry: Mapping[str, Any] | None, prompt_id: str) -> bool:
 
 
 def _finish_adopted(journal: Journal, link: ServerLink, found: Sequence[tuple[PromptRecord, Batch, Job, list[Cell]]],
-                    timeout_s: float, folder: Path, staging: Path, tracker: _Tracker,
+                    timeout_s: float, folder: Path, staging: Path, tracker: Tracker,
                     results: SweepResults, stop: threading.Event) -> None:
     """Wait for one server's adopted prompts in the order it runs them; record each one's cells."""
     for prompt, batch, job, cells in found:
@@ -368,34 +420,37 @@ def _finish_adopted(journal: Journal, link: ServerLink, found: Sequence[tuple[Pr
         journal.settle_prompts([prompt.prompt_id])
 
 
-def _run(journal: Journal, farm: Farm, work: Sequence[tuple[Batch, Job]], to_run: set[int], folder: Path,
-         staging: Path, tracker: _Tracker, results: SweepResults) -> None:
-    by_label = {job.label: batch for batch, job in work}
+def _run(farm: Farm, setup: _Setup, folder: Path) -> None:
+    """The prompts of `setup.work` through the farm, each outcome recorded as it comes."""
+    on_event = functools.partial(_on_farm_event, setup=setup)
+    for outcome in farm.run((job for _, job in setup.work), out_dir=setup.staging, on_event=on_event):
+        _record_outcome(setup.journal, setup.by_label[outcome.job.label], setup.to_run, outcome, folder,
+                        setup.tracker, setup.results)
 
-    def on_event(event: FarmEvent) -> None:
-        match event:
-            case JobSubmitting(job=job, server=server, prompt_id=prompt_id):
-                cells = _open_cells(by_label[job.label], to_run)
-                journal.mark_submitting([c.index for c in cells], server=server, prompt_id=prompt_id)
-            case JobSubmitted(job=job, server=server):
-                tracker.running(_open_cells(by_label[job.label], to_run), server)
-            case JobProgress(job=job, progress=progress) if progress.node_max:
-                tracker.step(_open_cells(by_label[job.label], to_run), progress.node_value, progress.node_max)
-            case JobRetrying(job=job, server=server, error=error):
-                tracker.note(f"{job.label} failed on {server}, retrying: {error}")
-            case ServerDown(server=server, error=error):
-                tracker.note(f"{server} is down: {error}")
-            case NoServerUp():
-                tracker.note(event.message)
-            case JobDone():
-                pass
 
-    for outcome in farm.run((job for _, job in work), out_dir=staging, on_event=on_event):
-        _record_outcome(journal, by_label[outcome.job.label], to_run, outcome, folder, tracker, results)
+def _on_farm_event(event: FarmEvent, setup: _Setup) -> None:
+    """What the journal and the progress make of a farm event."""
+    match event:
+        case JobSubmitting(job=job, server=server, prompt_id=prompt_id):
+            cells = _open_cells(setup.by_label[job.label], setup.to_run)
+            setup.journal.mark_submitting([c.index for c in cells], server=server, prompt_id=prompt_id)
+        case JobSubmitted(job=job, server=server):
+            setup.tracker.running(_open_cells(setup.by_label[job.label], setup.to_run), server)
+        case JobProgress(job=job, progress=progress) if progress.node_max:
+            setup.tracker.step(_open_cells(setup.by_label[job.label], setup.to_run), progress.node_value,
+                               progress.node_max)
+        case JobRetrying(job=job, server=server, error=error):
+            setup.tracker.note(f"{job.label} failed on {server}, retrying: {error}")
+        case ServerDown(server=server, error=error):
+            setup.tracker.note(f"{server} is down: {error}")
+        case NoServerUp():
+            setup.tracker.note(event.message)
+        case JobDone():
+            pass
 
 
 def _run_queued(journal: Journal, queue: CeleryQueue, sweep: Sweep, work: Sequence[tuple[Batch, Job]],
-                to_run: set[int], folder: Path, staging: Path, tracker: _Tracker, results: SweepResults, *,
+                to_run: set[int], folder: Path, staging: Path, tracker: Tracker, results: SweepResults, *,
                 detach: bool) -> None:
     """Put the cells on the queue (or find the tasks an earlier run queued) and collect their outcomes."""
     from comfy_orchestrator.queue import QueueNote, TaskLost, TaskQueued, TaskStarted
@@ -429,7 +484,7 @@ def _run_queued(journal: Journal, queue: CeleryQueue, sweep: Sweep, work: Sequen
 
 
 def _record_outcome(journal: Journal, batch: Batch, to_run: set[int], outcome: JobResult | JobFailed, folder: Path,
-                    tracker: _Tracker, results: SweepResults) -> None:
+                    tracker: Tracker, results: SweepResults) -> None:
     """Record one prompt's outcome for its open cells: images in place and done, or failed."""
     cells = _open_cells(batch, to_run)
     if isinstance(outcome, JobFailed):
@@ -505,64 +560,3 @@ def _cell_plans(plan: SweepPlan) -> Iterator[CellPlan]:
         for cell in batch.cells:
             yield CellPlan(cell.index, cell.label, plan.sweep.template.name, dict(cell.values), params,
                            job.graph.digest(), cell.batch_index)
-
-
-class _Tracker:
-    """Counts for the progress callback, updated from the farm's threads and the caller's."""
-
-    def __init__(self, total: int, done: int, failed: int, on_progress: ProgressCallback) -> None:
-        self._lock = threading.Lock()
-        self._total, self._done, self._failed = total, done, failed
-        self._done_before = done
-        self._running: dict[str, str] = {}
-        self._steps: dict[str, tuple[int, int]] = {}
-        self._message = ""
-        self._started = time.monotonic()
-        self._on_progress = on_progress
-        self._emit()
-
-    def running(self, cells: Sequence[Cell], server: str) -> None:
-        with self._lock:
-            for cell in cells:
-                self._running[cell.label] = server
-        self._emit()
-
-    def step(self, cells: Sequence[Cell], value: int, maximum: int) -> None:
-        with self._lock:
-            for cell in cells:
-                self._steps[cell.label] = (value, maximum)
-        self._emit()
-
-    def released(self, cells: Sequence[Cell]) -> None:
-        """Cells stopped running without settling (an adopted prompt that gave nothing): they run again."""
-        with self._lock:
-            for cell in cells:
-                self._running.pop(cell.label, None)
-                self._steps.pop(cell.label, None)
-        self._emit()
-
-    def finished(self, cells: Sequence[Cell], *, failed: bool) -> None:
-        with self._lock:
-            for cell in cells:
-                self._running.pop(cell.label, None)
-                self._steps.pop(cell.label, None)
-            if failed:
-                self._failed += len(cells)
-            else:
-                self._done += len(cells)
-        self._emit()
-
-    def note(self, message: str) -> None:
-        with self._lock:
-            self._message = message
-        self._emit()
-
-    def _emit(self) -> None:
-        with self._lock:
-            elapsed_s = time.monotonic() - self._started
-            settled = self._done - self._done_before
-            left = self._total - self._done - self._failed
-            eta_s = elapsed_s / settled * left if settled else None
-            progress = SweepProgress(self._total, self._done, self._failed, dict(self._running), elapsed_s,
-                                     eta_s, self._message, dict(self._steps))
-        self._on_progress(progress)

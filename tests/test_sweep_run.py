@@ -433,3 +433,37 @@ def test_the_servers_that_answer_start_the_sweep_while_another_is_still_being_pr
     assert report.done == 9
     assert slow_answered_before_first_cell == [False]  # a cell was done before the slow server had answered
     assert fast.url.split("://", 1)[1] in {row["server"] for row in _manifest(tmp_path)}
+
+
+class _ProbeSeen:
+    """A server link that counts off its probe's start on `entered`."""
+
+    def __init__(self, link: Any, entered: threading.Semaphore) -> None:
+        self._link, self._entered = link, entered
+
+    def probe(self) -> Any:
+        self._entered.release()
+        return self._link.probe()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._link, name)
+
+
+def test_a_new_sweep_is_prepared_while_its_servers_are_probed(sim: Callable[..., list[Any]], library: Templates,
+                                                              sample_image: Path, tmp_path: Path) -> None:
+    from comfy_orchestrator.farm import ClientLink
+
+    servers = sim(2, checkpoints=(DEFAULT_CHECKPOINT,))
+    entered = threading.Semaphore(0)
+    probing_while_preparing: list[bool] = []
+
+    def on_progress(progress: SweepProgress) -> None:
+        if not probing_while_preparing:  # the first progress is made while the sweep is prepared
+            probing_while_preparing.append(all(entered.acquire(timeout=20.0) for _ in servers))
+
+    farm = Farm([server.url for server in servers], connect=lambda config: _ProbeSeen(ClientLink(config), entered))
+    report = run_sweep(_grid_sweep(library, sample_image), tmp_path / "new", farm, on_progress=on_progress)
+    assert report.done == 9
+    assert probing_while_preparing == [True]  # both servers were being probed before the sweep was ready
+    again = run_sweep(_grid_sweep(library, sample_image), tmp_path / "new", farm)  # a resume prepares first
+    assert (again.ran, again.done) == (0, 9)
