@@ -8,9 +8,11 @@ are left: the GPUs do not wait on the drawing of a hundred pictures.
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from collections.abc import Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +34,9 @@ ESSENTIAL_PARAMETERS = ("positive", "negative", "checkpoint", "seed", "steps", "
 class SweepResults:
     """The thumbnails, grids and results page of one run of a sweep into `folder`.
 
-    Made once the journal holds every cell (`records`). The grids are laid out on a thread of
-    their own while the first prompts go out, and the cells an earlier run finished are drawn
-    into them while this run's prompts run. Use it as a context manager around the run (leaving
+    Made once the journal holds every cell (`records`). The grids are laid out on a thumbnail
+    thread when the first image arrives (at the end if none does), and the cells an earlier run
+    finished are drawn into them then. Use it as a context manager around the run (leaving
     waits for the thumbnails still being made; after an error it drops those not begun), then
     `write` once.
     """
@@ -50,16 +52,21 @@ class SweepResults:
                      for axis in sweep.run_axes]
         self.title = f"{sweep.template.name}: " + " × ".join(f"{a.name} ({len(a.values)})" for a in self.axes)
         self._pool = ThreadPoolExecutor(max_workers=IMAGE_THREADS, thread_name_prefix="thumbnail")
-        self._drawing = self._pool.submit(self._start_drawing, sweep, jobs, records, grid_format)
+        self._start = functools.partial(self._start_drawing, sweep, jobs, records, grid_format)
+        self._drawing: Future[tuple[dict[str, Any], GridPainter | None]] | None = None  # begun with the first image
+        self._lock = threading.Lock()
 
     def add(self, cell: Cell, image: Path) -> None:
         """`cell`'s image (relative to the folder) is in place: make its thumbnail and grid place, on a thread."""
         values = dict(cell.values) if self.seed is None else shown_values(cell.values, self.seed)
+        with self._lock:  # a resume's adopted prompts are recorded on a thread a server
+            if self._drawing is None:
+                self._drawing = self._pool.submit(self._start)
         self._pool.submit(self._make, GridCell(cell.index, values, image))
 
     def write(self, records: Sequence[CellRecord]) -> tuple[list[Path], Path]:
         """Write the grids and the page showing `records`, the journal's final state."""
-        fixed, painter = self._drawing.result()
+        fixed, painter = self._start() if self._drawing is None else self._drawing.result()
         cells = [grid_cell(record, self.seed) for record in records]
         grids = painter.save(cells) if painter is not None else []
         page = write_results_page(self.folder, self.axes, cells, title=self.title, grids=grids, fixed=fixed)
@@ -91,6 +98,7 @@ class SweepResults:
         self._paint(cell)
 
     def _paint(self, cell: GridCell) -> None:
+        assert self._drawing is not None  # add() began it before asking for this
         _, painter = self._drawing.result()
         if painter is None:
             return
@@ -105,8 +113,8 @@ class SweepResults:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: object) -> None:
         # on Ctrl-C, drop the thumbnails not begun: the grid falls back to the images
         self._pool.shutdown(wait=True, cancel_futures=kind is not None)
-        if kind is not None and self._drawing.done() and not self._drawing.cancelled() \
-                and self._drawing.exception() is None:
+        if kind is not None and self._drawing is not None and self._drawing.done() \
+                and not self._drawing.cancelled() and self._drawing.exception() is None:
             _, painter = self._drawing.result()
             if painter is not None:
                 painter.close()
