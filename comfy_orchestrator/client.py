@@ -27,10 +27,9 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import requests
 from PIL import Image
 
 from comfy_orchestrator.errors import (
@@ -63,6 +62,9 @@ from comfy_orchestrator.retry import RetryPolicy, call_with_retries
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.transport import Answer, Transport
 from comfy_orchestrator.validation import check_prompt, describe_rejection, node_problems
+
+if TYPE_CHECKING:
+    import requests
 
 __all__ = ["DEFAULT_URL", "MODEL_INPUTS", "Client", "ImageSource", "open_image", "safe_filename"]
 
@@ -129,7 +131,6 @@ class Client:
                                    closed=self._closed)
         self.url = self.transport.url
         self.ws_url = self.url.replace("http", "ws", 1) + "/ws"
-        self.session = self.transport.session
         self.trust = self.transport.trust
         self.credentials = self.transport.credentials
         self.timeouts = timeouts
@@ -149,6 +150,11 @@ class Client:
 
     def __repr__(self) -> str:
         return f"Client({self.url!r})"  # never the credentials
+
+    @property
+    def session(self) -> requests.Session:
+        """requests' session for the calls it makes (most go straight to urllib3: transport.py)."""
+        return self.transport.session
 
     def __enter__(self) -> Client:
         return self
@@ -282,7 +288,7 @@ class Client:
         if not self._has_input(name, subfolder):
             files = {"image": (name, data, "application/octet-stream")}
             answer = self.transport.json("POST", "/upload/image", files=files,
-                                         data={"type": "input", "subfolder": subfolder, "overwrite": "true"})
+                                         form={"type": "input", "subfolder": subfolder, "overwrite": "true"})
             got = check_answer(UploadAnswer, answer, route="POST /upload/image", server=self.url).name
             if got != name:
                 raise ServerError(f"upload of {name!r} was stored as {got!r}", server=self.url)
@@ -297,7 +303,7 @@ class Client:
         files = {"image": (name, data, "application/octet-stream")}
         ref = json.dumps({"filename": original, "subfolder": "", "type": "input"})
         answer = self.transport.json("POST", "/upload/mask", files=files,
-                                     data={"type": "input", "overwrite": "true", "original_ref": ref})
+                                     form={"type": "input", "overwrite": "true", "original_ref": ref})
         return str((answer or {}).get("name") or name)
 
     def _has_input(self, name: str, subfolder: str) -> bool:

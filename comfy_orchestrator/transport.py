@@ -8,7 +8,8 @@ context too), with requests' own timeouts, retry setting and error mapping; requ
 per-call work (merging settings, hooks, cookies, redirects, a Response object) was
 ~40 % of a job's CPU. requests still carries a call where its extra work is needed: a
 session the caller passed (its adapters and hooks are theirs), a proxy for the server,
-cookies a server or proxy set, a redirect, and multipart uploads.
+cookies a server or proxy set, a redirect. requests itself is imported only then (or on an
+error, to name it as requests would): it is ~35 ms of a command's start.
 
 Credentials are never sent in clear to a host that is not loopback unless allowed, and
 never appear in an error, a log line or a repr.
@@ -17,17 +18,23 @@ never appear in an error, a log line or a repr.
 from __future__ import annotations
 
 import base64
+import functools
+import importlib.metadata
 import json
 import logging
+import os
+import re
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import requests
 import urllib3
+from urllib3.fields import RequestField
+from urllib3.filepost import encode_multipart_formdata
 
 from comfy_orchestrator.errors import (
     AuthFailed,
@@ -42,7 +49,10 @@ from comfy_orchestrator.limits import Limits, Timeouts, describe_bytes
 from comfy_orchestrator.retry import RetryPolicy, call_with_retries
 from comfy_orchestrator.tls import Trust, certificate_rejection, in_clear
 
-__all__ = ["Answer", "Transport", "split_credentials"]
+if TYPE_CHECKING:
+    import requests
+
+__all__ = ["Answer", "Files", "Transport", "split_credentials"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +60,8 @@ _CHUNK_BYTES = 1 << 16
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _POOL_CONNECTIONS = 10  # as requests' adapter keeps per host; more are made when needed, not kept
 _NO_RETRIES = urllib3.Retry(0, read=False)  # requests' adapter setting: our retry loop decides
+# Form files as requests takes them: field -> (file name, bytes, content type)
+Files = Mapping[str, tuple[str, bytes, str]]
 
 
 def split_credentials(url: str) -> tuple[str, str | None, str | None]:
@@ -123,11 +135,15 @@ class Transport:
         self.credentials = _describe_credentials(self.headers, token=bool(token), basic=user is not None)
         self._closed = closed or threading.Event()
         self._own_session = session is None
-        self.session = session or requests.Session()
+        self._session = session
+        self._session_lock = threading.Lock()
         self._direct = False  # whether calls may go straight to the pool
+        # requests reads the environment's proxies and .netrc once, now, if it names any
+        self._quiet_environment = not (urllib.request.getproxies() or _netrc_file() is not None)
+        if self._own_session and not self._quiet_environment:
+            _ = self.session
         if self._own_session:
-            _read_environment_once(self.session, self.url, has_credentials="Authorization" in self.headers)
-            self._direct = requests.utils.select_proxy(self.url, self.session.proxies) is None
+            self._direct = self._session is None or _select_proxy(self.url, self._session.proxies) is None
         self._sent_headers = self._merged_headers()
         self._path_prefix = urlsplit(self.url).path
         self._timeout = urllib3.Timeout(connect=self.timeouts.http[0], read=self.timeouts.read_s)
@@ -148,11 +164,33 @@ class Transport:
         log.warning("%s: sending credentials over plain http; anyone on the network can read them (use https://)",
                     self.url)
 
+    @property
+    def session(self) -> requests.Session:
+        """requests' session for the calls it makes: the caller's, or ours, made at first need.
+
+        Ours reads the environment's proxies and .netrc once, here, and never again.
+        """
+        with self._session_lock:
+            if self._session is None:
+                import requests
+
+                self._session = requests.Session()
+                if self._quiet_environment:  # as read at construction: no proxy, no .netrc
+                    self._session.trust_env = False
+                else:
+                    _read_environment_once(self._session, self.url,
+                                           has_credentials="Authorization" in self.headers)
+            return self._session
+
     def _merged_headers(self) -> dict[str, str]:
         """What requests would send on each call: the session's defaults, ours, and .netrc's basic auth."""
-        merged = {**self.session.headers, **self.headers}
-        auth = self.session.auth
+        if self._session is None:
+            return {**_default_headers(), **self.headers}
+        merged = {**self._session.headers, **self.headers}
+        auth = self._session.auth
         if isinstance(auth, tuple) and len(auth) == 2 and not any(name.lower() == "authorization" for name in merged):
+            import requests
+
             merged["Authorization"] = requests.auth._basic_auth_str(*auth)
         return {str(name): str(value) for name, value in merged.items() if value is not None}
 
@@ -168,41 +206,43 @@ class Transport:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
-        if self._own_session:
-            self.session.close()
+        if self._own_session and self._session is not None:
+            self._session.close()
 
     # -- one call
-    def once(self, method: str, path: str, *, json_body: Any = None, **kwargs: Any) -> Answer:
+    def once(self, method: str, path: str, *, json_body: Any = None, form: Mapping[str, str] | None = None,
+             files: Files | None = None) -> Answer:
         """One HTTP request, its body unread; library errors become ours, without credentials in them.
 
-        `kwargs` (files, data) are requests' and send the call through it.
+        The body is `json_body` as JSON, or `form` and `files` as multipart/form-data, encoded as
+        requests encodes them.
         """
-        body = None
+        body, content_type = None, None
         if json_body is not None:
             try:
-                body = json.dumps(json_body, allow_nan=False).encode()
+                body, content_type = json.dumps(json_body, allow_nan=False).encode(), "application/json"
             except ValueError as exc:  # NaN or infinity, which JSON has no words for
-                raise self._failure(method, path, requests.exceptions.InvalidJSONError(exc)) from exc
-        if self._direct and not kwargs and not self.session.cookies:
-            answer = self._straight(method, path, body)
+                raise self._failure(method, path, _requests().exceptions.InvalidJSONError(exc)) from exc
+        elif files is not None or form is not None:
+            body, content_type = _multipart(form or {}, files or {})
+        if self._direct and not (self._session is not None and self._session.cookies):
+            answer = self._straight(method, path, body, content_type)
             if answer is not None:
                 return self._checked(answer, method, path)
-        if body is not None:
-            kwargs["data"] = body
-            kwargs["headers"] = {**self.headers, "Content-Type": "application/json"}
+        headers = self.headers if content_type is None else {**self.headers, "Content-Type": content_type}
+        requests = _requests()
         try:
-            response = self.session.request(method, self.url + path, headers=kwargs.pop("headers", self.headers),
-                                            stream=True, timeout=self.timeouts.http, verify=self.trust.verify,
-                                            **kwargs)
+            response = self.session.request(method, self.url + path, headers=headers, data=body, stream=True,
+                                            timeout=self.timeouts.http, verify=self.trust.verify)
         except requests.RequestException as exc:
             raise self._failure(method, path, exc) from exc
         return self._checked(Answer(response.raw), method, path)
 
-    def _straight(self, method: str, path: str, body: bytes | None) -> Answer | None:
+    def _straight(self, method: str, path: str, body: bytes | None, content_type: str | None) -> Answer | None:
         """The call on urllib3's pool, as requests' adapter makes it; None where requests must make it."""
         headers = self._sent_headers
         if body is not None:
-            headers = {**headers, "Content-Type": "application/json", "Content-Length": str(len(body))}
+            headers = {**headers, "Content-Type": content_type or "", "Content-Length": str(len(body))}
         try:
             raw = self._connections().urlopen(
                 method, self._path_prefix + path, body=body, headers=headers, redirect=False, assert_same_host=False,
@@ -214,8 +254,9 @@ class Transport:
             answer.close()
             return None
         if "set-cookie" in raw.headers:  # a proxy's session: kept, and sent by requests from now on
+            requests = _requests()
             request = requests.Request(method, self.url + path, headers=headers).prepare()
-            requests.cookies.extract_cookies_to_jar(self.session.cookies, request, raw)  # type: ignore[no-untyped-call]
+            requests.cookies.extract_cookies_to_jar(self.session.cookies, request, raw)
         return answer
 
     def _connections(self) -> urllib3.HTTPConnectionPool:
@@ -234,6 +275,7 @@ class Transport:
     def _failure(self, method: str, path: str, exc: requests.RequestException) -> ComfyError:
         """Our error for a library's, naming the route and the kind of failure, never the URL's secrets."""
         route = f"{method} {path.split('?')[0]}"
+        requests = _requests()
         if isinstance(exc, requests.exceptions.SSLError):
             rejection = certificate_rejection(exc, server=self.url, trust=self.trust,
                                               timeout_s=self.timeouts.connect_s)
@@ -334,7 +376,7 @@ class Transport:
                     raise ServerError(f"{what}: the answer is over the limit of {describe_bytes(limit)} "
                                       f"(Limits.{limit_name})", server=self.url)
                 yield piece
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        except (urllib3.exceptions.HTTPError, OSError) as exc:  # what urllib3's response raises, either path
             raise ConnectionFailed(f"{what}: the answer broke off ({type(exc).__name__})", server=self.url) from exc
 
 
@@ -345,6 +387,8 @@ def _read_environment_once(session: requests.Session, url: str, *, has_credentia
     goes to the one server, so once is enough. The CA bundle the environment names is
     the Trust's.
     """
+    import requests
+
     settings = session.merge_environment_settings(url, {}, None, None, None)
     session.proxies.update(settings["proxies"])
     if not has_credentials and session.auth is None:
@@ -352,9 +396,50 @@ def _read_environment_once(session: requests.Session, url: str, *, has_credentia
     session.trust_env = False
 
 
+def _requests() -> Any:
+    """requests, imported where a call needs it (a module import is cached after the first)."""
+    import requests
+
+    return requests
+
+
+def _select_proxy(url: str, proxies: Mapping[str, str]) -> str | None:
+    import requests
+
+    return requests.utils.select_proxy(url, proxies)
+
+
+def _netrc_file() -> str | None:
+    """The .netrc requests would read ($NETRC, else ~/.netrc or ~/_netrc), if there is one."""
+    named = os.environ.get("NETRC")
+    for candidate in (named,) if named is not None else ("~/.netrc", "~/_netrc"):
+        path = os.path.expanduser(candidate)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+@functools.cache
+def _default_headers() -> dict[str, str]:
+    """requests' default headers (requests.utils.default_headers), without importing requests."""
+    encodings = urllib3.util.make_headers(accept_encoding=True)["accept-encoding"]
+    return {"User-Agent": f"python-requests/{importlib.metadata.version('requests')}",
+            "Accept-Encoding": ", ".join(re.split(r",\s*", encodings)), "Accept": "*/*", "Connection": "keep-alive"}
+
+
+def _multipart(form: Mapping[str, str], files: Files) -> tuple[bytes, str]:
+    """A multipart/form-data body and its content type, the fields then the files, as requests encodes them."""
+    fields: list[Any] = [(name, value.encode("utf-8")) for name, value in form.items()]
+    for name, (filename, data, content_type) in files.items():
+        field = RequestField(name=name, data=data, filename=filename)
+        field.make_multipart(content_type=content_type)
+        fields.append(field)
+    return encode_multipart_formdata(fields)
+
+
 def _as_requests_error(error: Exception) -> requests.RequestException:
     """The error requests' adapter raises for urllib3's `error` (HTTPAdapter.send), so both paths say the same."""
-    exceptions, errors = requests.exceptions, urllib3.exceptions
+    exceptions, errors = _requests().exceptions, urllib3.exceptions
     kind: Callable[[Exception], requests.RequestException] = exceptions.RequestException
     if isinstance(error, (errors.ProtocolError, OSError, errors.ClosedPoolError)):
         kind = exceptions.ConnectionError

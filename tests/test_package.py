@@ -26,7 +26,7 @@ def test_all_is_complete() -> None:
     for names in re.findall(r"^from comfy_orchestrator import (.+)$", readme, re.MULTILINE):
         wanted |= {name.strip() for name in names.split(",")}
     for function in (comfy_orchestrator.Client.__init__, comfy_orchestrator.Farm.__init__):
-        hints = list(typing.get_type_hints(function).values())
+        hints = list(typing.get_type_hints(function, localns={"requests": importlib.import_module("requests")}).values())
         while hints:
             value = hints.pop()
             hints += typing.get_args(value)

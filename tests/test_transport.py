@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +33,7 @@ class Scripted(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.routes: dict[str, Callable[[BaseHTTPRequestHandler], None]] = {}
         self.seen: list[tuple[str, str, dict[str, str]]] = []
+        self.bodies: list[bytes] = []
 
     @property
     def url(self) -> str:
@@ -45,8 +49,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
+        self.server.bodies.append(self.rfile.read(length) if length else b"")
         self.server.seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
         self.server.routes.get(self.path.split("?")[0], _not_found)(self)
 
@@ -217,3 +220,32 @@ def test_the_answer_body_is_bounded_on_the_straight_path(scripted: Scripted, no_
     with Transport(scripted.url, retry=ONCE, limits=Limits(json_bytes=1024)) as transport, \
             pytest.raises(ServerError, match=r"over the limit of 1 KiB \(Limits.json_bytes\)"):
         transport.json("GET", "/history")
+
+
+def test_a_client_on_a_quiet_environment_never_loads_requests(scripted: Scripted, no_proxy: None,
+                                                              tmp_path: Any) -> None:
+    scripted.routes["/upload/image"] = lambda handler: reply(handler, 200, b'{"name": "a.png"}')
+    scripted.routes["/queue"] = lambda handler: reply(handler, 200, b"{}")
+    code = (f"import sys\nfrom comfy_orchestrator.transport import Transport\n"
+            f"with Transport({scripted.url!r}) as transport:\n"
+            "    transport.json('POST', '/upload/image', files={'image': ('a.png', b'PNG', 'image/png')},\n"
+            "                   form={'type': 'input', 'overwrite': 'true'})\n"
+            "    transport.send('POST', '/queue', json_body={'clear': True})\n"
+            "print('requests' in sys.modules)\n")
+    env = {**os.environ, "HOME": str(tmp_path), "NETRC": str(tmp_path / "none")}  # no .netrc: nothing to read
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
+    (method, path, headers), _ = scripted.seen
+    assert (method, path) == ("POST", "/upload/image") and headers["content-type"].startswith("multipart/form-data")
+    assert headers["user-agent"] == f"python-requests/{requests.__version__}"
+
+
+def test_an_upload_is_encoded_as_requests_encodes_it(scripted: Scripted, no_proxy: None) -> None:
+    scripted.routes["/upload/image"] = lambda handler: reply(handler, 200, b'{"name": "a.png"}')
+    files, form = {"image": ("a b.png", b"\x89PNG data", "application/octet-stream")}, {"type": "input", "subfolder": ""}
+    with Transport(scripted.url, retry=ONCE) as transport:
+        assert transport.json("POST", "/upload/image", files=files, form=form) == {"name": "a.png"}
+    theirs = requests.Request("POST", scripted.url, files=files, data=form).prepare()
+    ours, boundary = scripted.bodies[0], scripted.seen[0][2]["content-type"].split("boundary=")[1]
+    their_boundary = str(theirs.headers["Content-Type"]).split("boundary=")[1]
+    assert isinstance(theirs.body, bytes) and ours == theirs.body.replace(their_boundary.encode(), boundary.encode())
