@@ -233,8 +233,9 @@ class Ceiling:
         With `trace`, the command runs under bench/traced_command.py (every log line timestamped from
         the launch) and its log goes to that file: a slower run, kept out of the ratios.
         """
-        out = self.bench.work / name
-        sets = {**self.bench.fixed(), "seed": self.next_seed()}
+        seed = self.next_seed()
+        out = self.bench.work / f"{name}-{seed}"  # a repeated row runs a new sweep into a new folder
+        sets = {**self.bench.fixed(), "seed": seed}
         names = {axis.split("=")[0] for axis in axes}
         arguments = ["sweep", template, *[f"--server={url}" for url in urls], *[f"--axis={axis}" for axis in axes],
                      *[f"--set={key}={value}" for key, value in sets.items() if key not in names],
@@ -274,7 +275,7 @@ class Ceiling:
 def run_ceiling(ceiling: Ceiling, *, repeats: int, example_jobs: int, trace: Path | None = None) -> dict[str, Any]:
     """Every row (the 100-cell pairs `repeats` times, interleaved), then the ratios and the targets.
 
-    With `trace`, one more command row on every server, traced into that file (see sweep_command).
+    With `trace`, one more command row on every server first, traced into that file (see sweep_command).
     """
     one = ceiling.groups[0]
     every = [url for group in ceiling.groups for url in group]
@@ -282,6 +283,8 @@ def run_ceiling(ceiling: Ceiling, *, repeats: int, example_jobs: int, trace: Pat
     answers = answer_times(every)
     # once, untimed in the ratios: the command's modules get their bytecode written, as an install does
     ceiling.sweep_command("warm-up", one[:1], ("cfg=5,6",))
+    if trace is not None:  # first, so a run cut short still leaves it
+        ceiling.sweep_command(f"traced-{len(every)}", every, trace=trace)
     pairs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {"one": [], "all": []}
     for _ in range(repeats):
         pairs["one"].append((ceiling.bare(f"bare-{len(one)}", one), ceiling.sweep_command(f"command-{len(one)}", one)))
@@ -291,8 +294,6 @@ def run_ceiling(ceiling: Ceiling, *, repeats: int, example_jobs: int, trace: Pat
     example = ceiling.example("example-1", example_jobs)
     batch = ceiling.batch("batch-16")
     seeds = ceiling.sweep_command(f"seeds-{len(one)}", one, SEED_AXES, template="variations", extra=["--batch-seeds"])
-    if trace is not None:
-        ceiling.sweep_command(f"traced-{len(every)}", every, trace=trace)
 
     def busy(row: dict[str, Any]) -> dict[str, float | None]:
         return {key: value for key, value in row.items() if re.fullmatch(r"gpu\d+_busy_pct", key)}
