@@ -237,6 +237,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 except subprocess.TimeoutExpired:
                     child.kill()
 
+    return report(rows, args)
+
+
+def report(rows: Sequence[Row], args: argparse.Namespace) -> dict[str, Any]:
+    """Print the rows as a table with the queue's throughput ratio; write them as JSON when asked."""
     header = f"{'row':34} {'cells':>5} {'span s':>7} {'img/s':>7} {'effic.':>6} {'gap ms med/max':>15} " \
              f"{'submitter ms/cell':>17} {'worker ms/cell':>14}"
     print(header)
