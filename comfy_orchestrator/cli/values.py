@@ -97,7 +97,7 @@ def family_reader(server: ServerConfig) -> FamilyReader:
             raise  # the sweep cannot run either: say so once, now
         except ComfyError as exc:
             warn(f"could not read the model family of {checkpoint!r} from the server ({exc})")
-            return find_family(checkpoint)
+            return named
 
     return read
 
