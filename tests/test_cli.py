@@ -133,3 +133,27 @@ def test_a_sweep_with_no_server_answering_fails_at_once_naming_the_url(sample_im
                     "--out", str(out), "--wait-for-servers", "0.5")
     assert waited.exit_code == 1 and "2 of 2 cells failed" in waited.stderr
     assert len((out / "manifest.csv").read_text("utf-8").splitlines()) == 3
+
+
+def test_the_sweep_progress_line_is_cut_at_the_terminal_edge_never_wrapped() -> None:
+    """At 80 columns the counts and ETA stay on the bar's line; the running cells' labels end in an ellipsis."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from comfy_orchestrator.cli.output import line, line_column
+
+    out = io.StringIO()
+    console = Console(file=out, width=80, force_terminal=False)
+    text = line(("8 done", "green"), " ", ("0 failed", "red"), " 1 running  ETA 00:12  ",
+                ("denoise=0.9, cfg=10 step 14/20; denoise=0.6, cfg=10 step 3/20 ...", "dim"))
+    progress = Progress(TextColumn("cells"), BarColumn(bar_width=24), MofNCompleteColumn(), line_column(),
+                        console=console, auto_refresh=False)
+    task = progress.add_task("", total=9, completed=8, line=text)
+    progress.update(task)
+    console.print(progress.make_tasks_table(progress.tasks))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    assert "8/9 8 done 0 failed 1 running  ETA 00:12" in lines[0]
+    assert lines[0].endswith("…") and len(lines[0]) <= 80

@@ -67,13 +67,18 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 
 
 def line_column() -> ProgressColumn:
-    """A progress bar column showing the task's `line` field, a Text built with `line()`."""
-    from rich.progress import ProgressColumn, Task
+    """A progress bar column showing the task's `line` field, a Text built with `line()`.
 
+    The line is cut with an ellipsis at the terminal's edge, never wrapped: a wrapped line would
+    leave the ETA's digits alone on a second line under the bar at 80 columns.
+    """
+    from rich.progress import ProgressColumn, Task
     class LineColumn(ProgressColumn):
         def render(self, task: Task) -> Text:
             shown = task.fields.get("line")
-            return shown if isinstance(shown, Text) else Text(str(shown or ""))
+            text = shown.copy() if isinstance(shown, Text) else Text(str(shown or ""))
+            text.no_wrap, text.overflow = True, "ellipsis"
+            return text
 
     return LineColumn()
 

@@ -79,7 +79,8 @@ def _run_sweep_with_progress(sweep: Sweep, out_dir: Path, servers: Sequence[Serv
     # the farm tries a job no more often in one run than the cell may be tried at all
     farm = Farm(servers, timeouts=timeouts, policy=RetryPolicy(max_attempts=min(
         max_attempts, RetryPolicy.max_attempts))) if queue is None else None
-    columns = (TextColumn("cells", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), line_column())
+    columns = (TextColumn("cells", style="bold", markup=False), BarColumn(bar_width=24), MofNCompleteColumn(),
+               line_column())  # a short bar leaves the counts and the ETA room on one line at 80 columns
     with Progress(*columns, console=stderr, transient=False) as bar:
         task = bar.add_task("", total=None, line=Text(""))
 
