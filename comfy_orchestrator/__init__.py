@@ -59,7 +59,8 @@ if TYPE_CHECKING:
     from comfy_orchestrator.schema import Schema
     from comfy_orchestrator.servers import ServerConfig, load_farm
     from comfy_orchestrator.sweep import Axis, Cell, Sweep, parse_axis
-    from comfy_orchestrator.sweep_run import SweepProgress, SweepReport, plan_sweep, run_sweep
+    from comfy_orchestrator.sweep_progress import SweepProgress
+    from comfy_orchestrator.sweep_run import SweepReport, plan_sweep, run_sweep
     from comfy_orchestrator.templates import Template, Templates
     from comfy_orchestrator.validation import PromptCheck, check_prompt
 
@@ -111,7 +112,7 @@ _HOMES = {
     "ServerError": "errors",
     "Sweep": "sweep",
     "SweepError": "errors",
-    "SweepProgress": "sweep_run",
+    "SweepProgress": "sweep_progress",
     "SweepReport": "sweep_run",
     "Template": "templates",
     "TemplateBroken": "errors",
