@@ -475,6 +475,7 @@ class FarmRun(RunState):
         server.flights.clear()
         for flight in displaced:
             flight.ticket.copies -= 1
+            self.forget_if_gone(flight.ticket)  # a settled job's last copy: drop() will not see it again
             self.requeue(flight.ticket)
         # The oldest may be running and may still finish first; the ones queued behind it would
         # only run twice, so take them off the server if it still listens (off this thread: it may not).

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from comfy_orchestrator.engine import FarmRun
 from comfy_orchestrator.errors import ComfyError, ConnectionFailed, Interrupted, ParameterError
 from comfy_orchestrator.farm import (
     DuplicateDiscarded,
@@ -401,3 +402,21 @@ def test_while_a_server_is_still_probed_the_others_hold_one_job_each() -> None:
     first.queued[1].finish()
     outcomes = run.rest()
     assert sorted(o.job.label for o in outcomes) == [f"job-{i}" for i in range(6)]
+
+
+def test_a_settled_job_whose_last_copy_was_on_a_server_that_went_down_is_forgotten() -> None:
+    run = FarmRun(farm_of(StubLink("a.test"), StubLink("b.test")), jobs(1), out_dir=None, on_event=None)
+    first, second = run.servers
+    with run.lock:  # as the engine calls them, no thread started
+        for server in run.servers:
+            server.came_up(SCHEMA)
+        run.refill()
+        ticket = run.take(first)
+        assert ticket is not None
+        won, copy = run.board(first, ticket), run.board(second, ticket)  # a straggler's copy
+        run.drop(first, won)
+        assert run.settle(ticket, JobResult(job=ticket.job, prompt_id="p-0", server="a.test"), "a.test")
+        assert run.ledger.winner(ticket.seq) == "a.test"  # b.test still holds a copy that may report
+        run.mark_down(second, ConnectionFailed("not answering", server="b.test"))
+        assert not run.drop(second, copy)  # its thread, reaping the copy later, finds it already gone
+    assert ticket.copies == 0 and run.ledger.winner(ticket.seq) is None  # memory stays flat
