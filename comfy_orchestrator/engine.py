@@ -176,7 +176,6 @@ class FarmRun(RunState):
             logger.info("job %s moves from %s's queue to %s", ticket.seq, holder.name, server.name)
             return self.board(server, ticket)
 
-
     def check_no_server(self) -> None:
         """Say what the farm waits for while no server is up; fail what is left after `Timeouts.no_server_s`.
 
@@ -489,7 +488,6 @@ class FarmRun(RunState):
         logger.warning("%s is down (%s); %d job(s) moved; probing again in %.1f s", server.name, error,
                        len(displaced), rest_s)
         return [ServerDown(server.name, error, rest_s, moved=len(displaced))]
-
 
     def cancel_all(self, server: RunServer, flights: Sequence[Flight]) -> None:
         for flight in flights:

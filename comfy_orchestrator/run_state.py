@@ -121,7 +121,6 @@ class EndOfRun:
     """Marks the end of a run's outcomes."""
 
 
-
 class RunState:
     """One run's waiting list, servers and outcomes, and the decisions over them (each with the lock held)."""
 
@@ -332,7 +331,6 @@ class RunState:
                 return ticket
         return None
 
-
     def stranded(self, ticket: Ticket, now: float) -> bool:
         """Fail a ticket that only down servers can run once they have been down `Timeouts.no_server_s`."""
         if any(server.up and self.able(ticket, server) for server in self.servers):
@@ -363,7 +361,6 @@ class RunState:
                           for server in self.servers if server.capability is not None)
         self.give_up(ticket, NoServerAvailable(f"no server of the farm can run this job: {lacks}"))
         return True
-
 
     def give_up_waiting(self, error: ComfyError) -> None:
         """Report every waiting job, and every job still to be read, as failed with `error`."""
