@@ -274,7 +274,7 @@ class Transport:
 
     def _failure(self, method: str, path: str, exc: requests.RequestException) -> ComfyError:
         """Our error for a library's, naming the route and the kind of failure, never the URL's secrets."""
-        route = f"{method} {path.split('?')[0]}"
+        route = _route(method, path)
         requests = _requests()
         if isinstance(exc, requests.exceptions.SSLError):
             rejection = certificate_rejection(exc, server=self.url, trust=self.trust,
@@ -296,12 +296,12 @@ class Transport:
         status = answer.status_code
         if status in (401, 403, 407):
             answer.close()
-            raise AuthFailed(f"{method} {path.split('?')[0]} answered {status}: {_refusal(self.credentials)}",
+            raise AuthFailed(f"{_route(method, path)} answered {status}: {_refusal(self.credentials)}",
                              server=self.url, status=status)
         if status >= 500:
             with answer:
                 text = self._start_of(answer)
-            raise ServerError(f"{method} {path.split('?')[0]} answered {status}: {text}", server=self.url,
+            raise ServerError(f"{_route(method, path)} answered {status}: {text}", server=self.url,
                               status=status)
         return answer
 
@@ -324,7 +324,7 @@ class Transport:
     def send(self, method: str, path: str, **kwargs: Any) -> int:
         """A call whose answer says nothing but its status: read (within limits) and dropped; the status."""
         with self.call(method, path, **kwargs) as answer:
-            for _ in self.body(answer, f"{method} {path.split('?')[0]}", limit=self.limits.json_bytes,
+            for _ in self.body(answer, _route(method, path), limit=self.limits.json_bytes,
                                deadline=time.monotonic() + self.timeouts.read_s, limit_name="json_bytes"):
                 pass
         return answer.status_code
@@ -332,11 +332,12 @@ class Transport:
     # -- answers
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         """An answer's JSON, read within `limits.json_bytes` (decompressed) and the read timeout."""
+        route = _route(method, path)
         with self.call(method, path, **kwargs) as answer:
             if answer.status_code != 200:
-                raise ServerError(f"{method} {path.split('?')[0]} answered {answer.status_code}",
-                                  server=self.url, status=answer.status_code)
-            return self.parse_json(answer, f"{method} {path.split('?')[0]}")
+                raise ServerError(f"{route} answered {answer.status_code}", server=self.url,
+                                  status=answer.status_code)
+            return self.parse_json(answer, route)
 
     def parse_json(self, answer: Answer, route: str) -> Any:
         """The body's JSON; MalformedMessage if it is not JSON (None for an empty body)."""
@@ -378,6 +379,11 @@ class Transport:
                 yield piece
         except (urllib3.exceptions.HTTPError, OSError) as exc:  # what urllib3's response raises, either path
             raise ConnectionFailed(f"{what}: the answer broke off ({type(exc).__name__})", server=self.url) from exc
+
+
+def _route(method: str, path: str) -> str:
+    """A call as errors name it: the method and the path, without its query."""
+    return f"{method} {path.split('?')[0]}"
 
 
 def _read_environment_once(session: requests.Session, url: str, *, has_credentials: bool) -> None:
