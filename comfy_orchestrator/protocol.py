@@ -114,10 +114,15 @@ def check_answer(shape: type[Answer] | TypeAdapter[Answer], data: Any, *, route:
     try:
         return adapter.validate_python(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field_name = ".".join(str(part) for part in error["loc"]) or "the answer"
-        raise MalformedMessage(f"{route} answered an unexpected shape: {field_name}: {error['msg']}",
+        raise MalformedMessage(f"{route} answered an unexpected shape: {_first_error(exc, 'the answer')}",
                                server=server) from exc
+
+
+def _first_error(exc: ValidationError, whole: str) -> str:
+    """pydantic's first complaint as `field: message` (`whole` names the field when it is the top level)."""
+    error = exc.errors()[0]
+    field_name = ".".join(str(part) for part in error["loc"]) or whole
+    return f"{field_name}: {error['msg']}"
 
 
 class _StatusData(ServerAnswer):
@@ -365,9 +370,7 @@ def parse_event(frame: str | bytes) -> Event:
     try:
         return _text_event(message["type"], data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field_name = ".".join(str(part) for part in error["loc"])
-        raise MalformedMessage(f"{message['type']} message is malformed: {field_name}: {error['msg']}") from exc
+        raise MalformedMessage(f"{message['type']} message is malformed: {_first_error(exc, 'data')}") from exc
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise MalformedMessage(f"{message['type']} message is malformed: {exc!r}") from exc
 
