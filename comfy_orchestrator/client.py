@@ -257,7 +257,9 @@ class Client:
         return ("done", entry) if entry is not None else ("unknown", None)
 
     def _queue_state(self, prompt_id: str) -> str | None:
-        return check_answer(QueueAnswer, self.queue(), route="GET /queue", server=self.url).state_of(prompt_id)
+        """Where GET /queue holds the prompt: "running", "queued", or None; the answer checked once."""
+        answer = self.transport.json("GET", "/queue")
+        return check_answer(QueueAnswer, answer, route="GET /queue", server=self.url).state_of(prompt_id)
 
     # -- control
     def interrupt(self, prompt_id: str | None = None) -> None:
