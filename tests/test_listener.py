@@ -6,6 +6,7 @@ import json
 import queue
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -56,6 +57,13 @@ class ScriptedSocket:
         pass
 
 
+def _scripted_listener(connect: Callable[..., Any]) -> Listener:
+    """A listener on scripted sockets, one that waits long before reconnecting (so a test sees one socket)."""
+    return Listener(server="scripted", url="ws://scripted/ws", headers={}, connect=connect,
+                    timeouts=Timeouts(read_s=5), retry=RetryPolicy(first_delay_s=30), keep_previews=False,
+                    name="test-listener")
+
+
 def test_invalid_utf8_in_a_text_frame_closes_the_socket() -> None:
     # websocket-client's own UTF-8 check is off (it was the reader's largest cost); ours must still refuse
     sockets = [ScriptedSocket([(websocket.ABNF.OPCODE_TEXT, GREETING.encode()),
@@ -66,9 +74,7 @@ def test_invalid_utf8_in_a_text_frame_closes_the_socket() -> None:
             raise ConnectionRefusedError("no more sockets")
         return sockets.pop(0)
 
-    listener = Listener(server="scripted", url="ws://scripted/ws", headers={}, connect=connect,
-                        timeouts=Timeouts(read_s=5), retry=RetryPolicy(first_delay_s=30), keep_previews=False,
-                        name="test-listener")
+    listener = _scripted_listener(connect)
     events = listener.subscribe("p1")
     listener.start()
     try:
@@ -137,9 +143,7 @@ def test_only_a_queue_shrinking_no_end_explains_is_announced() -> None:
               _message("execution_interrupted", "c"), _status(0),  # explained
               _message("execution_success", "mine")]  # marks the end of the script
     socket = ScriptedSocket(frames)
-    listener = Listener(server="scripted", url="ws://scripted/ws", headers={}, connect=lambda *_: socket,
-                        timeouts=Timeouts(read_s=5), retry=RetryPolicy(first_delay_s=30), keep_previews=False,
-                        name="test-listener")
+    listener = _scripted_listener(lambda *_: socket)
     events = listener.subscribe("mine")
     listener.start()
     try:
@@ -170,9 +174,7 @@ def test_step_frames_nobody_follows_are_dropped_unparsed(caplog: pytest.LogCaptu
               _message("execution_start", "p1"), (websocket.ABNF.OPCODE_TEXT, garbage),
               _message("execution_success", "p1")]
     socket = ScriptedSocket(frames)
-    listener = Listener(server="scripted", url="ws://scripted/ws", headers={}, connect=lambda *_: socket,
-                        timeouts=Timeouts(read_s=5), retry=RetryPolicy(first_delay_s=30), keep_previews=False,
-                        name="test-listener")
+    listener = _scripted_listener(lambda *_: socket)
     events = listener.subscribe("p1", every_event=False, steps=False)
     listener.start()
     try:
@@ -182,9 +184,7 @@ def test_step_frames_nobody_follows_are_dropped_unparsed(caplog: pytest.LogCaptu
     assert [type(e).__name__ for e in seen] == ["ExecutionStarted", "PromptSucceeded"]
     assert "malformed" not in caplog.text  # never parsed; with a step reader it is (and reported)
     socket = ScriptedSocket(frames)
-    listener = Listener(server="scripted", url="ws://scripted/ws", headers={}, connect=lambda *_: socket,
-                        timeouts=Timeouts(read_s=5), retry=RetryPolicy(first_delay_s=30), keep_previews=False,
-                        name="test-listener")
+    listener = _scripted_listener(lambda *_: socket)
     events = listener.subscribe("p1", every_event=False)
     listener.start()
     try:
