@@ -348,7 +348,7 @@ class Transport:
             return None
         try:
             return json.loads(body)
-        except ValueError as exc:  # UnicodeDecodeError and RecursionError's kin included
+        except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise MalformedMessage(f"{route} did not answer JSON", server=self.url) from exc
         except RecursionError as exc:
             raise MalformedMessage(f"{route} answered JSON nested too deep", server=self.url) from exc
