@@ -68,6 +68,9 @@ class FarmRun(RunState):
         self.out_dir = out_dir
         self.on_event = on_event
         self.links_closed = False  # shut_down closed the links: a thread that connects later closes its own
+        # guards the links and links_closed alone, so a thread that has just connected goes on to its probe
+        # while the caller holds `lock` to read the first jobs (a sweep prepares its cells then)
+        self.links_lock = threading.Lock()
         self.cancelling = False  # shut_down has taken the flights it cancels
 
     def outcomes(self) -> Generator[JobOutcome, None, None]:
@@ -120,7 +123,7 @@ class FarmRun(RunState):
         for thread in threads:
             if thread.is_alive():
                 thread.join(THREAD_EXIT_S)
-        with self.lock:
+        with self.links_lock:
             self.links_closed = True
             links = [server.connection for server in self.servers if server.connection is not None]
         for link in links:
@@ -220,7 +223,7 @@ class FarmRun(RunState):
             except ComfyError as exc:  # a setting to fix (credentials over plain http, a CA file): `run` raises it
                 self.abort(exc)
                 return
-            with self.lock:
+            with self.links_lock:
                 server.connection = link
                 closed = self.links_closed
             if closed:

@@ -23,6 +23,7 @@ from comfy_orchestrator.errors import SweepError
 from comfy_orchestrator.farm import Farm
 from comfy_orchestrator.journal import JOURNAL_NAME
 from comfy_orchestrator.params import DEFAULT_CHECKPOINT
+from comfy_orchestrator.servers import ServerConfig
 from comfy_orchestrator.sweep import Sweep, parse_axis
 from comfy_orchestrator.sweep_run import SweepProgress, plan_sweep, run_sweep
 from comfy_orchestrator.templates import Templates
@@ -455,13 +456,21 @@ def test_a_new_sweep_is_prepared_while_its_servers_are_probed(sim: Callable[...,
 
     servers = sim(2, checkpoints=(DEFAULT_CHECKPOINT,))
     entered = threading.Semaphore(0)
+    preparing = threading.Event()
     probing_while_preparing: list[bool] = []
 
     def on_progress(progress: SweepProgress) -> None:
         if not probing_while_preparing:  # the first progress is made while the sweep is prepared
+            preparing.set()
             probing_while_preparing.append(all(entered.acquire(timeout=20.0) for _ in servers))
 
-    farm = Farm([server.url for server in servers], connect=lambda config: _ProbeSeen(ClientLink(config), entered))
+    def connect(config: ServerConfig) -> _ProbeSeen:
+        # the links are made only once the sweep is being prepared, so each thread goes from its new
+        # link to its probe while the run is busy reading its first jobs: nothing may hold it back
+        preparing.wait(20.0)
+        return _ProbeSeen(ClientLink(config), entered)
+
+    farm = Farm([server.url for server in servers], connect=connect)
     report = run_sweep(_grid_sweep(library, sample_image), tmp_path / "new", farm, on_progress=on_progress)
     assert report.done == 9
     assert probing_while_preparing == [True]  # both servers were being probed before the sweep was ready
