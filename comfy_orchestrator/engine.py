@@ -342,10 +342,12 @@ class FarmRun(RunState):
             except ComfyError as exc:
                 self.failed(server, flight, exc)
                 continue
-            with self.lock:  # shut_down cancels the flights with a handle; one it missed is ours to stop
+            # shut_down, mark_down and a settled copy take flights with a handle off the server; one
+            # they took while it was being submitted (no handle yet) is ours to stop
+            with self.lock:
                 server.answered_at = time.monotonic()
                 flight.handle = handle
-                stopped = self.cancelling and not flight.cancelled
+                stopped = (self.cancelling or flight not in server.flights) and not flight.cancelled
                 flight.cancelled = flight.cancelled or stopped
                 self.changed.notify_all()  # shut_down may be waiting for this submission
             if stopped:
