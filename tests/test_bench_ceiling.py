@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -79,3 +80,14 @@ def test_example_loop_fetches_each_prompts_image(ceiling: ModuleType, sim: Calla
     pairs = ceiling.example_loop(server.url, _prompts(img2img_job, 3))
     assert [url for url, _ in pairs] == [server.url] * 3
     assert len({prompt_id for _, prompt_id in pairs}) == 3
+
+
+def test_the_command_rows_load_from_bytecode_the_bench_writes(ceiling: ModuleType, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # An environment that forbids bytecode (the GPU machine's does, over a venv that holds none) would
+    # time the compiler at every launch, which an installed package never pays.
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    rows = ceiling.Ceiling(SimpleNamespace(work=tmp_path), [["http://127.0.0.1:1"]], ["comfy-orch"], depth=3)
+    assert "PYTHONDONTWRITEBYTECODE" not in rows.environment
+    assert rows.environment["PYTHONPYCACHEPREFIX"] == str(tmp_path / "bytecode")
+    assert rows.environment["PATH"] == os.environ["PATH"]  # the rest of the environment is the caller's
