@@ -26,6 +26,7 @@ KNOWN_CHECKPOINTS: dict[str, ModelFamily] = {
     "v1-5-pruned.safetensors": "sd15", "sd_xl_base_1.0.safetensors": "sdxl",
     "sd_xl_base_1.0_0.9vae.safetensors": "sdxl",
 }
+DEFAULT_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"  # a workflow's checkpoint when none is named
 _SDXL_NAME = re.compile(r"sd_?xl|xl(?![a-z])|pony|illustrious", re.IGNORECASE)
 _SAI_ARCHITECTURES: dict[str, ModelFamily | None] = {
     "stable-diffusion-v1": "sd15", "stable-diffusion-xl-v1-base": "sdxl",

@@ -2,11 +2,15 @@
 a job takes as input: checked when parameters are validated, measured, masks checked.
 
 The checks raise ValueError, as pydantic validators do; the model turns them into a ParameterError.
+A picture is read once while it stays as it is on disk (same path, size and modification time):
+a sweep validates its input picture for every cell.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -42,17 +46,42 @@ def open_picture(source: Any, *, limit: int, what: str, advice: str = "") -> Ima
     return image
 
 
+PICTURES_KEPT = 64  # pictures whose reading is remembered, by path, size and modification time
+
+
+@dataclass(frozen=True)
+class _Picture:
+    """What the checks and the models need of a local picture, read once."""
+
+    size: tuple[int, int]
+    has_alpha: bool
+
+
 def _existing_image(path: Path) -> Path:
     if not path.exists():
         raise ValueError(f"image file {str(path)!r} does not exist")
     if not path.is_file():
         raise ValueError(f"{str(path)!r} is not a file")
-    with open_picture(path, limit=Limits().image_pixels, what=repr(str(path)), advice="; scale it down first") as img:
+    _read(path)
+    return path
+
+
+def _read(path: Path) -> _Picture:
+    """The picture at `path`, checked and measured; read again only when the file changed."""
+    stat = path.stat()
+    return _read_unchanged(str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(path))
+
+
+@functools.lru_cache(maxsize=PICTURES_KEPT)
+def _read_unchanged(resolved: str, size_bytes: int, mtime_ns: int, given: str) -> _Picture:
+    """Read and verify a picture; the file's size and modification time make a changed file a new key."""
+    with open_picture(resolved, limit=Limits().image_pixels, what=repr(given), advice="; scale it down first") as img:
+        picture = _Picture(img.size, "A" in img.getbands() or "transparency" in img.info)
         try:
             img.verify()
         except (OSError, SyntaxError, ValueError) as exc:
-            raise ValueError(f"{str(path)!r} is not a readable image ({type(exc).__name__})") from exc
-    return path
+            raise ValueError(f"{given!r} is not a readable image ({type(exc).__name__})") from exc
+    return picture
 
 
 ImageFile = Annotated[Path, AfterValidator(_existing_image), Field(json_schema_extra={"kind": "image"})]
@@ -60,18 +89,12 @@ ImageFile = Annotated[Path, AfterValidator(_existing_image), Field(json_schema_e
 
 def picture_size(path: Path) -> tuple[int, int]:
     """A picture's width and height, read from its header."""
-    from PIL import Image
-
-    with Image.open(path) as picture:
-        return picture.size
+    return _read(path).size
 
 
 def has_alpha(path: Path) -> bool:
     """Whether a picture has transparency, which inpainting can use as its mask."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return "A" in img.getbands() or "transparency" in img.info
+    return _read(path).has_alpha
 
 
 def check_mask(image: Path, mask: Path, channel: str) -> None:

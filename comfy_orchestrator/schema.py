@@ -161,13 +161,15 @@ class Schema(Mapping[str, NodeSchema]):
 
     def without_file_lists(self) -> Schema:
         """A copy that accepts any file name: for checking offline, where the listed files are another machine's."""
-        raw = json.loads(json.dumps(self._raw))
+        raw = dict(self._raw)
         for class_type, input_name in FILE_INPUTS.items():
-            required = raw.get(class_type, {}).get("input", {}).get("required", {})
-            if input_name in required:
-                config = required[input_name]
-                options = config[1] if len(config) > 1 and isinstance(config[1], dict) else {}
-                required[input_name] = ["COMBO", {k: v for k, v in options.items() if k != "options"}]
+            if input_name not in raw.get(class_type, {}).get("input", {}).get("required", {}):
+                continue
+            info = raw[class_type] = json.loads(json.dumps(raw[class_type]))  # only what changes is copied
+            required = info["input"]["required"]
+            config = required[input_name]
+            options = config[1] if len(config) > 1 and isinstance(config[1], dict) else {}
+            required[input_name] = ["COMBO", {k: v for k, v in options.items() if k != "options"}]
         return Schema(raw, source=self.source + " (file lists not checked)")
 
     def with_checkpoints(self, names: Iterable[str]) -> Schema:

@@ -171,7 +171,7 @@ class Template:
 
     @property
     def builtin(self) -> bool:
-        return self.model in WORKFLOWS.values()
+        return WORKFLOWS.get(self.model.workflow) is self.model  # loads no other workflow's model
 
     def parameters(self) -> list[ParameterInfo]:
         return describe_parameters(self.model)

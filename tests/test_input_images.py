@@ -4,6 +4,9 @@ are refused."""
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,3 +110,40 @@ def test_a_mask_of_another_size_is_stretched_with_a_warning(image: Path, tmp_pat
     check_mask(image, _mask(tmp_path, "RGBA", (16, 16), (0, 0, 0, 0)), "alpha")
     with pytest.warns(MaskResizedWarning, match="is 8x8 but the image is 16x16; ComfyUI stretches the mask"):
         check_mask(image, _mask(tmp_path, "L", (8, 8), 255), "green")
+
+
+# Counts the times the process opens the picture (the interpreter's own audit event for open()), while
+# a sweep's worth of cells is validated, then after the file is rewritten, then after it is only touched.
+_OPENS = """
+import os, sys
+from pathlib import Path
+from PIL import Image
+picture = Path(sys.argv[1])
+target = os.path.realpath(picture)
+opened = []
+def count(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)) and os.path.realpath(args[0]) == target:
+        opened.append(args[0])
+sys.addaudithook(count)
+from comfy_orchestrator.params import WORKFLOWS
+def validate(times):
+    before = len(opened)
+    sizes = {WORKFLOWS["img2img"].build({"image": str(picture), "denoise": n / 100}).generation_size()
+             for n in range(times)}
+    return len(opened) - before, sorted(sizes)
+print(validate(100))
+Image.new("RGB", (48, 40)).save(picture)
+print(validate(10))
+stat = picture.stat()
+os.utime(picture, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+print(validate(10))
+"""
+
+
+def test_a_picture_is_read_once_until_it_changes_on_disk(sample_image: Path, tmp_path: Path) -> None:
+    picture = tmp_path / "in.png"
+    picture.write_bytes(sample_image.read_bytes())
+    done = subprocess.run([sys.executable, "-c", _OPENS, str(picture)], capture_output=True, text=True, check=False,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["(1, [(96, 64)])", "(1, [(48, 40)])", "(1, [(48, 40)])"]

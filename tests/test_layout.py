@@ -20,7 +20,7 @@ def layout() -> list[str]:
     block = text[text.index("## Layout"):]
     block = block[block.index("```") + 3:]
     block = block[:block.index("```")]
-    return re.findall(r"^ {24}([a-z_]+)/?\s", block, re.MULTILINE)
+    return re.findall(r"^ {24}([a-z0-9_]+)/?\s", block, re.MULTILINE)
 
 
 def room(path: Path) -> str:

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+from comfy_orchestrator import params
 from comfy_orchestrator.denoise_guide import DENOISE_GUIDE
 from comfy_orchestrator.errors import ParameterError
 from comfy_orchestrator.params import (
@@ -99,7 +106,7 @@ def test_the_family_the_user_gives_wins_over_the_server(sample_image) -> None:
 
 
 def test_a_guessed_family_is_logged_and_a_known_one_is_not(caplog) -> None:
-    with caplog.at_level("WARNING", logger="comfy_orchestrator.params"):
+    with caplog.at_level("WARNING", logger="comfy_orchestrator.params_sampling"):
         assert HiresFix.build({"checkpoint": "my_xl_merge.safetensors"}).model_family == "sdxl"
         assert HiresFix.build({}).model_family == "sd15"  # the default checkpoint is the official SD1.5 file
     assert [record.getMessage() for record in caplog.records] == [
@@ -119,3 +126,35 @@ def test_generation_size_follows_the_resize(sample_image) -> None:
     assert WORKFLOWS["upscale"].build({"image": str(sample_image)}).generation_size() == (192, 128)
     note = Img2Img.build({"image": str(sample_image), "model_family": "sdxl"}).size_note()
     assert note.startswith("the picture is 96x64, far from SDXL's native 1024x1024")
+
+
+def _loaded_after(code: str) -> list[str]:
+    """The parameter rooms a fresh interpreter has imported after running `code`."""
+    script = (f"import sys\n{code}\n"
+              "print(sorted(m for m in sys.modules if m.startswith('comfy_orchestrator.params_') and m != "
+              "'comfy_orchestrator.params_base'))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    return ast.literal_eval(done.stdout.strip())
+
+
+def test_a_workflows_model_is_built_on_first_use_and_only_its_room() -> None:
+    head = "from comfy_orchestrator.params import WORKFLOWS, DEFAULT_CHECKPOINT\n"
+    assert _loaded_after(head + "assert 'img2img' in WORKFLOWS and len(WORKFLOWS) == len(list(WORKFLOWS)) == 13") == []
+    assert _loaded_after(head + "WORKFLOWS['img2img']") == ["comfy_orchestrator.params_sampling"]
+    assert _loaded_after(head + "WORKFLOWS['upscale']") == ["comfy_orchestrator.params_img2img",
+                                                            "comfy_orchestrator.params_sampling"]
+    assert _loaded_after(head + "from comfy_orchestrator.params import ControlSpec") == [
+        "comfy_orchestrator.params_sampling", "comfy_orchestrator.params_txt2img"]
+
+
+def test_every_workflow_name_finds_the_model_of_that_name() -> None:
+    assert dict(WORKFLOWS) == {name: model for name, model in WORKFLOWS.items() if model.workflow == name}
+    assert WORKFLOWS.get("no-such-workflow") is None and "no-such-workflow" not in WORKFLOWS
+    with pytest.raises(KeyError):
+        WORKFLOWS["no-such-workflow"]
+    with pytest.raises(AttributeError, match="has no attribute 'NoSuchModel'"):
+        params.NoSuchModel  # noqa: B018
+    exported = {name: getattr(params, name) for name in params.__all__}
+    assert all(exported[model.__name__] is model for model in WORKFLOWS.values())
+    assert all(getattr(value, "__module__", params.__name__).startswith(params.__name__) for value in exported.values())

@@ -92,6 +92,17 @@ def test_schema_with_checkpoints_lists_the_servers_files(recorded) -> None:
     assert Schema.recorded().checkpoints == ("random-sd15.safetensors",)
 
 
+def test_schema_without_file_lists_takes_any_file_and_leaves_the_recording_as_it_was(recorded) -> None:
+    prompt = recorded("post_prompt_valid_a")["request"]["body"]["prompt"]
+    prompt["1"]["inputs"]["ckpt_name"] = "not-on-the-recording-machine.safetensors"
+    assert check_prompt(prompt, Schema.recorded()).node_errors["1"]["errors"][0]["type"] == "value_not_in_list"
+    offline = Schema.recorded().without_file_lists()
+    assert check_prompt(prompt, offline).node_errors == {}
+    assert offline.choices("LoadImage", "image") == () and offline["KSampler"] == Schema.recorded()["KSampler"]
+    assert Schema.recorded().checkpoints == ("random-sd15.safetensors",)
+    assert Schema.recorded().choices("LoadImage", "image") != ()
+
+
 NODE_ERRORS = {
     "6": {"class_type": "KSampler", "dependent_outputs": ["9"], "errors": [
         {"type": "value_smaller_than_min", "message": "Value 0 smaller than min of 1", "details": "steps",
