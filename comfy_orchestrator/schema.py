@@ -1,9 +1,15 @@
-"""Schema: what a ComfyUI server's /object_info says about its node classes."""
+"""Schema: what a ComfyUI server's /object_info says about its node classes.
+
+The recorded schema (data/object_info.json, ~570 classes) is parsed a class at a time, on first
+use: a job's check needs a dozen of them, and parsing the whole file costs ~10-30 ms of a command.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
+import re
+from collections import ChainMap
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -104,9 +110,21 @@ class Schema(Mapping[str, NodeSchema]):
     """A server's node classes, read from its /object_info answer."""
 
     def __init__(self, object_info: Mapping[str, Any], *, source: str = "object_info") -> None:
-        self._raw = dict(object_info)
+        self._raw: Mapping[str, Any] = dict(object_info)
         self._nodes: dict[str, NodeSchema] = {}
         self.source = source
+
+    @classmethod
+    def _sharing(cls, raw: Mapping[str, Any], *, source: str) -> Schema:
+        """A schema over `raw` as it is, uncopied: for the copies made here, whose classes are parsed lazily."""
+        schema = cls({}, source=source)
+        schema._raw = raw
+        return schema
+
+    def _changeable(self) -> ChainMap[str, Any]:
+        """The classes as a mapping whose changes go to a dict of their own, leaving these classes as they are."""
+        maps = self._raw.maps if isinstance(self._raw, ChainMap) else [self._raw]
+        return ChainMap({}, *maps)
 
     @classmethod
     def recorded(cls) -> Schema:
@@ -142,7 +160,7 @@ class Schema(Mapping[str, NodeSchema]):
 
     def with_choices(self, class_types: Iterable[str], input_name: str, values: Iterable[str]) -> Schema:
         """A copy whose `input_name` of each class lists `values` (a server's own files)."""
-        raw = dict(self._raw)
+        raw = self._changeable()
         listed = list(values)
         for class_type in class_types:
             if class_type not in raw:
@@ -157,11 +175,11 @@ class Schema(Mapping[str, NodeSchema]):
                     else:
                         config[1]["options"] = listed
             raw[class_type] = info
-        return Schema(raw, source=self.source)
+        return Schema._sharing(raw, source=self.source)
 
     def without_file_lists(self) -> Schema:
         """A copy that accepts any file name: for checking offline, where the listed files are another machine's."""
-        raw = dict(self._raw)
+        raw = self._changeable()
         for class_type, input_name in FILE_INPUTS.items():
             if input_name not in raw.get(class_type, {}).get("input", {}).get("required", {}):
                 continue
@@ -170,14 +188,61 @@ class Schema(Mapping[str, NodeSchema]):
             config = required[input_name]
             options = config[1] if len(config) > 1 and isinstance(config[1], dict) else {}
             required[input_name] = ["COMBO", {k: v for k, v in options.items() if k != "options"}]
-        return Schema(raw, source=self.source + " (file lists not checked)")
+        return Schema._sharing(raw, source=self.source + " (file lists not checked)")
 
     def with_checkpoints(self, names: Iterable[str]) -> Schema:
         """A copy that lists `names` as the server's checkpoints."""
         return self.with_choices(CHECKPOINT_LOADERS, "ckpt_name", names)
 
 
+# Each class of the recorded file starts a line with one space of indent: a string's own line breaks are
+# escaped in JSON, and every deeper line is indented further.
+_CLASS_START = re.compile('\n "')
+_CLASS_NAME_END = ": "  # after the name's closing quote
+_DECODER = json.JSONDecoder()
+
+
+class _ParsedOnUse(Mapping[str, Any]):
+    """object_info's classes as spans of its text, each parsed on first use and kept."""
+
+    def __init__(self, text: str, spans: dict[str, tuple[int, int]]) -> None:
+        self._text = text
+        self._spans = spans
+        self._parsed: dict[str, Any] = {}
+
+    def __getitem__(self, class_type: str) -> Any:
+        if class_type not in self._parsed:
+            start, end = self._spans[class_type]
+            self._parsed[class_type] = json.loads(self._text[start:end])
+        return self._parsed[class_type]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._spans)
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def __contains__(self, class_type: object) -> bool:
+        return class_type in self._spans
+
+
+def recorded_classes(text: str) -> Mapping[str, Any]:
+    """The recorded object_info's classes, parsed on use; the whole text at once if it is not laid out as
+    recorded (a class a line at one space of indent)."""
+    starts = [found.end() - 1 for found in _CLASS_START.finditer(text)]  # at each class name's opening quote
+    if not text.startswith("{") or not starts:
+        parsed: Mapping[str, Any] = json.loads(text)
+        return parsed
+    spans = {}
+    for start, following in zip(starts, [*starts[1:], None]):
+        name, value = _DECODER.raw_decode(text, start)
+        value += len(_CLASS_NAME_END)
+        end = text.rfind(",", value, following) if following is not None else text.rfind("}")  # the comma between
+        spans[name] = (value, end)
+    return _ParsedOnUse(text, spans)
+
+
 @functools.cache
 def _recorded_schema() -> Schema:
     text = resources.files("comfy_orchestrator").joinpath("data/object_info.json").read_text("utf-8")
-    return Schema(json.loads(text), source=f"recorded ComfyUI {RECORDED_VERSION}")
+    return Schema._sharing(recorded_classes(text), source=f"recorded ComfyUI {RECORDED_VERSION}")
