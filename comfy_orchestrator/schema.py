@@ -148,7 +148,7 @@ class Schema(Mapping[str, NodeSchema]):
         return len(self._raw)
 
     def __contains__(self, class_type: object) -> bool:
-        return class_type in self._raw
+        return class_type in self._nodes or class_type in self._raw  # a class read once: a dict lookup
 
     def choices(self, class_type: str, input_name: str) -> tuple[Any, ...]:
         """The allowed values of a choice input, such as KSampler's sampler_name."""
