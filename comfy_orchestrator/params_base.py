@@ -1,7 +1,8 @@
 """Params, the base of every template's parameters: a frozen model validated into one clear ParameterError.
 
-The workflows' own models build on it in params.py; DeclaredParams is the base of the models
-templates.py builds for imported and hand-written templates from their declared parameters.
+The workflows' own models build on it (params_sampling.py and the rooms after it, named by
+params.WORKFLOWS); DeclaredParams is the base of the models templates.py builds for imported
+and hand-written templates from their declared parameters.
 """
 
 from __future__ import annotations

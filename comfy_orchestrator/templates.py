@@ -4,7 +4,7 @@ Each `{{ expression }}` becomes a JSON literal, so no value can change a graph's
 structure; templates run in Jinja's sandbox and an undefined name is an error.
 A template folder holds `NAME.json.j2` files; a user's template also has
 `NAME.params.json`, which declares its parameters (built-in ones are declared by
-the models in params.py). User folders are searched before the built-in one.
+the models params.WORKFLOWS names). User folders are searched before the built-in one.
 """
 
 from __future__ import annotations
