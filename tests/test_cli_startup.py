@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,3 +50,49 @@ def test_a_thread_still_running_is_waited_for() -> None:
                   "threading.Thread(target=lambda: (time.sleep(2), print('thread finished', flush=True))).start()",
                   "denoise-guide")
     assert done.returncode == 0 and "thread finished" in done.stdout, done.stderr
+
+
+def test_the_start_is_collected_rarely_until_the_command_says_it_started() -> None:
+    from comfy_orchestrator.cli.output import (
+        STARTING_COLLECTION_THRESHOLD,
+        USUAL_COLLECTION_THRESHOLDS,
+        collect_rarely_while_starting,
+        mark_started,
+    )
+
+    frozen = gc.get_freeze_count()
+    try:
+        mark_started()  # not starting: nothing happens
+        assert gc.get_threshold() == USUAL_COLLECTION_THRESHOLDS and gc.get_freeze_count() == frozen
+        collect_rarely_while_starting()
+        assert gc.get_threshold() == (STARTING_COLLECTION_THRESHOLD, *USUAL_COLLECTION_THRESHOLDS[1:])
+        mark_started()
+        assert gc.get_threshold() == USUAL_COLLECTION_THRESHOLDS
+        assert gc.get_freeze_count() > frozen  # what the start made is out of later collections
+        after = gc.get_freeze_count()
+        made = [[index] for index in range(1000)]
+        mark_started()  # once only
+        assert gc.get_freeze_count() == after and made
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*USUAL_COLLECTION_THRESHOLDS)
+
+
+AT_EXIT_COLLECTOR = ("import atexit, gc\n"
+                     "atexit.register(lambda: print('collector', gc.get_threshold(), gc.get_freeze_count() > 0))")
+
+
+def test_run_and_sweep_collect_as_usual_once_their_first_prompt_is_out(comfy: Any, sample_image: Path,
+                                                                       tmp_path: Path) -> None:
+    from comfy_orchestrator.cli.output import STARTING_COLLECTION_THRESHOLD, USUAL_COLLECTION_THRESHOLDS
+    from comfy_orchestrator.params import DEFAULT_CHECKPOINT
+
+    job = ["--server", comfy.url, "--set", f"image={sample_image}", "--set", f"checkpoint={DEFAULT_CHECKPOINT}"]
+    usual = f"collector {USUAL_COLLECTION_THRESHOLDS} True"
+    ran = _entry(AT_EXIT_COLLECTOR, "run", "img2img", *job, "--out", str(tmp_path / "run"))
+    assert ran.returncode == 0 and usual in ran.stdout, ran.stderr
+    swept = _entry(AT_EXIT_COLLECTOR, "sweep", "img2img", *job, "--axis", "denoise=0.4,0.6",
+                   "--out", str(tmp_path / "sweep"))
+    assert swept.returncode == 0 and usual in swept.stdout, swept.stderr
+    listed = _entry(AT_EXIT_COLLECTOR, "templates")  # no prompt: it never starts, and collects rarely
+    assert listed.returncode == 0 and f"collector ({STARTING_COLLECTION_THRESHOLD}," in listed.stdout, listed.stderr

@@ -15,13 +15,15 @@ from typing import NoReturn
 
 from comfy_orchestrator.cli import advise, farm, queue, server, sim, sweeps, templates  # noqa: F401  (attach)
 from comfy_orchestrator.cli.group import main
-from comfy_orchestrator.cli.output import end_process
+from comfy_orchestrator.cli.output import collect_rarely_while_starting, end_process
 
 __all__ = ["entry", "main"]
 
 
 def entry() -> NoReturn:
-    """`comfy-orch` as a process: the command, then a quick end (output.end_process); `main` is the click group."""
+    """`comfy-orch` as a process: the command, its start collected rarely (output.mark_started), then a quick end
+    (output.end_process); `main` is the click group."""
+    collect_rarely_while_starting()
     try:
         main()
     except SystemExit as stop:

@@ -27,6 +27,7 @@ from comfy_orchestrator.cli.output import (
     fail,
     format_number,
     line,
+    mark_started,
     stderr,
     stdout,
     terminate_as_interrupt,
@@ -96,6 +97,7 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
             warn_about_size(params)
             job = template.job(params)
         handle = client.submit(job)
+        mark_started()
         try:  # from here on, Ctrl-C stops the prompt we started
             # the bar's code loads while the server works, not before the prompt is in
             from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn

@@ -32,6 +32,7 @@ from comfy_orchestrator.cli.output import (
     format_duration,
     line,
     line_column,
+    mark_started,
     stderr,
     stdout,
     terminate_as_interrupt,
@@ -85,6 +86,7 @@ def _run_sweep_with_progress(sweep: Sweep, out_dir: Path, servers: Sequence[Serv
         task = bar.add_task("", total=None, line=Text(""))
 
         def show(progress: SweepProgress) -> None:
+            mark_started()  # the first progress comes as the prepared sweep's first prompts go out
             if size_note and said.acquire(blocking=False):  # every cell is valid by now
                 warn(size_note)
             running = list(progress.running.items())
