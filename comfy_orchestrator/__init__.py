@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from comfy_orchestrator.sweep_progress import SweepProgress
     from comfy_orchestrator.sweep_run import SweepReport, plan_sweep, run_sweep
     from comfy_orchestrator.templates import Template, Templates
+    from comfy_orchestrator.transport import SharedAnswers
     from comfy_orchestrator.validation import PromptCheck, check_prompt
 
 # each public name and the module it lives in, relative to the package
@@ -110,6 +111,7 @@ _HOMES = {
     "Schema": "schema",
     "ServerConfig": "servers",
     "ServerError": "errors",
+    "SharedAnswers": "transport",
     "Sweep": "sweep",
     "SweepError": "errors",
     "SweepProgress": "sweep_progress",
@@ -191,6 +193,7 @@ __all__ = [
     "Schema",
     "ServerConfig",
     "ServerError",
+    "SharedAnswers",
     "Sweep",
     "SweepError",
     "SweepProgress",

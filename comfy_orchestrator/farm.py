@@ -77,6 +77,7 @@ from comfy_orchestrator.links import (
 )
 from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.servers import ServerConfig, checked_servers
+from comfy_orchestrator.transport import SharedAnswers
 
 __all__ = [
     "ClientLink", "Device", "DuplicateDiscarded", "Farm", "FarmEvent", "JobDone", "JobFailed", "JobOutcome",
@@ -110,7 +111,8 @@ class Farm:
         # an idle server copies a running job once nothing waits, if it would finish it this many times
         # sooner than the server running it (None: never); the first result is kept, the other cancelled
         self.straggler_factor = straggler_factor
-        self._connect = connect or (lambda config: ClientLink(config, timeouts=timeouts))
+        shared = SharedAnswers()  # the servers of one ComfyUI install: their /object_info parsed once
+        self._connect = connect or (lambda config: ClientLink(config, timeouts=timeouts, shared=shared))
 
     def connect(self, config: ServerConfig) -> ServerLink:
         """A link to one of the farm's servers, as its threads use; the caller closes it."""

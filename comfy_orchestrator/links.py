@@ -21,6 +21,7 @@ from comfy_orchestrator.protocol import Progress
 from comfy_orchestrator.retry import RetryPolicy, jitter
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.servers import ServerConfig
+from comfy_orchestrator.transport import SharedAnswers
 
 __all__ = [
     "ClientLink", "Device", "DuplicateDiscarded", "FarmEvent", "JobDone", "JobFailed", "JobOutcome",
@@ -213,10 +214,13 @@ class ServerLink(Protocol):
 class ClientLink:
     """A ServerLink over `Client`, tuned to fail over fast rather than retry one server long."""
 
-    def __init__(self, config: ServerConfig, *, timeouts: Timeouts = FARM_TIMEOUTS) -> None:
+    def __init__(self, config: ServerConfig, *, timeouts: Timeouts = FARM_TIMEOUTS,
+                 shared: SharedAnswers | None = None) -> None:
+        """`shared`: what the farm's links read once for all (the /object_info of servers of one install)."""
         self.config = config
         self.client = Client(config.url, headers=config.headers, token=config.token, timeouts=timeouts,
-                             retry=LINK_RETRY, ca_cert=config.ca_cert, allow_plain_http=config.allow_plain_http)
+                             retry=LINK_RETRY, ca_cert=config.ca_cert, allow_plain_http=config.allow_plain_http,
+                             shared=shared)
 
     def probe(self) -> Schema:
         self.client.system_stats()

@@ -12,13 +12,15 @@ cookies a server or proxy set, a redirect. requests itself is imported only then
 error, to name it as requests would): it is ~35 ms of a command's start.
 
 Credentials are never sent in clear to a host that is not loopback unless allowed, and
-never appear in an error, a log line or a repr.
+never appear in an error, a log line or a repr. `SharedAnswers` lets the clients of a farm read
+an answer that is byte-identical across servers (/object_info) once.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -29,7 +31,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import urllib3
@@ -52,7 +54,7 @@ from comfy_orchestrator.tls import Trust, certificate_rejection, in_clear
 if TYPE_CHECKING:
     import requests
 
-__all__ = ["Answer", "Files", "Transport", "split_credentials"]
+__all__ = ["Answer", "Files", "SharedAnswers", "Transport", "split_credentials"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ _POOL_CONNECTIONS = 10  # as requests' adapter keeps per host; more are made whe
 _NO_RETRIES = urllib3.Retry(0, read=False)  # requests' adapter setting: our retry loop decides
 # Form files as requests takes them: field -> (file name, bytes, content type)
 Files = Mapping[str, tuple[str, bytes, str]]
+Answered = TypeVar("Answered")
 
 
 def split_credentials(url: str) -> tuple[str, str | None, str | None]:
@@ -332,18 +335,28 @@ class Transport:
     # -- answers
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         """An answer's JSON, read within `limits.json_bytes` (decompressed) and the read timeout."""
+        return self.loads(self.json_bytes(method, path, **kwargs), _route(method, path))
+
+    def json_bytes(self, method: str, path: str, **kwargs: Any) -> bytes:
+        """The bytes of an answer that is to be JSON (status 200), read as `json` reads them, not yet parsed."""
         route = _route(method, path)
         with self.call(method, path, **kwargs) as answer:
             if answer.status_code != 200:
                 raise ServerError(f"{route} answered {answer.status_code}", server=self.url,
                                   status=answer.status_code)
-            return self.parse_json(answer, route)
+            return self._json_body(answer, route)
 
     def parse_json(self, answer: Answer, route: str) -> Any:
         """The body's JSON; MalformedMessage if it is not JSON (None for an empty body)."""
+        return self.loads(self._json_body(answer, route), route)
+
+    def _json_body(self, answer: Answer, route: str) -> bytes:
         deadline = time.monotonic() + self.timeouts.read_s
-        body = b"".join(self.body(answer, route, limit=self.limits.json_bytes, deadline=deadline,
+        return b"".join(self.body(answer, route, limit=self.limits.json_bytes, deadline=deadline,
                                   limit_name="json_bytes"))
+
+    def loads(self, body: bytes, route: str) -> Any:
+        """`body` (an answer to `route`) read as JSON; MalformedMessage if it is not JSON (None if it is empty)."""
         if not body:
             return None
         try:
@@ -379,6 +392,48 @@ class Transport:
                 yield piece
         except (urllib3.exceptions.HTTPError, OSError) as exc:  # what urllib3's response raises, either path
             raise ConnectionFailed(f"{what}: the answer broke off ({type(exc).__name__})", server=self.url) from exc
+
+
+class SharedAnswers:
+    """What answers' bytes were read into (parsed and checked), shared by the clients handed this one.
+
+    The servers of one ComfyUI install send byte-identical /object_info answers (0.6 MB of JSON here,
+    several on a real install): a farm's threads each parsed and checked theirs, holding the GIL while
+    the sweep was prepared. Now the first reads it and the others get what it made; servers whose bytes
+    differ get their own. Answers are told apart by their route and the SHA-256 of their bytes; the
+    last `kept` are kept. What is handed out is shared: read it, never change it.
+    """
+
+    def __init__(self, *, kept: int = 4) -> None:
+        self.kept = kept
+        self._lock = threading.Lock()
+        self._readings: dict[tuple[str, bytes], _Reading] = {}  # oldest first
+
+    def read(self, route: str, body: bytes, read: Callable[[bytes], Answered]) -> Answered:
+        """`read(body)`, or what it made of the same bytes before; while one thread reads, the others wait for it.
+
+        An error is raised to its own caller only; the next caller with those bytes reads them again.
+        """
+        key = (route, hashlib.sha256(body).digest())
+        with self._lock:
+            reading = self._readings.get(key)
+            if reading is None:
+                reading = self._readings[key] = _Reading()
+                while len(self._readings) > self.kept:
+                    del self._readings[next(iter(self._readings))]
+        with reading.lock:
+            if not reading.done:
+                reading.made, reading.done = read(body), True
+            return cast(Answered, reading.made)
+
+
+class _Reading:
+    """One body's reading: its lock, held while it is read, and what it made."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done = False
+        self.made: Any = None
 
 
 def _route(method: str, path: str) -> str:

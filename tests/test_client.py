@@ -254,6 +254,28 @@ def test_object_info_is_read_once_per_client(comfy: Any, img2img_job: Job) -> No
     assert session.calls.count(("GET", "object_info")) == 1
 
 
+def test_servers_of_one_install_share_one_reading_of_object_info(sim: Any, img2img_job: Job) -> None:
+    from comfy_orchestrator.params import DEFAULT_CHECKPOINT
+    from comfy_orchestrator.transport import SharedAnswers
+
+    same = sim(2, checkpoints=(DEFAULT_CHECKPOINT,))
+    other = sim(1, checkpoints=(DEFAULT_CHECKPOINT, "other.safetensors"))[0]
+    shared = SharedAnswers()
+    clients = [Client(server.url, shared=shared, timeouts=Timeouts(read_s=5)) for server in [*same, other]]
+    try:
+        first, second, third = (client.schema() for client in clients)
+        assert first.raw["KSampler"] is second.raw["KSampler"]  # byte-identical answers: read once
+        assert third.raw["KSampler"] is not first.raw["KSampler"]  # another install's: its own
+        assert first.checkpoints == second.checkpoints == (DEFAULT_CHECKPOINT,)
+        assert third.checkpoints == (DEFAULT_CHECKPOINT, "other.safetensors")
+        assert {first.source, second.source, third.source} == {client.url for client in clients}
+        clients[1].run(img2img_job)  # a shared reading checks and runs a job as its own did
+        assert clients[0].object_info() is not clients[1].object_info()  # each caller gets a dict of its own
+    finally:
+        for client in clients:
+            client.close()
+
+
 def test_inputs_are_uploaded_once_per_server_by_content(comfy: Any, img2img_job: Job, sample_image: Path) -> None:
     first, second = RecordingSession(), RecordingSession()
     with Client(comfy.url, session=first, timeouts=Timeouts(read_s=5)) as client:

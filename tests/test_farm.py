@@ -168,6 +168,21 @@ def test_jobs_go_only_to_servers_that_have_their_checkpoint(sim: Any, cells: Any
             assert outcome.server == farm.servers[1].name
 
 
+def test_the_farms_servers_of_one_install_share_one_reading_of_object_info(sim: Any) -> None:
+    twins = sim(2, checkpoints=CHECKPOINTS)
+    only_a = sim(1, checkpoints=["a.safetensors"])[0]
+    farm = Farm([*(server.url for server in twins), only_a.url])
+    links = [farm.connect(config) for config in farm.servers]
+    try:
+        schemas = [link.probe() for link in links]
+    finally:
+        for link in links:
+            link.close()
+    assert schemas[0].raw["KSampler"] is schemas[1].raw["KSampler"]
+    assert schemas[2].raw["KSampler"] is not schemas[0].raw["KSampler"]
+    assert [schema.checkpoints for schema in schemas] == [tuple(CHECKPOINTS), tuple(CHECKPOINTS), ("a.safetensors",)]
+
+
 def test_a_job_no_server_can_run_is_reported(sim: Any, cells: Any, tmp_path: Path) -> None:
     server = sim(1, costs=COSTS, checkpoints=["a.safetensors"], preview_method="none")[0]
     farm = Farm([server.url])

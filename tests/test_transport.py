@@ -16,10 +16,10 @@ import pytest
 import requests
 import urllib3
 
-from comfy_orchestrator.errors import ConnectionFailed, RequestTimedOut, ServerError
+from comfy_orchestrator.errors import ConnectionFailed, MalformedMessage, RequestTimedOut, ServerError
 from comfy_orchestrator.limits import Limits, Timeouts
 from comfy_orchestrator.retry import RetryPolicy
-from comfy_orchestrator.transport import Transport, _as_requests_error
+from comfy_orchestrator.transport import SharedAnswers, Transport, _as_requests_error
 
 ONCE = RetryPolicy(max_attempts=1)
 
@@ -249,3 +249,57 @@ def test_an_upload_is_encoded_as_requests_encodes_it(scripted: Scripted, no_prox
     ours, boundary = scripted.bodies[0], scripted.seen[0][2]["content-type"].split("boundary=")[1]
     their_boundary = str(theirs.headers["Content-Type"]).split("boundary=")[1]
     assert isinstance(theirs.body, bytes) and ours == theirs.body.replace(their_boundary.encode(), boundary.encode())
+
+
+def test_shared_answers_read_each_distinct_body_once() -> None:
+    shared = SharedAnswers(kept=2)
+    reads: list[bytes] = []
+
+    def read(body: bytes) -> Any:
+        reads.append(body)
+        return json.loads(body)
+
+    first = shared.read("GET /object_info", b'{"a": [1]}', read)
+    assert shared.read("GET /object_info", b'{"a": [1]}', read) is first  # the same bytes: what was made
+    assert shared.read("GET /object_info", b'{"a": [2]}', read) == {"a": [2]}  # other bytes: their own
+    assert shared.read("GET /queue", b'{"a": [1]}', read) is not first  # another route: its own
+    assert reads == [b'{"a": [1]}', b'{"a": [2]}', b'{"a": [1]}']
+    shared.read("GET /object_info", b'{"a": [1]}', read)  # only the last two are kept
+    assert len(reads) == 4
+
+
+def test_a_shared_body_that_fails_is_read_again_by_the_next_caller() -> None:
+    shared = SharedAnswers()
+    calls = []
+
+    def refuse(body: bytes) -> Any:
+        calls.append(body)
+        raise MalformedMessage("GET /object_info did not answer JSON", server=f"server {len(calls)}")
+
+    for number in (1, 2):
+        with pytest.raises(MalformedMessage, match=f"server {number}"):
+            shared.read("GET /object_info", b"<html>", refuse)
+
+
+def test_threads_with_the_same_body_wait_for_the_one_reading_it() -> None:
+    shared = SharedAnswers()
+    reading, release = threading.Event(), threading.Event()
+    reads = []
+
+    def read(body: bytes) -> Any:
+        reads.append(body)
+        reading.set()
+        release.wait(10)
+        return json.loads(body)
+
+    made: list[Any] = []
+    threads = [threading.Thread(target=lambda: made.append(shared.read("GET /object_info", b"[1]", read)))
+               for _ in range(4)]
+    threads[0].start()
+    assert reading.wait(10)
+    for thread in threads[1:]:
+        thread.start()
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert reads == [b"[1]"] and len(made) == 4 and all(each is made[0] for each in made)
