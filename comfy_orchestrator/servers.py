@@ -16,11 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from comfy_orchestrator.errors import FarmFileInvalid
 from comfy_orchestrator.tls import in_clear
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10
-    import tomli as tomllib
-
 __all__ = ["DEFAULT_QUEUE_AHEAD", "ServerConfig", "checked_servers", "load_farm", "parse_farm", "servers_from_urls",
            "without_credentials"]
 
@@ -132,6 +127,11 @@ def parse_farm(text: str, *, source: str = "farm file", folder: Path | None = No
     A relative `ca_cert` in a table is read from `folder` (the farm file's own); a server
     without one gets `ca_cert` (--ca-cert on the command line).
     """
+    # imported here: a farm named by --server URLs reads no TOML
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # Python 3.10
+        import tomli as tomllib
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
