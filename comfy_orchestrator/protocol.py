@@ -13,11 +13,13 @@ MalformedMessage naming the route and the field, a server fault like any other.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+import threading
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, TypeAdapter, ValidationError
 
@@ -43,7 +45,8 @@ class ServerAnswer(BaseModel):
     """A ComfyUI answer as we read it: the fields we use are checked; others are ignored, since
     newer servers and custom nodes add their own."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    # built at first use (`_built`), not as a command starts: most are read only after its first prompt
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)
 
 
 class QueueAnswer(ServerAnswer):
@@ -103,19 +106,39 @@ class UploadAnswer(ServerAnswer):
     name: StrictStr
 
 
-HISTORY = TypeAdapter(dict[str, HistoryEntry])
-OBJECT_INFO = TypeAdapter(dict[str, dict[str, Any]])
+HISTORY = dict[str, HistoryEntry]
+OBJECT_INFO = dict[str, dict[str, Any]]
 Answer = TypeVar("Answer")
+Model = TypeVar("Model", bound=BaseModel)
+_BUILDING = threading.Lock()  # a validator is built by one thread; the others wait for it
 
 
-def check_answer(shape: type[Answer] | TypeAdapter[Answer], data: Any, *, route: str, server: str) -> Answer:
-    """`data` read as `shape`; MalformedMessage naming the route and the first wrong field otherwise."""
-    adapter = shape if isinstance(shape, TypeAdapter) else TypeAdapter(shape)
+def check_answer(shape: type[Answer], data: Any, *, route: str, server: str) -> Answer:
+    """`data` read as `shape` (a model, or a type such as HISTORY); MalformedMessage naming the route and
+    the first wrong field otherwise."""
     try:
-        return adapter.validate_python(data)
+        if isinstance(shape, type) and issubclass(shape, BaseModel):
+            return _built(shape).model_validate(data)
+        return cast(Answer, _adapter(cast(Hashable, shape)).validate_python(data))
     except ValidationError as exc:
         raise MalformedMessage(f"{route} answered an unexpected shape: {_first_error(exc, 'the answer')}",
                                server=server) from exc
+
+
+def _built(model: type[Model]) -> type[Model]:
+    """`model`, its validator built now if this is its first use."""
+    if not model.__pydantic_complete__:
+        with _BUILDING:
+            if not model.__pydantic_complete__:
+                model.model_rebuild()
+    return model
+
+
+@functools.cache
+def _adapter(shape: Any) -> TypeAdapter[Any]:
+    """The validator of a shape that is not a model (HISTORY, OBJECT_INFO, dict[str, Any]), made once, at first use."""
+    with _BUILDING:
+        return TypeAdapter(shape)
 
 
 def _first_error(exc: ValidationError, whole: str) -> str:
@@ -284,7 +307,7 @@ def _text_event(kind: str, data: Mapping[str, Any]) -> Event:
     prompt_id = _str_or_none(data.get("prompt_id"))
     match kind:
         case "status":
-            status = _StatusData.model_validate(data)
+            status = _built(_StatusData).model_validate(data)
             remaining = status.status.exec_info.queue_remaining if status.status is not None else 0
             return QueueStatus(None, queue_remaining=remaining, sid=status.sid)
         case "feature_flags":
@@ -297,7 +320,7 @@ def _text_event(kind: str, data: Mapping[str, Any]) -> Event:
             return NodeExecuting(prompt_id, node=_str_or_none(data.get("node")),
                                  display_node=_str_or_none(data.get("display_node")))
         case "progress":
-            steps = _ProgressData.model_validate(data)
+            steps = _built(_ProgressData).model_validate(data)
             return NodeProgress(prompt_id, node=_str_or_none(data.get("node")), value=steps.value, max=steps.max)
         case "progress_state":
             return ProgressState(prompt_id, nodes=dict(data.get("nodes") or {}))

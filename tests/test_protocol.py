@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -347,3 +350,40 @@ def _generator() -> Iterator[Event | None]:
 
 def test_track_never_reads_past_the_end() -> None:
     assert list(track(_generator(), "p")) == []
+
+
+ANSWER_MODELS_AT_FIRST_USE = """
+import threading
+from comfy_orchestrator import protocol
+models = [protocol.QueueAnswer, protocol.HistoryEntry, protocol.SystemStats, protocol.PromptAccepted,
+          protocol.PromptRefused, protocol.UploadAnswer, protocol._StatusData, protocol._ProgressData]
+print(sum(model.__pydantic_complete__ for model in models))
+answers = []
+threads = [threading.Thread(target=lambda: answers.append(protocol.check_answer(
+    protocol.QueueAnswer, {"queue_running": [[1, "p"]]}, route="GET /queue", server="s").state_of("p")))
+    for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(answers.count("running"), protocol.QueueAnswer.__pydantic_complete__)
+"""
+
+
+def test_answer_models_are_built_at_their_first_use_once_across_threads() -> None:
+    # a command's start builds none of them; most are first read after its first prompt
+    done = subprocess.run([sys.executable, "-c", ANSWER_MODELS_AT_FIRST_USE], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "8", "True"]
+
+
+def test_a_shape_that_is_not_a_model_is_checked_with_its_field_named() -> None:
+    from comfy_orchestrator.protocol import HISTORY, OBJECT_INFO, check_answer
+
+    assert check_answer(OBJECT_INFO, {"KSampler": {}}, route="GET /object_info", server="s") == {"KSampler": {}}
+    with pytest.raises(MalformedMessage, match=r"GET /object_info answered an unexpected shape: KSampler: "):
+        check_answer(OBJECT_INFO, {"KSampler": []}, route="GET /object_info", server="s")
+    with pytest.raises(MalformedMessage, match=r"GET /history answered an unexpected shape: p\.status\.completed"):
+        check_answer(HISTORY, {"p": {"status": {"completed": "maybe"}}}, route="GET /history", server="s")
