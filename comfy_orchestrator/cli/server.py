@@ -97,8 +97,8 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
             warn_about_size(params)
             job = template.job(params)
         handle = client.submit(job)
-        mark_started()
         try:  # from here on, Ctrl-C stops the prompt we started
+            mark_started()
             # the bar's code loads while the server works, not before the prompt is in
             from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
