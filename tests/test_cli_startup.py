@@ -96,3 +96,34 @@ def test_run_and_sweep_collect_as_usual_once_their_first_prompt_is_out(comfy: An
     assert swept.returncode == 0 and usual in swept.stdout, swept.stderr
     listed = _entry(AT_EXIT_COLLECTOR, "templates")  # no prompt: it never starts, and collects rarely
     assert listed.returncode == 0 and f"collector ({STARTING_COLLECTION_THRESHOLD}," in listed.stdout, listed.stderr
+
+
+def test_each_command_loads_through_the_modules_that_attach_it() -> None:
+    import click
+
+    from comfy_orchestrator.cli import main
+    from comfy_orchestrator.cli.group import COMMAND_MODULES
+
+    names = main.list_commands(click.Context(main))  # a listing loads every command's modules
+    assert names == sorted(COMMAND_MODULES)
+    for name in names:
+        command = main.commands[name]
+        for each in [command, *getattr(command, "commands", {}).values()]:
+            assert each.callback is not None and each.callback.__module__.rpartition(".")[2] in COMMAND_MODULES[name]
+
+
+LOADED_COMMAND_MODULES = ("import atexit, sys\n"
+                          "atexit.register(lambda: print('loaded', sorted(name.rpartition('.')[2] for name in sys.modules"
+                          " if name.startswith('comfy_orchestrator.cli.'))))")
+
+
+def test_a_command_loads_only_its_own_command_module(comfy: Any, sample_image: Path, tmp_path: Path) -> None:
+    from comfy_orchestrator.params import DEFAULT_CHECKPOINT
+
+    shared = ["group", "options", "output", "values"]
+    ran = _entry(LOADED_COMMAND_MODULES, "run", "img2img", "--server", comfy.url, "--set", f"image={sample_image}",
+                 "--set", f"checkpoint={DEFAULT_CHECKPOINT}", "--out", str(tmp_path))
+    assert ran.returncode == 0 and f"loaded {sorted([*shared, 'server'])}" in ran.stdout, ran.stderr
+    listed = _entry(LOADED_COMMAND_MODULES, "queue", "--help")  # a group split over two modules
+    assert listed.returncode == 0 and "status" in listed.stdout and "cancel" in listed.stdout, listed.stderr
+    assert f"loaded {sorted([*shared, 'queue', 'server'])}" in listed.stdout

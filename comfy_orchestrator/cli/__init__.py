@@ -7,13 +7,13 @@ Errors are one line on stderr, never a traceback.
 One module per idea, in import order: output (the only printing: consoles, `line`,
 errors and exit codes), options (what commands share), values (a job's values from the
 command line), group (`main`), then the commands by what a user does: templates, server
-(one server), sweeps, farm, queue, advise, sim. Importing this package attaches every
-command to `main`; each loads the library modules it needs when it runs.
+(one server), sweeps, farm, queue, advise, sim. A command's module loads when the command is
+named (group.COMMAND_MODULES), and attaches it to `main`; each loads the library modules it
+needs when it runs.
 """
 
 from typing import NoReturn
 
-from comfy_orchestrator.cli import advise, farm, queue, server, sim, sweeps, templates  # noqa: F401  (attach)
 from comfy_orchestrator.cli.group import main
 from comfy_orchestrator.cli.output import collect_rarely_while_starting, end_process
 
