@@ -210,6 +210,9 @@ class Sweep:
     fixed: Mapping[str, Any] = field(default_factory=dict)
     zip: bool = False
     batch_seeds: bool = False  # run a 'seed' axis as one batched prompt per other-values combination
+    # what cells() validated and _portable_fixed() found, kept: a sweep's values never change once it is made
+    _cells: tuple[Cell, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    _portable: Mapping[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = [axis.name for axis in self.axes]
@@ -250,14 +253,21 @@ class Sweep:
         return zip(*columns) if self.zip else itertools.product(*columns)
 
     def cells(self) -> list[Cell]:
-        """Every cell with its validated Params; the first bad value raises, naming its axis."""
-        axes = self.run_axes
-        cells = []
-        for index, combination in enumerate(self.combinations()):
-            values = {axis.name: value for axis, value in zip(axes, combination)}
-            batch_index = int(values[BATCH_AXIS]) if self.batch_seeds else None
-            cells.append(Cell(index, MappingProxyType(values), self._params(values), batch_index))
-        return cells
+        """Every cell with its validated Params; the first bad value raises, naming its axis.
+
+        Validated once (each validation reads the input pictures): a later call returns the same cells,
+        so a caller may check a sweep early and hand it on to run without paying twice.
+        """
+        if self._cells is None:
+            axes = self.run_axes
+            cells = []
+            for index, combination in enumerate(self.combinations()):
+                values = {axis.name: value for axis, value in zip(axes, combination)}
+                batch_index = int(values[BATCH_AXIS]) if self.batch_seeds else None
+                cells.append(Cell(index, MappingProxyType(values), self._params(values), batch_index))
+            object.__setattr__(self, "_cells", tuple(cells))
+        assert self._cells is not None
+        return list(self._cells)
 
     def batches(self, cells: Sequence[Cell] | None = None) -> list[Batch]:
         """The prompts to run: one per cell, or with batching one per group of cells sharing all but the seed."""
@@ -313,12 +323,15 @@ class Sweep:
         return Sweep.from_definition(self.template, {**definition, "fixed": dict(self.fixed)})
 
     def _portable_fixed(self) -> dict[str, Any]:
-        """The fixed values, with each local input file named by its file name and content."""
+        """The fixed values, with each local input file named by its file name and content (read once)."""
+        if self._portable is not None:
+            return dict(self._portable)
         first = next(iter(self.combinations()), None)
         if first is None:
             return dict(self.fixed)
         try:
-            params = self._params(dict(zip((axis.name for axis in self.run_axes), first)))
+            params = self._cells[0].params if self._cells else self._params(
+                dict(zip((axis.name for axis in self.run_axes), first)))
         except ParameterError:
             return dict(self.fixed)  # a sweep whose cells are invalid never runs; cells() says why
         files: Mapping[str, Path] = getattr(params, "image_fields", dict)()

@@ -205,13 +205,23 @@ def _choose_work(setup: _Setup, max_attempts: int) -> None:
 
 def _prepare(stack: ExitStack, sweep: Sweep, folder: Path, *, servers: int, max_attempts: int,
              on_progress: ProgressCallback, thumbnail_px: int, grid_format: str, started: float) -> _Setup:
-    """Validate every cell, open (or create) the journal in `folder` and record the cells; nothing runs yet."""
-    plan = plan_sweep(sweep, servers=servers)  # every cell is valid before anything is written
-    journal = stack.enter_context(Journal.open(folder, digest=sweep.digest(), definition=sweep.definition()))
-    if _canonical(journal.definition) != _canonical(sweep.definition()):
-        # the stored definition wins: it holds the seeds drawn when the sweep began
-        sweep = sweep.with_stored_axes(journal.definition)
-        plan = plan_sweep(sweep, servers=servers)
+    """Validate every cell, open (or create) the journal in `folder` and record the cells; nothing runs yet.
+
+    Each cell is validated and each prompt rendered once: a sweep keeps the cells it validated (the command
+    line checks them before it asks the servers), and a journal already in the folder is opened before the
+    prompts are rendered, so that the seeds it stored are the ones rendered.
+    """
+    sweep.cells()  # every cell is valid before anything is written
+    journal = None
+    if (folder / JOURNAL_NAME).is_file():  # a resume: nothing is written before the prompts render
+        journal = stack.enter_context(Journal.open(folder, digest=sweep.digest(), definition=sweep.definition()))
+        sweep = _stored_sweep(sweep, journal)
+    plan = plan_sweep(sweep, servers=servers)  # a new journal is made only once every prompt renders and checks
+    if journal is None:
+        journal = stack.enter_context(Journal.open(folder, digest=sweep.digest(), definition=sweep.definition()))
+        stored = _stored_sweep(sweep, journal)
+        if stored is not sweep:  # another run made the journal meanwhile, with seeds of its own
+            sweep, plan = stored, plan_sweep(stored, servers=servers)
     journal.add(_cell_plans(plan))
     _check_done_files(journal, folder)
     staging = folder / STAGING_FOLDER
@@ -268,6 +278,13 @@ def _run_while_preparing(farm: Farm, folder: Path, prepare: Callable[[], _Setup]
             setup = ready[0]
             _record_outcome(setup.journal, setup.by_label[outcome.job.label], setup.to_run, outcome, folder,
                             setup.tracker, setup.results)
+
+
+def _stored_sweep(sweep: Sweep, journal: Journal) -> Sweep:
+    """The sweep as the journal stored it: the stored definition wins, holding the seeds drawn when it began."""
+    if _canonical(journal.definition) == _canonical(sweep.definition()):
+        return sweep
+    return sweep.with_stored_axes(journal.definition)
 
 
 def _canonical(definition: Mapping[str, Any]) -> str:

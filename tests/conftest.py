@@ -88,6 +88,27 @@ def library() -> Templates:
     return Templates.default()
 
 
+class CountingTemplate:
+    """A real template that counts what a sweep asks of it: each cell validated, each prompt rendered."""
+
+    def __init__(self, template: Any) -> None:
+        self._template = template
+        self.validated = 0
+        self.rendered = 0
+
+    @property
+    def name(self) -> str:
+        return str(self._template.name)
+
+    def params(self, values: Any) -> Any:
+        self.validated += 1
+        return self._template.params(values)
+
+    def job(self, params: Any, *, label: str = "") -> Any:
+        self.rendered += 1
+        return self._template.job(params, label=label)
+
+
 @pytest.fixture
 def sim() -> Iterator[Callable[..., list[Any]]]:
     """Start simulated ComfyUI servers on free loopback ports: `a, b = sim(2)`; all stop at teardown."""

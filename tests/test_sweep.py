@@ -25,6 +25,7 @@ from comfy_orchestrator.sweep import (
     parse_axis,
 )
 from comfy_orchestrator.templates import Templates
+from tests.conftest import CountingTemplate
 
 
 @pytest.mark.parametrize(("text", "name", "values"), [
@@ -188,6 +189,28 @@ def test_malformed_sweeps_are_refused(img2img: Any, axes: tuple[Axis, ...], fixe
                                       message: str) -> None:
     with pytest.raises(SweepError, match=message):
         Sweep(img2img, axes, fixed)
+
+
+def test_a_sweep_validates_its_cells_once(img2img: Any, sample_image: Path) -> None:
+    counting = CountingTemplate(img2img)
+    sweep = Sweep(counting, (parse_axis("denoise=0.3:0.9:0.3"), parse_axis("cfg=6,8")), {"image": str(sample_image)})
+    first = sweep.cells()
+    assert counting.validated == 6
+    again, definition, digest = sweep.cells(), sweep.definition(), sweep.digest()
+    assert counting.validated == 6  # the cells, the stored definition's picture and the digest come from the first
+    assert [c.params for c in again] == [c.params for c in first] and again is not first
+    assert definition["fixed"]["image"]["file"] == sample_image.name and digest == sweep.digest()
+    stored = sweep.with_stored_axes(definition)  # another sweep: its own cells
+    assert len(stored.cells()) == 6 and counting.validated == 12
+
+
+def test_a_sweep_with_a_bad_cell_says_so_each_time_it_is_asked(img2img: Any, sample_image: Path) -> None:
+    counting = CountingTemplate(img2img)
+    sweep = Sweep(counting, (parse_axis("denoise=0.5,1.5"),), {"image": str(sample_image)})
+    for _ in range(2):
+        with pytest.raises(ParameterError, match="axis denoise=1.5"):
+            sweep.cells()
+    assert counting.validated == 4  # nothing is kept of a sweep that failed
 
 
 def test_definition_round_trips_with_drawn_seeds(img2img: Any, sample_image: Path) -> None:

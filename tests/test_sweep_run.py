@@ -27,6 +27,7 @@ from comfy_orchestrator.servers import ServerConfig
 from comfy_orchestrator.sweep import Sweep, parse_axis
 from comfy_orchestrator.sweep_run import SweepProgress, plan_sweep, run_sweep
 from comfy_orchestrator.templates import Templates
+from tests.conftest import CountingTemplate
 
 
 def _manifest(folder: Path) -> list[dict[str, Any]]:
@@ -132,6 +133,30 @@ def test_a_changed_sweep_in_the_same_folder_is_refused(comfy: Any, library: Temp
         run_sweep(changed, tmp_path, Farm([comfy.url]))
     assert str(caught.value) == (f"{tmp_path} holds a different sweep (seed: 42 before, 7 now; axis cfg: 4,7,10 "
                                  "before, 4,8 now); use another --out folder, or delete that one to start over")
+
+
+def test_a_sweep_checked_first_is_validated_and_rendered_once_when_it_runs(comfy: Any, library: Templates,
+                                                                          sample_image: Path, tmp_path: Path) -> None:
+    counting = CountingTemplate(library.get("img2img"))
+    sweep = Sweep(counting, (parse_axis("denoise=0.3,0.6"), parse_axis("cfg=4,7")), {"image": str(sample_image)})
+    sweep.cells()  # as the command line does, to name a bad value before it asks the servers
+    report = run_sweep(sweep, tmp_path / "new", Farm([comfy.url]))
+    assert report.done == 4 and (counting.validated, counting.rendered) == (4, 4)
+    again = run_sweep(sweep, tmp_path / "new", Farm([comfy.url]))  # a resume renders to know what it has
+    assert again.skipped == 4 and (counting.validated, counting.rendered) == (4, 8)
+
+
+def test_a_resume_renders_the_seeds_its_journal_drew_and_no_others(comfy: Any, library: Templates,
+                                                                   sample_image: Path, tmp_path: Path) -> None:
+    def sweep(counting: CountingTemplate) -> Sweep:  # as the command line builds it: a fresh draw each time
+        return Sweep(counting, (parse_axis("seed=random:3"),), {"image": str(sample_image)})
+
+    run_sweep(sweep(CountingTemplate(library.get("img2img"))), tmp_path, Farm([comfy.url]))
+    counting = CountingTemplate(library.get("img2img"))
+    report = run_sweep(sweep(counting), tmp_path, Farm([comfy.url]))
+    assert (report.ran, report.skipped) == (0, 3)
+    # this run's own draws are validated (a bad value is said first), the stored ones validated and rendered
+    assert (counting.validated, counting.rendered) == (6, 3)
 
 
 def test_drawn_seeds_are_kept_when_the_same_command_resumes(comfy: Any, library: Templates, sample_image: Path,

@@ -111,9 +111,8 @@ def _run_sweep_with_progress(sweep: Sweep, out_dir: Path, servers: Sequence[Serv
 
 def _size_note(sweep: Sweep) -> str:
     """The first cell's warning about its picture's size against the model family's, or ''."""
-    first = {axis.name: axis.values[0] for axis in sweep.axes if axis.replaces is None}
     try:
-        params = sweep.template.params({**sweep.fixed, **first})
+        params = sweep.cells()[0].params  # validated once: run_sweep reuses these cells
     except ParameterError:
         return ""  # run_sweep checks every cell first and names the axis value at fault
     return params.size_note() if hasattr(params, "size_note") else ""
@@ -233,7 +232,7 @@ def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str]
                      f"about {format_duration(plan.estimate_s)} on a fast GPU (SD1.5, 512x512); nothing submitted")
         return
     if broker is None and ctx.get_parameter_source("wait_for_servers_s") is click.core.ParameterSource.DEFAULT:
-        sweep.cells()  # a bad value is said before the servers are asked (run_sweep renders them later)
+        sweep.cells()  # a bad value is said before the servers are asked (run_sweep uses these cells)
         _check_journal(sweep, Path(out_dir))  # what the user can fix in the folder is said before the servers
         _require_a_server(configs)  # asked to wait, the farm waits; by default a sweep no server takes fails now
     report = _run_sweep_with_progress(sweep, Path(out_dir), configs, max_attempts=max_attempts,
