@@ -41,6 +41,7 @@ class Graph(Mapping[str, Node]):
 
     def __init__(self, nodes: Mapping[str, Node]) -> None:
         self._nodes = MappingProxyType(dict(nodes))
+        self._digest: str | None = None  # worked out once: a job's id and its journal entry both read it
 
     @classmethod
     def from_api(cls, data: Any) -> Graph:
@@ -102,8 +103,10 @@ class Graph(Mapping[str, Node]):
 
     def digest(self) -> str:
         """A stable hash of the graph's content, for manifests and de-duplication."""
-        text = json.dumps(self.to_api(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        if self._digest is None:
+            text = json.dumps(self.to_api(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            self._digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return self._digest
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Graph) and self.to_api() == other.to_api()

@@ -339,7 +339,8 @@ class Sweep:
         for name, path in files.items():
             if name in portable:
                 portable[name] = {"file": path.name, "content": content_name(path)}
-        return portable
+        object.__setattr__(self, "_portable", MappingProxyType(portable))
+        return dict(portable)
 
     def _merged(self, values: Mapping[str, Value]) -> dict[str, Any]:
         """One cell's parameter values before validation: fixed ones, then the axes'."""
@@ -415,15 +416,17 @@ def cache_key(graph: Graph) -> tuple[str, str]:
 
 
 def order_for_cache(items: Sequence[T], key: Callable[[T], tuple[str, str]]) -> list[T]:
-    """Items grouped so those sharing a checkpoint, then a cache prefix, run back to back (stable)."""
+    """Items grouped so those sharing a checkpoint, then a cache prefix, run back to back (stable).
+
+    `key` is asked once an item: it hashes a graph.
+    """
+    keys = [key(item) for item in items]
     first_seen: dict[tuple[str, str], int] = {}
     checkpoint_seen: dict[str, int] = {}
-    for position, item in enumerate(items):
-        checkpoint, prefix = key(item)
+    for position, (checkpoint, prefix) in enumerate(keys):
         checkpoint_seen.setdefault(checkpoint, position)
         first_seen.setdefault((checkpoint, prefix), position)
-    order = sorted(range(len(items)), key=lambda i: (checkpoint_seen[key(items[i])[0]],
-                                                     first_seen[key(items[i])], i))
+    order = sorted(range(len(items)), key=lambda i: (checkpoint_seen[keys[i][0]], first_seen[keys[i]], i))
     return [items[i] for i in order]
 
 

@@ -63,7 +63,11 @@ def _json_literal(value: object) -> Markup:
         str(value)  # raises UndefinedError naming the variable
     if isinstance(value, _Traced):
         return Markup(json.dumps(f"{_TRACE}{value.parameter}{_TRACE}"))
-    return Markup(json.dumps(value, ensure_ascii=False))
+    return Markup(_JSON.encode(value))
+
+
+# json.dumps(value, ensure_ascii=False) made one of these for every {{ expression }} it wrote
+_JSON = json.JSONEncoder(ensure_ascii=False)
 
 
 _TRACE = "\u0000trace\u0000"

@@ -293,8 +293,15 @@ def test_cache_key_ignores_what_comes_after_sampling() -> None:
 
 def test_order_for_cache_runs_shared_checkpoints_and_prompts_back_to_back() -> None:
     items = [("a", "cat", 1), ("b", "cat", 2), ("a", "dog", 3), ("a", "cat", 4), ("b", "cat", 5), ("a", "dog", 6)]
-    ordered = order_for_cache(items, lambda item: cache_key(_graph(item[0], item[1], item[2])))
+    asked: list[int] = []
+
+    def key(item: tuple[str, str, int]) -> tuple[str, str]:
+        asked.append(item[2])
+        return cache_key(_graph(item[0], item[1], item[2]))
+
+    ordered = order_for_cache(items, key)
     assert [i[2] for i in ordered] == [1, 4, 3, 6, 2, 5]
+    assert sorted(asked) == [1, 2, 3, 4, 5, 6]  # each graph is hashed once
 
 
 def test_real_template_cells_share_a_cache_key_across_cfg(img2img: Any, sample_image: Path) -> None:
