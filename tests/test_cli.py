@@ -111,6 +111,15 @@ def test_a_sweep_keeps_no_absolute_path_of_this_machine(comfy: Any, sample_image
     assert "0 prompts run, 2 cells already done" in again.stdout
 
 
+def test_a_sweep_finds_a_picture_named_from_the_home_folder(sample_image: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(sample_image.parent))
+    done = invoke("sweep", "img2img", "--set", f"image=~/{sample_image.name}", "--set", "positive=~ at home",
+                  "--axis", "cfg=6,8", "--out", str(tmp_path / "out"), "--dry-run")
+    assert done.exit_code == 0, done.output
+    assert "2 cells in 2 prompts" in done.stdout
+
+
 def test_a_bad_value_is_said_before_the_servers_are_asked(sample_image: Path, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens: the value must be refused first
     done = invoke("sweep", "img2img", "--server", url, "--axis", "cfg=6,800", "--set", f"image={sample_image}",
