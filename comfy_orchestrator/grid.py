@@ -13,13 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-from PIL import Image, ImageDraw, ImageFont
-from PIL.PngImagePlugin import PngInfo
+from typing import TYPE_CHECKING, Any
 
 from comfy_orchestrator.errors import GridFailed
 from comfy_orchestrator.sweep import Value, file_slug, format_value
+
+if TYPE_CHECKING:  # Pillow's drawing loads with the first thumbnail or grid: a sweep's first prompt does not wait on it
+    from PIL import Image, ImageDraw, ImageFont
+
+    Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 MAX_GRID_SIDE_PX = 8192  # a grid wider or taller than this gets smaller thumbnails
 MIN_THUMBNAIL_PX = 64
@@ -46,7 +48,6 @@ _INK = (30, 30, 30)
 _MISSING = (225, 225, 225)
 _MUTED = (90, 90, 90)
 
-Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,8 @@ def thumbnail_path(folder: Path, image: Path) -> Path:
 
 def make_thumbnail(folder: Path, image: Path, *, thumbnail_px: int = 256) -> Path:
     """Write the thumbnail of `image` (relative to `folder`) now, so the grid need not open the image later."""
+    from PIL import Image
+
     target = thumbnail_path(folder, image)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -311,6 +314,8 @@ def write_results_page(
 
 def _draw_grid(plan: _Plan, axes: Sequence[GridAxis], side: int, header: Sequence[str]) -> _Sheet:
     """A canvas with the plan's title, header and axis labels, and the corner of each cell's picture."""
+    from PIL import Image, ImageDraw, ImageFont
+
     x_axis, y_axis, title = plan.x_axis, plan.y_axis, plan.title
     font = ImageFont.load_default(size=max(11, side // 12))
     heading = ImageFont.load_default(size=max(13, side // 9))
@@ -461,6 +466,8 @@ def _metadata_options(pil_format: str, definition: Mapping[str, Any] | None) -> 
         return {}
     text = json.dumps({"version": 1, "sweep": definition}, ensure_ascii=True, separators=(",", ":"), default=str)
     if pil_format == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
         info = PngInfo()
         info.add_text(GRID_METADATA_KEY, text)
         return {"pnginfo": info}
@@ -521,6 +528,8 @@ def _fresh_thumbnail(folder: Path, image: Path) -> Path | None:
 
 def _open_smallest(folder: Path, image: Path, side: int) -> Image.Image:
     """The fresh kept thumbnail, open, when it is at least `side` (or the whole image), else the image."""
+    from PIL import Image
+
     kept = _fresh_thumbnail(folder, image)
     if kept is not None:
         try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -284,3 +286,11 @@ def test_a_painted_cell_is_repainted_when_its_image_changed(tmp_path: Path) -> N
     (tmp_path / cells[0].image).unlink()  # a cell shown as it is now is not read again at the end
     [painted] = painter.save(final)
     assert _pixels(painted) == _pixels(drawn)
+
+
+def test_a_sweep_loads_pillows_drawing_only_when_it_draws() -> None:
+    # a sweep's first prompts do not wait on fonts and drawing: they load with the first thumbnail or grid
+    code = ("import sys, comfy_orchestrator.sweep_run; "
+            "print(sorted({'PIL.ImageDraw', 'PIL.ImageFont', 'PIL.PngImagePlugin'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.strip() == "[]"
