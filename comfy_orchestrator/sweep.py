@@ -62,14 +62,17 @@ BATCH_STEP_SHARE = 0.1
 
 
 class TemplateLike(Protocol):
-    """What a sweep needs of a template: its name, validated Params, and a Job for them."""
+    """What a sweep needs of a template: its name, validated Params, and a Job for them.
+
+    `job` is told the upload name (jobs.content_name) of each picture parameter the sweep has read already.
+    """
 
     @property
     def name(self) -> str: ...
 
     def params(self, values: Mapping[str, Any]) -> BaseModel: ...
 
-    def job(self, params: Any, *, label: str = "") -> Job: ...
+    def job(self, params: Any, *, label: str = "", image_names: Mapping[str, str] | None = None) -> Job: ...
 
 
 @dataclass(frozen=True)

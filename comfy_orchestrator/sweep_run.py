@@ -48,7 +48,7 @@ from comfy_orchestrator.farm import (
     ServerLink,
 )
 from comfy_orchestrator.grid import DEFAULT_GRID_FORMAT
-from comfy_orchestrator.jobs import Job, JobResult
+from comfy_orchestrator.jobs import Job, JobResult, content_name
 from comfy_orchestrator.journal import JOURNAL_NAME, CellPlan, CellStatus, Journal, PromptRecord
 from comfy_orchestrator.limits import Limits
 from comfy_orchestrator.protocol import outcome_from_history, outputs_from_history
@@ -115,7 +115,17 @@ def plan_sweep(sweep: Sweep, *, servers: int = 1) -> SweepPlan:
     """Validate every cell and render each prompt, ordered so ComfyUI's cache is reused."""
     cells = sweep.cells()
     batches = sweep.batches(cells)
-    pairs = [(batch, sweep.template.job(batch.params, label=_label(batch))) for batch in batches]
+    uploads: dict[Path, str] = {}  # each picture read and hashed once, not once a prompt
+
+    def job(batch: Batch) -> Job:
+        files: Mapping[str, Path] = getattr(batch.params, "image_fields", dict)()
+        for path in files.values():
+            if path not in uploads:
+                uploads[path] = content_name(path)
+        names = {name: uploads[path] for name, path in files.items()}
+        return sweep.template.job(batch.params, label=_label(batch), image_names=names)
+
+    pairs = [(batch, job(batch)) for batch in batches]
     ordered = order_for_cache(pairs, lambda pair: cache_key(pair[1].graph))
     return SweepPlan(sweep, tuple(cells), tuple(b for b, _ in ordered), tuple(j for _, j in ordered),
                      estimate_seconds(batches, servers=servers))

@@ -95,6 +95,7 @@ class CountingTemplate:
         self._template = template
         self.validated = 0
         self.rendered = 0
+        self.image_names: list[Any] = []  # what each job() was told of its pictures' upload names
 
     @property
     def name(self) -> str:
@@ -104,9 +105,10 @@ class CountingTemplate:
         self.validated += 1
         return self._template.params(values)
 
-    def job(self, params: Any, *, label: str = "") -> Any:
+    def job(self, params: Any, *, label: str = "", image_names: Any = None) -> Any:
         self.rendered += 1
-        return self._template.job(params, label=label)
+        self.image_names.append(image_names)
+        return self._template.job(params, label=label, image_names=image_names)
 
 
 @pytest.fixture

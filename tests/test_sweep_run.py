@@ -21,6 +21,7 @@ from PIL import Image
 
 from comfy_orchestrator.errors import SweepError
 from comfy_orchestrator.farm import Farm
+from comfy_orchestrator.jobs import content_name
 from comfy_orchestrator.journal import JOURNAL_NAME
 from comfy_orchestrator.params import DEFAULT_CHECKPOINT
 from comfy_orchestrator.servers import ServerConfig
@@ -142,6 +143,8 @@ def test_a_sweep_checked_first_is_validated_and_rendered_once_when_it_runs(comfy
     sweep.cells()  # as the command line does, to name a bad value before it asks the servers
     report = run_sweep(sweep, tmp_path / "new", Farm([comfy.url]))
     assert report.done == 4 and (counting.validated, counting.rendered) == (4, 4)
+    # the picture was read and hashed once for the four prompts: each was told its upload name
+    assert counting.image_names == [{"image": content_name(sample_image)}] * 4
     again = run_sweep(sweep, tmp_path / "new", Farm([comfy.url]))  # a resume renders to know what it has
     assert again.skipped == 4 and (counting.validated, counting.rendered) == (4, 8)
 
