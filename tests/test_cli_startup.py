@@ -127,3 +127,12 @@ def test_a_command_loads_only_its_own_command_module(comfy: Any, sample_image: P
     listed = _entry(LOADED_COMMAND_MODULES, "queue", "--help")  # a group split over two modules
     assert listed.returncode == 0 and "status" in listed.stdout and "cancel" in listed.stdout, listed.stderr
     assert f"loaded {sorted([*shared, 'queue', 'server'])}" in listed.stdout
+
+
+def test_rich_loads_only_when_something_is_shown_through_it() -> None:
+    # the consoles are made at their first use: click writes a command's help, run's seed note is plain text
+    loaded = "import atexit, sys\natexit.register(lambda: print('rich loaded', 'rich' in sys.modules))"
+    done = _entry(loaded, "run", "--help")
+    assert done.returncode == 0 and "rich loaded False" in done.stdout, done.stderr
+    shown = _entry(loaded, "templates")  # a listing shown through rich's console
+    assert shown.returncode == 0 and "img2img" in shown.stdout and "rich loaded True" in shown.stdout

@@ -14,11 +14,9 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import click
-from rich.console import Console
-from rich.text import Text
 
 from comfy_orchestrator.errors import (
     AuthFailed,
@@ -34,8 +32,10 @@ from comfy_orchestrator.errors import (
     WorkflowImportError,
 )
 
-if TYPE_CHECKING:  # rich.progress (with its tables and spinners) loads when a bar is drawn
+if TYPE_CHECKING:  # rich loads when something is first shown (rich.progress when a bar is drawn)
+    from rich.console import Console
     from rich.progress import ProgressColumn
+    from rich.text import Text
 
 # A server refusing our certificate check or our credentials is set-up the user fixes (--ca-cert, the token),
 # as is a journal that cannot be used (a file at fault): exit 2, as for any bad input.
@@ -55,17 +55,55 @@ STARTING_COLLECTION_THRESHOLD = 100_000
 USUAL_COLLECTION_THRESHOLDS = gc.get_threshold()  # the interpreter's own, as this module loads
 
 
+class _ConsoleAtFirstUse:
+    """A rich Console made when it is first used (by any thread), so that a command that shows nothing before
+    its first prompt loads no rich before it (`run` with its seed given: ~15 ms of its start)."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+        self._making = threading.Lock()
+
+    def _made(self) -> Console:
+        if self._console is None:
+            with self._making:
+                if self._console is None:
+                    from rich.console import Console
+
+                    self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._made(), name)
+
+    def __enter__(self) -> Console:  # what a Console does as a context (rich's Live uses it)
+        return self._made().__enter__()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._made().__exit__(*exc_info)
+
+    def __repr__(self) -> str:
+        return repr(self._made())
+
+
 # Text a user or a server wrote is never read as markup, emoji codes or highlighted: our own styling
 # is given as (text, style) pieces of a `line`, so no bracket in a value can change or break output.
-stdout = Console(soft_wrap=True, markup=False, emoji=False)
+stdout = cast("Console", _ConsoleAtFirstUse(soft_wrap=True, markup=False, emoji=False))
 
 
-stderr = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
+stderr = cast("Console", _ConsoleAtFirstUse(stderr=True, soft_wrap=True, markup=False, emoji=False))
 
 
 def line(*parts: str | tuple[str, str]) -> Text:
     """One line of output from plain pieces and (text, style) pieces, none of it markup."""
+    from rich.text import Text
+
     return Text.assemble(*parts)
+
+
+def note(text: str) -> None:
+    """One line of plain text on stderr, written without rich: what a command says before its first prompt."""
+    click.echo(text, err=True)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
@@ -81,6 +119,8 @@ def line_column() -> ProgressColumn:
     leave the ETA's digits alone on a second line under the bar at 80 columns.
     """
     from rich.progress import ProgressColumn, Task
+    from rich.text import Text
+
     class LineColumn(ProgressColumn):
         def render(self, task: Task) -> Text:
             shown = task.fields.get("line")

@@ -28,6 +28,7 @@ from comfy_orchestrator.cli.output import (
     format_number,
     line,
     mark_started,
+    note,
     stderr,
     stdout,
     terminate_as_interrupt,
@@ -138,7 +139,7 @@ def _draw_seeds(template: Template, values: dict[str, Any]) -> None:
     for name in SEED_PARAMETERS:
         if name in names and str(values.get(name, RANDOM_SEED)).strip() == str(RANDOM_SEED):
             values[name] = random.SystemRandom().randint(0, DRAWN_SEED_MAX)
-            stderr.print(f"{name} {values[name]} (drawn at random; --set {name}={values[name]} gives it again)")
+            note(f"{name} {values[name]} (drawn at random; --set {name}={values[name]} gives it again)")
 
 
 STOPPED = {"queued": "taken off the queue", "running": "interrupted", "done": "had already finished"}
