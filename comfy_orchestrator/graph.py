@@ -50,17 +50,17 @@ class Graph(Mapping[str, Node]):
             raise GraphInvalid(["an API-format prompt is a non-empty JSON object of node id -> node"])
         problems: list[str] = []
         nodes: dict[str, Node] = {}
-        for node_id, entry in data.items():
-            if not isinstance(entry, Mapping) or not isinstance(entry.get("class_type"), str):
+        for node_id, entry in data.items():  # dict first: Mapping's ABC check is slow, and JSON gives dicts
+            if not isinstance(entry, (dict, Mapping)) or not isinstance(entry.get("class_type"), str):
                 problems.append(f"node {node_id}: needs a string 'class_type' (is this the editor format? "
                                 "use 'comfy-orch template import' or ComfyUI's Export (API))")
                 continue
             inputs = entry.get("inputs", {})
-            if not isinstance(inputs, Mapping):
+            if not isinstance(inputs, (dict, Mapping)):
                 problems.append(f"node {node_id}: 'inputs' must be an object")
                 continue
             meta = entry.get("_meta")
-            title = meta.get("title") if isinstance(meta, Mapping) else None
+            title = meta.get("title") if isinstance(meta, (dict, Mapping)) else None
             nodes[str(node_id)] = Node(str(node_id), entry["class_type"], MappingProxyType(dict(inputs)), title)
         graph = cls(nodes)
         problems += graph.link_problems()
@@ -119,6 +119,8 @@ class Graph(Mapping[str, Node]):
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, (str, int, float)) or value is None:  # most inputs, answered without Mapping's ABC check
+        return value
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
