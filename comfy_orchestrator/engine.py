@@ -313,7 +313,33 @@ class FarmRun(RunState):
             self.fill(server)
 
     def fill(self, server: RunServer) -> None:
-        """Queue jobs on the server until it holds 1 + queue_ahead; with nothing waiting, move one here."""
+        """Queue jobs on the server until it holds 1 + queue_ahead; with nothing waiting, move one here.
+
+        One thread sends to a server at a time, so the server queues its jobs in the order they were
+        boarded: it runs them in the order they arrive, and the engine takes the oldest for the one
+        running (the one a failover lets finish while it cancels the rest). A thread that finds
+        another sending leaves the filling to that one, which fills once more before it lets go.
+        """
+        with self.lock:
+            if server.sending:
+                server.fill_again = True
+                return
+            server.sending = True
+        try:
+            while True:
+                self.send_jobs(server)
+                with self.lock:
+                    if not server.fill_again:
+                        server.sending = False
+                        return
+                    server.fill_again = False
+        except BaseException:
+            with self.lock:
+                server.sending = server.fill_again = False
+            raise
+
+    def send_jobs(self, server: RunServer) -> None:
+        """Board jobs on the server and submit them, one by one, while it has room (this thread alone sends)."""
         while not self.stop.is_set():
             with self.lock:
                 if not server.up or len(server.flights) >= self.slots_now(server):

@@ -109,6 +109,8 @@ class RunServer(ServerRecord):
     times: JobTimes = field(default_factory=JobTimes)
     last_finished: JobNeeds | None = None
     last_finish_at: float | None = None
+    sending: bool = False  # a thread is boarding and submitting jobs to it (one at a time: see FarmRun.fill)
+    fill_again: bool = False  # another thread wanted to fill it meanwhile: the sender fills once more
 
     @property
     def link(self) -> ServerLink:

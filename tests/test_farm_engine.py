@@ -23,6 +23,7 @@ from comfy_orchestrator.farm import (
     JobDone,
     JobOutcome,
     JobRetrying,
+    JobSubmitting,
     RunningJob,
     ServerDown,
     ServerLink,
@@ -402,6 +403,52 @@ def test_while_a_server_is_still_probed_the_others_hold_one_job_each() -> None:
     first.queued[1].finish()
     outcomes = run.rest()
     assert sorted(o.job.label for o in outcomes) == [f"job-{i}" for i in range(6)]
+
+
+class HeldFirstSend(StubLink):
+    """A stub server whose first submission waits for `let_through`; it queues a job as its submission ends."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.submitting = threading.Event()
+        self.let_through = threading.Event()
+        self.in_flight = 0
+        self.most_at_once = 0
+        self._count = threading.Lock()
+
+    def submit(self, job: Job, *, prompt_id: str | None = None,
+               on_progress: Callable[[Progress], None] | None = None) -> RunningJob:
+        with self._count:
+            self.in_flight += 1
+            self.most_at_once = max(self.most_at_once, self.in_flight)
+        if job.label == "job-0":
+            self.submitting.set()
+            assert self.let_through.wait(PATIENCE_S), "the test never let job-0's submission through"
+        with self._count:
+            self.in_flight -= 1
+        return super().submit(job, prompt_id=prompt_id, on_progress=on_progress)
+
+
+def test_a_server_filled_from_another_thread_queues_its_jobs_in_the_order_sent() -> None:
+    # A failover lets a server's oldest job finish and cancels the rest: were a later job to land
+    # first, it would run there as well as elsewhere, and the oldest would be cancelled instead.
+    first, late = HeldFirstSend("first.test"), HeldProbe("late.test")
+    late.finish_at_once = False
+    events = Recorder()
+    run = Run(farm_of(first, late, queue_ahead=1), 6, events)
+    assert first.submitting.wait(PATIENCE_S)  # its one job while late.test is still probed, being sent
+    late.answer.set()  # the last probe: the farm now fills first.test ahead too, from late.test's thread
+    late.wait_for(lambda stub: len(stub.queued) == 2, "took its two jobs")
+    first.let_through.set()
+    first.wait_for(lambda stub: len(stub.queued) == 2, "took a job beside its first")
+    sent = [e.job.label for e in events.events if isinstance(e, JobSubmitting) and e.server == "first.test"]
+    assert [queued.job.label for queued in first.queued] == sent and sent[0] == "job-0"
+    assert first.most_at_once == 1
+    first.finish_at_once = late.finish_at_once = True
+    for stub in (first, late):
+        for queued in list(stub.queued):
+            queued.finish()
+    assert sorted(o.job.label for o in run.rest()) == [f"job-{i}" for i in range(6)]
 
 
 def test_a_settled_job_whose_last_copy_was_on_a_server_that_went_down_is_forgotten() -> None:
