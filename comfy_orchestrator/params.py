@@ -8,7 +8,8 @@ every workflow shares, and Img2Img), params_img2img.py (Img2Img's kin) and param
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import importlib
+from collections.abc import Iterator, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -39,46 +40,33 @@ if TYPE_CHECKING:
     from comfy_orchestrator.params_txt2img import ControlNet, ControlSpec, HiresFix
 
 
-def _sampling() -> ModuleType:
-    from comfy_orchestrator import params_sampling
-
-    return params_sampling
-
-
-def _img2img_kin() -> ModuleType:
-    from comfy_orchestrator import params_img2img
-
-    return params_img2img
-
-
-def _txt2img() -> ModuleType:
-    from comfy_orchestrator import params_txt2img
-
-    return params_txt2img
-
-
-# each workflow: the room its model lives in and the model's name there
-_MODELS: dict[str, tuple[Callable[[], ModuleType], str]] = {
-    "img2img": (_sampling, "Img2Img"),
-    "style-transfer": (_img2img_kin, "StyleTransfer"),
-    "upscale": (_img2img_kin, "Upscale"),
-    "sketch-to-image": (_img2img_kin, "SketchToImage"),
-    "photo-restoration": (_img2img_kin, "PhotoRestoration"),
-    "hires-fix": (_txt2img, "HiresFix"),
-    "variations": (_img2img_kin, "Variations"),
-    "blend": (_img2img_kin, "Blend"),
-    "tiled": (_img2img_kin, "Tiled"),
-    "resize": (_img2img_kin, "Resize"),
-    "inpaint": (_img2img_kin, "Inpaint"),
-    "inpaint-partial": (_img2img_kin, "InpaintPartial"),
-    "controlnet": (_txt2img, "ControlNet"),
+# each workflow: the room (a module of this package) its model lives in and the model's name there
+_MODELS: dict[str, tuple[str, str]] = {
+    "img2img": ("params_sampling", "Img2Img"),
+    "style-transfer": ("params_img2img", "StyleTransfer"),
+    "upscale": ("params_img2img", "Upscale"),
+    "sketch-to-image": ("params_img2img", "SketchToImage"),
+    "photo-restoration": ("params_img2img", "PhotoRestoration"),
+    "hires-fix": ("params_txt2img", "HiresFix"),
+    "variations": ("params_img2img", "Variations"),
+    "blend": ("params_img2img", "Blend"),
+    "tiled": ("params_img2img", "Tiled"),
+    "resize": ("params_img2img", "Resize"),
+    "inpaint": ("params_img2img", "Inpaint"),
+    "inpaint-partial": ("params_img2img", "InpaintPartial"),
+    "controlnet": ("params_txt2img", "ControlNet"),
 }
 # the other public names of the rooms, importable from here as they were when one module held them all
-_NAMES: dict[str, Callable[[], ModuleType]] = {
+_NAMES: dict[str, str] = {
     **{name: room for room, name in _MODELS.values()},
-    **dict.fromkeys(("Sampling", "LoraSpec", "SizeRoundedWarning", "SEED_MAX", "resized_size"), _sampling),
-    "ControlSpec": _txt2img,
+    **dict.fromkeys(("Sampling", "LoraSpec", "SizeRoundedWarning", "SEED_MAX", "resized_size"), "params_sampling"),
+    "ControlSpec": "params_txt2img",
 }
+
+
+def _imported(room: str) -> ModuleType:
+    """A room of this package, imported on first use (later imports find it in sys.modules)."""
+    return importlib.import_module(f"comfy_orchestrator.{room}")
 
 
 class _Workflows(Mapping[str, type[Params]]):
@@ -87,7 +75,7 @@ class _Workflows(Mapping[str, type[Params]]):
 
     def __getitem__(self, name: str) -> type[Params]:
         room, model = _MODELS[name]
-        found: type[Params] = getattr(room(), model)
+        found: type[Params] = getattr(_imported(room), model)
         return found
 
     def __iter__(self) -> Iterator[str]:
@@ -111,8 +99,7 @@ def __getattr__(name: str) -> Any:
     room = _NAMES.get(name)
     if room is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(room(), name)
-
+    return getattr(_imported(room), name)
 
 
 __all__ = [
