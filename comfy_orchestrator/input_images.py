@@ -112,8 +112,7 @@ def check_mask(image: Path, mask: Path, channel: str) -> None:
         if empty:
             raise ValueError(f"mask {mask.name!r} marks nothing to repaint (its {channel} channel is all "
                              f"{'black' if channel != 'alpha' else 'opaque'})")
-        with Image.open(image) as base:
-            if picture.size != base.size:
-                warnings.warn(f"mask {mask.name!r} is {picture.size[0]}x{picture.size[1]} but the image is "
-                              f"{base.size[0]}x{base.size[1]}; ComfyUI stretches the mask to fit",
-                              MaskResizedWarning, stacklevel=2)
+        width, height = picture_size(image)  # measured when the image was validated
+        if picture.size != (width, height):
+            warnings.warn(f"mask {mask.name!r} is {picture.size[0]}x{picture.size[1]} but the image is "
+                          f"{width}x{height}; ComfyUI stretches the mask to fit", MaskResizedWarning, stacklevel=2)
