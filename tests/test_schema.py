@@ -34,9 +34,14 @@ def test_any_layout_reads_as_the_same_classes(indent: int | None) -> None:
     assert list(recorded_classes(text + "\n")) == list(tricky)
 
 
-def test_the_recorded_schema_parses_only_the_classes_it_is_asked_for() -> None:
+def test_copies_of_the_recorded_schema_copy_only_the_classes_they_change() -> None:
     schema = Schema.recorded()
     offline = schema.without_file_lists()
+    assert offline["CheckpointLoaderSimple"].inputs["ckpt_name"].choices is None
+    assert offline.raw["CheckpointLoaderSimple"] is not schema.raw["CheckpointLoaderSimple"]
+    assert offline.raw["KSampler"] is schema.raw["KSampler"]  # unchanged: shared, parsed once
+    listed = offline.with_checkpoints(["mine.safetensors"])
+    assert listed.checkpoints == ("mine.safetensors",) and listed.raw["KSampler"] is schema.raw["KSampler"]
     assert offline["CheckpointLoaderSimple"].inputs["ckpt_name"].choices is None
     assert schema.checkpoints == ("random-sd15.safetensors",)
     assert schema.choices("KSampler", "sampler_name")[0] == "euler"
