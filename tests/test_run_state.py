@@ -60,6 +60,14 @@ def bring_up(server: RunServer, schema: Schema = SCHEMA) -> None:
     server.capability = Capability(schema)
 
 
+def read_and_bring_up(state: RunState) -> list[RunServer]:
+    """The first jobs read and every server up and able to run them (lock held); the servers."""
+    state.refill()
+    for server in state.servers:
+        bring_up(server)
+    return state.servers
+
+
 def test_jobs_are_read_a_window_ahead_and_numbered_in_order() -> None:
     state = books("a.test", jobs=(job(i) for i in range(100)), window=8, queue_ahead=2)
     with state.lock:  # as the engine calls them
@@ -84,10 +92,7 @@ def test_a_source_that_fails_stops_reading_and_keeps_its_error() -> None:
 def test_a_server_takes_the_oldest_job_it_can_run_and_boards_it() -> None:
     state = books("a.test", "b.test", jobs=(job(i) for i in range(3)))
     with state.lock:  # as the engine calls them
-        state.refill()
-        a, b = state.servers
-        bring_up(a)
-        bring_up(b)
+        a, b = read_and_bring_up(state)
         ticket = state.take(a)
         assert ticket is not None and ticket.seq == 0 and [t.seq for t in state.waiting] == [1, 2]
         flight = state.board(a, ticket)
@@ -98,10 +103,7 @@ def test_a_server_takes_the_oldest_job_it_can_run_and_boards_it() -> None:
 def test_a_server_resting_from_a_job_leaves_it_to_another() -> None:
     state = books("a.test", "b.test", jobs=iter([job(0)]))
     with state.lock:  # as the engine calls them
-        state.refill()
-        a, b = state.servers
-        bring_up(a)
-        bring_up(b)
+        a, b = read_and_bring_up(state)
         state.waiting[0].avoid_until["a.test"] = math.inf
         assert state.take(a) is None and state.idle_with_nothing
         taken = state.take(b)
@@ -111,9 +113,7 @@ def test_a_server_resting_from_a_job_leaves_it_to_another() -> None:
 def test_a_job_no_server_can_run_fails_at_once_naming_what_each_lacks() -> None:
     state = books("a.test", "b.test", jobs=iter([job(0, "NoSuchNode"), job(1)]))
     with state.lock:  # as the engine calls them
-        state.refill()
-        for server in state.servers:
-            bring_up(server)
+        read_and_bring_up(state)
         taken = state.take(state.servers[0])
         assert taken is not None and taken.seq == 1
         failed = state.results.get_nowait()
@@ -173,10 +173,7 @@ def test_before_any_job_is_timed_a_job_is_guessed_at_the_default() -> None:
 def test_a_job_seen_before_a_failure_is_judged_afresh_after_it() -> None:
     state = books("a.test", "b.test", jobs=iter([job(0)]))
     with state.lock:  # as the engine calls them
-        state.refill()
-        a, b = state.servers
-        bring_up(a)
-        bring_up(b)
+        a, b = read_and_bring_up(state)
         seen = state.take(a)  # seen while both may run it
         assert seen is not None
         state.requeue(seen)  # back, as when its submission failed
@@ -217,9 +214,7 @@ def test_only_busy_servers_quiet_for_the_interval_are_asked_whether_they_answer(
     state = books("idle.test", "heard.test", "quiet.test", "down.test", jobs=(job(i) for i in range(3)))
     idle, heard, quiet, down = state.servers
     with state.lock:  # as the engine calls them
-        state.refill()
-        for server in state.servers:
-            bring_up(server)
+        read_and_bring_up(state)
         for server in (heard, quiet, down):
             ticket = state.take(server)
             assert ticket is not None
