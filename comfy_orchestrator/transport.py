@@ -140,13 +140,14 @@ class Transport:
         self._own_session = session is None
         self._session = session
         self._session_lock = threading.Lock()
-        self._direct = False  # whether calls may go straight to the pool
+        # whether calls may go straight to the pool: not with a caller's session (its adapters and hooks)
+        self._direct = self._own_session
         # requests reads the environment's proxies and .netrc once, now, if it names any
         self._quiet_environment = not (urllib.request.getproxies() or _netrc_file() is not None)
         if self._own_session and not self._quiet_environment:
-            _ = self.session
-        if self._own_session:
-            self._direct = self._session is None or _select_proxy(self.url, self._session.proxies) is None
+            import requests
+
+            self._direct = requests.utils.select_proxy(self.url, self.session.proxies) is None
         self._sent_headers = self._merged_headers()
         self._path_prefix = urlsplit(self.url).path
         self._timeout = urllib3.Timeout(connect=self.timeouts.http[0], read=self.timeouts.read_s)
@@ -225,7 +226,9 @@ class Transport:
             try:
                 body, content_type = json.dumps(json_body, allow_nan=False).encode(), "application/json"
             except ValueError as exc:  # NaN or infinity, which JSON has no words for
-                raise self._failure(method, path, _requests().exceptions.InvalidJSONError(exc)) from exc
+                import requests
+
+                raise self._failure(method, path, requests.exceptions.InvalidJSONError(exc)) from exc
         elif files is not None or form is not None:
             body, content_type = _multipart(form or {}, files or {})
         if self._direct and not (self._session is not None and self._session.cookies):
@@ -233,7 +236,8 @@ class Transport:
             if answer is not None:
                 return self._checked(answer, method, path)
         headers = self.headers if content_type is None else {**self.headers, "Content-Type": content_type}
-        requests = _requests()
+        import requests
+
         try:
             response = self.session.request(method, self.url + path, headers=headers, data=body, stream=True,
                                             timeout=self.timeouts.http, verify=self.trust.verify)
@@ -257,9 +261,10 @@ class Transport:
             answer.close()
             return None
         if "set-cookie" in raw.headers:  # a proxy's session: kept, and sent by requests from now on
-            requests = _requests()
+            import requests
+
             request = requests.Request(method, self.url + path, headers=headers).prepare()
-            requests.cookies.extract_cookies_to_jar(self.session.cookies, request, raw)
+            requests.cookies.extract_cookies_to_jar(self.session.cookies, request, raw)  # type: ignore[no-untyped-call]
         return answer
 
     def _connections(self) -> urllib3.HTTPConnectionPool:
@@ -277,8 +282,9 @@ class Transport:
 
     def _failure(self, method: str, path: str, exc: requests.RequestException) -> ComfyError:
         """Our error for a library's, naming the route and the kind of failure, never the URL's secrets."""
+        import requests
+
         route = _route(method, path)
-        requests = _requests()
         if isinstance(exc, requests.exceptions.SSLError):
             rejection = certificate_rejection(exc, server=self.url, trust=self.trust,
                                               timeout_s=self.timeouts.connect_s)
@@ -457,19 +463,6 @@ def _read_environment_once(session: requests.Session, url: str, *, has_credentia
     session.trust_env = False
 
 
-def _requests() -> Any:
-    """requests, imported where a call needs it (a module import is cached after the first)."""
-    import requests
-
-    return requests
-
-
-def _select_proxy(url: str, proxies: Mapping[str, str]) -> str | None:
-    import requests
-
-    return requests.utils.select_proxy(url, proxies)
-
-
 def _netrc_file() -> str | None:
     """The .netrc requests would read ($NETRC, else ~/.netrc or ~/_netrc), if there is one."""
     named = os.environ.get("NETRC")
@@ -500,7 +493,9 @@ def _multipart(form: Mapping[str, str], files: Files) -> tuple[bytes, str]:
 
 def _as_requests_error(error: Exception) -> requests.RequestException:
     """The error requests' adapter raises for urllib3's `error` (HTTPAdapter.send), so both paths say the same."""
-    exceptions, errors = _requests().exceptions, urllib3.exceptions
+    import requests
+
+    exceptions, errors = requests.exceptions, urllib3.exceptions
     kind: Callable[[Exception], requests.RequestException] = exceptions.RequestException
     if isinstance(error, (errors.ProtocolError, OSError, errors.ClosedPoolError)):
         kind = exceptions.ConnectionError
