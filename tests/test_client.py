@@ -28,6 +28,7 @@ from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.jobs import Job
 from comfy_orchestrator.limits import Timeouts
 from comfy_orchestrator.listener import connect_websocket
+from comfy_orchestrator.params import DEFAULT_CHECKPOINT
 from comfy_orchestrator.protocol import (
     Event,
     NodeExecuted,
@@ -39,6 +40,7 @@ from comfy_orchestrator.protocol import (
 from comfy_orchestrator.provenance import png_text, read_provenance
 from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.sim.costs import Costs
+from comfy_orchestrator.transport import SharedAnswers
 
 
 class RecordingSession(requests.Session):
@@ -255,9 +257,6 @@ def test_object_info_is_read_once_per_client(comfy: Any, img2img_job: Job) -> No
 
 
 def test_servers_of_one_install_share_one_reading_of_object_info(sim: Any, img2img_job: Job) -> None:
-    from comfy_orchestrator.params import DEFAULT_CHECKPOINT
-    from comfy_orchestrator.transport import SharedAnswers
-
     same = sim(2, checkpoints=(DEFAULT_CHECKPOINT,))
     other = sim(1, checkpoints=(DEFAULT_CHECKPOINT, "other.safetensors"))[0]
     shared = SharedAnswers()

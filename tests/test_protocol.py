@@ -16,6 +16,8 @@ import pytest
 from comfy_orchestrator.errors import ExecutionFailed, Interrupted, MalformedMessage, OutOfMemory
 from comfy_orchestrator.jobs import Output
 from comfy_orchestrator.protocol import (
+    HISTORY,
+    OBJECT_INFO,
     Event,
     ExecutionStarted,
     FeatureFlags,
@@ -32,6 +34,7 @@ from comfy_orchestrator.protocol import (
     PromptSucceeded,
     QueueStatus,
     UnknownEvent,
+    check_answer,
     outcome_from_history,
     outputs_from_history,
     parse_event,
@@ -380,8 +383,6 @@ def test_answer_models_are_built_at_their_first_use_once_across_threads() -> Non
 
 
 def test_a_shape_that_is_not_a_model_is_checked_with_its_field_named() -> None:
-    from comfy_orchestrator.protocol import HISTORY, OBJECT_INFO, check_answer
-
     assert check_answer(OBJECT_INFO, {"KSampler": {}}, route="GET /object_info", server="s") == {"KSampler": {}}
     with pytest.raises(MalformedMessage, match=r"GET /object_info answered an unexpected shape: KSampler: "):
         check_answer(OBJECT_INFO, {"KSampler": []}, route="GET /object_info", server="s")
