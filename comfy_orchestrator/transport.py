@@ -412,34 +412,24 @@ class SharedAnswers:
 
     def __init__(self, *, kept: int = 4) -> None:
         self.kept = kept
+        # held while one body is read: the others wait, and take what it made if their bytes are the same.
+        # A reading is parsing and checking, which holds the GIL throughout: two would not overlap anyway.
         self._lock = threading.Lock()
-        self._readings: dict[tuple[str, bytes], _Reading] = {}  # oldest first
+        self._made: dict[tuple[str, bytes], Any] = {}  # oldest first
 
     def read(self, route: str, body: bytes, read: Callable[[bytes], Answered]) -> Answered:
-        """`read(body)`, or what it made of the same bytes before; while one thread reads, the others wait for it.
+        """`read(body)`, or what it made of the same bytes before.
 
         An error is raised to its own caller only; the next caller with those bytes reads them again.
         """
         key = (route, hashlib.sha256(body).digest())
         with self._lock:
-            reading = self._readings.get(key)
-            if reading is None:
-                reading = self._readings[key] = _Reading()
-                while len(self._readings) > self.kept:
-                    del self._readings[next(iter(self._readings))]
-        with reading.lock:
-            if not reading.done:
-                reading.made, reading.done = read(body), True
-            return cast(Answered, reading.made)
-
-
-class _Reading:
-    """One body's reading: its lock, held while it is read, and what it made."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.done = False
-        self.made: Any = None
+            if key in self._made:
+                return cast(Answered, self._made[key])
+            made = self._made[key] = read(body)
+            while len(self._made) > self.kept:
+                del self._made[next(iter(self._made))]
+            return made
 
 
 def _route(method: str, path: str) -> str:
