@@ -112,6 +112,25 @@ def test_each_command_loads_through_the_modules_that_attach_it() -> None:
             assert each.callback is not None and each.callback.__module__.rpartition(".")[2] in COMMAND_MODULES[name]
 
 
+def test_every_command_module_is_listed() -> None:
+    # a listing loads only the listed modules, so a command module left out of COMMAND_MODULES would vanish
+    # from --help and from the command line without the test above noticing: load every one and compare
+    import importlib
+    import pkgutil
+
+    import comfy_orchestrator.cli
+    from comfy_orchestrator.cli import main
+    from comfy_orchestrator.cli.group import COMMAND_MODULES
+
+    for module in pkgutil.iter_modules(comfy_orchestrator.cli.__path__):
+        if module.name != "__main__":  # that one runs the command line
+            importlib.import_module(f"comfy_orchestrator.cli.{module.name}")
+    assert sorted(main.commands) == sorted(COMMAND_MODULES)
+    for name, command in main.commands.items():
+        for each in [command, *getattr(command, "commands", {}).values()]:
+            assert each.callback is not None and each.callback.__module__.rpartition(".")[2] in COMMAND_MODULES[name]
+
+
 LOADED_COMMAND_MODULES = ("import atexit, sys\n"
                           "atexit.register(lambda: print('loaded', sorted(name.rpartition('.')[2] for name in sys.modules"
                           " if name.startswith('comfy_orchestrator.cli.'))))")
