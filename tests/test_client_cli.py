@@ -218,6 +218,37 @@ def test_stopping_run_stops_its_prompt_on_the_server(sim: Any, sample_image: Pat
         neighbour.close()
 
 
+def test_stopping_run_while_its_prompt_is_being_sent_names_the_prompt(sim: Any, sample_image: Path,
+                                                                      tmp_path: Path) -> None:
+    from comfy_orchestrator.params import DEFAULT_CHECKPOINT
+
+    (server,) = sim(checkpoints=(DEFAULT_CHECKPOINT,))
+    server.faults.hang_route("/prompt", times=1)  # the POST is taken in and never answered
+    (sent,) = server.faults.routes.values()
+    command = [sys.executable, "-m", "comfy_orchestrator.cli", "run", "img2img", "--server", server.url,
+               "--set", f"image={sample_image}", "--set", "seed=7", "--out", str(tmp_path / "out")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while sent.remaining and time.monotonic() < deadline and process.poll() is None:
+            threading.Event().wait(0.05)
+        assert sent.remaining == 0, f"the prompt was never sent: {process.poll()}"
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 130, err
+        assert "Traceback" not in err and "Aborted" not in err
+        said = re.fullmatch(rf"error: interrupted: prompt ([0-9a-f-]{{36}}) was not on {re.escape(server.url)} yet; "
+                            rf"should it appear, stop it with: comfy-orch interrupt \1 --server {re.escape(server.url)}",
+                            err.strip().splitlines()[-1])
+        assert said is not None, err
+    finally:
+        process.kill()
+        process.communicate()
+        server.faults.clear()
+    assert _running_and_pending(server.url) == ([], [])
+
+
 def test_interrupt_of_a_waiting_prompt_takes_it_off_the_queue(sim: Any, sample_image: Path) -> None:
     from comfy_orchestrator.client import Client
     from comfy_orchestrator.params import DEFAULT_CHECKPOINT

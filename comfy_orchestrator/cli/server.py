@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,6 @@ from comfy_orchestrator.limits import Timeouts
 
 if TYPE_CHECKING:  # imported where used, so that a command loads only what it needs
     from comfy_orchestrator.client import Client
-    from comfy_orchestrator.job_handle import JobHandle
     from comfy_orchestrator.templates import Template
 
 
@@ -97,8 +97,10 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
             params = template.params(values)
             warn_about_size(params)
             job = template.job(params)
-        handle = client.submit(job)
+        # the prompt id is ours before the POST: a Ctrl-C while the server takes the prompt still finds it
+        prompt_id = str(uuid.uuid4())
         try:  # from here on, Ctrl-C stops the prompt we started
+            handle = client.submit(job, prompt_id=prompt_id)
             mark_started()
             # the bar's code loads while the server works, not before the prompt is in
             from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -121,7 +123,7 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
                 result = client.save_outputs(handle.wait(), Path(out_dir), timeout_s=left_s)
         except KeyboardInterrupt as stop:
             terminated = isinstance(stop, Terminated)
-            fail(f"{'terminated' if terminated else 'interrupted'}: {_stop_prompt(client, handle)}",
+            fail(f"{'terminated' if terminated else 'interrupted'}: {_stop_prompt(client, prompt_id)}",
                  EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
     for path in result.files:
         stdout.print(str(path))
@@ -145,16 +147,20 @@ def _draw_seeds(template: Template, values: dict[str, Any]) -> None:
 STOPPED = {"queued": "taken off the queue", "running": "interrupted", "done": "had already finished"}
 
 
-def _stop_prompt(client: Client, handle: JobHandle) -> str:
-    """Stop a prompt we started (off the queue if it waits, interrupted if it runs); say what happened."""
+def _stop_prompt(client: Client, prompt_id: str) -> str:
+    """Stop a prompt we started or were starting (off the queue if it waits, interrupted if it runs); say what
+    happened."""
+    stop_it = f"stop it with: comfy-orch interrupt {prompt_id} --server {client.url}"
     try:
-        state, _ = client.locate(handle.prompt_id)
-        if state != "done":
-            handle.cancel()
+        state, _ = client.locate(prompt_id)
+        if state != "done":  # "unknown" too: the POST may still be on its way
+            client.delete([prompt_id])  # first: a prompt deleted while it starts is then interrupted
+            client.interrupt(prompt_id)
     except ComfyError as exc:
-        return (f"could not stop prompt {handle.prompt_id} on {client.url} ({exc}); "
-                f"stop it with: comfy-orch interrupt {handle.prompt_id} --server {client.url}")
-    return f"prompt {handle.prompt_id} {STOPPED.get(state, 'stopped')} on {client.url}"
+        return f"could not stop prompt {prompt_id} on {client.url} ({exc}); {stop_it}"
+    if state == "unknown":
+        return f"prompt {prompt_id} was not on {client.url} yet; should it appear, {stop_it}"
+    return f"prompt {prompt_id} {STOPPED[state]} on {client.url}"
 
 
 @main.group("queue", invoke_without_command=True)
