@@ -72,7 +72,7 @@ from comfy_orchestrator.templates import Templates; mark("templates (jinja2, the
 template = Templates.default(config.template_folders()).get("img2img"); mark("the img2img template loaded")
 import comfy_orchestrator.sweep; mark("drawing a seed (the sweep module's constants)")
 from comfy_orchestrator.client import Client
-mark("the client (requests, urllib3, websocket-client, protocol models, PIL)")
+mark("the client (urllib3, websocket-client, protocol models, PIL)")
 client = Client(sys.argv[1]); mark("Client()")
 from comfy_orchestrator.cli.values import with_families
 template = with_families(template, {}, client.model_family); mark("the checkpoint's model family (a request)")
