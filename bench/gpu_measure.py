@@ -29,7 +29,8 @@ from comfy_orchestrator.farm import Farm, JobFailed
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.servers import ServerConfig
 from comfy_orchestrator.sweep import Sweep, parse_axis
-from comfy_orchestrator.sweep_run import SweepProgress, run_sweep
+from comfy_orchestrator.sweep_progress import SweepProgress
+from comfy_orchestrator.sweep_run import run_sweep
 from comfy_orchestrator.templates import Templates
 
 REPO = Path(__file__).resolve().parents[1]

@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # imported where used, so that a command loads only what it n
     from comfy_orchestrator.queue import CeleryQueue
     from comfy_orchestrator.servers import ServerConfig
     from comfy_orchestrator.sweep import Sweep
+    from comfy_orchestrator.sweep_progress import SweepProgress
     from comfy_orchestrator.sweep_run import SweepReport
 
 
@@ -68,7 +69,7 @@ def _run_sweep_with_progress(sweep: Sweep, out_dir: Path, servers: Sequence[Serv
     from comfy_orchestrator.farm import Farm
     from comfy_orchestrator.limits import FARM_TIMEOUTS
     from comfy_orchestrator.retry import RetryPolicy
-    from comfy_orchestrator.sweep_run import SweepProgress, run_sweep
+    from comfy_orchestrator.sweep_run import run_sweep
 
     size_note = _size_note(sweep)
     said = threading.Lock()  # taken once: the note is shown at the first progress, from whichever thread
