@@ -166,3 +166,19 @@ def test_the_sweep_progress_line_is_cut_at_the_terminal_edge_never_wrapped() -> 
     assert len(lines) == 1, lines
     assert "8/9 8 done 0 failed 1 running  ETA 00:12" in lines[0]
     assert lines[0].endswith("…") and len(lines[0]) <= 80
+
+
+def test_plain_text_is_not_coloured_on_a_terminal(sample_image: Path, tmp_path: Path) -> None:
+    """Only our own (text, style) pieces are styled: rich's highlighter would colour numbers, words and
+    brackets of a plain line ('SD1.5' split in two, 'server(s)' in three)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FORCE_COLOR": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "comfy_orchestrator.cli", "sweep", "img2img", "--set",
+                           f"image={sample_image}", "--axis", "cfg=6,8", "--out", str(tmp_path / "out"), "--dry-run"],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "2 cells in 2 prompts on 1 server(s); about" in done.stdout, done.stdout
+    assert "(SD1.5, 512x512); nothing submitted" in done.stdout

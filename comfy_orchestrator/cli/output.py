@@ -88,10 +88,11 @@ class _ConsoleAtFirstUse:
 
 # Text a user or a server wrote is never read as markup, emoji codes or highlighted: our own styling
 # is given as (text, style) pieces of a `line`, so no bracket in a value can change or break output.
-stdout = cast("Console", _ConsoleAtFirstUse(soft_wrap=True, markup=False, emoji=False))
+stdout = cast("Console", _ConsoleAtFirstUse(soft_wrap=True, markup=False, emoji=False, highlight=False))
 
 
-stderr = cast("Console", _ConsoleAtFirstUse(stderr=True, soft_wrap=True, markup=False, emoji=False))
+stderr = cast("Console", _ConsoleAtFirstUse(stderr=True, soft_wrap=True, markup=False, emoji=False,
+                                             highlight=False))
 
 
 def line(*parts: str | tuple[str, str]) -> Text:
