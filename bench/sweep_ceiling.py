@@ -38,7 +38,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -274,15 +274,29 @@ class Ceiling:
                                                       - max(r.end_s for r in records), 3),
             "last_record_to_exit_s": round(exited_at - max(e["finished_at"] for e in entries), 3),
             "last_prompt_end_to_exit_s": round(exited_at - max(r.end_s for r in records), 3),
+            # each server's first submit and first prompt start, from the launch: one late server (busy
+            # answering, or collecting its garbage) against all of them late (the command itself slow)
+            "first_submit_by_server_s": _firsts(((e["server"], e["started_at"]) for e in entries), launched_at),
+            "first_start_by_server_s": _firsts(((r.server, r.start_s) for r in records), launched_at),
         }
         print(json.dumps({"row": name, "command": row["command"]}), flush=True)
         return self.bench.add(row)
 
 
+def _firsts(marks: Iterable[tuple[str, float]], since: float) -> list[float]:
+    """Each server's earliest mark, in seconds from `since`, earliest first."""
+    first: dict[str, float] = {}
+    for server, at in marks:
+        first[server] = min(at, first.get(server, at))
+    return sorted(round(at - since, 3) for at in first.values())
+
+
 def run_ceiling(ceiling: Ceiling, *, repeats: int, example_jobs: int, trace: Path | None = None) -> dict[str, Any]:
     """Every row (the 100-cell pairs `repeats` times, interleaved), then the ratios and the targets.
 
-    With `trace`, one more command row on every server first, traced into that file (see sweep_command).
+    With `trace`, one more command row on every server first, traced into that file (see sweep_command),
+    and one more pair at the end whose command row is traced too (into TRACE-after-bare): that row starts
+    right after a bare row, as the timed ones do, where the first starts after the warm-up.
     """
     one = ceiling.groups[0]
     every = [url for group in ceiling.groups for url in group]
@@ -298,6 +312,10 @@ def run_ceiling(ceiling: Ceiling, *, repeats: int, example_jobs: int, trace: Pat
         if len(every) > len(one):
             pairs["all"].append((ceiling.bare(f"bare-{len(every)}", every),
                                  ceiling.sweep_command(f"command-{len(every)}", every)))
+    if trace is not None and len(every) > len(one):
+        ceiling.bare(f"bare-{len(every)}-before-traced", every)
+        ceiling.sweep_command(f"traced-{len(every)}-after-bare", every,
+                              trace=trace.with_name(f"{trace.stem}-after-bare{trace.suffix}"))
     example = ceiling.example("example-1", example_jobs)
     batch = ceiling.batch("batch-16")
     seeds = ceiling.sweep_command(f"seeds-{len(one)}", one, SEED_AXES, template="variations", extra=["--batch-seeds"])

@@ -91,3 +91,8 @@ def test_the_command_rows_load_from_bytecode_the_bench_writes(ceiling: ModuleTyp
     assert "PYTHONDONTWRITEBYTECODE" not in rows.environment
     assert rows.environment["PYTHONPYCACHEPREFIX"] == str(tmp_path / "bytecode")
     assert rows.environment["PATH"] == os.environ["PATH"]  # the rest of the environment is the caller's
+
+
+def test_firsts_gives_each_servers_earliest_mark_from_the_launch(ceiling: ModuleType) -> None:
+    marks = [("a", 10.5), ("b", 10.2), ("a", 10.3), ("c", 11.0), ("b", 10.9)]
+    assert ceiling._firsts(marks, 10.0) == [0.2, 0.3, 1.0]
