@@ -41,6 +41,7 @@ from comfy_orchestrator.links import (
     JobSubmitting,
     NoServerUp,
     ServerDown,
+    ServerLink,
     ServerUp,
 )
 from comfy_orchestrator.protocol import Progress, outcome_from_history, outputs_from_history
@@ -57,6 +58,30 @@ THREAD_EXIT_S = 10.0  # at the end, how long each of the run's threads is given 
 SUBMITS_SETTLE_S = 5.0  # at the end, how long a job being submitted is waited for, to be cancelled in order
 RECOVER_ATTEMPTS = 3  # reads of a prompt's record, after a fault cut off its wait, before it is run again
 NO_SERVER_NOTICE_S = 5.0  # while no server is up, how often the farm says what it waits for
+
+
+def close_links(links: Sequence[ServerLink]) -> None:
+    """Close `links` at once, each on its own thread (a link's close waits on its server: the websocket's
+    closing handshake), and return when all are closed; the first error a close raised is raised then."""
+    if len(links) <= 1:
+        for link in links:
+            link.close()
+        return
+    errors: list[BaseException] = []
+
+    def close(link: ServerLink) -> None:
+        try:
+            link.close()
+        except BaseException as exc:  # raised on the caller's thread, as a close there would have raised it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=close, args=(link,), name="farm-close", daemon=True) for link in links]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 class FarmRun(RunState):
@@ -126,8 +151,7 @@ class FarmRun(RunState):
         with self.links_lock:
             self.links_closed = True
             links = [server.connection for server in self.servers if server.connection is not None]
-        for link in links:
-            link.close()
+        close_links(links)
 
     def progress_reporter(self, job: Job, server: RunServer) -> Callable[[Progress], None] | None:
         """A callback that passes a job's progress on as JobProgress events; None when nobody listens."""

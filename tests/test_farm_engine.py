@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from comfy_orchestrator.engine import FarmRun
+from comfy_orchestrator.engine import FarmRun, close_links
 from comfy_orchestrator.errors import ComfyError, ConnectionFailed, Interrupted, ParameterError
 from comfy_orchestrator.farm import (
     DuplicateDiscarded,
@@ -467,3 +467,35 @@ def test_a_settled_job_whose_last_copy_was_on_a_server_that_went_down_is_forgott
         run.mark_down(second, ConnectionFailed("not answering", server="b.test"))
         assert not run.drop(second, copy)  # its thread, reaping the copy later, finds it already gone
     assert ticket.copies == 0 and run.ledger.winner(ticket.seq) is None  # memory stays flat
+
+
+class HandshakeLink(StubLink):
+    """A link whose close waits until every link of its farm is closing (a websocket's closing handshake):
+    closed one after another, the first one's wait runs out and its close fails."""
+
+    def __init__(self, name: str, closing: threading.Barrier, *, error: ComfyError | None = None) -> None:
+        super().__init__(name, finish_at_once=True)
+        self.closing, self.error, self.closed = closing, error, False
+
+    def close(self) -> None:
+        self.closing.wait()
+        self.closed = True
+        if self.error is not None:
+            raise self.error
+
+
+def test_the_end_of_a_run_closes_its_links_at_once() -> None:
+    closing = threading.Barrier(3, timeout=PATIENCE_S)
+    links = [HandshakeLink(f"{name}.test", closing) for name in "abc"]
+    run = Run(farm_of(*links), 6)
+    assert len([run.next() for _ in range(6)] + run.rest()) == 6
+    assert all(link.closed for link in links)
+
+
+def test_closing_links_at_once_raises_the_first_error_once_all_are_closed() -> None:
+    closing = threading.Barrier(2, timeout=PATIENCE_S)
+    broken = ConnectionFailed("close refused", server="b.test")
+    links = [HandshakeLink("a.test", closing), HandshakeLink("b.test", closing, error=broken)]
+    with pytest.raises(ConnectionFailed, match="close refused"):
+        close_links(links)
+    assert all(link.closed for link in links)
