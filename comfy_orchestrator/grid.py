@@ -49,7 +49,6 @@ _MISSING = (225, 225, 225)
 _MUTED = (90, 90, 90)
 
 
-
 @dataclass(frozen=True)
 class GridAxis:
     """An axis as a grid shows it: its name and its values in order."""
@@ -133,13 +132,13 @@ class GridPainter:
         """Whether the grids are drawn as cells arrive (False: all at the end)."""
         return bool(self._sheets)
 
-    def paint(self, cell: GridCell) -> None:
-        """Show `cell` (its picture, or its status) in its grid now."""
+    def paint(self, cell: GridCell, kept: Image.Image | None = None) -> None:
+        """Show `cell` (its picture, or its status) in its grid now; `kept`: its thumbnail just made, in memory."""
         key = _key(cell.values, self._layout.axes)
         sheet = self._by_key.get(key)
         if sheet is None:
             return  # drawn at the end, or not a cell of these grids
-        thumb = _thumb(self._layout.folder, cell, sheet.side)  # read outside the lock: threads decode at once
+        thumb = _thumb(self._layout.folder, cell, sheet.side, kept)  # outside the lock: threads decode at once
         with self._lock:
             sheet.put(key, cell, thumb)
             self._painted[key] = (cell.status, cell.image)
@@ -260,6 +259,12 @@ def thumbnail_path(folder: Path, image: Path) -> Path:
 
 def make_thumbnail(folder: Path, image: Path, *, thumbnail_px: int = 256) -> Path:
     """Write the thumbnail of `image` (relative to `folder`) now, so the grid need not open the image later."""
+    write_thumbnail(folder, image, thumbnail_px=thumbnail_px).close()
+    return thumbnail_path(folder, image)
+
+
+def write_thumbnail(folder: Path, image: Path, *, thumbnail_px: int = 256) -> Image.Image:
+    """make_thumbnail, handing the thumbnail back open for a grid to paste unread (the caller closes it)."""
     from PIL import Image
 
     target = thumbnail_path(folder, image)
@@ -272,7 +277,7 @@ def make_thumbnail(folder: Path, image: Path, *, thumbnail_px: int = 256) -> Pat
         staged.replace(target)  # a cut-off write never passes for a thumbnail
     except OSError as exc:
         raise GridFailed(f"cannot make the thumbnail of {image}: {exc}") from exc
-    return target
+    return thumb
 
 
 def write_results_page(
@@ -488,10 +493,13 @@ def read_grid_metadata(image: Image.Image) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and "sweep" in record else None
 
 
-def _thumb(folder: Path, cell: GridCell | None, side: int) -> Image.Image | None:
-    """The cell's picture shrunk to fit side x side, from its kept thumbnail when that will do."""
+def _thumb(folder: Path, cell: GridCell | None, side: int, kept: Image.Image | None = None) -> Image.Image | None:
+    """The cell's picture shrunk to fit side x side, from its kept thumbnail when that will do (`kept`: that
+    thumbnail in memory, as write_thumbnail handed it back)."""
     if cell is None or cell.image is None:
         return None
+    if kept is not None and max(kept.size) >= side:  # as _open_smallest would have read it back from its file
+        return _shrunk(kept, side)
     try:
         with _open_smallest(folder, cell.image, side) as image:
             return _shrunk(image, side)

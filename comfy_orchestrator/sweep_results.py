@@ -14,13 +14,23 @@ import threading
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from comfy_orchestrator.errors import GridFailed
-from comfy_orchestrator.grid import IMAGE_THREADS, GridAxis, GridCell, GridPainter, make_thumbnail, write_results_page
+from comfy_orchestrator.grid import (
+    IMAGE_THREADS,
+    GridAxis,
+    GridCell,
+    GridPainter,
+    write_results_page,
+    write_thumbnail,
+)
 from comfy_orchestrator.jobs import Job
 from comfy_orchestrator.journal import CellRecord, CellStatus
 from comfy_orchestrator.sweep import BATCH_AXIS, Cell, Sweep, Value, batch_seed_label, shown_values
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -92,18 +102,23 @@ class SweepResults:
     def _make(self, cell: GridCell) -> None:
         assert cell.image is not None
         try:
-            make_thumbnail(self.folder, cell.image, thumbnail_px=self.thumbnail_px)
+            thumb = write_thumbnail(self.folder, cell.image, thumbnail_px=self.thumbnail_px)
         except GridFailed as exc:  # the grid opens the image itself then; the result is kept either way
             logger.warning("%s", exc)
-        self._paint(cell)
+            self._paint(cell, None)
+            return
+        try:
+            self._paint(cell, thumb)  # pasted from memory: the picture is decoded once
+        finally:
+            thumb.close()
 
-    def _paint(self, cell: GridCell) -> None:
+    def _paint(self, cell: GridCell, thumb: Image.Image | None) -> None:
         assert self._drawing is not None  # add() began it before asking for this
         _, painter = self._drawing.result()
         if painter is None:
             return
         try:
-            painter.paint(cell)
+            painter.paint(cell, thumb)
         except GridFailed as exc:  # painted again when the grids are written, which then says what is wrong
             logger.warning("%s", exc)
 

@@ -24,6 +24,7 @@ from comfy_orchestrator.grid import (
     read_grid_metadata,
     thumbnail_path,
     write_results_page,
+    write_thumbnail,
 )
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 200, 30), (200, 40, 200), (30, 200, 200)]
@@ -286,6 +287,25 @@ def test_a_painted_cell_is_repainted_when_its_image_changed(tmp_path: Path) -> N
     (tmp_path / cells[0].image).unlink()  # a cell shown as it is now is not read again at the end
     [painted] = painter.save(final)
     assert _pixels(painted) == _pixels(drawn)
+
+
+def test_a_cell_painted_with_its_thumbnail_in_memory_reads_no_file_and_looks_the_same(tmp_path: Path) -> None:
+    x, y = GridAxis("cfg", (6, 8)), GridAxis("denoise", (0.3,))
+    cells = _cells(tmp_path, x, y, size=200)
+    from_files = GridPainter(tmp_path, [x, y], thumbnail_px=64, image_format="png", name="from-files")
+    from_memory = GridPainter(tmp_path, [x, y], thumbnail_px=64, image_format="png", name="from-memory")
+    for cell in cells:
+        assert cell.image is not None
+        kept = write_thumbnail(tmp_path, cell.image, thumbnail_px=64)
+        with Image.open(thumbnail_path(tmp_path, cell.image)) as written:
+            assert kept.tobytes() == written.convert("RGB").tobytes()  # the file holds what is handed back
+        from_files.paint(cell)
+        thumbnail_path(tmp_path, cell.image).unlink()
+        (tmp_path / cell.image).unlink()  # neither the image nor its thumbnail can be read now
+        from_memory.paint(cell, kept)
+        kept.close()
+    [one], [other] = from_files.save(cells), from_memory.save(cells)
+    assert _pixels(one) == _pixels(other)
 
 
 def test_a_sweep_loads_pillows_drawing_only_when_it_draws() -> None:
