@@ -132,6 +132,11 @@ class GridPainter:
         """Whether the grids are drawn as cells arrive (False: all at the end)."""
         return bool(self._sheets)
 
+    @property
+    def paths(self) -> list[Path]:
+        """The grid images `save` writes."""
+        return [plan.path for plan in self._layout.plans()]
+
     def paint(self, cell: GridCell, kept: Image.Image | None = None) -> None:
         """Show `cell` (its picture, or its status) in its grid now; `kept`: its thumbnail just made, in memory."""
         key = _key(cell.values, self._layout.axes)
@@ -294,6 +299,12 @@ def write_results_page(
     Every link is relative to the page, so it works opened from disk, moved, or served over HTTP.
     `fixed` (the parameters every cell shares) is shown in the page's header.
     """
+    return save_results_page(folder, results_page(folder, axes, cells, title=title, grids=grids, fixed=fixed))
+
+
+def results_page(folder: Path, axes: Sequence[GridAxis], cells: Iterable[GridCell], *, title: str,
+                 grids: Sequence[Path] = (), fixed: Mapping[str, Any] | None = None) -> str:
+    """The results page's HTML, as write_results_page writes it (the thumbnails it links are made by now)."""
     data = {
         "title": title,
         "fixed": [[name, format_value(value) if isinstance(value, (int, float, str)) else json.dumps(value)]
@@ -311,7 +322,11 @@ def write_results_page(
         raise GridFailed("the results page template lacks its data mark")
     # '<\/' keeps a value such as '</script>' from closing the script element early
     embedded = json.dumps(data, default=str).replace("</", "<\\/")
-    page = page.replace("__SWEEP_TITLE__", html.escape(title)).replace(_DATA_MARK, embedded)
+    return page.replace("__SWEEP_TITLE__", html.escape(title)).replace(_DATA_MARK, embedded)
+
+
+def save_results_page(folder: Path, page: str) -> Path:
+    """Write `page` (results_page's HTML) as the folder's index.html."""
     path = folder / RESULTS_PAGE
     path.write_text(page, encoding="utf-8")
     return path

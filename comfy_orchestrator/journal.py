@@ -369,8 +369,9 @@ class Journal:
             raise SweepError(f"the journal has no cell {index}")
         return _record(rows[0])
 
-    def write_manifests(self) -> tuple[Path, Path]:
-        """Write manifest.jsonl and manifest.csv from the journal; return their paths."""
+    def write_manifests(self, records: Iterable[CellRecord] | None = None) -> tuple[Path, Path]:
+        """Write manifest.jsonl and manifest.csv from the journal (`records`: all of them, read already); return
+        their paths."""
         jsonl, table = self.folder / MANIFEST_JSONL, self.folder / MANIFEST_CSV
         # with batched seeds the seed column holds the one seed of each image's batch; batch_index says which image
         axes = [axis["name"] for axis in self.definition.get("axes", [])]
@@ -379,7 +380,7 @@ class Journal:
         with _replacing(jsonl) as lines, _replacing(table) as sheet:
             writer = csv.writer(sheet)
             writer.writerow(columns)
-            for record in self.records():
+            for record in self.records() if records is None else records:
                 entry = record.manifest_entry()
                 lines.write(json.dumps(entry, sort_keys=False, default=str) + "\n")
                 row = dict(entry, **{name: record.values.get(name, record.params.get(name, "")) for name in axes})

@@ -22,6 +22,8 @@ from comfy_orchestrator.grid import (
     GridAxis,
     GridCell,
     GridPainter,
+    results_page,
+    save_results_page,
     write_results_page,
     write_thumbnail,
 )
@@ -46,9 +48,9 @@ class SweepResults:
 
     Made once the journal holds every cell (`records`). The grids are laid out on a thumbnail
     thread when the first image arrives (at the end if none does), and the cells an earlier run
-    finished are drawn into them then. Use it as a context manager around the run (leaving
-    waits for the thumbnails still being made; after an error it drops those not begun), then
-    `write` once.
+    finished are drawn into them then. Use it as a context manager around the run, then `write`
+    once. Leaving lets the thumbnails still being made go on (`write` waits for them, so the
+    caller writes its manifests meanwhile); after an error it drops those not begun and waits.
     """
 
     def __init__(self, folder: Path, sweep: Sweep, jobs: Sequence[Job], records: Sequence[CellRecord], *,
@@ -75,12 +77,20 @@ class SweepResults:
         self._pool.submit(self._make, GridCell(cell.index, values, image))
 
     def write(self, records: Sequence[CellRecord]) -> tuple[list[Path], Path]:
-        """Write the grids and the page showing `records`, the journal's final state."""
+        """Write the grids and the page showing `records`, the journal's final state.
+
+        The grids are encoded on a thread (Pillow lets go of the GIL) while the page is made.
+        """
+        self._pool.shutdown(wait=True)  # the thumbnails still being made: the page links them, the grids show them
         fixed, painter = self._start() if self._drawing is None else self._drawing.result()
         cells = [grid_cell(record, self.seed) for record in records]
-        grids = painter.save(cells) if painter is not None else []
-        page = write_results_page(self.folder, self.axes, cells, title=self.title, grids=grids, fixed=fixed)
-        return grids, page
+        if painter is None:
+            return [], write_results_page(self.folder, self.axes, cells, title=self.title, fixed=fixed)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="grid-save") as saver:
+            saving = saver.submit(painter.save, cells)
+            page = results_page(self.folder, self.axes, cells, title=self.title, grids=painter.paths, fixed=fixed)
+            grids = saving.result()
+        return grids, save_results_page(self.folder, page)  # once the grids it shows are written
 
     def _start_drawing(self, sweep: Sweep, jobs: Sequence[Job], records: Sequence[CellRecord],
                        grid_format: str) -> tuple[dict[str, Any], GridPainter | None]:
@@ -126,8 +136,9 @@ class SweepResults:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: object) -> None:
-        # on Ctrl-C, drop the thumbnails not begun: the grid falls back to the images
-        self._pool.shutdown(wait=True, cancel_futures=kind is not None)
+        # after a run, the thumbnails go on while the caller writes the manifests: write() waits for them;
+        # on Ctrl-C, drop those not begun (the grid falls back to the images) and wait for the others
+        self._pool.shutdown(wait=kind is not None, cancel_futures=kind is not None)
         if kind is not None and self._drawing is not None and self._drawing.done() \
                 and not self._drawing.cancelled() and self._drawing.exception() is None:
             _, painter = self._drawing.result()

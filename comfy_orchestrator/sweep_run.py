@@ -49,7 +49,7 @@ from comfy_orchestrator.farm import (
 )
 from comfy_orchestrator.grid import DEFAULT_GRID_FORMAT
 from comfy_orchestrator.jobs import Job, JobResult, content_name
-from comfy_orchestrator.journal import JOURNAL_NAME, CellPlan, CellStatus, Journal, PromptRecord
+from comfy_orchestrator.journal import JOURNAL_NAME, CellPlan, CellRecord, CellStatus, Journal, PromptRecord
 from comfy_orchestrator.limits import Limits
 from comfy_orchestrator.protocol import outcome_from_history, outputs_from_history
 from comfy_orchestrator.provenance import portable_params
@@ -182,11 +182,13 @@ def run_sweep(
                         _run(farm, setup, folder)
         finally:
             ran = time.monotonic()
-            manifests = ready[0].journal.write_manifests() if ready else None  # after Ctrl-C too
+            # after Ctrl-C too; after a run, while the last thumbnails are made
+            records = list(ready[0].journal.records()) if ready else []
+            manifests = ready[0].journal.write_manifests(records) if ready else None
             if ready:
                 shutil.rmtree(ready[0].staging, ignore_errors=True)
         assert manifests is not None  # made whenever the run got as far as a journal
-        return _finish(ready[0], *manifests, adopted=adopted, started=started, ran=ran)
+        return _finish(ready[0], records, *manifests, adopted=adopted, started=started, ran=ran)
 
 
 @dataclass
@@ -248,11 +250,10 @@ def _prepare(stack: ExitStack, sweep: Sweep, folder: Path, *, servers: int, max_
     return _Setup(plan, journal, staging, tracker, results, skipped, prepared_at)
 
 
-def _finish(setup: _Setup, manifest: Path, manifest_csv: Path, *, adopted: int, started: float,
-            ran: float) -> SweepReport:
-    """Write the grids and the page; the report."""
+def _finish(setup: _Setup, records: Sequence[CellRecord], manifest: Path, manifest_csv: Path, *, adopted: int,
+            started: float, ran: float) -> SweepReport:
+    """Write the grids and the page showing `records` (every cell, as the run left them); the report."""
     journal, plan = setup.journal, setup.plan
-    records = list(journal.records())
     logger.debug("cells settled; writing the grids and the page")
     grids, page = setup.results.write(records)
     counts = journal.counts()

@@ -22,6 +22,8 @@ from comfy_orchestrator.grid import (
     grid_images,
     make_thumbnail,
     read_grid_metadata,
+    results_page,
+    save_results_page,
     thumbnail_path,
     write_results_page,
     write_thumbnail,
@@ -306,6 +308,27 @@ def test_a_cell_painted_with_its_thumbnail_in_memory_reads_no_file_and_looks_the
         kept.close()
     [one], [other] = from_files.save(cells), from_memory.save(cells)
     assert _pixels(one) == _pixels(other)
+
+
+@pytest.mark.parametrize("max_pixels", [PAINTED_PIXELS_MAX, 1], ids=["painted-as-cells-arrive", "drawn-at-the-end"])
+def test_a_painter_names_the_grids_it_will_write(tmp_path: Path, max_pixels: int) -> None:
+    x, y, z = GridAxis("cfg", (6, 8)), GridAxis("denoise", (0.3,)), GridAxis("steps", (10, 20))
+    cells = [GridCell(cell.index + 2 * page, {**cell.values, "steps": steps}, cell.image)
+             for page, steps in enumerate(z.values) for cell in _cells(tmp_path, x, y)]
+    painter = GridPainter(tmp_path, [x, y, z], thumbnail_px=64, max_pixels=max_pixels)
+    named = painter.paths
+    assert len(named) == 2 and not any(path.exists() for path in named)
+    assert painter.save(cells) == named
+
+
+def test_the_results_page_made_then_saved_is_the_page_written_at_once(tmp_path: Path) -> None:
+    x, y = GridAxis("cfg", (6, 8)), GridAxis("denoise", (0.3,))
+    cells = _cells(tmp_path, x, y)
+    args = (tmp_path, [x, y], cells)
+    written = write_results_page(*args, title="t </script>", grids=[tmp_path / "grid.jpg"]).read_text("utf-8")
+    (tmp_path / "index.html").unlink()
+    page = save_results_page(tmp_path, results_page(*args, title="t </script>", grids=[tmp_path / "grid.jpg"]))
+    assert page == tmp_path / "index.html" and page.read_text("utf-8") == written
 
 
 def test_a_sweep_loads_pillows_drawing_only_when_it_draws() -> None:

@@ -125,6 +125,17 @@ def test_manifests_have_one_row_a_cell(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.part"))
 
 
+def test_manifests_from_records_read_already_are_the_manifests_read_from_the_journal(tmp_path: Path) -> None:
+    with _open(tmp_path) as journal:
+        journal.add(_plans())
+        journal.mark_running([0], server="http://a", prompt_id="p")
+        journal.mark_done(0, files=["img/a.png"], server="http://a", prompt_id="p", timings={"submitted": 1.0})
+        jsonl, table = journal.write_manifests()
+        read = jsonl.read_bytes(), table.read_bytes()
+        assert journal.write_manifests(list(journal.records())) == (jsonl, table)
+    assert (jsonl.read_bytes(), table.read_bytes()) == read
+
+
 def test_a_second_opener_of_a_folder_in_use_is_refused_naming_the_holder(tmp_path: Path) -> None:
     import os
 

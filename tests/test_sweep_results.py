@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
+import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 
 from comfy_orchestrator.farm import Farm
 from comfy_orchestrator.grid import thumbnail_path
 from comfy_orchestrator.sweep import Sweep, parse_axis
+from comfy_orchestrator.sweep_progress import SweepProgress
 from comfy_orchestrator.sweep_results import shared_parameters
 from comfy_orchestrator.sweep_run import run_sweep
 from comfy_orchestrator.templates import Templates
@@ -55,6 +59,47 @@ def test_every_batched_image_gets_its_thumbnail_and_its_place_in_the_grid(comfy:
     with Image.open(grid) as picture:  # every slot got a picture: no grey "missing" square is left
         grey = picture.convert("RGB").getcolors(maxcolors=1 << 20)
     assert grey is not None and not any(colour == (225, 225, 225) and count > 64 * 64 for count, colour in grey)
+
+
+def _page_cells(folder: Path) -> list[dict[str, Any]]:
+    text = (folder / "index.html").read_text("utf-8")
+    found = re.search(r"const DATA = (.*?);\n", text)
+    assert found is not None
+    cells: list[dict[str, Any]] = json.loads(found.group(1).replace("<\\/", "</"))["cells"]
+    return cells
+
+
+def test_a_sweep_cut_off_by_ctrl_c_keeps_its_manifests_and_thumbnails_and_a_resume_writes_the_rest(
+        comfy: Any, library: Templates, sample_image: Path, tmp_path: Path) -> None:
+    sweep, out = _sweep(library, sample_image), tmp_path / "cut"
+
+    def ctrl_c(progress: SweepProgress) -> None:  # as a Ctrl-C lands: on the main thread, once 3 cells are in
+        if progress.done >= 3 and threading.current_thread() is threading.main_thread():
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep, out, Farm([comfy.url]), on_progress=ctrl_c, grid_format="png")
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text("utf-8").splitlines()]
+    done = [row for row in rows if row["status"] == "done"]
+    assert len(rows) == 9 and len(done) >= 3 and len((out / "manifest.csv").read_text("utf-8").splitlines()) == 10
+    for row in done:  # each image is in place; a thumbnail, where one was begun, is whole
+        assert (out / row["files"][0]).is_file()
+    assert not list(out.rglob("*.part")) and not (out / ".incoming").exists()
+    assert not (out / "index.html").exists() and not list(out.glob("grid*"))  # written once the sweep is done
+    report = run_sweep(sweep, out, Farm([comfy.url]), grid_format="png")
+    assert (report.done, report.skipped) == (9, len(done))
+    assert all(cell["thumbnail"] == f"thumbnails/{cell['image']}" for cell in _page_cells(out))
+    assert [path.name for path in report.grids] == ["grid.png"] and report.grids[0].is_file()
+
+
+def test_the_page_links_every_cells_thumbnail_and_the_grid(comfy: Any, library: Templates, sample_image: Path,
+                                                           tmp_path: Path) -> None:
+    report = run_sweep(_sweep(library, sample_image), tmp_path / "out", Farm([comfy.url]))
+    cells = _page_cells(tmp_path / "out")
+    assert len(cells) == 9 and all(cell["thumbnail"] == f"thumbnails/{cell['image']}" for cell in cells)
+    assert all((tmp_path / "out" / cell["thumbnail"]).is_file() for cell in cells)
+    assert report.grids == (tmp_path / "out" / "grid.jpg",) and report.grids[0].is_file()
+    assert '"grids": ["grid.jpg"]' in (tmp_path / "out" / "index.html").read_text("utf-8")
 
 
 def test_shared_parameters_are_the_header_essentials_first() -> None:
