@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,19 +76,23 @@ class SweepResults:
                 self._drawing = self._pool.submit(self._start)
         self._pool.submit(self._make, GridCell(cell.index, values, image))
 
-    def write(self, records: Sequence[CellRecord]) -> tuple[list[Path], Path]:
+    def write(self, records: Sequence[CellRecord], *,
+              meanwhile: Callable[[], object] = lambda: None) -> tuple[list[Path], Path]:
         """Write the grids and the page showing `records`, the journal's final state.
 
-        The grids are encoded on a thread (Pillow lets go of the GIL) while the page is made.
+        The grids are encoded on a thread (Pillow lets go of the GIL) while the page is made and
+        `meanwhile` (the caller's own last work) is done on this one.
         """
         self._pool.shutdown(wait=True)  # the thumbnails still being made: the page links them, the grids show them
         fixed, painter = self._start() if self._drawing is None else self._drawing.result()
         cells = [grid_cell(record, self.seed) for record in records]
         if painter is None:
+            meanwhile()
             return [], write_results_page(self.folder, self.axes, cells, title=self.title, fixed=fixed)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="grid-save") as saver:
             saving = saver.submit(painter.save, cells)
             page = results_page(self.folder, self.axes, cells, title=self.title, grids=painter.paths, fixed=fixed)
+            meanwhile()
             grids = saving.result()
         return grids, save_results_page(self.folder, page)  # once the grids it shows are written
 

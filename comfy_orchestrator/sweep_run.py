@@ -255,8 +255,9 @@ def _finish(setup: _Setup, records: Sequence[CellRecord], manifest: Path, manife
     """Write the grids and the page showing `records` (every cell, as the run left them); the report."""
     journal, plan = setup.journal, setup.plan
     logger.debug("cells settled; writing the grids and the page")
-    grids, page = setup.results.write(records)
     counts = journal.counts()
+    # the journal is closed (its log folded into the database, synced) while the grids encode
+    grids, page = setup.results.write(records, meanwhile=journal.close_database)
     failures = {r.index: r.error or "" for r in records if r.status is CellStatus.FAILED}
     finished = time.monotonic()
     phases = {"prepare": setup.prepared_at - started, "run": ran - setup.prepared_at, "finish": finished - ran}

@@ -136,6 +136,19 @@ def test_manifests_from_records_read_already_are_the_manifests_read_from_the_jou
     assert (jsonl.read_bytes(), table.read_bytes()) == read
 
 
+def test_a_journal_whose_database_is_closed_keeps_its_folder_locked_until_it_is_closed(tmp_path: Path) -> None:
+    journal = _open(tmp_path)
+    journal.add(_plans())
+    assert (tmp_path / f"{JOURNAL_NAME}-wal").is_file()  # the cells are in its write-ahead log
+    journal.close_database()
+    assert not (tmp_path / f"{JOURNAL_NAME}-wal").exists()  # folded into the database
+    with pytest.raises(SweepError, match="is in use by process"):
+        _open(tmp_path)
+    journal.close()
+    with _open(tmp_path) as again:
+        assert again.counts()[CellStatus.PENDING] == 3
+
+
 def test_a_second_opener_of_a_folder_in_use_is_refused_naming_the_holder(tmp_path: Path) -> None:
     import os
 

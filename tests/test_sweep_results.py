@@ -13,10 +13,11 @@ from PIL import Image
 
 from comfy_orchestrator.farm import Farm
 from comfy_orchestrator.grid import thumbnail_path
+from comfy_orchestrator.journal import Journal
 from comfy_orchestrator.sweep import Sweep, parse_axis
 from comfy_orchestrator.sweep_progress import SweepProgress
-from comfy_orchestrator.sweep_results import shared_parameters
-from comfy_orchestrator.sweep_run import run_sweep
+from comfy_orchestrator.sweep_results import SweepResults, shared_parameters
+from comfy_orchestrator.sweep_run import plan_sweep, run_sweep
 from comfy_orchestrator.templates import Templates
 
 
@@ -100,6 +101,24 @@ def test_the_page_links_every_cells_thumbnail_and_the_grid(comfy: Any, library: 
     assert all((tmp_path / "out" / cell["thumbnail"]).is_file() for cell in cells)
     assert report.grids == (tmp_path / "out" / "grid.jpg",) and report.grids[0].is_file()
     assert '"grids": ["grid.jpg"]' in (tmp_path / "out" / "index.html").read_text("utf-8")
+
+
+def test_writing_the_results_does_the_callers_last_work_once_and_writes_the_grid_and_page(
+        comfy: Any, library: Templates, sample_image: Path, tmp_path: Path) -> None:
+    sweep, out = _sweep(library, sample_image), tmp_path / "out"
+    run_sweep(sweep, out, Farm([comfy.url]), grid_format="png")
+    (out / "index.html").unlink()
+    (out / "grid.png").unlink()
+    with Journal.open(out, digest=sweep.digest(), definition=sweep.definition()) as journal:
+        records = list(journal.records())
+    results = SweepResults(out, sweep, plan_sweep(sweep).jobs, records, thumbnail_px=256, grid_format="png")
+    done: list[str] = []
+    with results:
+        pass
+    grids, page = results.write(records, meanwhile=lambda: done.append("closed"))
+    assert done == ["closed"]
+    assert grids == [out / "grid.png"] and grids[0].is_file() and page == out / "index.html" and page.is_file()
+    assert all(cell["thumbnail"] == f"thumbnails/{cell['image']}" for cell in _page_cells(out))
 
 
 def test_shared_parameters_are_the_header_essentials_first() -> None:
