@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -42,6 +42,7 @@ class Graph(Mapping[str, Node]):
     def __init__(self, nodes: Mapping[str, Node]) -> None:
         self._nodes = MappingProxyType(dict(nodes))
         self._digest: str | None = None  # worked out once: a job's id and its journal entry both read it
+        self._api: dict[str, Any] | None = None  # api_view(), made once
 
     @classmethod
     def from_api(cls, data: Any) -> Graph:
@@ -68,6 +69,18 @@ class Graph(Mapping[str, Node]):
             raise GraphInvalid(problems)
         return graph
 
+    @classmethod
+    def from_json(cls, text: str) -> Graph:
+        """Read an API-format prompt from JSON text as from_api does (json.JSONDecodeError if it is not JSON).
+
+        The values parsed are this graph's alone, so they serve as its api_view as they are, not copied.
+        """
+        data = json.loads(text)
+        graph = cls.from_api(data)
+        graph._api = {node_id: {"class_type": entry["class_type"], "inputs": entry.get("inputs", {})}
+                      for node_id, entry in data.items()}
+        return graph
+
     def link_problems(self) -> list[str]:
         """Links whose shape is wrong or that point at nodes the graph lacks."""
         problems = []
@@ -90,13 +103,32 @@ class Graph(Mapping[str, Node]):
     def __len__(self) -> int:
         return len(self._nodes)
 
+    # the dict's own views: Mapping's would look up every node again, through __getitem__
+    def keys(self) -> KeysView[str]:
+        return self._nodes.keys()
+
+    def values(self) -> ValuesView[Node]:
+        return self._nodes.values()
+
+    def items(self) -> ItemsView[str, Node]:
+        return self._nodes.items()
+
     def of_class(self, class_type: str) -> list[Node]:
         """The nodes of one class, in graph order."""
         return [node for node in self._nodes.values() if node.class_type == class_type]
 
     def to_api(self) -> dict[str, Any]:
-        """The prompt as plain JSON values, ready for POST /prompt."""
+        """The prompt as plain JSON values, ready for POST /prompt: a copy of its own, for the caller to change."""
         return {node.id: {"class_type": node.class_type, "inputs": _plain(node.inputs)} for node in self._nodes.values()}
+
+    def api_view(self) -> Mapping[str, Any]:
+        """The prompt as plain JSON values, made once and shared by every reader: never change it (to_api does).
+
+        A sweep reads each graph three times before it runs (checked, hashed, keyed for the cache).
+        """
+        if self._api is None:
+            self._api = self.to_api()
+        return self._api
 
     def to_json(self, *, indent: int | None = 2) -> str:
         return json.dumps(self.to_api(), indent=indent, ensure_ascii=False)
@@ -104,12 +136,12 @@ class Graph(Mapping[str, Node]):
     def digest(self) -> str:
         """A stable hash of the graph's content, for manifests and de-duplication."""
         if self._digest is None:
-            text = json.dumps(self.to_api(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            text = json.dumps(self.api_view(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
             self._digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
         return self._digest
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Graph) and self.to_api() == other.to_api()
+        return isinstance(other, Graph) and self.api_view() == other.api_view()
 
     def __hash__(self) -> int:
         return hash(self.digest())

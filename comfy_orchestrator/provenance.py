@@ -82,6 +82,8 @@ def portable_params(params: Mapping[str, Any], inputs: Mapping[str, Path]) -> tu
             upload, path = by_path[value]
             found[where] = {"file": path.name, "content": upload}
             return path.name
+        if isinstance(value, (str, int, float)) or value is None:  # most values: no need for Mapping's slow check
+            return value
         if isinstance(value, Mapping):
             return {k: walk(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
         if isinstance(value, list):

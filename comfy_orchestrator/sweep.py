@@ -404,14 +404,17 @@ def cache_key(graph: Graph) -> tuple[str, str]:
     Nodes that neither sample nor depend on a sampler (the loader, the text encoders,
     the image load and encode) are cached between prompts when their inputs match.
     """
+    readers: dict[str, list[str]] = {}
+    for node_id, node in graph.items():
+        for _, (source, _i) in node.links():
+            readers.setdefault(source, []).append(node_id)
     downstream: set[str] = {node_id for node_id, node in graph.items() if "Sampler" in node.class_type}
-    changed = True
-    while changed:
-        changed = False
-        for node_id, node in graph.items():
-            if node_id not in downstream and any(src in downstream for _, (src, _i) in node.links()):
-                downstream.add(node_id)
-                changed = True
+    waiting = list(downstream)
+    while waiting:  # what reads a sampler's output, directly or through other nodes
+        for reader in readers.get(waiting.pop(), ()):
+            if reader not in downstream:
+                downstream.add(reader)
+                waiting.append(reader)
     prefix = {node_id: [node.class_type, dict(node.inputs)] for node_id, node in sorted(graph.items())
               if node_id not in downstream}
     loaders = {node_id: entry for node_id, entry in prefix.items() if "Loader" in str(entry[0])}

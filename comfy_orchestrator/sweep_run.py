@@ -235,7 +235,8 @@ def _prepare(stack: ExitStack, sweep: Sweep, folder: Path, *, servers: int, max_
         if stored is not sweep:  # another run made the journal meanwhile, with seeds of its own
             sweep, plan = stored, plan_sweep(stored, servers=servers)
     journal.add(_cell_plans(plan))
-    _check_done_files(journal, folder)
+    if journal.counts()[CellStatus.DONE]:  # a resume: the done cells' files are checked (a new journal has none)
+        _check_done_files(journal, folder)
     staging = folder / STAGING_FOLDER
     shutil.rmtree(staging, ignore_errors=True)  # pieces of downloads a crash cut off
     staging.mkdir(parents=True)
@@ -585,7 +586,7 @@ def _label(batch: Batch) -> str:
 
 def _cell_plans(plan: SweepPlan) -> Iterator[CellPlan]:
     for batch, job in zip(plan.batches, plan.jobs):
-        params, _ = portable_params(batch.params.model_dump(mode="json"), job.inputs)  # no local paths kept
+        params, _ = portable_params(job.params, job.inputs)  # no local paths kept (job.params: the batch's as JSON)
         for cell in batch.cells:
             yield CellPlan(cell.index, cell.label, plan.sweep.template.name, dict(cell.values), params,
                            job.graph.digest(), cell.batch_index)

@@ -13,6 +13,7 @@ import contextvars
 import dataclasses
 import functools
 import json
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -21,7 +22,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
+import jinja2.compiler
+import jinja2.environment
 import jinja2.meta
+import jinja2.nodes
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 from pydantic import Field, create_model
@@ -57,6 +61,13 @@ def builtin_folder() -> Path:
 
 def _json_literal(value: object) -> Markup:
     """Turn each {{ expression }} into a JSON literal; macro output passes through as it is."""
+    text = _scalar_json(value)  # the usual values (and links) first, as _JSON would write them, at less cost
+    if text is not None:
+        return _markup(Markup, text)
+    if type(value) is list and len(value) == 2:
+        first, second = _scalar_json(value[0]), _scalar_json(value[1])
+        if first is not None and second is not None:
+            return _markup(Markup, f"[{first}, {second}]")
     if isinstance(value, Markup):
         return value
     if isinstance(value, jinja2.Undefined):
@@ -66,8 +77,19 @@ def _json_literal(value: object) -> Markup:
     return Markup(_JSON.encode(value))
 
 
+def _scalar_json(value: object) -> str | None:
+    """A str, int or finite float as JSON, exactly as _JSON writes it; None for anything else."""
+    if type(value) is str:
+        return _encode_text(value)
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
+        return repr(value)
+    return None
+
+
 # json.dumps(value, ensure_ascii=False) made one of these for every {{ expression }} it wrote
 _JSON = json.JSONEncoder(ensure_ascii=False)
+_encode_text = json.encoder.encode_basestring  # what _JSON.encode does with a str
+_markup = str.__new__  # Markup(text) for a str: what Markup.__new__ comes to, without its look for __html__
 
 
 _TRACE = "\u0000trace\u0000"
@@ -208,18 +230,17 @@ class Template:
         """Render to a Graph and validate it (offline against the recorded schema by default)."""
         text = self._render_text(self._values(params, image_names))
         try:
-            data = json.loads(text)
+            graph = Graph.from_json(text)
         except json.JSONDecodeError as exc:
             line = text.splitlines()[exc.lineno - 1] if exc.lineno <= len(text.splitlines()) else ""
             raise TemplateBroken(f"renders invalid JSON at line {exc.lineno}: {exc.msg}: {line.strip()[:120]}",
                                  template=self.name) from exc
-        graph = Graph.from_api(data)
         self.check(graph, params, schema=schema)
         return graph
 
     def check(self, graph: Graph, params: Params, *, schema: Schema | None = None) -> None:
         """Validate a rendered graph; errors name the template parameter responsible."""
-        verdict = check_prompt(graph.to_api(), schema or _offline_schema())
+        verdict = check_prompt(graph.api_view(), schema or _offline_schema())
         if verdict.ok and not verdict.node_errors:
             return
         mapping = self.parameter_map(params)
@@ -317,14 +338,60 @@ def _bounded_range(*arguments: int) -> Iterator[int]:
         yield number
 
 
+class _LiteralCodeGenerator(jinja2.compiler.CodeGenerator):
+    """Jinja's code for `{{ expression }}`, less the escape() autoescaping wraps around _json_literal's answer.
+
+    That answer is always Markup, which escape() would only copy (a third of a render's time). Where
+    autoescaping can change while rendering ({% autoescape %} with a variable), Jinja's own code stays.
+    """
+
+    def _writes_literal(self, frame: jinja2.compiler.Frame, finalize: Any) -> bool:
+        return (self.environment.finalize is _json_literal and frame.eval_ctx.autoescape
+                and not frame.eval_ctx.volatile and finalize.src == "environment.finalize(")
+
+    def _output_child_pre(self, node: jinja2.nodes.Expr, frame: jinja2.compiler.Frame, finalize: Any) -> None:
+        if self._writes_literal(frame, finalize):
+            self.write(finalize.src)
+        else:
+            super()._output_child_pre(node, frame, finalize)
+
+    def _output_child_post(self, node: jinja2.nodes.Expr, frame: jinja2.compiler.Frame, finalize: Any) -> None:
+        if self._writes_literal(frame, finalize):
+            self.write(")")
+        else:
+            super()._output_child_post(node, frame, finalize)
+
+
 class _BoundedSandbox(SandboxedEnvironment):
     """Jinja's sandbox with a budget on the work one render may do (range steps, repeated text or lists)."""
 
     intercepted_binops = frozenset({"*", "**"})
+    code_generator_class = _LiteralCodeGenerator
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.globals["range"] = _bounded_range
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """An attribute from sandboxed code; an imported template's macro (n.sample) at once, as the sandbox's checks
+        would let it through (a module's own names are safe unless they start with _)."""
+        if type(obj) is jinja2.environment.TemplateModule and not attribute.startswith("_"):
+            value = obj.__dict__.get(attribute)
+            if type(value) is jinja2.runtime.Macro:
+                return value
+        return super().getattr(obj, attribute)
+
+    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call from sandboxed code; a template's own macro straight away, as Context.call would (it is always safe
+        and takes no context), sparing the two checks that find so: a hundred renders call it a thousand times."""
+        if type(__obj) is not jinja2.runtime.Macro:
+            return super().call(__context, __obj, *args, **kwargs)
+        kwargs.pop("_block_vars", None)
+        kwargs.pop("_loop_vars", None)
+        try:
+            return __obj(*args, **kwargs)
+        except StopIteration:
+            return __self.undefined("value was undefined because a callable raised a StopIteration exception")
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
         if operator == "**" and isinstance(right, int) and abs(right) > 1024:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -19,8 +20,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from comfy_orchestrator.errors import SweepError
+from comfy_orchestrator.errors import GraphInvalid, SweepError
 from comfy_orchestrator.farm import Farm
+from comfy_orchestrator.graph import Graph
 from comfy_orchestrator.jobs import content_name
 from comfy_orchestrator.journal import JOURNAL_NAME
 from comfy_orchestrator.params import DEFAULT_CHECKPOINT
@@ -504,3 +506,49 @@ def test_a_new_sweep_is_prepared_while_its_servers_are_probed(sim: Callable[...,
     assert probing_while_preparing == [True]  # both servers were being probed before the sweep was ready
     again = run_sweep(_grid_sweep(library, sample_image), tmp_path / "new", farm)  # a resume prepares first
     assert (again.ran, again.done) == (0, 9)
+
+
+def test_a_cell_whose_graph_the_server_would_refuse_stops_the_sweep_before_anything_is_written(
+        comfy: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "bare.json.j2").write_text(
+        '{"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "random-sd15.safetensors"}},'
+        '"2": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},'
+        '"3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},'
+        '"4": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": 1, "steps": {{ steps }}, "cfg": 7,'
+        ' "sampler_name": "euler", "scheduler": "normal", "positive": ["3", 0], "negative": ["3", 0],'
+        ' "latent_image": ["2", 0], "denoise": 1.0}},'
+        '"5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},'
+        '"6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "bare"}}}')
+    (folder / "bare.params.json").write_text(json.dumps({"parameters": [{"name": "steps", "type": "int",
+                                                                          "default": 20}]}))
+    sweep = Sweep(Templates([folder]).get("bare"), (parse_axis("steps=20,0,5"),), {})  # 0 steps: KSampler's min is 1
+    with pytest.raises(GraphInvalid, match="parameter 'steps': Value 0 smaller than min of 1"):
+        run_sweep(sweep, tmp_path / "out", Farm([comfy.url]))
+    assert not (tmp_path / "out").exists() and comfy.counters.prompts_finished == 0
+
+
+def test_the_journal_holds_each_cells_graph_hash_and_parameters_in_cache_order(
+        sim: Callable[..., list[Any]], library: Templates, sample_image: Path, tmp_path: Path) -> None:
+    checkpoints = ("random-sd15.safetensors", "other-sd15.safetensors")
+    (server,) = sim(checkpoints=checkpoints)
+    sweep = Sweep(library.get("img2img"), (parse_axis(f"checkpoint={','.join(checkpoints)}"),
+                                           parse_axis("cfg=5,7"), parse_axis("positive=a lake,a forest")),
+                  {"image": str(sample_image), "model_family": "sd15", "filename_prefix": "mine"})
+    run_sweep(sweep, tmp_path, Farm([server.url]))
+    db = sqlite3.connect(tmp_path / JOURNAL_NAME)
+    rows = {index: (json.loads(params), graph_hash) for index, params, graph_hash
+            in db.execute("SELECT idx, params, graph_hash FROM cell")}
+    order = [json.loads(cells)[0] for (cells,) in db.execute("SELECT cells FROM prompt ORDER BY submitted_at")]
+    db.close()
+    assert len(rows) == 8
+    for cell in sweep.cells():  # worked out here the long way: rendered, parsed, then hashed as the digest says
+        job = library.get("img2img").job(cell.params)
+        plain = Graph.from_api(json.loads(job.graph.to_json())).to_api()
+        text = json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        expected = dict(cell.params.model_dump(mode="json"), image=sample_image.name)
+        assert rows[cell.index] == (expected, hashlib.sha256(text.encode("utf-8")).hexdigest())
+    # one server runs the prompts in the order planned: each checkpoint's cells together, then each prompt's
+    assert [sweep.cells()[i].values["checkpoint"] for i in order] == [checkpoints[0]] * 4 + [checkpoints[1]] * 4
+    assert order == [0, 2, 1, 3, 4, 6, 5, 7]
