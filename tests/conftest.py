@@ -86,6 +86,14 @@ def second_image(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_templates_kept_apart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The tests' compiled templates go to a folder of their own, not the user's cache (the commands they start too)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture
 def library() -> Templates:
     return Templates.default()
