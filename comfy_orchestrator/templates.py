@@ -27,10 +27,7 @@ from typing import Any, Literal
 
 import jinja2
 import jinja2.bccache
-import jinja2.compiler
-import jinja2.environment
 import jinja2.meta
-import jinja2.nodes
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 from pydantic import Field, create_model
@@ -356,60 +353,14 @@ def _bounded_range(*arguments: int) -> Iterator[int]:
         yield number
 
 
-class _LiteralCodeGenerator(jinja2.compiler.CodeGenerator):
-    """Jinja's code for `{{ expression }}`, less the escape() autoescaping wraps around _json_literal's answer.
-
-    That answer is always Markup, which escape() would only copy (a third of a render's time). Where
-    autoescaping can change while rendering ({% autoescape %} with a variable), Jinja's own code stays.
-    """
-
-    def _writes_literal(self, frame: jinja2.compiler.Frame, finalize: Any) -> bool:
-        return (self.environment.finalize is _json_literal and frame.eval_ctx.autoescape
-                and not frame.eval_ctx.volatile and finalize.src == "environment.finalize(")
-
-    def _output_child_pre(self, node: jinja2.nodes.Expr, frame: jinja2.compiler.Frame, finalize: Any) -> None:
-        if self._writes_literal(frame, finalize):
-            self.write(finalize.src)
-        else:
-            super()._output_child_pre(node, frame, finalize)
-
-    def _output_child_post(self, node: jinja2.nodes.Expr, frame: jinja2.compiler.Frame, finalize: Any) -> None:
-        if self._writes_literal(frame, finalize):
-            self.write(")")
-        else:
-            super()._output_child_post(node, frame, finalize)
-
-
 class _BoundedSandbox(SandboxedEnvironment):
     """Jinja's sandbox with a budget on the work one render may do (range steps, repeated text or lists)."""
 
     intercepted_binops = frozenset({"*", "**"})
-    code_generator_class = _LiteralCodeGenerator
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.globals["range"] = _bounded_range
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        """An attribute from sandboxed code; an imported template's macro (n.sample) at once, as the sandbox's checks
-        would let it through (a module's own names are safe unless they start with _)."""
-        if type(obj) is jinja2.environment.TemplateModule and not attribute.startswith("_"):
-            value = obj.__dict__.get(attribute)
-            if type(value) is jinja2.runtime.Macro:
-                return value
-        return super().getattr(obj, attribute)
-
-    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        """Call from sandboxed code; a template's own macro straight away, as Context.call would (it is always safe
-        and takes no context), sparing the two checks that find so: a hundred renders call it a thousand times."""
-        if type(__obj) is not jinja2.runtime.Macro:
-            return super().call(__context, __obj, *args, **kwargs)
-        kwargs.pop("_block_vars", None)
-        kwargs.pop("_loop_vars", None)
-        try:
-            return __obj(*args, **kwargs)
-        except StopIteration:
-            return __self.undefined("value was undefined because a callable raised a StopIteration exception")
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
         if operator == "**" and isinstance(right, int) and abs(right) > 1024:
