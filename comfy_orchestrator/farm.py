@@ -121,7 +121,7 @@ class Farm:
         shared = SharedAnswers()  # the servers of one ComfyUI install: their /object_info parsed once
         self._connect = connect or (lambda config: ClientLink(config, timeouts=timeouts, shared=shared))
         self._probes: dict[str, EarlyProbe] = {}  # begun by start_probes, by server name, until a run takes them
-        self._probed = threading.Condition()  # guards _probes; notified as each probe settles
+        self._probed = threading.Condition()  # guards _probes; notified as each server answers or its probe ends
 
     def __enter__(self) -> Farm:
         return self
@@ -144,18 +144,19 @@ class Farm:
         with self._probed:
             for config in self.servers:
                 if config.name not in self._probes:
-                    self._probes[config.name] = EarlyProbe(config, self._connect, on_settled=self._settled)
+                    self._probes[config.name] = EarlyProbe(config, self._connect, on_change=self._changed)
 
-    def _settled(self) -> None:
+    def _changed(self) -> None:
         with self._probed:
             self._probed.notify_all()
 
     def wait_for_a_server(self, timeout_s: float | None = None) -> list[tuple[ServerConfig, ComfyError]]:
-        """Wait for the early probes (begun now if need be) until one server answers: [] then.
+        """Wait for the early probes (begun now if need be) until one server answers its health check: [].
 
-        When none does, each server with the ComfyError it failed with, in the farm's order; one still
-        unanswered after `timeout_s` (default `Timeouts.no_server_s`) with RequestTimedOut. Any other
-        error a probe raised (a bug) is raised here.
+        Its object_info may still be on the way (the run waits for it). When none answers, each server
+        with the ComfyError it failed with, in the farm's order; one still silent after `timeout_s`
+        (default `Timeouts.no_server_s`) with RequestTimedOut. Any other error a probe raised (a bug)
+        is raised here.
         """
         self.start_probes()
         timeout_s = self.timeouts.no_server_s if timeout_s is None else timeout_s

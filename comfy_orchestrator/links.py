@@ -275,19 +275,21 @@ class ClientLink:
 class EarlyProbe:
     """One server connected and probed on a daemon thread of its own, begun before a farm run has jobs.
 
-    A run takes it instead of connecting and probing the server itself: `connected` gives the link
-    (the taker closes it from then on), `schema` the probe's answer or its error, each once. Until a
-    run takes it, `close` releases the link, now or as soon as it is made. `on_settled` is called
-    from the probe's thread once the probe has its outcome.
+    Its health is asked first (/system_stats: `answered`), then the probe (object_info). A run takes
+    it instead of connecting and probing the server itself: `connected` gives the link (the taker
+    closes it from then on), `schema` the probe's answer or its error, each once. Until a run takes
+    it, `close` releases the link, now or as soon as it is made. `on_change` is called from the
+    probe's thread when the server answered and when the probe ended.
     """
 
     def __init__(self, config: ServerConfig, connect: Callable[[ServerConfig], ServerLink], *,
-                 on_settled: Callable[[], None] = lambda: None) -> None:
+                 on_change: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self._connect = connect
-        self._on_settled = on_settled
+        self._on_change = on_change
         self._lock = threading.Lock()
         self._linked = threading.Event()  # connecting ended: a link, or the error
+        self._answered = threading.Event()  # the server answered its health check
         self._settled = threading.Event()  # the probe ended: an answer, or the error
         self._link: ServerLink | None = None
         self._schema: Schema | None = None
@@ -297,40 +299,37 @@ class EarlyProbe:
 
     def _run(self) -> None:
         try:
-            try:
-                link = self._connect(self.config)
-            except Exception as exc:  # a setting to fix (ComfyError) or a bug: the taker raises it
-                self._error = exc
-                return
+            link = self._connect(self.config)
             with self._lock:
                 self._link, closed = link, self._closed
             self._linked.set()
             if closed:  # closed while it connected: nobody will take it
                 link.close()
-                self._error = ConnectionFailed("closed before its probe", server=self.config.display_url)
-                return
-            try:
-                self._schema = link.probe()
-            except Exception as exc:  # ComfyError: the server is down; any other: a bug, raised by the taker
-                self._error = exc
+                raise ConnectionFailed("closed before its probe", server=self.config.display_url)
+            link.check()  # health first: whoever waits for a server to answer need not wait for object_info
+            self._answered.set()
+            self._on_change()
+            self._schema = link.probe()
+        except Exception as exc:  # ComfyError: a setting to fix, or the server down; any other: a bug
+            self._error = exc  # raised by the taker
         finally:
             self._linked.set()
             self._settled.set()
-            self._on_settled()
-
-    @property
-    def settled(self) -> bool:
-        """Whether the probe has its outcome."""
-        return self._settled.is_set()
+            self._on_change()
 
     @property
     def answered(self) -> bool:
-        """Whether the server answered the probe."""
-        return self._settled.is_set() and self._error is None
+        """Whether the server answered its health check (its object_info may still be on the way)."""
+        return self._answered.is_set()
+
+    @property
+    def settled(self) -> bool:
+        """Whether the probe has its outcome: the server's object_info, or the error."""
+        return self._settled.is_set()
 
     @property
     def error(self) -> Exception | None:
-        """What connecting or probing raised, once settled; None while it runs or if the server answered."""
+        """What connecting, the health check or the probe raised, once settled; else None."""
         return self._error if self._settled.is_set() else None
 
     def connected(self) -> ServerLink:

@@ -203,11 +203,15 @@ http {{
 
 
 class RecordedLink(ClientLink):
-    """The farm's real link, noting each probe and close in `seen` as (server name, what)."""
+    """The farm's real link, noting each health check, probe and close in `seen` as (server name, what)."""
 
     def __init__(self, config: ServerConfig, seen: list[tuple[str, str]]) -> None:
         super().__init__(config)
         self.seen = seen
+
+    def check(self) -> None:
+        self.seen.append((self.config.name, "check"))
+        super().check()
 
     def probe(self) -> Schema:
         self.seen.append((self.config.name, "probe"))

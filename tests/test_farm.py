@@ -195,11 +195,12 @@ def test_a_farm_probed_early_runs_over_the_links_it_made_on_the_server_that_answ
     assert farm.wait_for_a_server() == []
     outcomes, _ = run_farm(farm, cells(3), tmp_path / "out")
     assert ran_on(outcomes) == {up: 3}
-    assert [what for name, what in seen if name == up] == ["probe", "close"]  # the early link and answer served
-    asked = [what for name, what in seen if name == down]  # its early failure, then the run's probes with rests
-    assert asked[0] == "probe" and asked[-1] == "close" and asked.count("close") == 1
+    asked_up = [what for name, what in seen if name == up]  # then maybe the health watch's checks
+    assert asked_up[:2] == ["check", "probe"] and asked_up.count("probe") == 1 and asked_up[-1] == "close"
+    asked_down = [what for name, what in seen if name == down]  # its early check, maybe the run's probes
+    assert asked_down[0] == "check" and asked_down[-1] == "close" and asked_down.count("close") == 1
     farm.close()
-    assert len(seen) == len(asked) + 2  # the run closed both links: nothing was left to close
+    assert len(seen) == len(asked_up) + len(asked_down)  # the run closed both links: nothing was left to close
 
 
 def test_a_job_no_server_can_run_is_reported(sim: Any, cells: Any, tmp_path: Path) -> None:

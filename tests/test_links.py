@@ -105,17 +105,15 @@ def test_a_record_rests_a_failing_server_longer_each_time_and_forgets_once_it_an
     assert record.capability is not None and "KSampler" in record.capability.schema
 
 
-def test_an_early_probe_hands_over_its_link_and_the_servers_answer(comfy: Any) -> None:
+def test_an_early_probe_asks_the_servers_health_then_hands_over_its_link_and_answer(comfy: Any) -> None:
     seen: list[tuple[str, str]] = []
-    settled = threading.Event()
-    probe = EarlyProbe(ServerConfig(url=comfy.url, name="gpu0"), lambda config: RecordedLink(config, seen),
-                       on_settled=settled.set)
-    assert settled.wait(PATIENCE_S)
-    assert probe.answered and probe.error is None
+    probe = EarlyProbe(ServerConfig(url=comfy.url, name="gpu0"), lambda config: RecordedLink(config, seen))
+    schema = probe.schema()  # waits for the probe's end
+    assert probe.answered and probe.settled and probe.error is None
+    assert "KSampler" in schema and DEFAULT_CHECKPOINT in schema.checkpoints
     link = probe.connected()
     try:
-        assert "KSampler" in probe.schema() and DEFAULT_CHECKPOINT in probe.schema().checkpoints
-        assert probe.connected() is link and seen == [("gpu0", "probe")]  # asked once, the link made once
+        assert probe.connected() is link and seen == [("gpu0", "check"), ("gpu0", "probe")]  # asked once each
     finally:
         link.close()
 
@@ -123,9 +121,10 @@ def test_an_early_probe_hands_over_its_link_and_the_servers_answer(comfy: Any) -
 def test_an_early_probe_of_a_server_that_does_not_answer_keeps_the_error() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     settled = threading.Event()
-    probe = EarlyProbe(ServerConfig(url=url), lambda config: ClientLink(config), on_settled=settled.set)
-    assert settled.wait(PATIENCE_S)
-    assert not probe.answered and isinstance(probe.error, ConnectionFailed) and url in str(probe.error)
+    probe = EarlyProbe(ServerConfig(url=url), lambda config: ClientLink(config), on_change=settled.set)
+    assert settled.wait(PATIENCE_S)  # called once: it never answered
+    assert probe.settled and not probe.answered
+    assert isinstance(probe.error, ConnectionFailed) and url in str(probe.error)
     link = probe.connected()  # made, and the taker's to close
     try:
         with pytest.raises(ConnectionFailed, match="cannot connect"):
@@ -143,18 +142,16 @@ def test_an_early_probe_closed_before_its_link_was_made_closes_the_link_and_asks
         assert go_on.wait(PATIENCE_S), "the test never let the link be made"
         return RecordedLink(config, seen)
 
-    probe = EarlyProbe(ServerConfig(url=comfy.url, name="gpu0"), connect, on_settled=settled.set)
+    probe = EarlyProbe(ServerConfig(url=comfy.url, name="gpu0"), connect, on_change=settled.set)
     probe.close()  # no run took it
     go_on.set()
     assert settled.wait(PATIENCE_S)
-    assert seen == [("gpu0", "close")] and not probe.answered
+    assert seen == [("gpu0", "close")] and probe.settled and not probe.answered
 
 
 def test_an_early_probe_closed_once_it_answered_closes_its_link(comfy: Any) -> None:
     seen: list[tuple[str, str]] = []
-    settled = threading.Event()
-    probe = EarlyProbe(ServerConfig(url=comfy.url, name="gpu0"), lambda config: RecordedLink(config, seen),
-                       on_settled=settled.set)
-    assert settled.wait(PATIENCE_S) and probe.answered
+    probe = EarlyProbe(ServerConfig(url=comfy.url, name="gpu0"), lambda config: RecordedLink(config, seen))
+    probe.schema()
     probe.close()
-    assert seen == [("gpu0", "probe"), ("gpu0", "close")]
+    assert seen == [("gpu0", "check"), ("gpu0", "probe"), ("gpu0", "close")]
