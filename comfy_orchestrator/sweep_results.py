@@ -84,6 +84,7 @@ class SweepResults:
         `meanwhile` (the caller's own last work) is done on this one.
         """
         self._pool.shutdown(wait=True)  # the thumbnails still being made: the page links them, the grids show them
+        logger.debug("thumbnails made; encoding the grids")
         fixed, painter = self._start() if self._drawing is None else self._drawing.result()
         cells = [grid_cell(record, self.seed) for record in records]
         if painter is None:
