@@ -260,15 +260,17 @@ class Journal:
     def mark_submitting(self, indices: Sequence[int], *, server: str, prompt_id: str) -> None:
         """Cells are about to be sent as `prompt_id` to `server`: count an attempt, remember the prompt.
 
-        Recorded before the prompt is sent, so a prompt the server has is always known here.
+        Recorded before the prompt is sent, so a prompt the server has is always known here. A cell
+        already done stays done: a farm's copy of a straggling prompt can be sent just as the
+        original's result is recorded, and the first result is the one kept.
         """
         now = time.time()
         with self._write() as db:
             db.execute("INSERT OR REPLACE INTO prompt (prompt_id, server, cells, submitted_at, settled) "
                        "VALUES (?, ?, ?, ?, 0)", (prompt_id, server, _dumps(list(indices)), now))
             db.executemany("UPDATE cell SET status = 'running', attempts = attempts + 1, error = NULL, "
-                           "server = ?, prompt_id = ?, started_at = ?, finished_at = NULL WHERE idx = ?",
-                           [(server, prompt_id, now, i) for i in indices])
+                           "server = ?, prompt_id = ?, started_at = ?, finished_at = NULL "
+                           "WHERE idx = ? AND status != 'done'", [(server, prompt_id, now, i) for i in indices])
 
     def settle_prompts(self, prompt_ids: Sequence[str]) -> None:
         """These prompts ended (or were withdrawn): a resume need not ask about them."""

@@ -149,6 +149,18 @@ def test_a_journal_whose_database_is_closed_keeps_its_folder_locked_until_it_is_
         assert again.counts()[CellStatus.PENDING] == 3
 
 
+def test_a_copy_sent_after_its_cell_is_done_leaves_the_cell_done_and_is_known(tmp_path: Path) -> None:
+    with _open(tmp_path) as journal:
+        journal.add(_plans())
+        journal.mark_submitting([0, 1], server="http://a", prompt_id="first")
+        journal.mark_done(0, files=["img/a.png"], server="http://a", prompt_id="first", timings={})
+        journal.mark_submitting([0, 1], server="http://b", prompt_id="copy")  # a straggler's copy, sent late
+        done, running = journal.record(0), journal.record(1)
+        assert (done.status, done.prompt_id, done.attempts, done.files) == (CellStatus.DONE, "first", 1, ("img/a.png",))
+        assert (running.status, running.prompt_id, running.attempts) == (CellStatus.RUNNING, "copy", 2)
+        assert {prompt.prompt_id for prompt in journal.open_prompts()} == {"first", "copy"}  # a resume withdraws it
+
+
 def test_a_second_opener_of_a_folder_in_use_is_refused_naming_the_holder(tmp_path: Path) -> None:
     import os
 
