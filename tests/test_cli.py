@@ -144,22 +144,6 @@ def test_a_sweep_with_no_server_answering_fails_at_once_naming_the_url(sample_im
     assert len((out / "manifest.csv").read_text("utf-8").splitlines()) == 3
 
 
-def test_a_sweep_none_of_whose_servers_answers_names_each_url_in_their_order_in_one_line(sample_image: Path,
-                                                                                        tmp_path: Path) -> None:
-    urls: list[str] = []
-    while len(urls) < 2:
-        url = f"http://127.0.0.1:{free_port()}"
-        urls += [url] if url not in urls else []
-    done = invoke("sweep", "img2img", "--server", urls[0], "--server", urls[1], "--axis", "cfg=4,8",
-                  "--set", f"image={sample_image}", "--out", str(tmp_path / "out"))
-    hint = "is ComfyUI running there? (--server URL or $COMFY_URL; 'comfy-orch sim' starts a simulated one)"
-    assert done.exit_code == 1, done.output
-    assert done.stderr == (f"error: no server answers: {urls[0]}: GET /system_stats: cannot connect (ConnectionError); "
-                           f"{hint}; {urls[1]}: GET /system_stats: cannot connect (ConnectionError); {hint}; "
-                           "start one, or pass --wait-for-servers SECONDS to wait for one\n")
-    assert not (tmp_path / "out").exists()
-
-
 def test_the_sweep_progress_line_is_cut_at_the_terminal_edge_never_wrapped() -> None:
     """At 80 columns the counts and ETA stay on the bar's line; the running cells' labels end in an ellipsis."""
     import io

@@ -42,7 +42,6 @@ from comfy_orchestrator.cli.values import family_reader, sweep_of
 from comfy_orchestrator.errors import ParameterError
 
 if TYPE_CHECKING:  # imported where used, so that a command loads only what it needs
-    from comfy_orchestrator.farm import Farm
     from comfy_orchestrator.queue import CeleryQueue
     from comfy_orchestrator.servers import ServerConfig
     from comfy_orchestrator.sweep import Sweep
@@ -58,35 +57,30 @@ def _with_steps(label: str, steps: Mapping[str, tuple[int, int]]) -> str:
     return f"{label} step {value}/{maximum}"
 
 
-def _sweep_farm(servers: Sequence[ServerConfig | str], *, max_attempts: int, timeout_s: float | None = None,
-                wait_for_servers_s: float | None = None) -> Farm:
-    """The farm a sweep runs on, with the command's limits."""
+def _run_sweep_with_progress(sweep: Sweep, out_dir: Path, servers: Sequence[ServerConfig | str], *,
+                             max_attempts: int, thumbnail_px: int, grid_format: str = DEFAULT_GRID_FORMAT,
+                             queue: CeleryQueue | None = None, detach: bool = False, timeout_s: float | None = None,
+                             wait_for_servers_s: float | None = None) -> SweepReport:
+    """Run a sweep over a farm (or through a queue) with a progress bar; Ctrl-C stops it, resumable."""
     import dataclasses
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from comfy_orchestrator.farm import Farm
     from comfy_orchestrator.limits import FARM_TIMEOUTS
     from comfy_orchestrator.retry import RetryPolicy
+    from comfy_orchestrator.sweep_run import run_sweep
 
+    size_note = _size_note(sweep)
+    said = threading.Lock()  # taken once: the note is shown at the first progress, from whichever thread
     timeouts = FARM_TIMEOUTS
     if timeout_s is not None:
         timeouts = dataclasses.replace(timeouts, job_s=timeout_s, download_s=timeout_s)
     if wait_for_servers_s is not None:
         timeouts = dataclasses.replace(timeouts, no_server_s=wait_for_servers_s)
     # the farm tries a job no more often in one run than the cell may be tried at all
-    return Farm(servers, timeouts=timeouts, policy=RetryPolicy(max_attempts=min(max_attempts,
-                                                                                 RetryPolicy.max_attempts)))
-
-
-def _run_sweep_with_progress(sweep: Sweep, out_dir: Path, farm: Farm | None, *, max_attempts: int,
-                             thumbnail_px: int, grid_format: str = DEFAULT_GRID_FORMAT,
-                             queue: CeleryQueue | None = None, detach: bool = False) -> SweepReport:
-    """Run a sweep over a farm (or through a queue) with a progress bar; Ctrl-C stops it, resumable."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    from comfy_orchestrator.sweep_run import run_sweep
-
-    size_note = _size_note(sweep)
-    said = threading.Lock()  # taken once: the note is shown at the first progress, from whichever thread
+    farm = Farm(servers, timeouts=timeouts, policy=RetryPolicy(max_attempts=min(
+        max_attempts, RetryPolicy.max_attempts))) if queue is None else None
     columns = (TextColumn("cells", style="bold", markup=False), BarColumn(bar_width=24), MofNCompleteColumn(),
                line_column())  # a short bar leaves the counts and the ETA room on one line at 80 columns
     with Progress(*columns, console=stderr, transient=False) as bar:
@@ -140,6 +134,10 @@ def print_report(report: SweepReport) -> None:
         stderr.print(line((f"cell {index} failed:", "red"), f" {error}"))
 
 
+# A server that is up answers at once; `sweep` gives each this long before it says none answers.
+SERVER_PROBE_CONNECT_S, SERVER_PROBE_READ_S = 3.0, 5.0
+
+
 def _check_journal(sweep: Sweep, folder: Path) -> None:
     """Open the folder's journal, if it has one, as the run will: a broken or different one is refused now."""
     from comfy_orchestrator.journal import JOURNAL_NAME, Journal
@@ -149,23 +147,25 @@ def _check_journal(sweep: Sweep, folder: Path) -> None:
             pass
 
 
-def _require_a_server(farm: Farm) -> None:
-    """Fail, naming each URL, when no server of a sweep answers its early probe (--wait-for-servers waits instead).
+def _require_a_server(servers: Sequence[ServerConfig]) -> None:
+    """Fail at once, naming each URL, when no server of a sweep answers (--wait-for-servers waits instead)."""
+    from comfy_orchestrator.client import Client
+    from comfy_orchestrator.errors import AuthFailed, CertificateRejected, ComfyError
+    from comfy_orchestrator.limits import Timeouts
 
-    Returns as soon as one answers. When none does, a refused certificate or credentials (the first
-    server's, in the farm's order, that refused) is raised as every command says it: the set-up is
-    wrong, not the servers down.
-    """
-    from comfy_orchestrator.errors import AuthFailed, CertificateRejected
-
-    failures = farm.wait_for_a_server()
-    if not failures:
-        return
-    for _, error in failures:
-        if isinstance(error, (CertificateRejected, AuthFailed)):
-            raise error
-    problems = [text if (text := str(error)).startswith(server.url) else f"{server.url}: {text}"
-                for server, error in failures]
+    probe = Timeouts(connect_s=SERVER_PROBE_CONNECT_S, read_s=SERVER_PROBE_READ_S)
+    problems = []
+    for server in servers:
+        try:
+            with Client(server.url, headers=server.headers, token=server.token, ca_cert=server.ca_cert,
+                        allow_plain_http=server.allow_plain_http, timeouts=probe) as client:
+                client.system_stats()
+            return
+        except (CertificateRejected, AuthFailed):
+            raise  # the set-up is wrong, not the server down: said once, as every command says it
+        except ComfyError as exc:
+            text = str(exc)
+            problems.append(text if text.startswith(server.url) else f"{server.url}: {text}")
     fail("no server answers: " + "; ".join(problems) + "; start one, or pass --wait-for-servers SECONDS "
          "to wait for one", EXIT_FAILED)
 
@@ -213,15 +213,10 @@ def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str]
         fail("--broker sends the cells to the queue's workers, --server/--farm to servers directly: give one",
              EXIT_BAD_INPUT)
     queue = connect_queue(broker, ca_cert) if broker is not None and not dry_run else None
+    template = library(ctx).get(template_name)
     # one --ca-cert: the broker's authority with --broker, the servers' with --server/--farm
     server_ca = Path(ca_cert) if ca_cert and broker is None else None
     configs = farm_servers(servers, farm_file, ca_cert=server_ca, allow_plain_http=allow_plain_http)
-    farm = None
-    if broker is None and not dry_run:
-        farm = ctx.with_resource(_sweep_farm(configs, max_attempts=max_attempts, timeout_s=timeout_s,
-                                             wait_for_servers_s=wait_for_servers_s))
-        farm.start_probes()  # the servers are asked while the templates load and the sweep is built
-    template = library(ctx).get(template_name)
     # Through the queue no server of ours is at hand: the family comes from --set or the name.
     read_family = None if dry_run or broker is not None else family_reader(configs[0])
     sweep = sweep_of(template, axes, sets, zipped=zipped, batch_seeds=batch_seeds, seed_source=seed_source,
@@ -237,12 +232,13 @@ def sweep_command(ctx: click.Context, template_name: str, servers: Sequence[str]
         stdout.print(f"{len(plan.cells)} cells in {len(plan.jobs)} prompts on {len(configs)} server(s); "
                      f"about {format_duration(plan.estimate_s)} on a fast GPU (SD1.5, 512x512); nothing submitted")
         return
-    if farm is not None and ctx.get_parameter_source("wait_for_servers_s") is click.core.ParameterSource.DEFAULT:
-        sweep.cells()  # a bad value is said before the servers' answers (run_sweep uses these cells)
+    if broker is None and ctx.get_parameter_source("wait_for_servers_s") is click.core.ParameterSource.DEFAULT:
+        sweep.cells()  # a bad value is said before the servers are asked (run_sweep uses these cells)
         _check_journal(sweep, Path(out_dir))  # what the user can fix in the folder is said before the servers
-        _require_a_server(farm)  # asked to wait, the farm waits; by default a sweep no server takes fails now
-    report = _run_sweep_with_progress(sweep, Path(out_dir), farm, max_attempts=max_attempts,
-                                      thumbnail_px=thumbnail_px, grid_format=grid_format, queue=queue, detach=detach)
+        _require_a_server(configs)  # asked to wait, the farm waits; by default a sweep no server takes fails now
+    report = _run_sweep_with_progress(sweep, Path(out_dir), configs, max_attempts=max_attempts,
+                                      thumbnail_px=thumbnail_px, grid_format=grid_format, queue=queue, detach=detach,
+                                      timeout_s=timeout_s, wait_for_servers_s=wait_for_servers_s)
     print_report(report)
     if queue is not None and report.waiting:
         stdout.print(f"{report.waiting} cells wait on the queue at {queue.display}; run the same command again "
@@ -291,8 +287,8 @@ def demo(out_dir: str, servers: Sequence[str], checkpoint: str | None, grid_form
                                                    checkpoints=(checkpoint or DEFAULT_CHECKPOINT,)))
             stdout.print(f"started a simulated ComfyUI at {server.url} (no GPU needed)")
             chosen = [server.url]
-        report = _run_sweep_with_progress(sweep, folder, _sweep_farm(chosen, max_attempts=3), max_attempts=3,
-                                          thumbnail_px=256, grid_format=grid_format)
+        report = _run_sweep_with_progress(sweep, folder, chosen, max_attempts=3, thumbnail_px=256,
+                                          grid_format=grid_format)
     print_report(report)
     if report.failed:
         fail(f"{report.failed} of {report.total} cells failed; see {report.manifest}", EXIT_FAILED)
