@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,7 +32,6 @@ from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.links import (
     LINK_RETRY,
     DuplicateDiscarded,
-    EarlyProbe,
     FarmEvent,
     JobDone,
     JobOutcome,
@@ -89,12 +88,10 @@ class FarmRun(RunState):
     """One `Farm.run`: the waiting list, one thread per server, and the outcomes."""
 
     def __init__(self, farm: RunSettings, source: Iterator[Job], *, out_dir: Path | None,
-                 on_event: Callable[[FarmEvent], None] | None, early: Mapping[str, EarlyProbe] | None = None) -> None:
-        """`early`: servers connected and probed before the run (Farm.start_probes), by name; the run owns them."""
+                 on_event: Callable[[FarmEvent], None] | None) -> None:
         super().__init__(farm, source)
         self.out_dir = out_dir
         self.on_event = on_event
-        self.early = dict(early or {})  # read by each server's own thread alone
         self.links_closed = False  # shut_down closed the links: a thread that connects later closes its own
         # guards the links and links_closed alone, so a thread that has just connected goes on to its probe
         # while the caller holds `lock` to read the first jobs (a sweep prepares its cells then)
@@ -244,10 +241,9 @@ class FarmRun(RunState):
 
     # -- a server's thread
     def work(self, server: RunServer) -> None:
-        early = self.early.get(server.name)  # connected and probed before the run: its link and answer, once
         try:
-            try:  # here, not in the caller's thread: servers connect at once
-                link = early.connected() if early is not None else self.farm.connect(server.config)
+            try:
+                link = self.farm.connect(server.config)  # here, not in the caller's thread: servers connect at once
             except ComfyError as exc:  # a setting to fix (credentials over plain http, a CA file): `run` raises it
                 self.abort(exc)
                 return
@@ -257,16 +253,15 @@ class FarmRun(RunState):
             if closed:
                 link.close()
                 return
-            self.serve(server, early)
+            self.serve(server)
         except BaseException as exc:  # a bug must reach the caller, not hang the run
             logger.exception("the farm's thread for %s failed", server.name)
             self.abort(exc)
 
-    def serve(self, server: RunServer, early: EarlyProbe | None = None) -> None:
+    def serve(self, server: RunServer) -> None:
         while not self.stop.is_set():
             if not server.up:
-                self.probe(server, early)
-                early = None
+                self.probe(server)
                 continue
             self.fill(server)
             with self.lock:
@@ -304,14 +299,14 @@ class FarmRun(RunState):
             logger.exception("the farm's health watch failed")
             self.abort(exc)
 
-    def probe(self, server: RunServer, early: EarlyProbe | None = None) -> None:
-        """While down: rest (policy backoff), then ask /system_stats and object_info (or take the early answer)."""
+    def probe(self, server: RunServer) -> None:
+        """While down: rest (policy backoff), then ask /system_stats and object_info."""
         wait_s = server.next_probe_at - time.monotonic()
         if wait_s > 0:
             self.stop.wait(min(wait_s, PROBE_WAKE_S))
             return
         try:
-            schema = server.link.probe() if early is None else early.schema()
+            schema = server.link.probe()
         except ComfyError as exc:
             with self.lock:
                 first = server.failures == 0

@@ -21,11 +21,6 @@ Progress arrives as `FarmEvent` values (ServerUp, ServerDown, JobSubmitted, JobR
 JobDone, DuplicateDiscarded) through `on_event`, called from the farm's threads; keep it
 quick. `Farm.status()` reads each server's health for `comfy-orch farm status`.
 
-A caller that will have jobs soon may call `start_probes()` first: each server is connected and
-probed (/system_stats, /object_info) on a thread of its own while the caller gets its jobs ready,
-`wait_for_a_server()` waits until one answers, and the next `run` takes those links and answers
-instead of asking again. `close()` (or leaving `with farm:`) closes the links no run took.
-
 How jobs move (the policy is pure and lives in dispatch.py):
 - Each server holds `1 + queue_ahead` jobs (default 2 ahead), so its GPU never waits.
 - A free slot takes the waiting job that this server will finish soonest, judged from
@@ -53,20 +48,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 
 from comfy_orchestrator.dispatch import Dispatch, SoonestFinish, is_refusal
 from comfy_orchestrator.engine import FarmRun
-from comfy_orchestrator.errors import ComfyError, RequestTimedOut
+from comfy_orchestrator.errors import ComfyError
 from comfy_orchestrator.jobs import Job
 from comfy_orchestrator.limits import FARM_TIMEOUTS, Timeouts
 from comfy_orchestrator.links import (
     ClientLink,
     Device,
     DuplicateDiscarded,
-    EarlyProbe,
     FarmEvent,
     JobDone,
     JobFailed,
@@ -87,9 +80,9 @@ from comfy_orchestrator.servers import ServerConfig, checked_servers
 from comfy_orchestrator.transport import SharedAnswers
 
 __all__ = [
-    "ClientLink", "Device", "DuplicateDiscarded", "EarlyProbe", "Farm", "FarmEvent", "JobDone", "JobFailed",
-    "JobOutcome", "JobProgress", "JobRetrying", "JobSubmitted", "JobSubmitting", "NoServerUp", "RunningJob",
-    "ServerDown", "ServerLink", "ServerStatus", "ServerUp",
+    "ClientLink", "Device", "DuplicateDiscarded", "Farm", "FarmEvent", "JobDone", "JobFailed", "JobOutcome",
+    "JobProgress", "JobRetrying", "JobSubmitted", "JobSubmitting", "NoServerUp", "RunningJob", "ServerDown",
+    "ServerLink", "ServerStatus", "ServerUp",
 ]
 
 
@@ -120,70 +113,10 @@ class Farm:
         self.straggler_factor = straggler_factor
         shared = SharedAnswers()  # the servers of one ComfyUI install: their /object_info parsed once
         self._connect = connect or (lambda config: ClientLink(config, timeouts=timeouts, shared=shared))
-        self._probes: dict[str, EarlyProbe] = {}  # begun by start_probes, by server name, until a run takes them
-        self._probed = threading.Condition()  # guards _probes; notified as each server answers or its probe ends
-
-    def __enter__(self) -> Farm:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     def connect(self, config: ServerConfig) -> ServerLink:
         """A link to one of the farm's servers, as its threads use; the caller closes it."""
         return self._connect(config)
-
-    def start_probes(self) -> None:
-        """Begin connecting to each server and probing it, a daemon thread each, before `run` has jobs.
-
-        The next `run` takes these links and answers instead of connecting and probing again; a
-        server that failed its early probe is handled as one that failed its own (it rests, then is
-        probed again). A server whose probe is already under way is left to it.
-        """
-        with self._probed:
-            for config in self.servers:
-                if config.name not in self._probes:
-                    self._probes[config.name] = EarlyProbe(config, self._connect, on_change=self._changed)
-
-    def _changed(self) -> None:
-        with self._probed:
-            self._probed.notify_all()
-
-    def wait_for_a_server(self, timeout_s: float | None = None) -> list[tuple[ServerConfig, ComfyError]]:
-        """Wait for the early probes (begun now if need be) until one server answers its health check: [].
-
-        Its object_info may still be on the way (the run waits for it). When none answers, each server
-        with the ComfyError it failed with, in the farm's order; one still silent after `timeout_s`
-        (default `Timeouts.no_server_s`) with RequestTimedOut. Any other error a probe raised (a bug)
-        is raised here.
-        """
-        self.start_probes()
-        timeout_s = self.timeouts.no_server_s if timeout_s is None else timeout_s
-        with self._probed:
-            probes = [self._probes[config.name] for config in self.servers]
-            self._probed.wait_for(lambda: any(probe.answered for probe in probes)
-                                  or all(probe.settled for probe in probes), timeout_s)
-        if any(probe.answered for probe in probes):
-            return []
-        failures: list[tuple[ServerConfig, ComfyError]] = []
-        for probe in probes:
-            error = probe.error
-            if error is not None and not isinstance(error, ComfyError):
-                raise error
-            failures.append((probe.config, error or RequestTimedOut(
-                f"no answer to its probe within {timeout_s:g} s", server=probe.config.display_url)))
-        return failures
-
-    def close(self) -> None:
-        """Close the links of early probes that no run took (the runs close their own)."""
-        for probe in self._take_probes().values():
-            probe.close()
-
-    def _take_probes(self) -> dict[str, EarlyProbe]:
-        with self._probed:
-            probes, self._probes = self._probes, {}
-        return probes
 
     def run(
         self,
@@ -198,13 +131,7 @@ class Farm:
         (break, close()) takes the jobs still queued off the servers.
         """
         folder = Path(out_dir) if out_dir is not None else None
-        return self._outcomes(iter(jobs), folder, on_event)
-
-    def _outcomes(self, jobs: Iterator[Job], out_dir: Path | None,
-                  on_event: Callable[[FarmEvent], None] | None) -> Generator[JobOutcome, None, None]:
-        # the early probes are taken as the run starts, not when `run` is called: a run never
-        # iterated leaves them to close()
-        yield from FarmRun(self, jobs, out_dir=out_dir, on_event=on_event, early=self._take_probes()).outcomes()
+        return FarmRun(self, iter(jobs), out_dir=folder, on_event=on_event).outcomes()
 
     def status(self, *, timeout_s: float | None = None) -> list[ServerStatus]:
         """Each server's health, queue, devices and checkpoints, read in parallel (within `Timeouts.status_s`)."""

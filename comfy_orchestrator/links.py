@@ -1,15 +1,12 @@
 """What a farm reports (its events, a server's status) and how it reaches a server: ServerLink.
 
 The engine (engine.py) talks to servers only through `ServerLink`; `ClientLink` is the real one,
-over `Client`, and tests hand the farm stub links instead. `EarlyProbe` connects and probes one
-server on a thread of its own before a run has jobs (`Farm.start_probes`). `ServerRecord` is what
-a farm run and a queue worker's box both keep of each server they drive: health, backoff, what it
-can run.
+over `Client`, and tests hand the farm stub links instead. `ServerRecord` is what a farm run
+and a queue worker's box both keep of each server they drive: health, backoff, what it can run.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +14,7 @@ from typing import Any, Protocol
 
 from comfy_orchestrator.client import Client
 from comfy_orchestrator.dispatch import Capability, JobNeeds
-from comfy_orchestrator.errors import ComfyError, ConnectionFailed
+from comfy_orchestrator.errors import ComfyError
 from comfy_orchestrator.jobs import Job, JobResult
 from comfy_orchestrator.limits import FARM_TIMEOUTS, Timeouts
 from comfy_orchestrator.protocol import Progress
@@ -27,7 +24,7 @@ from comfy_orchestrator.servers import ServerConfig
 from comfy_orchestrator.transport import SharedAnswers
 
 __all__ = [
-    "ClientLink", "Device", "DuplicateDiscarded", "EarlyProbe", "FarmEvent", "JobDone", "JobFailed", "JobOutcome",
+    "ClientLink", "Device", "DuplicateDiscarded", "FarmEvent", "JobDone", "JobFailed", "JobOutcome",
     "JobProgress", "JobRetrying", "JobSubmitted", "JobSubmitting", "NoServerUp", "RunningJob", "ServerDown",
     "ServerLink", "ServerStatus", "ServerUp",
 ]
@@ -270,91 +267,6 @@ class ClientLink:
 
     def close(self) -> None:
         self.client.close()
-
-
-class EarlyProbe:
-    """One server connected and probed on a daemon thread of its own, begun before a farm run has jobs.
-
-    Its health is asked first (/system_stats: `answered`), then the probe (object_info). A run takes
-    it instead of connecting and probing the server itself: `connected` gives the link (the taker
-    closes it from then on), `schema` the probe's answer or its error, each once. Until a run takes
-    it, `close` releases the link, now or as soon as it is made. `on_change` is called from the
-    probe's thread when the server answered and when the probe ended.
-    """
-
-    def __init__(self, config: ServerConfig, connect: Callable[[ServerConfig], ServerLink], *,
-                 on_change: Callable[[], None] = lambda: None) -> None:
-        self.config = config
-        self._connect = connect
-        self._on_change = on_change
-        self._lock = threading.Lock()
-        self._linked = threading.Event()  # connecting ended: a link, or the error
-        self._answered = threading.Event()  # the server answered its health check
-        self._settled = threading.Event()  # the probe ended: an answer, or the error
-        self._link: ServerLink | None = None
-        self._schema: Schema | None = None
-        self._error: Exception | None = None
-        self._closed = False
-        threading.Thread(target=self._run, name=f"farm-probe-{config.name}", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            link = self._connect(self.config)
-            with self._lock:
-                self._link, closed = link, self._closed
-            self._linked.set()
-            if closed:  # closed while it connected: nobody will take it
-                link.close()
-                raise ConnectionFailed("closed before its probe", server=self.config.display_url)
-            link.check()  # health first: whoever waits for a server to answer need not wait for object_info
-            self._answered.set()
-            self._on_change()
-            self._schema = link.probe()
-        except Exception as exc:  # ComfyError: a setting to fix, or the server down; any other: a bug
-            self._error = exc  # raised by the taker
-        finally:
-            self._linked.set()
-            self._settled.set()
-            self._on_change()
-
-    @property
-    def answered(self) -> bool:
-        """Whether the server answered its health check (its object_info may still be on the way)."""
-        return self._answered.is_set()
-
-    @property
-    def settled(self) -> bool:
-        """Whether the probe has its outcome: the server's object_info, or the error."""
-        return self._settled.is_set()
-
-    @property
-    def error(self) -> Exception | None:
-        """What connecting, the health check or the probe raised, once settled; else None."""
-        return self._error if self._settled.is_set() else None
-
-    def connected(self) -> ServerLink:
-        """The link, once made (making one does no I/O: no deadline); raises what connecting raised."""
-        self._linked.wait()
-        if self._link is None:
-            assert self._error is not None
-            raise self._error
-        return self._link
-
-    def schema(self) -> Schema:
-        """The probe's answer (within the link's own timeouts); raises what connecting or probing raised."""
-        self._settled.wait()
-        if self._error is not None:
-            raise self._error
-        assert self._schema is not None
-        return self._schema
-
-    def close(self) -> None:
-        """Close the link (one made later is closed by the probe's thread); for a probe no run took."""
-        with self._lock:
-            self._closed = True
-            link = self._link
-        if link is not None:
-            link.close()
 
 
 # ---------------------------------------------------------------------------

@@ -20,9 +20,6 @@ import pytest
 from PIL import Image
 
 from comfy_orchestrator.journal import JOURNAL_NAME
-from comfy_orchestrator.links import ClientLink
-from comfy_orchestrator.schema import Schema
-from comfy_orchestrator.servers import ServerConfig
 from comfy_orchestrator.templates import Templates
 
 
@@ -200,26 +197,6 @@ http {{
 {site}
 }}
 """
-
-
-class RecordedLink(ClientLink):
-    """The farm's real link, noting each health check, probe and close in `seen` as (server name, what)."""
-
-    def __init__(self, config: ServerConfig, seen: list[tuple[str, str]]) -> None:
-        super().__init__(config)
-        self.seen = seen
-
-    def check(self) -> None:
-        self.seen.append((self.config.name, "check"))
-        super().check()
-
-    def probe(self) -> Schema:
-        self.seen.append((self.config.name, "probe"))
-        return super().probe()
-
-    def close(self) -> None:
-        self.seen.append((self.config.name, "close"))
-        super().close()
 
 
 def free_port() -> int:

@@ -33,7 +33,6 @@ from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.servers import ServerConfig
 from comfy_orchestrator.sim import Costs, SimServer
 from comfy_orchestrator.templates import Templates
-from tests.conftest import RecordedLink, free_port
 
 # A 96x64 picture costs 6144/262144 of a 512x512 step: about 6 ms a step, 60 ms a 10-step job.
 COSTS = Costs(step_s=0.25, checkpoint_load_s=0.05, vae_s=0.05)
@@ -182,25 +181,6 @@ def test_the_farms_servers_of_one_install_share_one_reading_of_object_info(sim: 
     assert schemas[0].raw["KSampler"] is schemas[1].raw["KSampler"]
     assert schemas[2].raw["KSampler"] is not schemas[0].raw["KSampler"]
     assert [schema.checkpoints for schema in schemas] == [tuple(CHECKPOINTS), tuple(CHECKPOINTS), ("a.safetensors",)]
-
-
-def test_a_farm_probed_early_runs_over_the_links_it_made_on_the_server_that_answered(sim: Any, cells: Any,
-                                                                                    tmp_path: Path) -> None:
-    (server,) = sim(1, checkpoints=CHECKPOINTS, costs=COSTS)
-    seen: list[tuple[str, str]] = []
-    farm = Farm([server.url, f"http://127.0.0.1:{free_port()}"], policy=FAST_RETRIES,
-                connect=lambda config: RecordedLink(config, seen))
-    up, down = (config.name for config in farm.servers)
-    farm.start_probes()
-    assert farm.wait_for_a_server() == []
-    outcomes, _ = run_farm(farm, cells(3), tmp_path / "out")
-    assert ran_on(outcomes) == {up: 3}
-    asked_up = [what for name, what in seen if name == up]  # then maybe the health watch's checks
-    assert asked_up[:2] == ["check", "probe"] and asked_up.count("probe") == 1 and asked_up[-1] == "close"
-    asked_down = [what for name, what in seen if name == down]  # its early check, maybe the run's probes
-    assert asked_down[0] == "check" and asked_down[-1] == "close" and asked_down.count("close") == 1
-    farm.close()
-    assert len(seen) == len(asked_up) + len(asked_down)  # the run closed both links: nothing was left to close
 
 
 def test_a_job_no_server_can_run_is_reported(sim: Any, cells: Any, tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,7 @@ from typing import Any
 import pytest
 
 from comfy_orchestrator.engine import FarmRun, close_links
-from comfy_orchestrator.errors import (
-    AuthFailed,
-    ComfyError,
-    ConnectionFailed,
-    Interrupted,
-    ParameterError,
-    RequestTimedOut,
-)
+from comfy_orchestrator.errors import ComfyError, ConnectionFailed, Interrupted, ParameterError
 from comfy_orchestrator.farm import (
     DuplicateDiscarded,
     Farm,
@@ -507,130 +499,3 @@ def test_closing_links_at_once_raises_the_first_error_once_all_are_closed() -> N
     with pytest.raises(ConnectionFailed, match="close refused"):
         close_links(links)
     assert all(link.closed for link in links)
-
-
-class Counted(StubLink):
-    """A stub server counting the links made to it, its health checks, probes and closes.
-
-    It `refuses` our credentials, or is `down` (until `up()`); given `answer`, it answers nothing
-    until the test sets it.
-    """
-
-    def __init__(self, name: str, *, refuses: bool = False, down: bool = False,
-                 answer: threading.Event | None = None) -> None:
-        super().__init__(name, finish_at_once=True)
-        self.refuses = refuses
-        self.answer = answer
-        self.counts: Counter[str] = Counter()
-        if down:
-            self.unwell.set()
-
-    def up(self) -> None:
-        self.unwell.clear()
-
-    def _answer(self, what: str) -> None:
-        self.counts[what] += 1
-        if self.answer is not None:
-            assert self.answer.wait(PATIENCE_S), f"the test never let {self.name} answer"
-        if self.refuses:
-            raise AuthFailed("401 Unauthorized: check the token", server=self.name, status=401)
-
-    def check(self) -> None:
-        self._answer("check")
-        super().check()
-
-    def probe(self) -> Schema:
-        self._answer("probe")
-        return super().probe()
-
-    def close(self) -> None:
-        self.counts["close"] += 1
-
-
-def counted_farm(*links: Counted) -> Farm:
-    by_name = {link.name: link for link in links}
-
-    def connect(config: ServerConfig) -> ServerLink:
-        by_name[config.name].counts["connect"] += 1
-        return by_name[config.name]
-
-    return Farm([ServerConfig(url=f"http://{link.name}") for link in links], policy=QUICK, connect=connect,
-                health_interval_s=3600.0, straggler_factor=None)
-
-
-def test_a_run_takes_the_early_probes_links_and_answers_instead_of_asking_again() -> None:
-    a, b = Counted("a.test"), Counted("b.test")
-    farm = counted_farm(a, b)
-    farm.start_probes()
-    farm.start_probes()  # probes under way are left to run: not two of each
-    assert farm.wait_for_a_server() == []
-    outcomes = list(farm.run(jobs(4)))
-    assert sorted(o.job.label for o in outcomes if isinstance(o, JobResult)) == [f"job-{i}" for i in range(4)]
-    for link in (a, b):  # each link made once, its server asked once, and closed by the run
-        assert link.counts == Counter(connect=1, check=1, probe=1, close=1), (link.name, link.counts)
-    farm.close()  # the run took them: nothing is closed twice
-    assert a.counts["close"] == b.counts["close"] == 1
-    list(farm.run(jobs(1)))  # an early answer serves one run: the next connects (and probes) afresh
-    assert a.counts["connect"] == b.counts["connect"] == a.counts["close"] == b.counts["close"] == 2
-
-
-def test_a_server_that_failed_its_early_probe_rests_and_is_probed_again_by_the_run() -> None:
-    late = Counted("late.test", down=True)
-    farm = counted_farm(late)
-    farm.start_probes()
-    failures = farm.wait_for_a_server()
-    assert [(config.name, type(error)) for config, error in failures] == [("late.test", ConnectionFailed)]
-    late.up()  # it answers from now on: the run's next probe, after the policy's rest, finds it up
-    outcomes = list(farm.run(jobs(2)))
-    assert [o.server for o in outcomes if isinstance(o, JobResult)] == ["late.test"] * 2
-    assert late.counts == Counter(connect=1, check=1, probe=1, close=1)  # the early check failed: no early probe
-
-
-def test_a_farm_waits_for_the_first_server_that_answers_not_for_every_one() -> None:
-    answer = threading.Event()
-    slow, quick = Counted("slow.test", answer=answer), Counted("quick.test")
-    farm = counted_farm(slow, quick)
-    farm.start_probes()
-    assert farm.wait_for_a_server() == []  # while slow.test has not answered yet
-    answer.set()
-    farm.close()
-    assert slow.counts["close"] == quick.counts["close"] == 1
-
-
-def test_every_server_refusing_its_early_probe_is_said_in_the_farms_order_and_ends_the_run_at_once() -> None:
-    a, b = Counted("a.test", refuses=True), Counted("b.test", refuses=True)
-    farm = counted_farm(a, b)
-    farm.start_probes()
-    failures = farm.wait_for_a_server()
-    assert [(config.name, type(error)) for config, error in failures] == [("a.test", AuthFailed),
-                                                                          ("b.test", AuthFailed)]
-    with pytest.raises(AuthFailed, match="check the token"):
-        list(farm.run(jobs(2)))  # the early refusals count: waiting cannot fix them
-    for link in (a, b):  # (one may be probed again before the other's refusal is read: the run's own way)
-        assert (link.counts["connect"], link.counts["check"], link.counts["close"]) == (1, 1, 1), link.counts
-
-
-def test_early_links_no_run_took_are_closed_with_the_farm() -> None:
-    a, b = Counted("a.test"), Counted("b.test")
-    with counted_farm(a, b) as farm:
-        farm.start_probes()
-        assert farm.wait_for_a_server() == []
-        farm.run(jobs(2))  # never iterated: the run never started, so it took nothing
-    for link in (a, b):  # (closed as it answered, or as its probe went on)
-        assert (link.counts["connect"], link.counts["check"], link.counts["close"]) == (1, 1, 1), link.counts
-
-
-def test_a_probe_still_unanswered_when_the_wait_ends_is_said_to_have_timed_out() -> None:
-    hung = threading.Event()
-
-    def connect(config: ServerConfig) -> ServerLink:
-        hung.wait(PATIENCE_S)  # the link is never made while the test waits
-        return StubLink(config.name)
-
-    farm = Farm([ServerConfig(url="http://hung.test")], policy=QUICK, connect=connect)
-    farm.start_probes()
-    failures = farm.wait_for_a_server(timeout_s=0.01)
-    hung.set()
-    farm.close()
-    assert [(config.name, type(error)) for config, error in failures] == [("hung.test", RequestTimedOut)]
-    assert "no answer to its probe within 0.01 s" in str(failures[0][1])

@@ -11,14 +11,13 @@ import pytest
 
 from comfy_orchestrator.errors import ConnectionFailed, Interrupted
 from comfy_orchestrator.jobs import Job
-from comfy_orchestrator.links import ClientLink, EarlyProbe, ServerLink, ServerRecord
+from comfy_orchestrator.links import ClientLink, ServerLink, ServerRecord
 from comfy_orchestrator.params import DEFAULT_CHECKPOINT
 from comfy_orchestrator.protocol import Progress
 from comfy_orchestrator.retry import RetryPolicy
 from comfy_orchestrator.schema import Schema
 from comfy_orchestrator.servers import ServerConfig
 from comfy_orchestrator.sim import Costs
-from tests.conftest import RecordedLink, free_port
 
 SLOW = Costs(step_s=12.0)  # 0.3 s a step of the 512x512 reference job: the first holds the queue
 PATIENCE_S = 10.0
@@ -103,55 +102,3 @@ def test_a_record_rests_a_failing_server_longer_each_time_and_forgets_once_it_an
     assert record.up and record.failures == 0
     assert record.last_error is None
     assert record.capability is not None and "KSampler" in record.capability.schema
-
-
-def test_an_early_probe_asks_the_servers_health_then_hands_over_its_link_and_answer(comfy: Any) -> None:
-    seen: list[tuple[str, str]] = []
-    probe = EarlyProbe(ServerConfig(url=comfy.url, name="gpu0"), lambda config: RecordedLink(config, seen))
-    schema = probe.schema()  # waits for the probe's end
-    assert probe.answered and probe.settled and probe.error is None
-    assert "KSampler" in schema and DEFAULT_CHECKPOINT in schema.checkpoints
-    link = probe.connected()
-    try:
-        assert probe.connected() is link and seen == [("gpu0", "check"), ("gpu0", "probe")]  # asked once each
-    finally:
-        link.close()
-
-
-def test_an_early_probe_of_a_server_that_does_not_answer_keeps_the_error() -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    settled = threading.Event()
-    probe = EarlyProbe(ServerConfig(url=url), lambda config: ClientLink(config), on_change=settled.set)
-    assert settled.wait(PATIENCE_S)  # called once: it never answered
-    assert probe.settled and not probe.answered
-    assert isinstance(probe.error, ConnectionFailed) and url in str(probe.error)
-    link = probe.connected()  # made, and the taker's to close
-    try:
-        with pytest.raises(ConnectionFailed, match="cannot connect"):
-            probe.schema()
-    finally:
-        link.close()
-
-
-def test_an_early_probe_closed_before_its_link_was_made_closes_the_link_and_asks_nothing(comfy: Any) -> None:
-    seen: list[tuple[str, str]] = []
-    go_on = threading.Event()
-    settled = threading.Event()
-
-    def connect(config: ServerConfig) -> ServerLink:
-        assert go_on.wait(PATIENCE_S), "the test never let the link be made"
-        return RecordedLink(config, seen)
-
-    probe = EarlyProbe(ServerConfig(url=comfy.url, name="gpu0"), connect, on_change=settled.set)
-    probe.close()  # no run took it
-    go_on.set()
-    assert settled.wait(PATIENCE_S)
-    assert seen == [("gpu0", "close")] and probe.settled and not probe.answered
-
-
-def test_an_early_probe_closed_once_it_answered_closes_its_link(comfy: Any) -> None:
-    seen: list[tuple[str, str]] = []
-    probe = EarlyProbe(ServerConfig(url=comfy.url, name="gpu0"), lambda config: RecordedLink(config, seen))
-    probe.schema()
-    probe.close()
-    assert seen == [("gpu0", "check"), ("gpu0", "probe"), ("gpu0", "close")]
