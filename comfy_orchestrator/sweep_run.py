@@ -182,12 +182,11 @@ def run_sweep(
                         _run(farm, setup, folder)
         finally:
             ran = time.monotonic()
-            # after Ctrl-C too; after a run, while the last thumbnails are made
-            records = list(ready[0].journal.records()) if ready else []
-            manifests = ready[0].journal.write_manifests(records) if ready else None
-            if ready:
+            if ready:  # after Ctrl-C too; after a run, while the last thumbnails are made
+                records = list(ready[0].journal.records())
+                manifests = ready[0].journal.write_manifests(records)
                 shutil.rmtree(ready[0].staging, ignore_errors=True)
-        assert manifests is not None  # made whenever the run got as far as a journal
+        assert ready  # a run that got no journal has raised by now
         return _finish(ready[0], records, *manifests, adopted=adopted, started=started, ran=ran)
 
 

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import stat
-import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -78,11 +77,11 @@ def _json_literal(value: object) -> Markup:
     """Turn each {{ expression }} into a JSON literal; macro output passes through as it is."""
     text = _scalar_json(value)  # the usual values (and links) first, as _JSON would write them, at less cost
     if text is not None:
-        return _markup(Markup, text)
+        return Markup(text)
     if type(value) is list and len(value) == 2:
         first, second = _scalar_json(value[0]), _scalar_json(value[1])
         if first is not None and second is not None:
-            return _markup(Markup, f"[{first}, {second}]")
+            return Markup(f"[{first}, {second}]")
     if isinstance(value, Markup):
         return value
     if isinstance(value, jinja2.Undefined):
@@ -104,7 +103,6 @@ def _scalar_json(value: object) -> str | None:
 # json.dumps(value, ensure_ascii=False) made one of these for every {{ expression }} it wrote
 _JSON = json.JSONEncoder(ensure_ascii=False)
 _encode_text = json.encoder.encode_basestring  # what _JSON.encode does with a str
-_markup = str.__new__  # Markup(text) for a str: what Markup.__new__ comes to, without its look for __html__
 
 
 _TRACE = "\u0000trace\u0000"
@@ -382,23 +380,15 @@ def _environment(folders: Sequence[Path], compiled: Path | None) -> jinja2.Envir
         auto_reload=False,
     )
     if compiled is not None:
-        environment.bytecode_cache = _CompiledTemplates(compiled, _code_fingerprint(environment))
+        environment.bytecode_cache = _CompiledTemplates(compiled, _code_fingerprint())
     return environment
 
 
-def _code_fingerprint(environment: jinja2.Environment) -> str:
-    """What the code Jinja compiles a template to depends on, besides its source and Jinja's version."""
-    this_module = Path(__file__).stat()  # where the environment and its code generator are set up
-    settings = (this_module.st_size, this_module.st_mtime_ns, type(environment).__qualname__,
-                environment.code_generator_class.__qualname__, sorted(getattr(environment, "intercepted_binops", ())),
-                sorted(getattr(environment, "intercepted_unops", ())), environment.autoescape,
-                getattr(environment.finalize, "__qualname__", None), environment.keep_trailing_newline,
-                environment.trim_blocks, environment.lstrip_blocks, environment.newline_sequence,
-                environment.optimized, environment.block_start_string, environment.block_end_string,
-                environment.variable_start_string, environment.variable_end_string, environment.comment_start_string,
-                environment.comment_end_string, environment.line_statement_prefix, environment.line_comment_prefix,
-                sorted(environment.extensions), sys.implementation.cache_tag)
-    return hashlib.sha256(repr(settings).encode()).hexdigest()[:16]
+def _code_fingerprint() -> str:
+    """What the code Jinja compiles a template to depends on besides its source, Jinja's version (the folder's
+    name) and Python's (Jinja's own check): the environment, set up in this module alone."""
+    this_module = Path(__file__).stat()
+    return hashlib.sha256(f"{this_module.st_size}:{this_module.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
 class _CompiledTemplates(jinja2.BytecodeCache):

@@ -156,6 +156,15 @@ def test_run_from_says_which_input_is_missing_and_where_it_looked(comfy: Any, sa
     assert fixed.exit_code == 0, fixed.output
 
 
+def _start_run(url: str, image: Path, tmp_path: Path, *sets: str) -> subprocess.Popen[str]:
+    """`comfy-orch run img2img` on `url` as a process of its own, its output piped, for a test to stop."""
+    command = [sys.executable, "-m", "comfy_orchestrator.cli", "run", "img2img", "--server", url,
+               "--set", f"image={image}", *[part for value in sets for part in ("--set", value)],
+               "--out", str(tmp_path / "out")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def _running_and_pending(url: str) -> tuple[list[str], list[str]]:
     from comfy_orchestrator.client import Client
 
@@ -178,10 +187,7 @@ def test_stopping_run_stops_its_prompt_on_the_server(sim: Any, sample_image: Pat
         template = Templates.default().get("img2img")
         other = neighbour.submit(template.job(template.params({"image": str(sample_image), "steps": 400,
                                                                "seed": 5})))
-    command = [sys.executable, "-m", "comfy_orchestrator.cli", "run", "img2img", "--server", server.url,
-               "--set", f"image={sample_image}", "--set", "steps=400", "--out", str(tmp_path / "out")]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _start_run(server.url, sample_image, tmp_path, "steps=400")
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -225,10 +231,7 @@ def test_stopping_run_while_its_prompt_is_being_sent_names_the_prompt(sim: Any, 
     (server,) = sim(checkpoints=(DEFAULT_CHECKPOINT,))
     server.faults.hang_route("/prompt", times=1)  # the POST is taken in and never answered
     (sent,) = server.faults.routes.values()
-    command = [sys.executable, "-m", "comfy_orchestrator.cli", "run", "img2img", "--server", server.url,
-               "--set", f"image={sample_image}", "--set", "seed=7", "--out", str(tmp_path / "out")]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _start_run(server.url, sample_image, tmp_path, "seed=7")
     try:
         deadline = time.monotonic() + 60
         while sent.remaining and time.monotonic() < deadline and process.poll() is None:

@@ -1,4 +1,4 @@
-"""Rendering's shortcuts write what Jinja's own sandbox writes."""
+"""Our bounded sandbox writes what Jinja's own sandbox writes, and each value as the JSON encoder writes it."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ MIXED_DECLARATION = {"parameters": [
 
 
 def _stock_render(template: Template, values: dict[str, Any]) -> str:
-    """What Jinja's own sandbox, set up as ours, renders: no shortcut of ours in the way."""
+    """What Jinja's own sandbox, set up as ours, renders: none of _BoundedSandbox's checks in the way."""
     ours = template.environment
     stock = SandboxedEnvironment(loader=ours.loader, undefined=jinja2.StrictUndefined, autoescape=True,
                                  finalize=ours.finalize, keep_trailing_newline=True)
