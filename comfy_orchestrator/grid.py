@@ -262,14 +262,9 @@ def thumbnail_path(folder: Path, image: Path) -> Path:
     return folder / THUMBNAILS_FOLDER / image.with_suffix(".png")
 
 
-def make_thumbnail(folder: Path, image: Path, *, thumbnail_px: int = 256) -> Path:
-    """Write the thumbnail of `image` (relative to `folder`) now, so the grid need not open the image later."""
-    write_thumbnail(folder, image, thumbnail_px=thumbnail_px).close()
-    return thumbnail_path(folder, image)
-
-
 def write_thumbnail(folder: Path, image: Path, *, thumbnail_px: int = 256) -> Image.Image:
-    """make_thumbnail, handing the thumbnail back open for a grid to paste unread (the caller closes it)."""
+    """Write the thumbnail of `image` (relative to `folder`) at thumbnail_path, so the grid need not open the
+    image later; hand it back open for a grid to paste unread (the caller closes it)."""
     from PIL import Image
 
     target = thumbnail_path(folder, image)

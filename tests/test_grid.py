@@ -20,7 +20,6 @@ from comfy_orchestrator.grid import (
     axis_labels,
     distinct_parts,
     grid_images,
-    make_thumbnail,
     read_grid_metadata,
     results_page,
     save_results_page,
@@ -147,8 +146,9 @@ def _colour_at_centre(path: Path) -> tuple[int, ...]:
 
 def test_a_kept_thumbnail_stands_in_for_its_image(tmp_path: Path) -> None:
     Image.new("RGB", (512, 384), (200, 30, 30)).save(tmp_path / "a.png")
-    kept = make_thumbnail(tmp_path, Path("a.png"), thumbnail_px=128)
-    assert kept == thumbnail_path(tmp_path, Path("a.png")) == tmp_path / "thumbnails" / "a.png"
+    write_thumbnail(tmp_path, Path("a.png"), thumbnail_px=128).close()
+    kept = thumbnail_path(tmp_path, Path("a.png"))
+    assert kept == tmp_path / "thumbnails" / "a.png"
     with Image.open(kept) as thumb:
         assert thumb.size == (128, 96)  # aspect kept
     # paint the thumbnail another colour: the grid must show the thumbnail's, proving it was used
@@ -161,7 +161,8 @@ def test_a_kept_thumbnail_stands_in_for_its_image(tmp_path: Path) -> None:
 def test_a_thumbnail_older_than_its_image_or_too_small_is_not_used(tmp_path: Path) -> None:
     image = tmp_path / "a.png"
     Image.new("RGB", (256, 256), (200, 30, 30)).save(image)
-    kept = make_thumbnail(tmp_path, Path("a.png"), thumbnail_px=64)
+    write_thumbnail(tmp_path, Path("a.png"), thumbnail_px=64).close()
+    kept = thumbnail_path(tmp_path, Path("a.png"))
     Image.new("RGB", (64, 64), (30, 30, 200)).save(kept)
     cells = [GridCell(0, {"cfg": 6}, Path("a.png"))]
     # too small for 128 px cells: the grid goes back to the image
@@ -182,7 +183,7 @@ def test_a_thumbnail_older_than_its_image_or_too_small_is_not_used(tmp_path: Pat
 def test_a_thumbnail_of_an_unreadable_image_is_refused_clearly(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(GridFailed, match="thumbnail of bad.png"):
-        make_thumbnail(tmp_path, Path("bad.png"))
+        write_thumbnail(tmp_path, Path("bad.png"))
     assert not list((tmp_path / "thumbnails").glob("*"))  # nothing half-written left behind
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from comfy_orchestrator.grid import GridAxis, GridCell, make_thumbnail, write_results_page
+from comfy_orchestrator.grid import GridAxis, GridCell, write_results_page, write_thumbnail
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -158,7 +158,7 @@ def test_the_table_shows_kept_thumbnails_and_the_viewer_the_image(browser: Any, 
     (tmp_path / "images").mkdir()
     Image.new("RGB", (600, 600), (200, 30, 30)).save(tmp_path / "images" / "00000.png")
     Image.new("RGB", (600, 600), (30, 30, 200)).save(tmp_path / "images" / "00001.png")
-    make_thumbnail(tmp_path, Path("images/00000.png"), thumbnail_px=256)  # cell 1 has none: its image is shown
+    write_thumbnail(tmp_path, Path("images/00000.png"), thumbnail_px=256).close()  # cell 1 has none: its image is shown
     cells = [GridCell(i, {"cfg": cfg}, Path(f"images/{i:05d}.png")) for i, cfg in enumerate((6, 8))]
     page = _open(browser, write_results_page(tmp_path, [GridAxis("cfg", (6, 8))], cells, title="thumbs"))
     sources = [page.locator("#grid td.cell img").nth(i).get_attribute("src") for i in range(2)]
