@@ -17,7 +17,6 @@ run (after `detach=True`, or a submitter that was killed) collects what finished
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -179,7 +178,7 @@ def run_sweep(
                                     setup.staging, setup.tracker, setup.results, detach=detach)
                     else:
                         assert farm is not None
-                        _run(farm, setup, folder)
+                        _run(farm, folder, (job for _, job in setup.work), ready)
         finally:
             ran = time.monotonic()
             if ready:  # after Ctrl-C too; after a run, while the last thumbnails are made
@@ -234,13 +233,13 @@ def _prepare(stack: ExitStack, sweep: Sweep, folder: Path, *, servers: int, max_
         if stored is not sweep:  # another run made the journal meanwhile, with seeds of its own
             sweep, plan = stored, plan_sweep(stored, servers=servers)
     journal.add(_cell_plans(plan))
-    if journal.counts()[CellStatus.DONE]:  # a resume: the done cells' files are checked (a new journal has none)
-        _check_done_files(journal, folder)
+    skipped = journal.counts()[CellStatus.DONE]
+    if skipped:  # a resume: done cells whose files are broken run again (a new journal has none done)
+        skipped -= _check_done_files(journal, folder)
     staging = folder / STAGING_FOLDER
     shutil.rmtree(staging, ignore_errors=True)  # pieces of downloads a crash cut off
     staging.mkdir(parents=True)
     (folder / IMAGES_FOLDER).mkdir(exist_ok=True)
-    skipped = journal.counts()[CellStatus.DONE]
     tracker = Tracker(len(plan.cells), skipped, journal.exhausted(max_attempts=max_attempts), on_progress)
     results = SweepResults(folder, sweep, plan.jobs, list(journal.records()), thumbnail_px=thumbnail_px,
                            grid_format=grid_format)
@@ -282,14 +281,7 @@ def _run_while_preparing(farm: Farm, folder: Path, prepare: Callable[[], _Setup]
             _choose_work(setup, max_attempts)
             yield from (job for _, job in setup.work)
 
-        def on_event(event: FarmEvent) -> None:
-            if ready:  # a server may come up, or go down, before the sweep is prepared: nothing to record then
-                _on_farm_event(event, ready[0])
-
-        for outcome in farm.run(jobs(), out_dir=folder / STAGING_FOLDER, on_event=on_event):
-            setup = ready[0]
-            _record_outcome(setup.journal, setup.by_label[outcome.job.label], setup.to_run, outcome, folder,
-                            setup.tracker, setup.results)
+        _run(farm, folder, jobs(), ready)
 
 
 def _stored_sweep(sweep: Sweep, journal: Journal) -> Sweep:
@@ -303,8 +295,9 @@ def _canonical(definition: Mapping[str, Any]) -> str:
     return json.dumps(definition, sort_keys=True, default=str)
 
 
-def _check_done_files(journal: Journal, folder: Path) -> None:
-    """Send done cells whose files are missing, truncated or not images back to run (or be fetched again)."""
+def _check_done_files(journal: Journal, folder: Path) -> int:
+    """Send done cells whose files are missing, truncated or not images back to run (or be fetched again); how
+    many were sent."""
     broken: dict[int, str] = {}
     for record in journal.records():
         if record.status is not CellStatus.DONE:
@@ -318,6 +311,7 @@ def _check_done_files(journal: Journal, folder: Path) -> None:
         logger.warning("cell %d is done but %s; fetching or running it again", index, reason)
     if broken:
         journal.reopen(sorted(broken), reasons=broken)
+    return len(broken)
 
 
 def _file_problem(folder: Path, name: str) -> str:
@@ -449,10 +443,16 @@ def _finish_adopted(journal: Journal, link: ServerLink, found: Sequence[tuple[Pr
         journal.settle_prompts([prompt.prompt_id])
 
 
-def _run(farm: Farm, setup: _Setup, folder: Path) -> None:
-    """The prompts of `setup.work` through the farm, each outcome recorded as it comes."""
-    on_event = functools.partial(_on_farm_event, setup=setup)
-    for outcome in farm.run((job for _, job in setup.work), out_dir=setup.staging, on_event=on_event):
+def _run(farm: Farm, folder: Path, jobs: Iterator[Job], ready: Sequence[_Setup]) -> None:
+    """`jobs` through the farm, each outcome recorded as it comes, in the setup that `ready` holds (for a new
+    sweep, put there when the farm reads its first job)."""
+
+    def on_event(event: FarmEvent) -> None:
+        if ready:  # a server may come up, or go down, before the sweep is prepared: nothing to record then
+            _on_farm_event(event, ready[0])
+
+    for outcome in farm.run(jobs, out_dir=folder / STAGING_FOLDER, on_event=on_event):
+        setup = ready[0]
         _record_outcome(setup.journal, setup.by_label[outcome.job.label], setup.to_run, outcome, folder,
                         setup.tracker, setup.results)
 
