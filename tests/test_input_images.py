@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,38 +113,115 @@ def test_a_mask_of_another_size_is_stretched_with_a_warning(image: Path, tmp_pat
         check_mask(image, _mask(tmp_path, "L", (8, 8), 255), "green")
 
 
-# Counts the times the process opens the picture (the interpreter's own audit event for open()), while
-# a sweep's worth of cells is validated, then after the file is rewritten, then after it is only touched.
-_OPENS = """
-import os, sys
+def test_a_picture_rewritten_within_its_timestamps_granularity_is_read_again(tmp_path: Path) -> None:
+    picture = tmp_path / "in.bmp"
+    Image.new("RGB", (16, 8)).save(picture)
+    racy_ns = time.time_ns() + HOUR_NS  # not clearly older than the reads below, however slowly this test runs
+    os.utime(picture, ns=(racy_ns, racy_ns))
+    assert picture_size(picture) == (16, 8)
+    written = picture.stat()
+    Image.new("RGB", (8, 16)).save(picture)  # the same number of bytes, within the same tick of the clock
+    os.utime(picture, ns=(racy_ns, racy_ns))
+    assert picture.stat().st_size == written.st_size
+    assert picture_size(picture) == (8, 16)
+
+
+def test_a_rewrite_that_restores_the_modification_time_is_read_again(tmp_path: Path) -> None:
+    picture = tmp_path / "in.bmp"
+    Image.new("RGB", (16, 8)).save(picture)
+    old_ns = time.time_ns() - HOUR_NS  # clearly older than the read: the reading is remembered
+    os.utime(picture, ns=(old_ns, old_ns))
+    written = picture.stat()
+    assert picture_size(picture) == (16, 8)
+    Image.new("RGB", (8, 16)).save(picture)  # then as `cp -p` or `touch -r` leave it: same size and mtime
+    os.utime(picture, ns=(old_ns, old_ns))
+    while picture.stat().st_ctime_ns == written.st_ctime_ns:  # until the file system's clock ticks on
+        os.utime(picture, ns=(old_ns, old_ns))
+    assert (picture.stat().st_size, picture.stat().st_mtime_ns) == (written.st_size, written.st_mtime_ns)
+    assert picture_size(picture) == (8, 16)
+
+
+HOUR_NS = 3600 * 10**9
+
+# Counts the times the process opens the file argv[1] names (the interpreter's own audit event for open());
+# stamp(offset_s) sets its modification time that far from now: an hour back is clearly older than any read
+# (remembered), an hour ahead is not (read each time).
+_COUNT_OPENS = """
+import os, sys, time
 from pathlib import Path
 from PIL import Image
-picture = Path(sys.argv[1])
-target = os.path.realpath(picture)
+watched = Path(sys.argv[1])
+target = os.path.realpath(watched)
 opened = []
 def count(event, args):
     if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)) and os.path.realpath(args[0]) == target:
         opened.append(args[0])
 sys.addaudithook(count)
+def stamp(offset_s):
+    ns = time.time_ns() + offset_s * 10**9
+    os.utime(watched, ns=(ns, ns))
 from comfy_orchestrator.params import WORKFLOWS
+"""
+
+# A sweep's worth of img2img cells validated, then after the picture is rewritten, only touched, then racy
+# (then read at each use: as an ImageFile and for the generation size).
+_PICTURE_OPENS = _COUNT_OPENS + """
 def validate(times):
     before = len(opened)
-    sizes = {WORKFLOWS["img2img"].build({"image": str(picture), "denoise": n / 100}).generation_size()
+    sizes = {WORKFLOWS["img2img"].build({"image": str(watched), "denoise": n / 100}).generation_size()
              for n in range(times)}
     return len(opened) - before, sorted(sizes)
+stamp(-3600)
 print(validate(100))
-Image.new("RGB", (48, 40)).save(picture)
+Image.new("RGB", (48, 40)).save(watched)
+stamp(-3600)
 print(validate(10))
-stat = picture.stat()
-os.utime(picture, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+stamp(-1800)
+print(validate(10))
+stamp(3600)
 print(validate(10))
 """
+
+
+def _count_opens(script: str, *argv: Path) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", script, *map(str, argv)], capture_output=True, text=True,
+                          check=False, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
 
 
 def test_a_picture_is_read_once_until_it_changes_on_disk(sample_image: Path, tmp_path: Path) -> None:
     picture = tmp_path / "in.png"
     picture.write_bytes(sample_image.read_bytes())
-    done = subprocess.run([sys.executable, "-c", _OPENS, str(picture)], capture_output=True, text=True, check=False,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["(1, [(96, 64)])", "(1, [(48, 40)])", "(1, [(48, 40)])"]
+    assert _count_opens(_PICTURE_OPENS, picture) == ["(1, [(96, 64)])", "(1, [(48, 40)])", "(1, [(48, 40)])",
+                                                     "(20, [(48, 40)])"]
+
+
+# An inpaint sweep's cells validated with one mask; then with the mask rewritten all black (each cell refused),
+# then racy. A mask is opened twice while unchanged: read as an ImageFile, and decoded once for its check.
+_MASK_OPENS = _COUNT_OPENS + """
+from comfy_orchestrator.errors import ParameterError
+def validate(times):
+    before, refused = len(opened), 0
+    for n in range(times):
+        try:
+            WORKFLOWS["inpaint"].build({"image": sys.argv[2], "mask": str(watched), "seed": n})
+        except ParameterError as exc:
+            refused += "marks nothing to repaint" in str(exc)
+    return len(opened) - before, refused
+stamp(-3600)
+print(validate(10))
+Image.new("L", (96, 64), 0).save(watched)
+stamp(-3600)
+print(validate(10))
+stamp(3600)
+print(validate(10))
+"""
+
+
+def test_a_mask_is_decoded_once_until_it_changes_on_disk(sample_image: Path, tmp_path: Path) -> None:
+    mask = tmp_path / "mask.png"
+    picture = Image.new("L", (96, 64), 0)
+    picture.paste(255, (20, 10, 60, 40))
+    picture.save(mask)
+    assert _count_opens(_MASK_OPENS, mask, sample_image) == ["(2, 0)", "(2, 10)", "(20, 10)"]
