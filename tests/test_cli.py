@@ -1,9 +1,15 @@
-"""What the command line prints: text a user or a server wrote comes out exactly as written."""
+"""What the command line prints: text a user or a server wrote comes out exactly as written; a stop, one line."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -12,7 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from comfy_orchestrator.cli import main
-from tests.conftest import free_port
+from tests.conftest import done_cells, free_port
 
 # Each would be eaten, turned into a style, an emoji, or a MarkupError if it were read as rich markup.
 HOSTILE_TEXTS = ["[x].png", "[/x]", "[bold]loud[/bold]", ":smile: and :a:b:", "[[server]]", "[link=file:///]y"]
@@ -182,3 +188,105 @@ def test_plain_text_is_not_coloured_on_a_terminal(sample_image: Path, tmp_path: 
     assert done.returncode == 0, done.stderr
     assert "2 cells in 2 prompts on 1 server(s); about" in done.stdout, done.stdout
     assert "(SD1.5, 512x512); nothing submitted" in done.stdout
+
+
+class SilentServer:
+    """A loopback server that takes each HTTP request in and never answers: `asked` is set once one has arrived."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.requests: list[str] = []  # each request's first line
+        self.asked = threading.Event()
+        self._held: list[socket.socket] = []  # open and unanswered until `close`
+        self._thread = threading.Thread(target=self._serve, name="silent-server", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            self._held.append(connection)
+            received = b""
+            while b"\r\n\r\n" not in received:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+            self.requests.append(received.split(b"\r\n", 1)[0].decode("latin-1"))
+            self.asked.set()
+
+    def close(self) -> None:
+        for held in (self._listener, *self._held):
+            with contextlib.suppress(OSError):
+                held.shutdown(socket.SHUT_RDWR)  # wakes the accept or recv waiting on it
+            held.close()
+        self._thread.join(10)
+
+
+@pytest.fixture
+def silent_server() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+UNKNOWN_CHECKPOINT = "random-sd15.safetensors"  # not an official name: a command asks its server for the family
+STOPS = [pytest.param(signal.SIGINT, 130, "interrupted", id="ctrl-c"),
+         pytest.param(signal.SIGTERM, 143, "terminated", id="sigterm")]
+
+
+def _stopped_while_asking(server: SilentServer, stop: signal.Signals, *args: str) -> tuple[int, str, list[str]]:
+    """Run `comfy-orch ARGS` as a process, send it `stop` once its first request has reached `server`; its exit
+    status, its stderr and the requests the server saw."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen([sys.executable, "-m", "comfy_orchestrator.cli", *args], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.asked.wait(60), f"nothing reached the server: {process.poll()}"
+        process.send_signal(stop)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.communicate()
+    return process.returncode, err, list(server.requests)
+
+
+@pytest.mark.parametrize(("stop", "code", "how"), STOPS)
+def test_a_sweep_stopped_while_it_asks_its_server_ends_as_stopped_and_keeps_its_journal(
+        sim: Callable[..., list[Any]], silent_server: SilentServer, sample_image: Path, tmp_path: Path,
+        stop: signal.Signals, code: int, how: str) -> None:
+    (comfy,) = sim(checkpoints=(UNKNOWN_CHECKPOINT,))
+    sweep = ["sweep", "img2img", "--axis", "cfg=6,8", "--set", f"image={sample_image}", "--set",
+             f"checkpoint={UNKNOWN_CHECKPOINT}", "--out", str(tmp_path / "out")]
+    done = invoke(*sweep, "--server", comfy.url)
+    assert done.exit_code == 0 and "2 of 2 cells done" in done.stdout, done.output
+    returncode, err, asked = _stopped_while_asking(silent_server, stop, *sweep, "--server", silent_server.url)
+    assert returncode == code, err
+    assert err.strip() == f"error: {how}", err
+    assert [request.split()[1].split("?")[0] for request in asked] == ["/view_metadata/checkpoints"]
+    assert done_cells(tmp_path / "out") == 2
+    again = invoke(*sweep, "--server", comfy.url)
+    assert again.exit_code == 0 and "0 prompts run, 2 cells already done" in again.stdout, again.output
+
+
+@pytest.mark.parametrize(("command", "stop", "code", "how"), [
+    pytest.param(("run", "img2img", "--set", "seed=3", "--set", f"checkpoint={UNKNOWN_CHECKPOINT}"), signal.SIGTERM,
+                 143, "terminated", id="run-sigterm"),  # the family is asked for before the prompt is made
+    pytest.param(("run", "img2img", "--set", "seed=3", "--set", f"checkpoint={UNKNOWN_CHECKPOINT}"), signal.SIGINT,
+                 130, "interrupted", id="run-ctrl-c"),
+    pytest.param(("farm", "status"), signal.SIGINT, 130, "interrupted", id="farm-status-ctrl-c"),
+    pytest.param(("history",), signal.SIGTERM, 143, "terminated", id="history-sigterm"),
+])
+def test_a_command_stopped_while_it_asks_its_server_says_so_in_one_line(
+        silent_server: SilentServer, sample_image: Path, tmp_path: Path, command: tuple[str, ...],
+        stop: signal.Signals, code: int, how: str) -> None:
+    given = ("--set", f"image={sample_image}", "--out", str(tmp_path / "out")) if command[0] == "run" else ()
+    returncode, err, asked = _stopped_while_asking(silent_server, stop, *command, *given, "--server",
+                                                   silent_server.url)
+    assert returncode == code, err
+    assert err.strip() == f"error: {how}", err
+    assert len(asked) == 1
+    assert not (tmp_path / "out").exists()

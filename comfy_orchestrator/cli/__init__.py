@@ -1,7 +1,8 @@
 """The `comfy-orch` command line: the only part of the package that prints or exits.
 
 Exit codes: 0 success, 1 a job or server failed, 2 bad input (a parameter, a
-template, a file, or set-up a server refuses: our certificate check or credentials).
+template, a file, or set-up a server refuses: our certificate check or credentials),
+130 stopped by Ctrl-C, 143 by SIGTERM (at any point of a command).
 Errors are one line on stderr, never a traceback.
 
 One module per idea, in import order: output (the only printing: consoles, `line`,

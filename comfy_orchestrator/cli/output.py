@@ -133,14 +133,23 @@ def line_column() -> ProgressColumn:
 
 
 class Commands(click.Group):
-    """A click group that turns our errors into one line and an exit code."""
+    """A click group that turns our errors into one line and an exit code, and a stop into its own.
+
+    From the command's start to its end SIGTERM stops it as Ctrl-C does (`terminate_as_interrupt`); a stop
+    that a command does not handle itself (while it reads a template, asks a server, prepares a sweep) ends it
+    here, as stopped (130 or 143), and not as click would (exit 1, "Aborted!").
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = _show_warning
             try:
-                return super().invoke(ctx)
+                with terminate_as_interrupt():
+                    return super().invoke(ctx)
+            except KeyboardInterrupt as stop:
+                how, code = stopped(stop)
+                fail(how, code)
             except BAD_INPUT as exc:
                 fail(str(exc), EXIT_BAD_INPUT)
             except ComfyError as exc:
@@ -175,6 +184,11 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
+
+
+def stopped(stop: KeyboardInterrupt) -> tuple[str, int]:
+    """How a command was stopped ("interrupted": Ctrl-C, "terminated": SIGTERM) and the exit code that says so."""
+    return ("terminated", EXIT_TERMINATED) if isinstance(stop, Terminated) else ("interrupted", EXIT_INTERRUPTED)
 
 
 @contextmanager

@@ -22,9 +22,6 @@ from comfy_orchestrator.cli.options import (
 )
 from comfy_orchestrator.cli.output import (
     EXIT_BAD_INPUT,
-    EXIT_INTERRUPTED,
-    EXIT_TERMINATED,
-    Terminated,
     fail,
     format_number,
     line,
@@ -32,7 +29,7 @@ from comfy_orchestrator.cli.output import (
     note,
     stderr,
     stdout,
-    terminate_as_interrupt,
+    stopped,
 )
 from comfy_orchestrator.cli.values import find_inputs, set_dotted, warn_about_size, with_families
 from comfy_orchestrator.errors import ComfyError
@@ -88,7 +85,7 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
         template = library(ctx).get(template_name)
         _draw_seeds(template, values)
     started = time.monotonic()
-    with connect_client(server, ca_cert, allow_plain_http) as client, terminate_as_interrupt():
+    with connect_client(server, ca_cert, allow_plain_http) as client:
         if template is None:
             assert graph is not None
             job = Job(graph=graph, inputs=uploads)
@@ -99,7 +96,7 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
             job = template.job(params)
         # the prompt id is ours before the POST: a Ctrl-C while the server takes the prompt still finds it
         prompt_id = str(uuid.uuid4())
-        try:  # from here on, Ctrl-C stops the prompt we started
+        try:  # from here on, Ctrl-C (or SIGTERM: output.Commands) stops the prompt we started
             handle = client.submit(job, prompt_id=prompt_id)
             mark_started()
             # the bar's code loads while the server works, not before the prompt is in
@@ -122,9 +119,8 @@ def run_command(ctx: click.Context, template_name: str | None, server: str | Non
                 left_s = max(1.0, timeout_s - (time.monotonic() - started))
                 result = client.save_outputs(handle.wait(), Path(out_dir), timeout_s=left_s)
         except KeyboardInterrupt as stop:
-            terminated = isinstance(stop, Terminated)
-            fail(f"{'terminated' if terminated else 'interrupted'}: {_stop_prompt(client, prompt_id)}",
-                 EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+            how, code = stopped(stop)
+            fail(f"{how}: {_stop_prompt(client, prompt_id)}", code)
     for path in result.files:
         stdout.print(str(path))
     if not result.files:

@@ -25,9 +25,6 @@ from comfy_orchestrator.cli.options import (
 from comfy_orchestrator.cli.output import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_TERMINATED,
-    Terminated,
     fail,
     format_duration,
     line,
@@ -35,7 +32,7 @@ from comfy_orchestrator.cli.output import (
     mark_started,
     stderr,
     stdout,
-    terminate_as_interrupt,
+    stopped,
     warn,
 )
 from comfy_orchestrator.cli.values import family_reader, sweep_of
@@ -100,13 +97,11 @@ def _run_sweep_with_progress(sweep: Sweep, out_dir: Path, servers: Sequence[Serv
             bar.update(task, total=progress.total, completed=progress.done + progress.failed, line=text)
 
         try:
-            with terminate_as_interrupt():
-                return run_sweep(sweep, out_dir, farm, queue=queue, detach=detach, max_attempts=max_attempts,
-                                 on_progress=show, thumbnail_px=thumbnail_px, grid_format=grid_format)
-        except KeyboardInterrupt as stop:
+            return run_sweep(sweep, out_dir, farm, queue=queue, detach=detach, max_attempts=max_attempts,
+                             on_progress=show, thumbnail_px=thumbnail_px, grid_format=grid_format)
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (output.Commands)
             bar.stop()
-            how, code = ("terminated", EXIT_TERMINATED) if isinstance(stop, Terminated) else ("interrupted",
-                                                                                             EXIT_INTERRUPTED)
+            how, code = stopped(stop)
             fail(f"{how}; run the same command again to finish the sweep in {out_dir}", code)
 
 
