@@ -210,7 +210,7 @@ class Sweep:
 
     template: TemplateLike
     axes: tuple[Axis, ...]
-    fixed: Mapping[str, Any] = field(default_factory=dict)
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # kept as a read-only copy (__post_init__)
     zip: bool = False
     batch_seeds: bool = False  # run a 'seed' axis as one batched prompt per other-values combination
     # what cells() validated and _portable_fixed() found, kept: a sweep's values never change once it is made

@@ -191,6 +191,21 @@ def test_malformed_sweeps_are_refused(img2img: Any, axes: tuple[Axis, ...], fixe
         Sweep(img2img, axes, fixed)
 
 
+def test_a_sweeps_fixed_values_cannot_change_once_it_is_made(img2img: Any, sample_image: Path) -> None:
+    given: dict[str, Any] = {"image": str(sample_image), "cfg": 7}
+    made = Sweep(img2img, (parse_axis("denoise=0.3,0.6"),), given)
+    rebuilt = Sweep.from_definition(img2img, made.definition())
+    for sweep in (made, rebuilt):
+        with pytest.raises(TypeError):
+            sweep.fixed["cfg"] = 9  # type: ignore[index]
+        with pytest.raises(TypeError):
+            del sweep.fixed["cfg"]  # type: ignore[attr-defined]
+    digest = made.digest()
+    given["cfg"] = 9  # the caller's dict stays the caller's
+    assert made.fixed["cfg"] == 7 and made.digest() == digest
+    assert [cell.params.cfg for cell in made.cells()] == [7, 7]  # type: ignore[attr-defined]
+
+
 def test_a_sweep_validates_its_cells_once(img2img: Any, sample_image: Path) -> None:
     counting = CountingTemplate(img2img)
     sweep = Sweep(counting, (parse_axis("denoise=0.3:0.9:0.3"), parse_axis("cfg=6,8")), {"image": str(sample_image)})
