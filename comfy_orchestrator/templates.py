@@ -9,6 +9,7 @@ the models params.WORKFLOWS names). User folders are searched before the built-i
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -425,7 +426,10 @@ class _CompiledTemplates(jinja2.BytecodeCache):
                 bucket.write_bytecode(handle)
             os.replace(partial, path)  # whole or not there: another process may be reading it
         except OSError:
-            partial.unlink(missing_ok=True)
+            pass  # not kept
+        finally:  # a piece cut off by an error or a stop (Ctrl-C) is not left behind; a replaced one is gone
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
 
     def _folder_usable(self, *, make: bool) -> bool:
         if self._usable is None or (make and not self._usable):

@@ -63,3 +63,20 @@ def test_the_cache_folder_is_the_users_cache_per_jinja_version(tmp_path: Path, m
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_cache_folder() == tmp_path / "comfy-orchestrator" / f"templates-{jinja2.__version__}"
     assert Templates.default().get("img2img").environment.bytecode_cache is not None
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, OSError])
+def test_a_cache_file_cut_off_while_written_leaves_no_piece(stop: type[BaseException], sample_image: Path,
+                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def cut_off(self: jinja2.bccache.Bucket, handle: Any) -> None:
+        handle.write(b"half a file")
+        raise stop("stopped while writing")
+
+    monkeypatch.setattr(jinja2.bccache.Bucket, "write_bytecode", cut_off)
+    folder = tmp_path / "cache"
+    if stop is KeyboardInterrupt:
+        with pytest.raises(KeyboardInterrupt):  # a stop is not swallowed
+            _render_img2img(folder, sample_image)
+    else:
+        _render_img2img(folder, sample_image)  # a file that cannot be written is not kept, and no error
+    assert list(folder.iterdir()) == []
