@@ -10,6 +10,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,14 @@ def done_cells(out: Path) -> int:
         return 0
     finally:
         db.close()
+
+def start_command(*args: str, stdout: int | None = subprocess.PIPE) -> subprocess.Popen[str]:
+    """`comfy-orch ARGS` as a process of its own (this checkout's package), its stderr piped, for a test to
+    signal or read; its stdout piped too unless told otherwise."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen([sys.executable, "-m", "comfy_orchestrator.cli", *args], env=env, stdout=stdout,
+                            stderr=subprocess.PIPE, text=True)
+
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "comfyui-reference"  # recorded from ComfyUI 0.8.0; see its README
 

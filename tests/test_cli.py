@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,7 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from comfy_orchestrator.cli import main
-from tests.conftest import done_cells, free_port
+from tests.conftest import done_cells, free_port, start_command
 
 # Each would be eaten, turned into a style, an emoji, or a MarkupError if it were read as rich markup.
 HOSTILE_TEXTS = ["[x].png", "[/x]", "[bold]loud[/bold]", ":smile: and :a:b:", "[[server]]", "[link=file:///]y"]
@@ -241,9 +239,7 @@ STOPS = [pytest.param(signal.SIGINT, 130, "interrupted", id="ctrl-c"),
 def _stopped_while_asking(server: SilentServer, stop: signal.Signals, *args: str) -> tuple[int, str, list[str]]:
     """Run `comfy-orch ARGS` as a process, send it `stop` once its first request has reached `server`; its exit
     status, its stderr and the requests the server saw."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    process = subprocess.Popen([sys.executable, "-m", "comfy_orchestrator.cli", *args], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = start_command(*args, stdout=subprocess.DEVNULL)
     try:
         assert server.asked.wait(60), f"nothing reached the server: {process.poll()}"
         process.send_signal(stop)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ from comfy_orchestrator.cli import main
 from comfy_orchestrator.errors import Interrupted
 from comfy_orchestrator.provenance import read_provenance
 from comfy_orchestrator.templates import Templates
+from tests.conftest import start_command
 
 
 def invoke(*args: str) -> Result:
@@ -158,11 +157,8 @@ def test_run_from_says_which_input_is_missing_and_where_it_looked(comfy: Any, sa
 
 def _start_run(url: str, image: Path, tmp_path: Path, *sets: str) -> subprocess.Popen[str]:
     """`comfy-orch run img2img` on `url` as a process of its own, its output piped, for a test to stop."""
-    command = [sys.executable, "-m", "comfy_orchestrator.cli", "run", "img2img", "--server", url,
-               "--set", f"image={image}", *[part for value in sets for part in ("--set", value)],
-               "--out", str(tmp_path / "out")]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_command("run", "img2img", "--server", url, "--set", f"image={image}",
+                         *[part for value in sets for part in ("--set", value)], "--out", str(tmp_path / "out"))
 
 
 def _running_and_pending(url: str) -> tuple[list[str], list[str]]:

@@ -113,7 +113,7 @@ def test_writing_the_results_does_the_callers_last_work_once_and_writes_the_grid
         records = list(journal.records())
     results = SweepResults(out, sweep, plan_sweep(sweep).jobs, records, thumbnail_px=256, grid_format="png")
     done: list[str] = []
-    with results:
+    with results:  # the run is over: every image is in place, nothing new to add
         pass
     grids, page = results.write(records, meanwhile=lambda: done.append("closed"))
     assert done == ["closed"]
